@@ -1,0 +1,1 @@
+"""Graph rewrites, one pass a module (installed as ``onnxvq.passes``)."""
