@@ -1,0 +1,123 @@
+"""Small helpers over onnx-graphsurgeon graphs that every pass and the recogniser share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+# Ops that move or reshape data without changing values: the recogniser looks through them.
+LAYOUT_OPS = frozenset(
+    {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Slice",
+     "Gather", "Split", "Concat", "Expand", "Pad"}
+)
+
+
+def producer(t: gs.Tensor) -> gs.Node | None:
+    return t.inputs[0] if t.inputs else None
+
+
+def consumers(t: gs.Tensor) -> list[gs.Node]:
+    return list(t.outputs)
+
+
+def is_const(t: gs.Tensor) -> bool:
+    return isinstance(t, gs.Constant)
+
+
+def const_value(t: gs.Tensor) -> np.ndarray | None:
+    """The value of a Constant tensor or of a Constant node's output, else None."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    p = producer(t)
+    if p is not None and p.op == "Constant" and "value" in p.attrs:
+        v = p.attrs["value"]
+        return np.asarray(v.values if isinstance(v, gs.Constant) else v)
+    return None
+
+
+def scalar(t: gs.Tensor) -> float | None:
+    """A constant tensor holding a single number (any shape of size 1)."""
+    v = const_value(t)
+    if v is None or v.size != 1:
+        return None
+    return float(v.reshape(-1)[0])
+
+
+def data_inputs(node: gs.Node) -> list[gs.Variable]:
+    """Inputs that carry activations (not constants, not shape tensors of Reshape/Expand/...)."""
+    ins = node.inputs
+    if node.op in ("Reshape", "Expand", "Tile", "Squeeze", "Unsqueeze", "Slice", "Pad", "Split",
+                   "ReduceMean", "Resize"):
+        ins = ins[:1]
+    elif node.op == "Gather":
+        ins = ins[:1]
+    return [t for t in ins if isinstance(t, gs.Variable) and const_value(t) is None]
+
+
+def other_input(node: gs.Node, t: gs.Tensor) -> gs.Tensor:
+    a, b = node.inputs[0], node.inputs[1]
+    return b if a is t else a
+
+
+def single_consumer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
+    cs = consumers(t)
+    if len(cs) != 1 or (op is not None and cs[0].op != op):
+        return None
+    return cs[0]
+
+
+def upstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS, limit: int = 12) -> Iterator[gs.Node]:
+    """Producers met walking back from `t` along the data input of layout ops."""
+    for _ in range(limit):
+        p = producer(t)
+        if p is None:
+            return
+        yield p
+        if p.op not in through:
+            return
+        ins = data_inputs(p)
+        if len(ins) != 1:
+            return
+        t = ins[0]
+
+
+def first_upstream(t: gs.Tensor, ops: set[str] | frozenset[str],
+                   through: frozenset[str] = LAYOUT_OPS) -> gs.Node | None:
+    for p in upstream(t, through):
+        if p.op in ops:
+            return p
+    return None
+
+
+def downstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS, limit: int = 12) -> Iterator[gs.Node]:
+    """Consumers met walking forward from `t` while the path has exactly one consumer."""
+    for _ in range(limit):
+        c = single_consumer(t)
+        if c is None:
+            return
+        yield c
+        if c.op not in through or not c.outputs:
+            return
+        t = c.outputs[0]
+
+
+def weight_of(node: gs.Node) -> gs.Constant | None:
+    """The constant weight of a MatMul/Gemm/Conv (its second input), if it is constant."""
+    if node.op not in ("MatMul", "Gemm", "Conv") or len(node.inputs) < 2:
+        return None
+    w = node.inputs[1]
+    if isinstance(w, gs.Constant):
+        return w
+    p = producer(w)
+    # Dynamo and TorchScript exports sometimes route shared weights through Identity/Transpose.
+    while p is not None and p.op in ("Identity", "Transpose", "Cast") and p.inputs:
+        if isinstance(p.inputs[0], gs.Constant):
+            return p.inputs[0]
+        p = producer(p.inputs[0])
+    return None
+
+
+def is_linear(node: gs.Node) -> bool:
+    return node.op in ("MatMul", "Gemm") and weight_of(node) is not None

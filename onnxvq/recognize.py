@@ -1,0 +1,214 @@
+"""Recognise ViT structure in a canonicalised graph.
+
+Anchors: every Softmax fed (through scale, bias and window reshapes) by a MatMul of two activations and
+feeding a MatMul with an activation is an attention; every activation unit (Relu, Gelu, the Erf and Tanh
+GELU decompositions) between two linears is an MLP; every Add of two activations whose one side leads
+back, through layout ops and constant bias/scale ops only, to an attention's output projection or an
+MLP's second linear is a residual. Blocks pair an attention residual with the MLP that consumes it.
+Whatever no unit claims is counted in `unrecognised`, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxvq.activations import match_activation
+from onnxvq.gsutil import (LAYOUT_OPS, const_value, data_inputs, is_linear, producer, scalar,
+                           single_consumer, weight_of)
+from onnxvq.recognize_blocks import assemble_blocks, head_linears, patch_embed, unclaimed_ops
+from onnxvq.structure import Activation, Attention, LayerNorm, Linear, Mlp, Residual, ViTStructure
+
+_SCORE_PATH = frozenset({"Mul", "Div", "Add", "Reshape", "Cast"})
+_PROBS_PATH = frozenset({"Cast", "Dropout", "Identity", "Reshape"})
+
+
+def recognise_model(model: onnx.ModelProto) -> ViTStructure:
+    """Shape-infer a (canonicalised) model and recognise its structure."""
+    from onnxvq.graph import compatible_ir
+
+    try:
+        model = onnx.shape_inference.infer_shapes(compatible_ir(model), data_prop=True)
+    except Exception:
+        pass  # shapes only refine head counts; recognition works without them
+    return recognise(gs.import_onnx(model))
+
+
+def recognise(graph: gs.Graph) -> ViTStructure:
+    s = ViTStructure(opset=graph.opset)
+    s.layernorms = [_layernorm(n) for n in graph.nodes if n.op == "LayerNormalization"]
+    for node in graph.nodes:
+        if node.op == "Softmax":
+            att = _attention(node)
+            if att is None:
+                s.other_softmax.append(node.name)
+            else:
+                s.attentions.append(att)
+    claimed_linears = {p.node for a in s.attentions for p in a.projections}
+    s.mlps = [m for m in (_mlp(*a) for a in _activations(graph.nodes)) if m is not None
+              and m.fc1.node not in claimed_linears]
+    s.residuals = _residuals(graph, s.attentions, s.mlps)
+    s.blocks = assemble_blocks(graph, s)
+    s.patch_embed = patch_embed(graph, s)
+    s.head = head_linears(graph, s)
+    s.unrecognised = unclaimed_ops(graph, s)
+    return s
+
+
+def _layernorm(n: gs.Node) -> LayerNorm:
+    shape = n.inputs[0].shape
+    channels = shape[-1] if shape and isinstance(shape[-1], int) else None
+    return LayerNorm(n.name, n.inputs[0].name, n.outputs[0].name, channels,
+                     tuple(c.name for c in n.outputs[0].outputs))
+
+
+def linear_info(node: gs.Node) -> Linear:
+    w = weight_of(node)
+    shape = w.values.shape
+    transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
+    k, n = (shape[1], shape[0]) if transposed else (shape[0], shape[-1])
+    out, bias_add = node.outputs[0], None
+    nxt = single_consumer(out, "Add")
+    if nxt is not None and any(const_value(i) is not None and const_value(i).size == n
+                               for i in nxt.inputs):
+        bias_add, out = nxt.name, nxt.outputs[0]
+    return Linear(node.name, w.name, bias_add, out.name, int(k), int(n))
+
+
+def _trace_linear(t: gs.Tensor) -> gs.Node | None:
+    """The linear that produced `t`, looking back through layout ops, bias Adds and scalar Muls."""
+    for _ in range(12):
+        p = producer(t)
+        if p is None:
+            return None
+        if is_linear(p):
+            return p
+        constant_op = p.op in ("Add", "Mul", "Div") and len(data_inputs(p)) == 1
+        if p.op not in LAYOUT_OPS and not constant_op:
+            return None
+        ins = data_inputs(p)
+        if len(ins) != 1:
+            return None
+        t = ins[0]
+    return None
+
+
+def _attention(softmax: gs.Node) -> Attention | None:
+    scores_mm, biased, scale, t = None, False, 1.0, softmax.inputs[0]
+    path: list[str] = []
+    for _ in range(8):
+        p = producer(t)
+        if p is None:
+            return None
+        if p.op == "MatMul" and len(data_inputs(p)) == 2:
+            scores_mm = p
+            break
+        if p.op not in _SCORE_PATH:
+            return None
+        path.append(p.name)
+        ins = data_inputs(p)
+        if p.op == "Add":
+            biased = True
+            ins = [i for i in ins if _from_matmul(i)] or ins[:1]
+        elif p.op in ("Mul", "Div") and len(ins) == 1:
+            f = scalar(p.inputs[1]) if p.op == "Div" else (scalar(p.inputs[1]) or scalar(p.inputs[0]))
+            scale *= (1.0 / f) if p.op == "Div" and f else (f or 1.0)
+        if not ins:
+            return None
+        t = ins[0]
+    context_mm = _consumer_through(softmax.outputs[0], _PROBS_PATH, "MatMul")
+    if scores_mm is None or context_mm is None or len(data_inputs(context_mm)) != 2:
+        return None
+    q, k, v = scores_mm.inputs[0], scores_mm.inputs[1], context_mm.inputs[1]
+    lin = [_trace_linear(x) for x in (q, k, v)]
+    if any(x is None for x in lin):
+        return None
+    packed = lin[0] is lin[1] is lin[2]
+    projections = tuple(linear_info(x) for x in (lin[:1] if packed else lin))
+    out_node = _consumer_through(context_mm.outputs[0], LAYOUT_OPS, None)
+    out_proj = linear_info(out_node) if out_node is not None and is_linear(out_node) else None
+    head_dim = q.shape[-1] if q.shape and isinstance(q.shape[-1], int) else None
+    width = projections[0].out_features // (3 if packed else 1)
+    heads = width // head_dim if head_dim else None
+    return Attention(softmax.name, scores_mm.name, context_mm.name, softmax.inputs[0].name,
+                     softmax.outputs[0].name, q.name, k.name, v.name, scale,
+                     "packed" if packed else "separate", projections, out_proj, biased, heads,
+                     head_dim, tuple(path))
+
+
+def _from_matmul(t: gs.Tensor) -> bool:
+    for _ in range(8):
+        p = producer(t)
+        if p is None:
+            return False
+        if p.op == "MatMul":
+            return len(data_inputs(p)) == 2
+        ins = data_inputs(p)
+        if not ins:
+            return False
+        t = ins[0]
+    return False
+
+
+def _consumer_through(t: gs.Tensor, through: frozenset[str], op: str | None) -> gs.Node | None:
+    """The first consumer of `t` that is not a single-path `through` op (must be `op` if given)."""
+    for _ in range(12):
+        c = single_consumer(t)
+        if c is None:
+            return None
+        if c.op not in through or (op is None and is_linear(c)):
+            return c if op is None or c.op == op else None
+        t = c.outputs[0]
+    return None
+
+
+def _activations(nodes: Iterable[gs.Node]) -> list[tuple[Activation, gs.Tensor, gs.Tensor]]:
+    return [a for a in (match_activation(n) for n in nodes) if a is not None]
+
+
+def _mlp(act: Activation, t_in: gs.Tensor, t_out: gs.Tensor) -> Mlp | None:
+    fc1 = producer(t_in)
+    if fc1 is not None and fc1.op == "Add" and len(data_inputs(fc1)) == 1:
+        fc1 = producer(data_inputs(fc1)[0])
+    fc2 = _consumer_through(t_out, frozenset({"Dropout", "Identity", "Cast"}), None)
+    if fc1 is None or fc2 is None or not is_linear(fc1) or not is_linear(fc2):
+        return None
+    return Mlp(linear_info(fc1), act, linear_info(fc2))
+
+
+def _residuals(graph: gs.Graph, attentions: list[Attention], mlps: list[Mlp]) -> list[Residual]:
+    ends: dict[str, str] = {}
+    for a in attentions:
+        if a.out_proj is not None:
+            ends[a.out_proj.bias_add or a.out_proj.node] = "attention"
+    for m in mlps:
+        ends[m.fc2.bias_add or m.fc2.node] = "mlp"
+    found = []
+    for node in graph.nodes:
+        if node.op != "Add" or len(data_inputs(node)) != 2:
+            continue
+        for i, t in enumerate(node.inputs[:2]):
+            kind = _branch_kind(t, ends)
+            if kind is not None:
+                found.append(Residual(node.name, node.inputs[1 - i].name, t.name, kind))
+                break
+    return found
+
+
+def _branch_kind(t: gs.Tensor, ends: dict[str, str]) -> str | None:
+    """Breadth-first back through layout/constant ops until a branch end or anything else."""
+    frontier, seen = [t], 0
+    while frontier and seen < 32:
+        p = producer(frontier.pop(0))
+        seen += 1
+        if p is None:
+            continue
+        if p.name in ends:
+            return ends[p.name]
+        constant_op = p.op in ("Add", "Mul") and len(data_inputs(p)) == 1
+        if p.op in LAYOUT_OPS or constant_op or p.op == "Cast":
+            frontier.extend(data_inputs(p))
+    return None

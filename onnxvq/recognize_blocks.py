@@ -1,0 +1,166 @@
+"""Second stage of recognition: group units into blocks, find patch embedding, head and leftovers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx_graphsurgeon as gs
+
+from onnxvq.gsutil import LAYOUT_OPS, data_inputs, is_linear, producer, weight_of
+from onnxvq.structure import Block, Linear, Residual, ViTStructure
+
+
+def assemble_blocks(graph: gs.Graph, s: ViTStructure) -> list[Block]:
+    nodes = {n.name: n for n in graph.nodes}
+    tensors = graph.tensors()
+    res_by_branch = {}
+    for r in s.residuals:
+        res_by_branch.setdefault(r.kind, []).append(r)
+    blocks = []
+    for att in s.attentions:
+        r_att = _residual_for(att.out_proj, res_by_branch.get("attention", []), nodes, tensors)
+        mlp, r_mlp = None, None
+        if r_att is not None:
+            for m in s.mlps:
+                if _reaches(tensors[nodes[m.fc1.node].inputs[0].name], r_att.node):
+                    mlp = m
+                    r_mlp = _residual_for(m.fc2, res_by_branch.get("mlp", []), nodes, tensors)
+                    break
+        placement, norms = _placement(att, mlp, r_att, r_mlp, nodes, tensors)
+        residuals = tuple(r for r in (r_att, r_mlp) if r is not None)
+        blocks.append(Block(len(blocks), att, mlp, norms, residuals, placement))
+    return blocks
+
+
+def _residual_for(lin: Linear | None, candidates: list[Residual], nodes, tensors) -> Residual | None:
+    if lin is None:
+        return None
+    end = lin.bias_add or lin.node
+    for r in candidates:
+        if _reaches(tensors[r.branch], end, through_constant=True):
+            return r
+    return None
+
+
+def _reaches(t: gs.Tensor, target: str, through_constant: bool = False) -> bool:
+    """Whether walking back from `t` (layout ops, LayerNorm, constant ops) meets node `target`."""
+    frontier, seen = [t], 0
+    while frontier and seen < 32:
+        p = producer(frontier.pop(0))
+        seen += 1
+        if p is None:
+            continue
+        if p.name == target:
+            return True
+        constant_op = p.op in ("Add", "Mul") and len(data_inputs(p)) == 1
+        if p.op in LAYOUT_OPS or p.op == "LayerNormalization" or (through_constant and constant_op):
+            frontier.extend(data_inputs(p))
+    return False
+
+
+def _norm_before(t: gs.Tensor) -> gs.Node | None:
+    frontier, seen = [t], 0
+    while frontier and seen < 24:
+        p = producer(frontier.pop(0))
+        seen += 1
+        if p is None:
+            continue
+        if p.op == "LayerNormalization":
+            return p
+        if p.op in LAYOUT_OPS:
+            frontier.extend(data_inputs(p))
+    return None
+
+
+def _norm_after(t: gs.Tensor) -> gs.Node | None:
+    for c in t.outputs:
+        if c.op == "LayerNormalization":
+            return c
+    return None
+
+
+def _placement(att, mlp, r_att, r_mlp, nodes, tensors) -> tuple[str, tuple[str, ...]]:
+    pre_att = _norm_before(nodes[att.projections[0].node].inputs[0])
+    pre_mlp = _norm_before(nodes[mlp.fc1.node].inputs[0]) if mlp else None
+    post_att = _norm_after(tensors[r_att.node and _out(nodes, r_att.node)]) if r_att else None
+    post_mlp = _norm_after(tensors[_out(nodes, r_mlp.node)]) if r_mlp else None
+    # A LayerNorm in front of the projections is a pre-norm only if it sits on the branch, i.e. it
+    # reads the residual's skip tensor; after a post-norm block the previous norm feeds q too.
+    if pre_att is not None and r_att is not None and pre_att.inputs[0].name == r_att.skip:
+        norms = tuple(n.name for n in (pre_att, pre_mlp) if n is not None)
+        return "pre-norm", norms
+    if post_att is not None:
+        return "post-norm", tuple(n.name for n in (post_att, post_mlp) if n is not None)
+    return "none", ()
+
+
+def _out(nodes, name: str) -> str:
+    return nodes[name].outputs[0].name
+
+
+def patch_embed(graph: gs.Graph, s: ViTStructure) -> list[str]:
+    """Convs with constant weights that run before the first attention's projection."""
+    if not s.attentions:
+        return [n.name for n in graph.nodes if n.op == "Conv" and weight_of(n) is not None]
+    first = s.attentions[0].projections[0].node
+    names = []
+    for n in graph.nodes:  # graph is topologically sorted
+        if n.name == first:
+            break
+        if n.op == "Conv" and weight_of(n) is not None:
+            names.append(n.name)
+    return names
+
+
+def head_linears(graph: gs.Graph, s: ViTStructure) -> list[Linear]:
+    """Linears outside blocks whose result reaches a graph output through layout/bias ops."""
+    from onnxvq.recognize import linear_info
+
+    claimed = _claimed_linears(s)
+    outputs = {t.name for t in graph.outputs}
+    heads = []
+    for n in graph.nodes:
+        if is_linear(n) and n.name not in claimed:
+            lin = linear_info(n)
+            if _leads_to_output(graph.tensors()[lin.output], outputs):
+                heads.append(lin)
+    return heads
+
+
+def _leads_to_output(t: gs.Tensor, outputs: set[str]) -> bool:
+    for _ in range(8):
+        if t.name in outputs:
+            return True
+        if len(t.outputs) != 1:
+            return False
+        c = t.outputs[0]
+        if c.op not in LAYOUT_OPS and not (c.op == "Add" and len(data_inputs(c)) == 1):
+            return False
+        t = c.outputs[0]
+    return False
+
+
+def _claimed_linears(s: ViTStructure) -> set[str]:
+    names = set()
+    for a in s.attentions:
+        names |= {p.node for p in a.projections}
+        if a.out_proj:
+            names.add(a.out_proj.node)
+    for m in s.mlps:
+        names |= {m.fc1.node, m.fc2.node}
+    return names
+
+
+def unclaimed_ops(graph: gs.Graph, s: ViTStructure) -> Counter:
+    claimed = {ln.node for ln in s.layernorms} | {r.node for r in s.residuals}
+    claimed |= set(s.patch_embed) | {h.node for h in s.head}
+    for a in s.attentions:
+        claimed |= {a.softmax, a.scores_matmul, a.context_matmul, *a.score_nodes}
+        for lin in (*a.projections, a.out_proj):
+            if lin is not None:
+                claimed |= {lin.node, lin.bias_add}
+    for m in s.mlps:
+        claimed |= {m.fc1.node, m.fc1.bias_add, m.fc2.node, m.fc2.bias_add, *m.activation.nodes}
+    for h in s.head:
+        claimed.add(h.bias_add)
+    return Counter(n.op for n in graph.nodes if n.name not in claimed and n.op != "Constant")

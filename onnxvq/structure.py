@@ -1,0 +1,135 @@
+"""What the recogniser finds in a ViT graph, as plain data that later passes consume.
+
+Everything refers to nodes and tensors by name, so a structure stays meaningful after the graph is
+exported and re-imported (as the pipeline does between passes).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Linear:
+    node: str  # the MatMul/Gemm
+    weight: str
+    bias_add: str | None  # the Add that applies the bias, when it is a separate node
+    output: str  # tensor after the bias
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class Activation:
+    kind: Literal["gelu_erf", "gelu_tanh", "gelu", "relu", "other"]
+    nodes: tuple[str, ...]
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Attention:
+    softmax: str
+    scores_matmul: str  # Q·Kᵀ
+    context_matmul: str  # A·V
+    scores: str  # tensor fed to the Softmax chain (after scale/bias)
+    probs: str  # Softmax output
+    q: str  # MatMul operands as they enter Q·Kᵀ and A·V
+    k: str
+    v: str
+    scale: float
+    qkv: Literal["packed", "separate"]
+    projections: tuple[Linear, ...]  # one (packed) or three (q, k, v)
+    out_proj: Linear | None
+    additive_bias: bool  # bias or mask added before the Softmax (Swin)
+    heads: int | None
+    head_dim: int | None
+    score_nodes: tuple[str, ...] = ()  # scale and bias nodes between Q·Kᵀ and the Softmax
+
+
+@dataclass(frozen=True)
+class Mlp:
+    fc1: Linear
+    activation: Activation
+    fc2: Linear
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    node: str
+    input: str
+    output: str
+    channels: int | None
+    consumers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Residual:
+    node: str
+    skip: str  # the identity input
+    branch: str  # the input that carries the attention/MLP result
+    kind: Literal["attention", "mlp"]
+
+
+@dataclass(frozen=True)
+class Block:
+    index: int
+    attention: Attention
+    mlp: Mlp | None
+    norms: tuple[str, ...]
+    residuals: tuple[Residual, ...]
+    placement: Literal["pre-norm", "post-norm", "none"]
+
+
+@dataclass
+class ViTStructure:
+    blocks: list[Block] = field(default_factory=list)
+    attentions: list[Attention] = field(default_factory=list)
+    mlps: list[Mlp] = field(default_factory=list)
+    layernorms: list[LayerNorm] = field(default_factory=list)
+    residuals: list[Residual] = field(default_factory=list)
+    patch_embed: list[str] = field(default_factory=list)
+    head: list[Linear] = field(default_factory=list)
+    other_softmax: list[str] = field(default_factory=list)
+    unrecognised: Counter = field(default_factory=Counter)
+    opset: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "blocks": len(self.blocks),
+            "attentions": len(self.attentions),
+            "layernorms": len(self.layernorms),
+            "mlps": len(self.mlps),
+            "residual_adds": len(self.residuals),
+        }
+
+    @property
+    def is_vit(self) -> bool:
+        return bool(self.blocks)
+
+    def summary(self) -> dict:
+        first = self.blocks[0] if self.blocks else None
+        return {
+            **self.counts,
+            "heads": first.attention.heads if first else None,
+            "head_dim": first.attention.head_dim if first else None,
+            "dim": first.attention.projections[0].in_features if first else None,
+            "attention": sorted({a.qkv for a in self.attentions}),
+            "attention_bias": any(a.additive_bias for a in self.attentions),
+            "placement": sorted({b.placement for b in self.blocks}),
+            "activation": sorted({m.activation.kind for m in self.mlps}),
+            "patch_embed": self.patch_embed,
+            "head": [h.node for h in self.head],
+            "other_softmax": len(self.other_softmax),
+            "unrecognised": dict(sorted(self.unrecognised.items())),
+            "opset": self.opset,
+        }
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["unrecognised"] = dict(self.unrecognised)
+        d["counts"] = self.counts
+        return d

@@ -1,0 +1,13 @@
+"""The canonicalisation pipeline every onnxvq command starts with. Each pass is numerically neutral."""
+
+from __future__ import annotations
+
+from onnxvq.pipeline import Pipeline
+from onnxvq.passes.fold_constants import FoldConstants
+from onnxvq.passes.fold_static_shapes import FoldStaticShapes
+from onnxvq.passes.fuse_layernorm import FuseLayerNorm
+from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
+
+
+def canonicalize_pipeline() -> Pipeline:
+    return Pipeline((FoldConstants(), FoldStaticShapes(), FuseLayerNorm(), NormalizeAttentionScale()))
