@@ -1,0 +1,51 @@
+"""The Python API the CLI is a thin layer over."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import onnx
+
+from onnxvq.graph import load_model
+from onnxvq.pipeline import PipelineReport
+from onnxvq.structure import ViTStructure
+
+
+@dataclass
+class Inspection:
+    path: str
+    structure: ViTStructure
+    canonicalization: PipelineReport
+    model: onnx.ModelProto  # the canonicalised model
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "summary": self.structure.summary(),
+            "passes": [
+                {"pass": r.pass_id, "applied": r.applied, "refused": len(r.refused), **r.counts}
+                for r in self.canonicalization.passes
+            ],
+            "canonicalization_max_abs_diff": (
+                self.canonicalization.numeric.max_abs_diff if self.canonicalization.numeric else None
+            ),
+        }
+
+
+def canonicalize(model: onnx.ModelProto, *, numeric: str = "end") -> tuple[onnx.ModelProto,
+                                                                            PipelineReport]:
+    """Run the canonicalisation pipeline (numerically neutral, checked in ORT to 1e-4)."""
+    from onnxvq.passes.canonicalize import canonicalize_pipeline
+
+    return canonicalize_pipeline().run(model, numeric=numeric)
+
+
+def inspect(model: str | os.PathLike | onnx.ModelProto) -> Inspection:
+    """Canonicalise a model and recognise its ViT structure."""
+    from onnxvq.recognize import recognise_model
+
+    path = "<memory>" if isinstance(model, onnx.ModelProto) else str(model)
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    canonical, report = canonicalize(proto)
+    return Inspection(path, recognise_model(canonical), report, canonical)

@@ -1,0 +1,127 @@
+"""`quantize`: canonicalise, recognise, plan, calibrate in one ONNX Runtime pass, rewrite."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from onnxvq.api import canonicalize
+from onnxvq.calib import batches, make_observer, open_source
+from onnxvq.calib.collect import collect
+from onnxvq.calib.preprocess import Preprocess, resolve_preprocess
+from onnxvq.config import QuantConfig
+from onnxvq.graph import load_model, save_model, to_graph
+from onnxvq.pipeline import PassContext, PassResult, Pipeline
+from onnxvq.placement import QuantPlan, plan
+from onnxvq.recognize import recognise_model
+from onnxvq.structure import ViTStructure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantResult:
+    model: onnx.ModelProto
+    config: QuantConfig
+    structure: ViTStructure
+    plan: QuantPlan
+    activation_qparams: dict[str, dict]
+    weight_qparams: dict[str, dict]
+    passes: list[PassResult]
+    calibration: dict = field(default_factory=dict)
+
+    def sidecar(self) -> dict:
+        return {
+            "onnxvq": _version(),
+            "config": self.config.to_dict(),
+            "calibration": self.calibration,
+            "structure": self.structure.summary(),
+            "passes": [{"pass": r.pass_id, "applied": r.applied, **r.counts} for r in self.passes],
+            "skipped": [{"node": n, "reason": r} for n, r in self.plan.skipped],
+            "activations": self.activation_qparams,
+            "weights": self.weight_qparams,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model and its JSON sidecar (`<name>.json` beside it), each atomically."""
+        path = save_model(self.model, path)
+        side = path.with_suffix(".json")
+        tmp = side.with_name(f".{side.name}.tmp")
+        tmp.write_text(json.dumps(self.sidecar(), indent=1))
+        os.replace(tmp, side)
+        return path
+
+
+def quantize(
+    model: str | os.PathLike | onnx.ModelProto,
+    calib: str | os.PathLike | None = None,
+    config: QuantConfig | None = None,
+    *,
+    preprocess: Preprocess | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> QuantResult:
+    """Quantize an FP32 ViT. `calib` is an image folder, a .npy/.npz file or folder, or None for
+    Gaussian noise (data-free; logged as a warning, expect lower accuracy)."""
+    cfg = config or QuantConfig()
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    canonical, _ = canonicalize(proto, numeric="none")
+    structure = recognise_model(canonical)
+    if not structure.is_vit:
+        log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
+                    "will be quantized")
+    graph = to_graph(canonical)
+    the_plan = plan(graph, structure, cfg)
+    qparams, calib_info = calibrate(canonical, the_plan, calib, cfg, preprocess, progress)
+    ctx = PassContext(original=canonical)
+    ctx.data.update(plan=the_plan, activation_qparams=qparams, structure=structure, config=cfg)
+    out, report = Pipeline(_quant_passes(cfg)).run(canonical, ctx=ctx, numeric="none")
+    return QuantResult(out, cfg, structure, the_plan, qparams, ctx.data.get("weight_qparams", {}),
+                       report.passes, calib_info)
+
+
+def _quant_passes(cfg: QuantConfig) -> tuple:
+    from onnxvq.passes.insert_qdq import InsertActivationQDQ
+    from onnxvq.passes.quantize_weights import QuantizeWeights
+
+    return (QuantizeWeights(), InsertActivationQDQ())
+
+
+def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConfig,
+              preprocess: Preprocess | None, progress) -> tuple[dict[str, dict], dict]:
+    """One ORT run over the calibration data; returns qparams per activation site."""
+    inp = model.graph.input[0]
+    shape = [d.dim_value if d.HasField("dim_value") else "N" for d in inp.type.tensor_type.shape.dim]
+    source = open_source(calib, preprocess or resolve_preprocess("imagenet"), cfg.calib_size, shape)
+    if calib is None:
+        log.warning("NO CALIBRATION DATA: calibrating on %d samples of Gaussian noise. Accuracy "
+                    "will be lower than with real images; pass --calib DIR.", len(source))
+    opts = {"ema": {"momentum": cfg.momentum}, "percentile": {"tail": cfg.percentile}}
+    t0 = time.perf_counter()
+    observers = collect(model, [s.tensor for s in the_plan.activations],
+                        batches(source, cfg.batch_size, inp.name, progress),
+                        lambda name: make_observer(cfg.method, name, **opts.get(cfg.method, {})))
+    signed = cfg.symmetric
+    qparams = {}
+    for site in the_plan.activations:
+        scale, zp = observers[site.tensor].qparams(site.bits, symmetric=cfg.symmetric,
+                                                   signed=signed)
+        lo, hi = observers[site.tensor].range()
+        qparams[site.tensor] = {"scale": float(scale), "zero_point": int(zp),
+                                "dtype": "int8" if signed else "uint8", "bits": site.bits,
+                                "range": [float(lo), float(hi)], "role": site.role}
+    info = {"source": str(calib) if calib else "gaussian-noise", "samples": len(source),
+            "method": cfg.method, "seconds": round(time.perf_counter() - t0, 3)}
+    return qparams, info
+
+
+def _version() -> str:
+    from onnxvq import __version__
+
+    return __version__
