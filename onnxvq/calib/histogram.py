@@ -59,9 +59,13 @@ class StreamingHistogram:
             self._start(lo, hi)
         else:
             self._cover(lo, hi)
-        # float64: float32 would misplace values whose magnitude dwarfs the bin width.
-        idx = np.floor((x.astype(np.float64) - self.origin) * (1.0 / self.width))
-        idx = np.clip(idx, 0, self.bins - 1).astype(np.int64)
+        # float64: float32 would misplace values whose magnitude dwarfs the bin width. In place,
+        # and clip before the cast: truncation equals floor on the non-negative clipped values.
+        y = x.astype(np.float64)
+        y -= self.origin
+        y *= 1.0 / self.width
+        np.clip(y, 0, self.bins - 1, out=y)
+        idx = y.astype(np.intp)
         if self.channels is not None:
             idx = idx.reshape(-1, self.channels) + np.arange(self.channels) * self.bins
         self.counts += np.bincount(idx.ravel(), minlength=self.counts.size).reshape(

@@ -8,6 +8,7 @@ and pixels become `(rgb / 255 - mean) / std`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Literal
@@ -20,6 +21,7 @@ from onnxvq.errors import CalibrationError
 _TIMM_MEAN = (0.485, 0.456, 0.406)
 _TIMM_STD = (0.229, 0.224, 0.225)
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+_CROP_PCT = {"imagenet": 0.9}  # resize = floor(crop / crop_pct)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -82,8 +84,8 @@ PRESETS: dict[str, Preprocess] = {
 def resolve_preprocess(preset: str = "imagenet", size: int | None = None,
                        mean: tuple[float, ...] | None = None,
                        std: tuple[float, ...] | None = None) -> Preprocess:
-    """A preset with explicit overrides; `size` sets the crop and scales the resize like the
-    preset (imagenet: 224 -> 248, so 384 -> 426)."""
+    """A preset with explicit overrides; `size` sets the crop and the resize becomes
+    `floor(size / crop_pct)` as timm does (imagenet: crop_pct 0.9, 224 -> 248, 384 -> 426)."""
     try:
         base = PRESETS[preset]
     except KeyError:
@@ -93,7 +95,7 @@ def resolve_preprocess(preset: str = "imagenet", size: int | None = None,
     changes: dict = {}
     if size is not None:
         changes["crop"] = int(size)
-        changes["size"] = int(round(size * base.size / base.crop))
+        changes["size"] = math.floor(size / _CROP_PCT.get(preset, 1.0))
     if mean is not None:
         changes["mean"] = tuple(float(v) for v in mean)
     if std is not None:

@@ -1,0 +1,130 @@
+"""Builders for onnxvq's custom nodes, called by the graph-rewrite passes (spec: plugins/README.md).
+
+Each `make_*_node` appends one `com.onnxvq` node to an onnx-graphsurgeon graph and returns its
+output tensor, so rewrites chain like graphsurgeon's own builders:
+
+    codes = make_log_int_softmax_node(graph, scores_q, softmax_constants(s_scores), name=...)
+    acc = make_log_int_matmul_node(graph, codes, v_q, bits=4, zero_point=0, name=...)
+    # acc is int64 with scale s_v * 2^-max_code(bits): follow with Cast(FLOAT) and Mul
+
+Every builder also registers the op's ONNX local function and the `com.onnxvq` opset import on the
+graph (`register_functions`), so the exported model runs in any ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
+from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
+from onnxvq.plugins.reference import LayerNormParams, SoftmaxConstants
+from onnxvq.plugins.reference.softmax import _check_bits
+
+from onnxvq.errors import OnnxvqError
+
+VERSION = 1
+PLUGIN_ATTRS = {"plugin_version": "1", "plugin_namespace": DOMAIN}
+_OUT_NUMPY = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
+
+
+def register_functions(graph: gs.Graph) -> None:
+    """Add the com.onnxvq opset import and the three local functions to `graph` (idempotent)."""
+    domains = list(graph.import_domains or [helper.make_opsetid("", graph.opset)])
+    if not any(d.domain == DOMAIN for d in domains):
+        domains.append(helper.make_opsetid(DOMAIN, VERSION))
+    graph.import_domains = domains
+    have = {(f.domain, f.name) for f in graph.functions}
+    for proto in function_protos():
+        if (proto.domain, proto.name) not in have:
+            graph.functions.append(OnnxImporter.import_function(proto, model_opset=OPSET))
+
+
+def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same for a ModelProto built without graphsurgeon; returns `model`, edited in place."""
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
+    have = {(f.domain, f.name) for f in model.functions}
+    model.functions.extend(p for p in function_protos() if (p.domain, p.name) not in have)
+    return model
+
+
+def make_int_layer_norm_node(
+    graph: gs.Graph, x: gs.Tensor, params: LayerNormParams, *, name: str
+) -> gs.Variable:
+    """IntLayerNorm over the last axis of `x` (uint8/int8 PTS codes, last dim C).
+
+    `params` comes from `reference.layernorm_params(gamma, beta, s1, alpha, zp, out_scale, out_zp,
+    eps=..., output_dtype=...)`; its three arrays become constants `<name>_alpha/_gamma/_beta`.
+    Returns Y (uint8 or int8 per `params.output_dtype`, shape of `x`): codes of (out_scale, out_zp),
+    so `DequantizeLinear(Y, out_scale, out_zp)` gives the float LayerNorm output.
+    """
+    channels = params.alpha.shape[0]
+    if x.shape is not None and isinstance(x.shape[-1], int) and x.shape[-1] != channels:
+        raise OnnxvqError(f"{name}: input has {x.shape[-1]} channels, parameters have {channels}")
+    consts = [
+        gs.Constant(f"{name}_{field}", np.ascontiguousarray(getattr(params, field)))
+        for field in ("alpha", "gamma", "beta")
+    ]
+    dtype = _OUT_NUMPY[params.output_dtype]
+    return _append(graph, "IntLayerNorm", [x, *consts], params.attributes(), dtype, x.shape, name)
+
+
+def make_log_int_softmax_node(
+    graph: gs.Graph, x: gs.Tensor, constants: SoftmaxConstants, *, name: str
+) -> gs.Variable:
+    """LogIntSoftmax over the last axis of `x` (int8 or int32 score codes of scale S).
+
+    `constants` = `reference.softmax_constants(S, bits)`. Returns uint8 log2 codes, shape of `x`:
+    code k means 2^-k for k <= max_code(bits); zero_code(bits) means 0.
+    """
+    return _append(
+        graph, "LogIntSoftmax", [x], constants.attributes(), np.uint8, x.shape, name
+    )
+
+
+def make_log_int_matmul_node(
+    graph: gs.Graph,
+    codes: gs.Tensor,
+    v: gs.Tensor,
+    *,
+    bits: int = 4,
+    zero_point: int = 0,
+    name: str,
+) -> gs.Variable:
+    """codes [..., R, K] (uint8, from LogIntSoftmax with the same `bits`) times v [..., K, D]
+    (int8/uint8 codes of V with zero point `zero_point`, same leading dims).
+
+    Returns the exact int64 accumulator [..., R, D]; its float value is `acc * s_v * 2^-M` with
+    `M = reference.max_code(bits)` (15 for 4 bits): Cast(to=FLOAT) then Mul(s_v * 2^-M).
+    """
+    _check_bits(bits)
+    shape = None
+    if codes.shape is not None and v.shape is not None:
+        shape = list(codes.shape[:-1]) + [v.shape[-1]]
+    attrs = {"bits": bits, "zero_point": zero_point}
+    return _append(graph, "LogIntMatMul", [codes, v], attrs, np.int64, shape, name)
+
+
+def _append(
+    graph: gs.Graph,
+    op: str,
+    inputs: list[gs.Tensor],
+    attrs: dict[str, int],
+    dtype: type,
+    shape,
+    name: str,
+) -> gs.Variable:
+    register_functions(graph)
+    out = gs.Variable(f"{name}_out", dtype=dtype, shape=None if shape is None else list(shape))
+    node = gs.Node(
+        op=op,
+        name=name,
+        domain=DOMAIN,
+        attrs={**{k: int(v) for k, v in attrs.items()}, **PLUGIN_ATTRS},
+        inputs=inputs,
+        outputs=[out],
+    )
+    graph.nodes.append(node)
+    return out

@@ -1,0 +1,142 @@
+"""LogIntSoftmax and LogIntMatMul: integer references and constants (spec: plugins/README.md).
+
+    scores X (int, scale S) --I-BERT i-exp--> e (int64) --row sum, normalize to 31 bits-->
+      k = log2(sum/e) rounded at sqrt(2)*2^k --> codes (uint8; value 2^-k, Z means 0)
+    codes A, V --sum_k (V - zp) << (M - A)--> int64 (scale s_v * 2^-M)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from onnxvq.plugins.reference.intmath import as_int64, bit_length
+
+from onnxvq.errors import OnnxvqError
+
+MAX_ROW = 1 << 16  # n is chosen so that a row of this many maximal exps fits int64
+SUM_BITS = 31  # the row sum is normalized below 2^31 so that squares fit int64
+MAX_MATMUL_K = 1 << 24
+POLY_A, POLY_B, POLY_C = 0.3585, 1.353, 0.344  # I-BERT: exp(x) ~ A (x + B)^2 + C on (-ln2, 0]
+
+
+@dataclass(frozen=True)
+class SoftmaxConstants:
+    """The int attributes of a LogIntSoftmax node."""
+
+    x0: int
+    b: int
+    c: int
+    n: int
+    bits: int = 4
+
+    def attributes(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def max_code(bits: int) -> int:
+    """M: the largest code with a non-zero value 2^-M."""
+    return min((1 << bits) - 1, 31)
+
+
+def zero_code(bits: int) -> int:
+    """Z: the code LogIntSoftmax emits for probabilities below 2^-(M + 1/2)."""
+    return min(1 << bits, 255)
+
+
+def softmax_constants(scale: float, bits: int = 4) -> SoftmaxConstants:
+    """LogIntSoftmax constants for scores of scale `scale` (derived once, in float64)."""
+    _check_bits(bits)
+    if not 0.0 < scale < math.log(2.0):
+        raise OnnxvqError(f"LogIntSoftmax needs a score scale in (0, ln 2), got {scale}")
+    x0 = math.floor(-math.log(2.0) / scale)
+    b = math.floor(POLY_B / scale)
+    c = math.floor(POLY_C / (POLY_A * scale * scale))
+    pmax = max(b * b, (x0 + 1 + b) ** 2) + c
+    n = min(62, 63 - (MAX_ROW.bit_length() - 1) - pmax.bit_length())
+    if n < 0:
+        raise OnnxvqError(f"score scale {scale} is too small: exp values overflow int64")
+    return SoftmaxConstants(x0=x0, b=b, c=c, n=n, bits=bits)
+
+
+def int_exp(x: np.ndarray, *, x0: int, b: int, c: int, n: int) -> np.ndarray:
+    """I-BERT integer exp of each row, relative to the row max (README steps 1-4), int64 >= 0."""
+    x = as_int64(x)
+    d = x - x.max(axis=-1, keepdims=True)
+    q = (-d) // (-x0)
+    r = d - q * x0
+    p = (r + b) ** 2 + c
+    return (p << n) >> np.minimum(q, 63)
+
+
+def log_int_softmax(
+    x: np.ndarray, *, x0: int, b: int, c: int, n: int, bits: int = 4
+) -> np.ndarray:
+    """Log2 codes of softmax over the last axis (uint8): k means 2^-k, zero_code(bits) means 0."""
+    _check_softmax(x, x0, b, c, n, bits)
+    e = int_exp(x, x0=x0, b=b, c=c, n=n)
+    s = e.sum(axis=-1, keepdims=True)
+    h = np.maximum(bit_length(s) - SUM_BITS, 0)
+    big, small = s >> h, e >> h
+    k = _rounded_log2_ratio(big * big, small * small, max_code(bits) + 1)
+    code = np.where((small == 0) | (k > max_code(bits)), zero_code(bits), k)
+    return code.astype(np.uint8)
+
+
+def _rounded_log2_ratio(big_sq: np.ndarray, small_sq: np.ndarray, cap: int) -> np.ndarray:
+    """#{t in 1..cap : big^2 >> (2t-1) >= small^2}, i.e. log2(big/small) rounded at sqrt(2)*2^k.
+
+    The threshold test is monotone in t, so a binary search over t (steps 32..1) counts it.
+    """
+    k = np.zeros(np.broadcast_shapes(big_sq.shape, small_sq.shape), np.int64)
+    for step in (32, 16, 8, 4, 2, 1):
+        t = k + step
+        shift = np.minimum(2 * t - 1, 63)
+        ok = (t <= cap) & ((big_sq >> shift) >= small_sq)
+        k = np.where(ok, t, k)
+    return k
+
+
+def log_int_matmul(
+    a: np.ndarray, v: np.ndarray, *, bits: int = 4, zero_point: int = 0
+) -> np.ndarray:
+    """int64 sum_k 2^(M - A[..., r, k]) * (V[..., k, d] - zero_point); codes above M give 0."""
+    _check_bits(bits)
+    if a.dtype != np.uint8 or v.dtype not in (np.int8, np.uint8):
+        raise OnnxvqError(f"LogIntMatMul takes uint8 A and int8/uint8 V, got {a.dtype}, {v.dtype}")
+    if a.ndim < 2 or a.ndim != v.ndim or a.shape[:-2] != v.shape[:-2]:
+        raise OnnxvqError(f"LogIntMatMul shapes {a.shape} and {v.shape} do not match")
+    if a.shape[-1] != v.shape[-2] or a.shape[-1] > MAX_MATMUL_K:
+        raise OnnxvqError(f"LogIntMatMul inner sizes {a.shape[-1]} and {v.shape[-2]} are invalid")
+    m = max_code(bits)
+    codes = as_int64(a)
+    w = np.where(codes <= m, np.int64(1) << np.clip(m - codes, 0, 63), 0)
+    return np.matmul(w, as_int64(v) - zero_point)
+
+
+def decode_log2_codes(codes: np.ndarray, bits: int = 4) -> np.ndarray:
+    """Float value of LogIntSoftmax codes: 2^-k for k <= M, 0 otherwise."""
+    k = as_int64(codes)
+    return np.where(k <= max_code(bits), np.exp2(-k.astype(np.float64)), 0.0)
+
+
+def decode_log_int_matmul(y: np.ndarray, v_scale: float, bits: int = 4) -> np.ndarray:
+    """Float value of a LogIntMatMul accumulator: y * s_v * 2^-M."""
+    return y.astype(np.float64) * v_scale * 2.0 ** -max_code(bits)
+
+
+def _check_bits(bits: int) -> None:
+    if not 1 <= bits <= 8:
+        raise OnnxvqError(f"bits must lie in 1..8, got {bits}")
+
+
+def _check_softmax(x: np.ndarray, x0: int, b: int, c: int, n: int, bits: int) -> None:
+    _check_bits(bits)
+    if x.dtype not in (np.int8, np.int32):
+        raise OnnxvqError(f"LogIntSoftmax input must be int8 or int32, got {x.dtype}")
+    if x.ndim == 0 or not 1 <= x.shape[-1] <= MAX_ROW:
+        raise OnnxvqError(f"LogIntSoftmax rows must have 1..{MAX_ROW} elements")
+    pmax = max(b * b, (x0 + 1 + b) ** 2) + c
+    if x0 >= 0 or b < 0 or c < 0 or not 0 <= n <= 62 or pmax << n >= (1 << 63) // MAX_ROW:
+        raise OnnxvqError(f"LogIntSoftmax constants out of range: x0={x0} b={b} c={c} n={n}")
