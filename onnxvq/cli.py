@@ -47,3 +47,98 @@ def inspect(
         render_inspection(console, result)
     if not result.structure.is_vit:
         raise _fail(UnsupportedModelError(f"{model}: no transformer blocks found"))
+
+
+@app.command()
+def quantize(
+    model: Path = typer.Argument(..., help="FP32 ONNX model."),
+    output: Path = typer.Option(None, "-o", "--output", help="Default: MODEL.int8.onnx"),
+    calib: Path = typer.Option(None, "--calib", help="Image folder or .npy/.npz; none: noise."),
+    preset: str = typer.Option("imagenet", help="Preprocessing preset: imagenet, imagenet-hf, "
+                               "cifar10, cifar10-vit."),
+    size: int = typer.Option(None, help="Override the preset's input size."),
+    mean: tuple[float, float, float] = typer.Option(None, help="Override the preset's mean (RGB)."),
+    std: tuple[float, float, float] = typer.Option(None, help="Override the preset's std (RGB)."),
+    preprocess_config: Path = typer.Option(None, help="JSON preprocessing config."),
+    method: str = typer.Option("minmax", help="minmax, ema, percentile or omse."),
+    target: str = typer.Option("ort", help="ort (uint8 asymmetric) or trt (int8 symmetric)."),
+    w_bits: int = typer.Option(8, help="Weight bits."),
+    a_bits: int = typer.Option(8, help="Activation bits."),
+    attn_bits: int = typer.Option(None, help="Attention MatMul input bits (default a-bits; 4 "
+                                  "with --lis)."),
+    momentum: float = typer.Option(0.01, help="EMA momentum."),
+    percentile: float = typer.Option(1e-5, help="Percentile tail mass per side."),
+    skip: list[str] = typer.Option([], help="Keep nodes matching this glob float (repeatable)."),
+    patch_embed: bool = typer.Option(True, help="Quantize the patch-embedding Conv."),
+    head: bool = typer.Option(True, help="Quantize the classifier head."),
+    pts: bool = typer.Option(False, "--pts", help="IntLayerNorm with power-of-two scales."),
+    lis: bool = typer.Option(False, "--lis", help="LogIntSoftmax with log2 attention codes."),
+    calib_size: int = typer.Option(256, help="Calibration samples."),
+    batch_size: int = typer.Option(16, help="Calibration batch size."),
+    report: bool = typer.Option(False, "--report", help="Write an HTML report beside the output."),
+) -> None:
+    """Quantize MODEL and write OUT.onnx plus its OUT.json sidecar of scales and settings."""
+    from onnxvq.calib.preprocess import load_preprocess_config, resolve_preprocess
+    from onnxvq.config import QuantConfig
+    from onnxvq.quantize import quantize as run_quantize
+    from onnxvq.render import render_quantization
+
+    output = output or model.with_name(model.stem + ".int8.onnx")
+    try:
+        cfg = QuantConfig(method=method, target=target, w_bits=w_bits, a_bits=a_bits,
+                          attn_bits=attn_bits, momentum=momentum, percentile=percentile,
+                          skip=tuple(skip), quantize_patch_embed=patch_embed, quantize_head=head,
+                          pts=pts, lis=lis, calib_size=calib_size, batch_size=batch_size)
+        prep = (load_preprocess_config(preprocess_config) if preprocess_config
+                else resolve_preprocess(preset, size=size, mean=mean, std=std))
+        with _progress("calibrating") as advance:
+            result = run_quantize(model, calib, cfg, preprocess=prep, progress=advance)
+        path = result.save(output)
+        if report:
+            _write_report(model, result, calib, prep, path)
+    except OnnxvqError as exc:
+        raise _fail(exc) from None
+    render_quantization(console, result, model, path)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("onnxvq-demo"), "-o", "--output", help="Folder for the models."),
+    pts: bool = typer.Option(False, "--pts"),
+    lis: bool = typer.Option(False, "--lis"),
+) -> None:
+    """Build a small ViT (no download), quantize it, print fidelity and speed."""
+    from onnxvq.demo import run_demo
+    from onnxvq.render import render_demo
+
+    try:
+        result = run_demo(output, pts=pts, lis=lis)
+    except OnnxvqError as exc:
+        raise _fail(exc) from None
+    render_demo(console, result)
+
+
+def _write_report(model, result, calib, prep, path) -> None:
+    from onnxvq.report import write_report
+
+    write_report(model, result, calib, path.with_suffix(".html"), preprocess=prep)
+
+
+class _progress:
+    """A rich progress bar that counts samples; yields the callback `advance(n)`."""
+
+    def __init__(self, label: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                             transient=True)
+        self._label = label
+
+    def __enter__(self):
+        self._bar.__enter__()
+        task = self._bar.add_task(self._label, total=None)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)

@@ -79,6 +79,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
             # External data was written under the final name already; only the graph file moves.
         else:
             onnx.save_model(model, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -110,6 +111,12 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
         known = {f.domain + "::" + f.name for f in model.functions}
         model.functions.extend(f for f in like.functions if f.domain + "::" + f.name not in known)
     return compatible_ir(model)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fits_bytesize(model: onnx.ModelProto) -> bool:

@@ -54,3 +54,49 @@ def _blocks_table(result: Inspection) -> Table:
         t.add_row(str(b.index), b.placement, a.qkv, f"{a.heads}×{a.head_dim}", f"{a.scale:.4g}",
                   "yes" if a.additive_bias else "no", mlp, str(len(b.residuals)))
     return t
+
+
+def render_quantization(console: Console, result, model_path, out_path) -> None:
+    from pathlib import Path
+
+    cfg = result.config
+    t = Table(title=f"onnxvq quantize → {out_path}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    s = result.structure.counts
+    t.add_row("structure", ", ".join(f"{k} {v}" for k, v in s.items()))
+    t.add_row("settings", f"{cfg.method}, target {cfg.target}, W{cfg.w_bits}/A{cfg.a_bits}/"
+              f"attn{cfg.attention_bits}" + (" +PTS" if cfg.pts else "") + (" +LIS" if cfg.lis else ""))
+    cal = result.calibration
+    t.add_row("calibration", f"{cal['samples']} samples from {cal['source']} in {cal['seconds']} s")
+    t.add_row("quantized", f"{len(result.plan.weights)} weights, "
+              f"{len(result.plan.activations)} activation tensors")
+    for r in result.passes:
+        t.add_row(r.pass_id, f"{r.applied} applied" +
+                  "".join(f", {k} {v}" for k, v in r.counts.items() if k != "bytes_saved"))
+    if result.plan.skipped:
+        t.add_row("kept float", "; ".join(f"{n} ({why})" for n, why in result.plan.skipped[:6]))
+    size_in = Path(model_path).stat().st_size if Path(model_path).exists() else 0
+    size_out = Path(out_path).stat().st_size
+    if size_in:
+        t.add_row("file size", f"{size_in / 1e6:.2f} MB → {size_out / 1e6:.2f} MB "
+                  f"({size_in / max(size_out, 1):.1f}× smaller)")
+    t.add_row("sidecar", str(Path(out_path).with_suffix(".json")))
+    console.print(t)
+
+
+def render_demo(console: Console, demo) -> None:
+    f = demo.fidelity
+    t = Table(title="onnxvq demo: small ViT (4 blocks, dim 384, 224²), noise calibration",
+              title_justify="left")
+    for col in ("", "FP32", "int8 (onnxvq)", "ratio"):
+        t.add_column(col, justify="right")
+    for b in (1, 8):
+        fp, q = demo.latency[f"fp32@{b}"], demo.latency[f"int8@{b}"]
+        t.add_row(f"latency batch {b} (ms, ORT CPU)", f"{fp:.2f}", f"{q:.2f}", f"{q / fp:.2f}×")
+    t.add_row("file size (MB)", f"{demo.sizes['fp32'] / 1e6:.2f}", f"{demo.sizes['int8'] / 1e6:.2f}",
+              f"{demo.sizes['int8'] / demo.sizes['fp32']:.2f}×")
+    console.print(t)
+    console.print(f"fidelity on {f.samples} held-out inputs: cosine {f.cosine:.4f}, "
+                  f"SQNR {f.sqnr_db:.1f} dB, top-1 agreement {f.top1_agreement:.1%}")
+    console.print(f"models: {demo.fp32_path}, {demo.quant_path}")

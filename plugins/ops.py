@@ -25,7 +25,10 @@ from onnxvq.plugins.reference.softmax import _check_bits
 from onnxvq.errors import OnnxvqError
 
 VERSION = 1
-PLUGIN_ATTRS = {"plugin_version": "1", "plugin_namespace": DOMAIN}
+# TensorRT's plugin registry refuses namespaces with a dot, so the plugin namespace is "onnxvq" while
+# the ONNX domain stays "com.onnxvq" (the parser reads the namespace from this attribute).
+PLUGIN_NAMESPACE = "onnxvq"
+PLUGIN_ATTRS = {"plugin_version": "1", "plugin_namespace": PLUGIN_NAMESPACE}
 _OUT_NUMPY = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
 
 

@@ -1,0 +1,55 @@
+"""Quick fidelity and speed figures for a quantized model next to its FP32 original."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxvq.runtime import make_session, random_inputs
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    samples: int
+    cosine: float  # mean over samples of cos(fp32, quant) of the first output
+    sqnr_db: float  # 10·log10(Σ fp32² / Σ (fp32 − quant)²)
+    max_abs_diff: float
+    top1_agreement: float  # argmax of the first output, for classifiers
+
+
+def fidelity(fp32: onnx.ModelProto | str, quant: onnx.ModelProto | str,
+             feeds: Iterable[Mapping[str, np.ndarray]]) -> Fidelity:
+    a_sess, b_sess = make_session(fp32), make_session(quant)
+    out = a_sess.get_outputs()[0].name
+    cos, agree, n, sig, noise, worst = [], 0, 0, 0.0, 0.0, 0.0
+    for f in feeds:
+        a = a_sess.run([out], dict(f))[0].astype(np.float64).reshape(len(next(iter(f.values()))), -1)
+        b = b_sess.run([out], dict(f))[0].astype(np.float64).reshape(a.shape)
+        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos.extend((a * b).sum(1) / np.maximum(denom, 1e-30))
+        agree += int((a.argmax(1) == b.argmax(1)).sum())
+        n += len(a)
+        sig += float((a**2).sum())
+        noise += float(((a - b) ** 2).sum())
+        worst = max(worst, float(np.abs(a - b).max()))
+    sqnr = float("inf") if noise == 0 else 10 * np.log10(sig / noise)
+    return Fidelity(n, float(np.mean(cos)), sqnr, worst, agree / max(n, 1))
+
+
+def latency_ms(model: onnx.ModelProto | str, *, batch: int = 1, threads: int = 2,
+               runs: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one run in ONNX Runtime's CPU provider."""
+    sess = make_session(model, threads=threads)
+    feeds = random_inputs(sess, batch=batch)
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
