@@ -1,0 +1,145 @@
+"""Building and locating onnxvq's native ONNX Runtime custom-op library.
+
+The C++ sources live in ``plugins/ort/src``; ``plugins/ort/build.sh`` fetches the ORT headers
+(``fetch_headers.sh``) and compiles ``libonnxvq_ort.so``. The library is never linked against an
+onnxruntime .so: ORT hands it the API table when it registers the library, so one build loads into
+any onnxruntime >= 1.21.
+
+Environment:
+    ONNXVQ_NO_NATIVE=1      never use the native library (every lookup answers None).
+    ONNXVQ_ORT_LIBRARY      path of a prebuilt library to use instead of building one.
+    ONNXVQ_ORT_BUILD_DIR    where to build (default ``plugins/ort/build``).
+    CXX                     the C++ compiler (default g++).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from onnxvq.errors import OnnxvqError
+
+log = logging.getLogger(__name__)
+
+ORT_DIR = Path(__file__).resolve().parent / "ort"
+LIBRARY_NAME = "libonnxvq_ort.so"
+_BUILD_TIMEOUT_S = 900
+
+
+class NativeBuildError(OnnxvqError):
+    """The native custom-op library is missing and cannot be built (no compiler, no headers...)."""
+
+    exit_code = 6
+
+
+def native_disabled() -> bool:
+    return os.environ.get("ONNXVQ_NO_NATIVE", "").strip() not in ("", "0")
+
+
+def build_dir() -> Path:
+    return Path(os.environ.get("ONNXVQ_ORT_BUILD_DIR") or ORT_DIR / "build")
+
+
+def ort_library_path(build: bool = True) -> str | None:
+    """Path of the native custom-op library, or None when there is none to use.
+
+    None when ONNXVQ_NO_NATIVE is set, or when ``build`` is False and the library is not built.
+    With ``build`` True a missing or out-of-date library is built first (under a file lock, so
+    concurrent processes build it once); NativeBuildError says why when that is impossible.
+    """
+    if native_disabled():
+        return None
+    override = os.environ.get("ONNXVQ_ORT_LIBRARY")
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise NativeBuildError(f"ONNXVQ_ORT_LIBRARY={override} is not a file")
+        return str(path.resolve())
+    lib = build_dir() / LIBRARY_NAME
+    if build and (not lib.is_file() or _stale(lib)):
+        build_library()
+    if not lib.is_file():
+        return None
+    if _stale(lib):
+        log.warning("%s is older than its sources; rebuild with plugins/ort/build.sh", lib)
+    return str(lib)
+
+
+def native_available(build: bool = False) -> bool:
+    """Whether the native library can be used now (after building it when ``build`` is True)."""
+    try:
+        return ort_library_path(build=build) is not None
+    except OnnxvqError as err:
+        log.info("native custom ops unavailable: %s", err)
+        return False
+
+
+def build_library(*, force: bool = False) -> Path:
+    """Run plugins/ort/build.sh (fetch headers + compile) and return the library's path."""
+    _check_toolchain()
+    out_dir = build_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / LIBRARY_NAME
+    with _file_lock(out_dir / ".build.lock"):
+        # Another process may have finished the build while this one waited for the lock.
+        if not force and lib.is_file() and not _stale(lib):
+            return lib
+        log.info("building %s", lib)
+        env = {**os.environ, "ONNXVQ_ORT_BUILD_DIR": str(out_dir)}
+        try:
+            proc = subprocess.run(
+                ["bash", str(ORT_DIR / "build.sh")], env=env, capture_output=True, text=True,
+                timeout=_BUILD_TIMEOUT_S, check=False,
+            )
+        except subprocess.TimeoutExpired as err:
+            msg = f"building {LIBRARY_NAME} took over {_BUILD_TIMEOUT_S}s"
+            raise NativeBuildError(msg) from err
+        if proc.returncode != 0 or not lib.is_file():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise NativeBuildError(f"building {LIBRARY_NAME} failed ({proc.returncode}):\n{tail}")
+    return lib
+
+
+def _check_toolchain() -> None:
+    if not sys.platform.startswith("linux"):
+        raise NativeBuildError(f"the native library builds on Linux only, not {sys.platform}")
+    if not (ORT_DIR / "build.sh").is_file():
+        raise NativeBuildError(f"C++ sources not installed: {ORT_DIR / 'build.sh'} is missing")
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise NativeBuildError(f"no C++ compiler: '{cxx}' is not on PATH (set CXX)")
+    headers = build_dir() / "include" / "onnxruntime_lite_custom_op.h"
+    missing = [t for t in ("apt-get", "dpkg-deb") if shutil.which(t) is None]
+    if not headers.is_file() and missing:
+        raise NativeBuildError(
+            f"ONNX Runtime headers are not in {headers.parent} and cannot be fetched "
+            f"({', '.join(missing)} missing; see plugins/ort/fetch_headers.sh)"
+        )
+
+
+def _sources() -> list[Path]:
+    return [*ORT_DIR.glob("src/*"), ORT_DIR / "build.sh", ORT_DIR / "exports.map"]
+
+
+def _stale(lib: Path) -> bool:
+    """True when a source is newer than the library (only for libraries built from this tree)."""
+    built = lib.stat().st_mtime
+    return any(src.is_file() and src.stat().st_mtime > built for src in _sources())
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl  # POSIX only, like the library itself; importing onnxvq.plugins must not need it
+
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,120 @@
+// LogIntMatMul (plugins/README.md): Y[r, d] = sum_k 2^(M - A[r, k]) * (V[k, d] - zero_point).
+//
+// A code multiplies by a power of two, so each term is a shift of the centred value. When the
+// codes and V's dtype bound a block of terms below 2^31 (bits <= 4: 256 terms), the block sums
+// in int32 lanes and spills into int64; otherwise every term is summed in (wrapping) 64 bits.
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "common.h"
+#include "parallel.h"
+
+namespace onnxvq {
+namespace {
+
+constexpr int64_t kMaxK = int64_t{1} << 24;
+
+struct MatMulShape {
+  int64_t batches, rows, inner, cols;  // A [batches, rows, inner], V [batches, inner, cols]
+};
+
+MatMulShape CheckShapes(const std::vector<int64_t>& a, const std::vector<int64_t>& v) {
+  Require(a.size() >= 2 && a.size() == v.size(), "A and V must have the same rank >= 2");
+  Require(std::equal(a.begin(), a.end() - 2, v.begin()), "A and V leading dimensions differ");
+  MatMulShape s{1, a[a.size() - 2], a.back(), v.back()};
+  for (size_t i = 0; i + 2 < a.size(); ++i) s.batches *= a[i];
+  Require(v[v.size() - 2] == s.inner, "A's last dimension must equal V's second to last");
+  Require(s.inner <= kMaxK, "the inner dimension must be <= 2^24");
+  return s;
+}
+
+template <class TV>
+struct LogIntMatMul {
+  int64_t bits, zero_point;
+
+  LogIntMatMul(const OrtApi*, const OrtKernelInfo* info)
+      : bits(IntAttr(info, "bits", 4)), zero_point(IntAttr(info, "zero_point", 0)) {}
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<uint8_t>& a,
+                      const Ort::Custom::Tensor<TV>& v, Ort::Custom::Tensor<int64_t>& y) {
+    return Guard("LogIntMatMul", [&] {
+      Require(bits >= 1 && bits <= 8, "bits must lie in 1..8");
+      const MatMulShape s = CheckShapes(a.Shape(), v.Shape());
+      std::vector<int64_t> out_shape = a.Shape();
+      out_shape.back() = s.cols;
+      int64_t* out = y.Allocate(out_shape);
+      const uint8_t* codes = a.Data();
+      const TV* values = v.Data();
+      const int64_t block = Int32Block();
+      ParallelRows(ctx, s.batches * s.rows, s.inner * s.cols, [&](int64_t begin, int64_t end) {
+        Rows(codes, values, out, s, begin, end, block);
+      });
+    });
+  }
+
+  // Terms per int32 block: each |term| <= 2^M * max|V - zp|; 0 means use 64 bits throughout.
+  int64_t Int32Block() const {
+    const int64_t m = std::min<int64_t>((int64_t{1} << bits) - 1, 31);
+    constexpr int64_t lo = std::is_signed_v<TV> ? -128 : 0, hi = std::is_signed_v<TV> ? 127 : 255;
+    const int64_t vmax = std::max(std::llabs(lo - zero_point), std::llabs(hi - zero_point));
+    if (m > 20 || vmax > (int64_t{1} << 20)) return 0;
+    return std::min<int64_t>(INT32_MAX / ((int64_t{1} << m) * std::max<int64_t>(vmax, 1)), 4096);
+  }
+
+  void Rows(const uint8_t* codes, const TV* values, int64_t* out, const MatMulShape& s,
+            int64_t begin, int64_t end, int64_t block) const {
+    const int m = static_cast<int>(std::min<int64_t>((int64_t{1} << bits) - 1, 31));
+    std::vector<uint64_t> acc64(static_cast<size_t>(s.cols));
+    std::vector<int32_t> acc32(static_cast<size_t>(s.cols));
+    for (int64_t row = begin; row < end; ++row) {
+      const uint8_t* ar = codes + row * s.inner;
+      const TV* vb = values + (row / s.rows) * s.inner * s.cols;
+      std::fill(acc64.begin(), acc64.end(), 0);
+      if (block > 0) {
+        for (int64_t k0 = 0; k0 < s.inner; k0 += block) {
+          const int64_t k1 = std::min(s.inner, k0 + block);
+          std::fill(acc32.begin(), acc32.end(), 0);
+          for (int64_t k = k0; k < k1; ++k) {
+            if (ar[k] > m) continue;  // the zero code
+            AddShifted32(acc32.data(), vb + k * s.cols, s.cols, m - ar[k]);
+          }
+          for (int64_t d = 0; d < s.cols; ++d) acc64[d] += static_cast<uint64_t>(int64_t{acc32[d]});
+        }
+      } else {
+        for (int64_t k = 0; k < s.inner; ++k) {
+          if (ar[k] > m) continue;
+          AddShifted64(acc64.data(), vb + k * s.cols, s.cols, m - ar[k]);
+        }
+      }
+      int64_t* yr = out + row * s.cols;
+      for (int64_t d = 0; d < s.cols; ++d) yr[d] = static_cast<int64_t>(acc64[d]);
+    }
+  }
+
+  // acc += (v - zp) * 2^shift; a multiply, not a shift, because v - zp may be negative.
+  void AddShifted32(int32_t* __restrict acc, const TV* __restrict v, int64_t n, int shift) const {
+    const int32_t w = int32_t{1} << shift, zp = static_cast<int32_t>(zero_point);
+    for (int64_t d = 0; d < n; ++d) acc[d] += (static_cast<int32_t>(v[d]) - zp) * w;
+  }
+
+  // Unsigned arithmetic wraps like numpy's int64 matmul instead of being undefined.
+  void AddShifted64(uint64_t* __restrict acc, const TV* __restrict v, int64_t n, int shift) const {
+    const uint64_t w = uint64_t{1} << shift;
+    const int64_t zp = zero_point;
+    for (int64_t d = 0; d < n; ++d) {
+      acc[d] += static_cast<uint64_t>(static_cast<int64_t>(v[d]) - zp) * w;
+    }
+  }
+};
+
+}  // namespace
+
+void AddLogIntMatMul(Ort::CustomOpDomain& domain) {
+  domain.Add(Ort::Custom::CreateLiteCustomOp<LogIntMatMul<int8_t>>("LogIntMatMul", kProvider));
+  domain.Add(Ort::Custom::CreateLiteCustomOp<LogIntMatMul<uint8_t>>("LogIntMatMul", kProvider));
+}
+
+}  // namespace onnxvq

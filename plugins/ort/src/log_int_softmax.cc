@@ -1,0 +1,153 @@
+// LogIntSoftmax (plugins/README.md): I-BERT integer exp, then log2 codes of e_j / sum e.
+//
+// Per row: max, e_j = ((r_j + b)^2 + c) << n >> q_j, the sum normalised below 2^31, and the code
+// k_j = #{t : E_j^2 <= S'^2 >> (2t-1)}, from one integer square root per row and two bit
+// lengths and one comparison per element: no division, no float.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+#include "parallel.h"
+
+namespace onnxvq {
+namespace {
+
+constexpr int64_t kMaxRow = int64_t{1} << 16;
+constexpr int kSumBits = 31;
+
+struct ExpParams {
+  int64_t x0, b, c, n;
+  int64_t period;  // -x0
+  int64_t limit;   // 63 * period (saturated): from there on e_j = 0
+  double inv_period;
+  int bits, max_code, zero_code;
+};
+
+// e for u = max - x >= 0 (README steps 2-4); q >= 63 shifts every bit of p << n < 2^63 out.
+inline int64_t IntExp(int64_t u, const ExpParams& p) {
+  if (u >= p.limit) return 0;
+  // q = u // period from a double estimate, corrected: u < 2^33 so the estimate is off by <= 1.
+  int64_t q = static_cast<int64_t>(static_cast<double>(u) * p.inv_period);
+  int64_t r = u - q * p.period;
+  if (r < 0) {
+    --q;
+    r += p.period;
+  } else if (r >= p.period) {
+    ++q;
+    r -= p.period;
+  }
+  const int64_t t = p.b - r;  // r_j + b with r_j = -(u mod period)
+  return ((t * t + p.c) << p.n) >> q;
+}
+
+// Codes from the row's exps e[0..n): README steps 5-7.
+// Plain locals and __restrict keep the uint8 stores from aliasing the parameters (see IntLayerNorm).
+void CodesFromExps(const int64_t* __restrict e, int64_t n, uint8_t* __restrict y,
+                   const ExpParams& p) {
+  const int max_code = p.max_code, zero_code = p.zero_code;
+  uint64_t s = 0;
+  for (int64_t j = 0; j < n; ++j) s += static_cast<uint64_t>(e[j]);
+  const int bits = s == 0 ? 0 : 64 - __builtin_clzll(s);
+  const int h = std::max(bits - kSumBits, 0);
+  const int64_t big = static_cast<int64_t>(s >> h);
+  // k_j = #{t in 1..M+1 : E_j <= U_t} with U_t = isqrt(S'^2 >> (2t-1)) = floor(sqrt(2 S'^2) / 2^t)
+  // (floor of a floor) = root >> t, root = isqrt(2 S'^2) < 2^32: one root per row. The largest
+  // t with E <= root >> t is s-1 or s for s = log2(root) - log2(E); the float exponent of E gives
+  // s or s-1 (int->float rounds up near powers of two), so two exact tests settle it.
+  const uint32_t root = static_cast<uint32_t>(
+      IsqrtU64(2 * static_cast<uint64_t>(big) * static_cast<uint64_t>(big)));
+  const int32_t root_log = root == 0 ? -1 : 31 - __builtin_clz(root);
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t ej = static_cast<int32_t>(e[j] >> h);
+    int32_t fbits;
+    const float ef = static_cast<float>(ej);
+    std::memcpy(&fbits, &ef, sizeof fbits);
+    const int32_t s0 = root_log - ((fbits >> 23) - 127);
+    const int32_t t0 = std::min(std::max(s0, 0), 31), t1 = std::min(std::max(s0 + 1, 0), 31);
+    const int32_t c0 = static_cast<uint32_t>(ej) <= (root >> t0);
+    const int32_t c1 = s0 + 1 <= 31 && static_cast<uint32_t>(ej) <= (root >> t1);
+    const int32_t k = std::min(std::max(s0 - 1 + c0 + c1, 0), max_code + 1);
+    y[j] = static_cast<uint8_t>(ej == 0 || k > max_code ? zero_code : k);
+  }
+}
+
+template <class TIn>
+struct LogIntSoftmax {
+  std::string missing;
+  ExpParams p{};
+  int64_t lut[256];  // int8 input: e for every u = max - x in 0..255
+
+  LogIntSoftmax(const OrtApi*, const OrtKernelInfo* info) {
+    p.x0 = IntAttr(info, "x0", -1, &missing);
+    p.b = IntAttr(info, "b", 0, &missing);
+    p.c = IntAttr(info, "c", 0, &missing);
+    p.n = IntAttr(info, "n", 0, &missing);
+    p.bits = static_cast<int>(IntAttr(info, "bits", 4));
+    if (Valid()) Prepare();
+  }
+
+  // The reference's constant checks (plugins/reference/softmax.py); overflow-safe in __int128.
+  bool Valid() const {
+    if (p.bits < 1 || p.bits > 8 || p.x0 >= 0 || p.b < 0 || p.c < 0 || p.n < 0 || p.n > 62) {
+      return false;
+    }
+    const __int128 b = p.b, e = static_cast<__int128>(p.x0) + 1 + p.b;
+    const __int128 pmax = std::max(b * b, e * e) + p.c;
+    const __int128 bound = (static_cast<__int128>(1) << 63) / kMaxRow;
+    return pmax < bound && (pmax << p.n) < bound;
+  }
+
+  void Prepare() {
+    p.period = -p.x0;
+    p.limit = p.period > std::numeric_limits<int64_t>::max() / 63
+                  ? std::numeric_limits<int64_t>::max()
+                  : 63 * p.period;
+    p.inv_period = 1.0 / static_cast<double>(p.period);
+    p.max_code = std::min((1 << p.bits) - 1, 31);
+    p.zero_code = std::min(1 << p.bits, 255);
+    for (int u = 0; u < 256; ++u) lut[u] = IntExp(u, p);
+  }
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<TIn>& x,
+                      Ort::Custom::Tensor<uint8_t>& y) {
+    return Guard("LogIntSoftmax", [&] {
+      Require(missing.empty(), "missing attribute(s) " + missing);
+      Require(Valid(), "constants x0, b, c, n, bits out of range");
+      int64_t rows = 0, n = 0;
+      RowsOf(x.Shape(), rows, n);
+      Require(n >= 1 && n <= kMaxRow, "rows must have 1..65536 elements");
+      const TIn* in = x.Data();
+      uint8_t* out = y.Allocate(x.Shape());
+      ParallelRows(ctx, rows, n, [&](int64_t begin, int64_t end) {
+        std::vector<int64_t> e(static_cast<size_t>(n));
+        for (int64_t row = begin; row < end; ++row) {
+          Exps(in + row * n, n, e.data());
+          CodesFromExps(e.data(), n, out + row * n, p);
+        }
+      });
+    });
+  }
+
+  void Exps(const TIn* __restrict x, int64_t n, int64_t* __restrict e) const {
+    TIn mx = x[0];
+    for (int64_t j = 1; j < n; ++j) mx = std::max(mx, x[j]);
+    if constexpr (sizeof(TIn) == 1) {
+      const int64_t* __restrict table = lut;
+      for (int64_t j = 0; j < n; ++j) e[j] = table[static_cast<int32_t>(mx) - x[j]];
+    } else {
+      const ExpParams q = p;
+      for (int64_t j = 0; j < n; ++j) e[j] = IntExp(static_cast<int64_t>(mx) - x[j], q);
+    }
+  }
+};
+
+}  // namespace
+
+void AddLogIntSoftmax(Ort::CustomOpDomain& domain) {
+  domain.Add(Ort::Custom::CreateLiteCustomOp<LogIntSoftmax<int8_t>>("LogIntSoftmax", kProvider));
+  domain.Add(Ort::Custom::CreateLiteCustomOp<LogIntSoftmax<int32_t>>("LogIntSoftmax", kProvider));
+}
+
+}  // namespace onnxvq
