@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import data_inputs, producer, scalar, single_consumer
+from onnxvq.gsutil import data_inputs, producer, scalar, sole_data_consumer
 from onnxvq.structure import Activation
 
 Unit = tuple[Activation, gs.Tensor, gs.Tensor]
@@ -73,17 +73,17 @@ def _cubic(t: gs.Tensor, x: gs.Tensor) -> list[gs.Node] | None:
 
 def _gelu_tail(t: gs.Tensor, x: gs.Tensor) -> tuple[list[gs.Node], gs.Tensor] | None:
     """Add(1) then the two Muls by x and by 0.5, in either order."""
-    add = single_consumer(t, "Add")
+    add = sole_data_consumer(t, "Add")
     if add is None or scalar(add.inputs[1] if add.inputs[0] is t else add.inputs[0]) != 1.0:
         return None
     nodes, out = [add], add.outputs[0]
-    m1 = single_consumer(out, "Mul")
+    m1 = sole_data_consumer(out, "Mul")
     if m1 is None:
         return None
     other = m1.inputs[1] if m1.inputs[0] is out else m1.inputs[0]
     nodes.append(m1)
     if other is x:  # (1+erf)·x then ·0.5
-        m2 = single_consumer(m1.outputs[0], "Mul")
+        m2 = sole_data_consumer(m1.outputs[0], "Mul")
         if m2 is None or scalar(m2.inputs[1] if m2.inputs[0] is m1.outputs[0] else m2.inputs[0]) != 0.5:
             return None
         return nodes + [m2], m2.outputs[0]
@@ -91,7 +91,7 @@ def _gelu_tail(t: gs.Tensor, x: gs.Tensor) -> tuple[list[gs.Node], gs.Tensor] | 
     if half is not None and half.op == "Mul" and x in half.inputs and 0.5 in _scalars(half):
         return [half, *nodes], m1.outputs[0]
     if scalar(other) == 0.5:  # (1+erf)·0.5 then ·x
-        m2 = single_consumer(m1.outputs[0], "Mul")
+        m2 = sole_data_consumer(m1.outputs[0], "Mul")
         if m2 is not None and x in m2.inputs:
             return nodes + [m2], m2.outputs[0]
     return None

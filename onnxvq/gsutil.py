@@ -68,6 +68,15 @@ def single_consumer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
     return cs[0]
 
 
+def sole_data_consumer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
+    """Like `single_consumer`, ignoring Shape nodes (they read metadata, not values). For
+    recognition only: a rewrite that removes `t` must still account for its Shape readers."""
+    cs = [c for c in t.outputs if c.op != "Shape"]
+    if len(cs) != 1 or (op is not None and cs[0].op != op):
+        return None
+    return cs[0]
+
+
 def upstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS, limit: int = 12) -> Iterator[gs.Node]:
     """Producers met walking back from `t` along the data input of layout ops."""
     for _ in range(limit):

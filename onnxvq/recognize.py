@@ -10,15 +10,22 @@ Whatever no unit claims is counted in `unrecognised`, never dropped.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxvq.activations import match_activation
-from onnxvq.gsutil import (LAYOUT_OPS, const_value, data_inputs, is_linear, producer, scalar,
-                           single_consumer, weight_of)
+from onnxvq.gsutil import (
+    LAYOUT_OPS,
+    const_value,
+    data_inputs,
+    is_linear,
+    producer,
+    scalar,
+    sole_data_consumer,
+    weight_of,
+)
 from onnxvq.recognize_blocks import assemble_blocks, head_linears, patch_embed, unclaimed_ops
 from onnxvq.structure import Activation, Attention, LayerNorm, Linear, Mlp, Residual, ViTStructure
 
@@ -71,7 +78,7 @@ def linear_info(node: gs.Node) -> Linear:
     transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
     k, n = (shape[1], shape[0]) if transposed else (shape[0], shape[-1])
     out, bias_add = node.outputs[0], None
-    nxt = single_consumer(out, "Add")
+    nxt = sole_data_consumer(out, "Add")
     if nxt is not None and any(const_value(i) is not None and const_value(i).size == n
                                for i in nxt.inputs):
         bias_add, out = nxt.name, nxt.outputs[0]
@@ -79,8 +86,9 @@ def linear_info(node: gs.Node) -> Linear:
 
 
 def _trace_linear(t: gs.Tensor) -> gs.Node | None:
-    """The linear that produced `t`, looking back through layout ops, bias Adds and scalar Muls."""
-    for _ in range(12):
+    """The linear that produced `t`, looking back through layout ops, bias Adds and scalar Muls.
+    (torchvision's dynamo export puts 12 layout ops between the packed in_proj and K.)"""
+    for _ in range(24):
         p = producer(t)
         if p is None:
             return None
@@ -156,7 +164,7 @@ def _from_matmul(t: gs.Tensor) -> bool:
 def _consumer_through(t: gs.Tensor, through: frozenset[str], op: str | None) -> gs.Node | None:
     """The first consumer of `t` that is not a single-path `through` op (must be `op` if given)."""
     for _ in range(12):
-        c = single_consumer(t)
+        c = sole_data_consumer(t)
         if c is None:
             return None
         if c.op not in through or (op is None and is_linear(c)):
@@ -200,10 +208,13 @@ def _residuals(graph: gs.Graph, attentions: list[Attention], mlps: list[Mlp]) ->
 
 def _branch_kind(t: gs.Tensor, ends: dict[str, str]) -> str | None:
     """Breadth-first back through layout/constant ops until a branch end or anything else."""
-    frontier, seen = [t], 0
-    while frontier and seen < 32:
-        p = producer(frontier.pop(0))
-        seen += 1
+    frontier, seen = [t], set()
+    while frontier and len(seen) < 48:
+        cur = frontier.pop(0)
+        if cur.name in seen:  # Swin's roll (Slice/Slice/Concat) reaches a tensor twice
+            continue
+        seen.add(cur.name)
+        p = producer(cur)
         if p is None:
             continue
         if p.name in ends:

@@ -44,10 +44,13 @@ def _residual_for(lin: Linear | None, candidates: list[Residual], nodes, tensors
 
 def _reaches(t: gs.Tensor, target: str, through_constant: bool = False) -> bool:
     """Whether walking back from `t` (layout ops, LayerNorm, constant ops) meets node `target`."""
-    frontier, seen = [t], 0
-    while frontier and seen < 32:
-        p = producer(frontier.pop(0))
-        seen += 1
+    frontier, seen = [t], set()
+    while frontier and len(seen) < 48:
+        cur = frontier.pop(0)
+        if cur.name in seen:
+            continue
+        seen.add(cur.name)
+        p = producer(cur)
         if p is None:
             continue
         if p.name == target:

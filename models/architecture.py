@@ -1,0 +1,24 @@
+"""What a ViT is made of, counted the way the structure recognizer counts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ArchitectureCounts:
+    """Expected counts of the structures a ViT graph holds.
+
+    `linears` counts weight-carrying MatMul/Gemm (Q, K, V or packed QKV, projection, MLP, head,
+    Swin patch merging); the two activation-by-activation MatMuls of attention are not linears.
+    `residual_adds` counts the Adds of the residual stream only (not bias Adds, not position
+    embeddings).
+    """
+
+    blocks: int
+    attentions: int
+    layernorms: int
+    mlps: int
+    residual_adds: int
+    softmax: int
+    linears: int

@@ -1,0 +1,130 @@
+"""The real-export test corpus: which models, how they are exported, where the files live.
+
+Entries are randomly initialised models from timm, Hugging Face and torchvision, each exported by
+the TorchScript exporter at opsets 13 and 17 and by the dynamo exporter at its default opset. The
+expected structure counts below are literals so that tests read them without torch;
+`tests/models/test_corpus.py` checks them against the torch modules (`export.introspect_counts`).
+
+Files: `corpus_dir()/<name>.<exporter>.onnx` and a manifest `<name>.<exporter>.json` (versions,
+export seconds, torch-vs-ORT difference, op histogram). A model counts as exported only when both
+exist; both are written atomically, the manifest last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxvq.errors import OnnxvqError
+from onnxvq.models.architecture import ArchitectureCounts
+
+EXPORTERS = ("torchscript13", "torchscript17", "dynamo")
+
+
+class CorpusError(OnnxvqError):
+    """An unknown corpus entry, or an export that failed or drifted from torch."""
+
+
+class ExportUnavailable(CorpusError):
+    """This (model, exporter) pair is known not to export; the message says why."""
+
+
+@dataclass(frozen=True)
+class CorpusEntry:
+    name: str
+    source: str  # "timm", "huggingface" or "torchvision"
+    image: int
+    counts: ArchitectureCounts
+    options: tuple[tuple[str, str], ...] = ()  # e.g. (("attn_implementation", "sdpa"),)
+
+
+def _counts(blocks: int, attentions: int, layernorms: int, mlps: int, residual_adds: int,
+            softmax: int, linears: int) -> ArchitectureCounts:
+    return ArchitectureCounts(blocks, attentions, layernorms, mlps, residual_adds, softmax, linears)
+
+
+# Counted from the torch modules (blocks, attention modules, nn.LayerNorm, MLP modules, two
+# residual Adds per block, one Softmax per attention, nn.Linear plus torchvision's packed
+# in_proj). Swin adds the patch-embed norm, 3 patch-merging norms and 3 merging Linears.
+ENTRIES: dict[str, CorpusEntry] = {
+    e.name: e
+    for e in (
+        CorpusEntry("deit_tiny_patch16_224", "timm", 224, _counts(12, 12, 25, 12, 24, 12, 49)),
+        CorpusEntry("vit_small_patch16_224", "timm", 224, _counts(12, 12, 25, 12, 24, 12, 49)),
+        CorpusEntry("swin_tiny_patch4_window7_224", "timm", 224,
+                    _counts(12, 12, 29, 12, 24, 12, 52)),
+        CorpusEntry("hf_vit_tiny_eager", "huggingface", 32, _counts(4, 4, 9, 4, 8, 4, 25),
+                    (("attn_implementation", "eager"),)),
+        CorpusEntry("hf_vit_tiny_sdpa", "huggingface", 32, _counts(4, 4, 9, 4, 8, 4, 25),
+                    (("attn_implementation", "sdpa"),)),
+        CorpusEntry("tv_vit_b_16", "torchvision", 224, _counts(12, 12, 25, 12, 24, 12, 49)),
+    )
+}
+
+# (name, exporter) pairs that do not export with the pinned torch, and why.
+UNAVAILABLE: dict[tuple[str, str], str] = {
+    ("hf_vit_tiny_sdpa", "torchscript13"): (
+        "UnsupportedOperatorError: Exporting the operator 'aten::scaled_dot_product_attention' "
+        "to ONNX opset version 13 is not supported. Support for this operator was added in "
+        "version 14 (hf_vit_tiny_eager covers opset 13)"
+    ),
+    # nn.MultiheadAttention calls F.scaled_dot_product_attention inside
+    # F.multi_head_attention_forward, so even its slow path needs opset 14.
+    ("tv_vit_b_16", "torchscript13"): (
+        "UnsupportedOperatorError: Exporting the operator 'aten::scaled_dot_product_attention' "
+        "to ONNX opset version 13 is not supported. Support for this operator was added in "
+        "version 14, try exporting with this version"
+    ),
+}
+
+
+def entry(name: str) -> CorpusEntry:
+    if name not in ENTRIES:
+        raise CorpusError(f"unknown corpus model {name!r}; known: {', '.join(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def corpus_dir() -> Path:
+    """`$ONNXVQ_CORPUS_DIR`, else `.corpus` at the repository root (git-ignored)."""
+    env = os.environ.get("ONNXVQ_CORPUS_DIR")
+    return Path(env) if env else _repo_root() / ".corpus"
+
+
+def export_path(name: str, exporter: str) -> Path:
+    return corpus_dir() / f"{name}.{exporter}.onnx"
+
+
+def manifest_path(name: str, exporter: str) -> Path:
+    return corpus_dir() / f"{name}.{exporter}.json"
+
+
+def read_manifest(name: str, exporter: str) -> dict | None:
+    path = manifest_path(name, exporter)
+    if not path.exists() or not export_path(name, exporter).exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def ensure_export(name: str, exporter: str, *, force: bool = False) -> Path:
+    """The exported model's path, exporting it first when missing (needs the [export] extra)."""
+    entry(name)
+    if exporter not in EXPORTERS:
+        raise CorpusError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
+    if (name, exporter) in UNAVAILABLE:
+        raise ExportUnavailable(f"{name} with {exporter}: {UNAVAILABLE[name, exporter]}")
+    if not force and read_manifest(name, exporter) is not None:
+        return export_path(name, exporter)
+    from onnxvq.models import export  # torch is imported only when something must be exported
+
+    export.export_entry(ENTRIES[name], exporter, export_path(name, exporter))
+    return export_path(name, exporter)
+
+
+def _repo_root() -> Path:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists():
+            return parent
+    return Path.cwd()

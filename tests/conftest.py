@@ -1,0 +1,50 @@
+"""Fixtures shared by the suite: the exported model corpus and the real data beside the repo."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_SOURCE_PACKAGES = {"timm": "timm", "huggingface": "transformers", "torchvision": "torchvision"}
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` next to the repository (trained models, CIFAR-10); skips when absent."""
+    path = (REPO_ROOT / ".." / "shared" / "data").resolve()
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_model() -> Callable[[str, str], Path]:
+    """`corpus_model(name, exporter)` -> path of the exported ONNX, exporting once when missing.
+
+    Skips when the [export] extra is not installed or the pair is known not to export.
+    """
+    from onnxvq.models.corpus import ExportUnavailable, ensure_export, entry
+
+    cache: dict[tuple[str, str], Path | ExportUnavailable] = {}
+
+    def get(name: str, exporter: str) -> Path:
+        needed = ["torch", _SOURCE_PACKAGES[entry(name).source]]
+        needed += ["onnxscript"] if exporter == "dynamo" else []
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
+        if missing:
+            pytest.skip(f"exporting {name} needs {', '.join(missing)} (pip install onnxvq[export])")
+        if (name, exporter) not in cache:
+            try:
+                cache[name, exporter] = ensure_export(name, exporter)
+            except ExportUnavailable as exc:
+                cache[name, exporter] = exc
+        found = cache[name, exporter]
+        if isinstance(found, ExportUnavailable):
+            pytest.skip(str(found))
+        return found
+
+    return get
