@@ -142,3 +142,12 @@ class _progress:
 
     def __exit__(self, *exc):
         return self._bar.__exit__(*exc)
+
+
+def _register_validation_commands() -> None:
+    from onnxvq.cli_validate import register
+
+    register(app)
+
+
+_register_validation_commands()

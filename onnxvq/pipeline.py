@@ -142,18 +142,17 @@ class Pipeline:
         results = []
         out = model
         numeric_result = None
-        for p in self.passes:
+        for i, p in enumerate(self.passes):
             t0 = time.perf_counter()
             r = p.run(graph, ctx)
             out = to_model(graph, like=model)
             r.seconds = time.perf_counter() - t0
             log.info(r.summary())
             results.append(r)
-            if validate:
-                check_graph(out, where=f"after pass {p.id}")
+            if validate:  # the checker after every pass, strict shape inference after the last
+                check_graph(out, where=f"after pass {p.id}", shapes=i == len(self.passes) - 1)
             if numeric == "each":
                 numeric_result = numeric_check(model, out, atol=atol, where=f"after pass {p.id}")
-            graph = to_graph(out)  # fresh import: exported names/types are what the next pass sees
         if numeric == "end" and self.passes:
             numeric_result = numeric_check(model, out, atol=atol, where="after the pipeline")
         report = PipelineReport(results, numeric_result, before, op_histogram(graph.nodes))

@@ -1,0 +1,92 @@
+"""Classification accuracy on an ImageFolder layout (`<root>/<class>/<image>`), optionally with the
+agreement between the model's and a reference model's top-1 predictions.
+
+Labels index the sorted class folder names, so the model's class order must be the alphabetical
+order of the folders (torchvision's ImageFolder convention; CIFAR-10's usual order is alphabetical).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxvq.calib import batches, resolve_preprocess
+from onnxvq.calib.data import ImageFolder, check_shape
+from onnxvq.calib.preprocess import Preprocess
+from onnxvq.compare import as_model
+from onnxvq.errors import OnnxvqError
+from onnxvq.runtime import make_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    images: int
+    classes: int
+    top1: float  # fractions in [0, 1]
+    top5: float
+    ref_top1: float | None
+    agreement: float | None  # fraction of images where model and reference predict the same class
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def evaluate(model: str | os.PathLike | onnx.ModelProto, data_dir: str | os.PathLike,
+             preset: str | Preprocess = "imagenet", *,
+             ref: str | os.PathLike | onnx.ModelProto | None = None, batch_size: int = 64,
+             limit: int | None = None, threads: int | None = None,
+             progress: Callable[[int], None] | None = None) -> Evaluation:
+    """Top-1/top-5 of `model` on the images under `data_dir` (`limit`: an evenly strided, class
+    balanced subset); with `ref`, also the reference's top-1 and the top-1 agreement."""
+    preprocess = preset if isinstance(preset, Preprocess) else resolve_preprocess(preset)
+    proto = as_model(model)
+    source = ImageFolder(data_dir, preprocess, limit)
+    if not source.classes or (source.labels < 0).any():
+        raise OnnxvqError(f"{data_dir}: expected an ImageFolder layout <root>/<class>/<image>")
+    inp = proto.graph.input[0]
+    shape = [d.dim_value if d.HasField("dim_value") else "N"
+             for d in inp.type.tensor_type.shape.dim]
+    check_shape(source.sample_shape, shape, str(data_dir))
+    sessions = [make_session(proto, threads=threads)]
+    if ref is not None:
+        sessions.append(make_session(as_model(ref), threads=threads))
+    hits = np.zeros((len(sessions), 2), dtype=np.int64)  # [model, top1/top5]
+    agree, started = 0, time.perf_counter()
+    for feeds, labels in batches(source, batch_size, inp.name, progress, with_labels=True):
+        logits = [_logits(s, feeds, len(source.classes)) for s in sessions]
+        for i, z in enumerate(logits):
+            hits[i] += _topk_hits(z, labels)
+        if ref is not None:
+            agree += int((logits[0].argmax(1) == logits[1].argmax(1)).sum())
+    n = len(source)
+    result = Evaluation(n, len(source.classes), float(hits[0, 0] / n), float(hits[0, 1] / n),
+                        float(hits[1, 0] / n) if ref is not None else None,
+                        agree / n if ref is not None else None,
+                        round(time.perf_counter() - started, 3))
+    log.info("evaluated %d images: top-1 %.4f", n, result.top1)
+    return result
+
+
+def _logits(sess, feeds: dict, classes: int) -> np.ndarray:
+    z = sess.run([sess.get_outputs()[0].name], feeds)[0]
+    z = z.reshape(z.shape[0], -1)
+    if z.shape[1] < classes:
+        raise OnnxvqError(f"the model has {z.shape[1]} outputs per image but the data has "
+                          f"{classes} classes")
+    return z
+
+
+def _topk_hits(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    k = min(5, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    top1 = logits.argmax(1) == labels
+    return np.array([int(top1.sum()), int((top == labels[:, None]).any(1).sum())])
