@@ -84,7 +84,9 @@ def _gelu_tail(t: gs.Tensor, x: gs.Tensor) -> tuple[list[gs.Node], gs.Tensor] | 
     nodes.append(m1)
     if other is x:  # (1+erf)·x then ·0.5
         m2 = sole_data_consumer(m1.outputs[0], "Mul")
-        if m2 is None or scalar(m2.inputs[1] if m2.inputs[0] is m1.outputs[0] else m2.inputs[0]) != 0.5:
+        half = None if m2 is None else (
+            m2.inputs[1] if m2.inputs[0] is m1.outputs[0] else m2.inputs[0])
+        if half is None or scalar(half) != 0.5:
             return None
         return nodes + [m2], m2.outputs[0]
     half = producer(other)  # (x·0.5)·(1+erf)

@@ -28,7 +28,8 @@ class Inspection:
                 for r in self.canonicalization.passes
             ],
             "canonicalization_max_abs_diff": (
-                self.canonicalization.numeric.max_abs_diff if self.canonicalization.numeric else None
+                self.canonicalization.numeric.max_abs_diff
+                if self.canonicalization.numeric else None
             ),
         }
 

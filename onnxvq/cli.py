@@ -103,7 +103,8 @@ def quantize(
 
 @app.command()
 def demo(
-    output: Path = typer.Option(Path("onnxvq-demo"), "-o", "--output", help="Folder for the models."),
+    output: Path = typer.Option(Path("onnxvq-demo"), "-o", "--output",
+                                help="Folder for the models."),
     pts: bool = typer.Option(False, "--pts"),
     lis: bool = typer.Option(False, "--lis"),
 ) -> None:

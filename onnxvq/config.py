@@ -15,9 +15,10 @@ TARGETS = ("ort", "trt")
 class QuantConfig:
     """What to quantize and how.
 
-    target "ort": uint8 asymmetric activations (ORT's int8 kernels take them); "trt": int8 symmetric,
-    zero point 0 everywhere, as TensorRT requires. Weights are always int8 symmetric per output channel
-    with scale max|w|/(2^(b-1)-1). Bit widths below 8 keep 8-bit containers with 2^b-level scales.
+    target "ort": uint8 asymmetric activations (ORT's int8 kernels take them); "trt": int8
+    symmetric, zero point 0 everywhere, as TensorRT requires. Weights are always int8 symmetric per
+    output channel with scale max|w|/(2^(b-1)-1). Bit widths below 8 keep 8-bit containers with
+    2^b-level scales (values past the calibrated range saturate at the container's edge).
     """
 
     method: Literal["minmax", "ema", "percentile", "omse"] = "minmax"

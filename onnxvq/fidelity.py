@@ -27,7 +27,8 @@ def fidelity(fp32: onnx.ModelProto | str, quant: onnx.ModelProto | str,
     out = a_sess.get_outputs()[0].name
     cos, agree, n, sig, noise, worst = [], 0, 0, 0.0, 0.0, 0.0
     for f in feeds:
-        a = a_sess.run([out], dict(f))[0].astype(np.float64).reshape(len(next(iter(f.values()))), -1)
+        batch = len(next(iter(f.values())))
+        a = a_sess.run([out], dict(f))[0].astype(np.float64).reshape(batch, -1)
         b = b_sess.run([out], dict(f))[0].astype(np.float64).reshape(a.shape)
         denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         cos.extend((a * b).sum(1) / np.maximum(denom, 1e-30))

@@ -77,7 +77,8 @@ def sole_data_consumer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
     return cs[0]
 
 
-def upstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS, limit: int = 12) -> Iterator[gs.Node]:
+def upstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS,
+             limit: int = 12) -> Iterator[gs.Node]:
     """Producers met walking back from `t` along the data input of layout ops."""
     for _ in range(limit):
         p = producer(t)
@@ -100,7 +101,8 @@ def first_upstream(t: gs.Tensor, ops: set[str] | frozenset[str],
     return None
 
 
-def downstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS, limit: int = 12) -> Iterator[gs.Node]:
+def downstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS,
+               limit: int = 12) -> Iterator[gs.Node]:
     """Consumers met walking forward from `t` while the path has exactly one consumer."""
     for _ in range(limit):
         c = single_consumer(t)

@@ -3,7 +3,8 @@
 A pass gets the graphsurgeon graph and a context, edits the graph in place and returns a
 `PassResult` saying what it did. It never holds on to the pipeline. After each pass the pipeline
 exports the graph and validates it (checker + shape inference); the numeric comparison against the
-input model runs after the last pass (or after every pass with `numeric="each"`, to find the culprit).
+input model runs after the last pass (or after every pass with `numeric="each"`, to find the
+culprit).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """Shared, read-mostly state: the original model, and what earlier passes left for later ones."""
+    """Shared, read-mostly state: the original model, and what earlier passes leave for later."""
 
     original: onnx.ModelProto | None = None
     data: dict[str, Any] = field(default_factory=dict)
@@ -70,8 +71,8 @@ class Pass(ABC):
 
 class RewritePass(Pass):
     """A pass made of a node-anchored rule: `match` finds a candidate, `check` may refuse it with a
-    reason, `rewrite` edits the graph. Candidates are collected before any rewrite, so a rewrite never
-    invalidates the iteration; `match` must tolerate nodes a previous rewrite disconnected."""
+    reason, `rewrite` edits the graph. Candidates are collected before any rewrite, so a rewrite
+    never invalidates the iteration; `match` must tolerate nodes a previous rewrite disconnected."""
 
     anchor_ops: ClassVar[tuple[str, ...]] = ()
 

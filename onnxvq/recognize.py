@@ -1,10 +1,11 @@
 """Recognise ViT structure in a canonicalised graph.
 
-Anchors: every Softmax fed (through scale, bias and window reshapes) by a MatMul of two activations and
-feeding a MatMul with an activation is an attention; every activation unit (Relu, Gelu, the Erf and Tanh
-GELU decompositions) between two linears is an MLP; every Add of two activations whose one side leads
-back, through layout ops and constant bias/scale ops only, to an attention's output projection or an
-MLP's second linear is a residual. Blocks pair an attention residual with the MLP that consumes it.
+Anchors: every Softmax fed (through scale, bias and window reshapes) by a MatMul of two
+activations and feeding a MatMul with an activation is an attention; every activation unit (Relu,
+Gelu, the Erf and Tanh GELU decompositions) between two linears is an MLP; every Add of two
+activations whose one side leads back, through layout ops and constant bias/scale ops only, to an
+attention's output projection or an MLP's second linear is a residual. Blocks pair an attention
+residual with the MLP that consumes it.
 Whatever no unit claims is counted in `unrecognised`, never dropped.
 """
 
@@ -122,7 +123,9 @@ def _attention(softmax: gs.Node) -> Attention | None:
             biased = True
             ins = [i for i in ins if _from_matmul(i)] or ins[:1]
         elif p.op in ("Mul", "Div") and len(ins) == 1:
-            f = scalar(p.inputs[1]) if p.op == "Div" else (scalar(p.inputs[1]) or scalar(p.inputs[0]))
+            f = scalar(p.inputs[1])
+            if f is None and p.op == "Mul":
+                f = scalar(p.inputs[0])
             scale *= (1.0 / f) if p.op == "Div" and f else (f or 1.0)
         if not ins:
             return None

@@ -1,4 +1,4 @@
-"""Second stage of recognition: group units into blocks, find patch embedding, head and leftovers."""
+"""Second stage of recognition: group units into blocks; find patch embedding, head, leftovers."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def assemble_blocks(graph: gs.Graph, s: ViTStructure) -> list[Block]:
     return blocks
 
 
-def _residual_for(lin: Linear | None, candidates: list[Residual], nodes, tensors) -> Residual | None:
+def _residual_for(lin: Linear | None, candidates: list[Residual], nodes,
+                  tensors) -> Residual | None:
     if lin is None:
         return None
     end = lin.bias_add or lin.node

@@ -11,7 +11,8 @@ from onnxvq.api import Inspection
 def render_inspection(console: Console, result: Inspection) -> None:
     s = result.structure
     summ = s.summary()
-    overview = Table(title=f"onnxvq inspect: {result.path}", show_header=False, title_justify="left")
+    overview = Table(title=f"onnxvq inspect: {result.path}", show_header=False,
+                     title_justify="left")
     overview.add_column(style="bold")
     overview.add_column()
     for key in ("blocks", "attentions", "layernorms", "mlps", "residual_adds", "dim", "heads",
@@ -66,7 +67,8 @@ def render_quantization(console: Console, result, model_path, out_path) -> None:
     s = result.structure.counts
     t.add_row("structure", ", ".join(f"{k} {v}" for k, v in s.items()))
     t.add_row("settings", f"{cfg.method}, target {cfg.target}, W{cfg.w_bits}/A{cfg.a_bits}/"
-              f"attn{cfg.attention_bits}" + (" +PTS" if cfg.pts else "") + (" +LIS" if cfg.lis else ""))
+              f"attn{cfg.attention_bits}" + (" +PTS" if cfg.pts else "")
+              + (" +LIS" if cfg.lis else ""))
     cal = result.calibration
     t.add_row("calibration", f"{cal['samples']} samples from {cal['source']} in {cal['seconds']} s")
     t.add_row("quantized", f"{len(result.plan.weights)} weights, "
@@ -94,7 +96,8 @@ def render_demo(console: Console, demo) -> None:
     for b in (1, 8):
         fp, q = demo.latency[f"fp32@{b}"], demo.latency[f"int8@{b}"]
         t.add_row(f"latency batch {b} (ms, ORT CPU)", f"{fp:.2f}", f"{q:.2f}", f"{q / fp:.2f}×")
-    t.add_row("file size (MB)", f"{demo.sizes['fp32'] / 1e6:.2f}", f"{demo.sizes['int8'] / 1e6:.2f}",
+    t.add_row("file size (MB)", f"{demo.sizes['fp32'] / 1e6:.2f}",
+              f"{demo.sizes['int8'] / 1e6:.2f}",
               f"{demo.sizes['int8'] / demo.sizes['fp32']:.2f}×")
     console.print(t)
     console.print(f"fidelity on {f.samples} held-out inputs: cosine {f.cosine:.4f}, "

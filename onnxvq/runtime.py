@@ -63,9 +63,11 @@ def make_session(
 
 
 def random_inputs(
-    sess: ort.InferenceSession, *, batch: int = 1, seed: int = 0, dims: Mapping[str, int] | None = None
+    sess: ort.InferenceSession, *, batch: int = 1, seed: int = 0,
+    dims: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Deterministic N(0,1) inputs for every graph input; symbolic dims get `batch` (or `dims[name]`)."""
+    """Deterministic N(0,1) inputs for every graph input; symbolic dims get `batch`
+    (or `dims[name]`)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():

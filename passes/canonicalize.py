@@ -1,4 +1,5 @@
-"""The canonicalisation pipeline every onnxvq command starts with. Each pass is numerically neutral."""
+"""The canonicalisation pipeline every onnxvq command starts with. Each pass is numerically
+neutral."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Fold constant subgraphs and the exporter's shape noise.
 
-Matches: any subgraph whose inputs are all constants, and Shape->Gather/Slice chains over static dims
-         (the Shape/Slice/Cast/Sqrt/Div chains exporters emit around the SDPA scale, after ONNX shape
-         inference with data propagation has made those dims known).
+Matches: any subgraph whose inputs are all constants, and Shape->Gather/Slice chains over static
+         dims (the Shape/Slice/Cast/Sqrt/Div chains exporters emit around the SDPA scale, after ONNX
+         shape inference with data propagation has made those dims known).
 Emits:   their values as initializers; the dynamic batch dimension's shape arithmetic stays.
 """
 

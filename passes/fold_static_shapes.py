@@ -1,12 +1,13 @@
 """Fold shape arithmetic over static dims that ONNX shape inference cannot see through.
 
-Matches: Shape(x) -> Gather(const idx) | Slice(const range) where the selected dims of x do not depend
-         on the batch size. Exporters compute the SDPA scale as 1/sqrt(Shape(q)[-1]) after a Reshape whose
-         target shape is itself computed (torch.nn.MultiheadAttention), which data propagation leaves
-         unknown.
-Refuses: models whose inputs have symbolic dims other than axis 0 (a probe could not tell static dims
-         from dims that merely took the same value twice).
-Emits:   the selected dims as int64 constants, then folds what became constant (Cast/Sqrt/Div chains).
+Matches: Shape(x) -> Gather(const idx) | Slice(const range) where the selected dims of x do not
+         depend on the batch size. Exporters compute the SDPA scale as 1/sqrt(Shape(q)[-1]) after a
+         Reshape whose target shape is itself computed (torch.nn.MultiheadAttention), which data
+         propagation leaves unknown.
+Refuses: models whose inputs have symbolic dims other than axis 0 (a probe could not tell static
+         dims from dims that merely took the same value twice).
+Emits:   the selected dims as int64 constants, then folds what became constant (Cast/Sqrt/Div
+         chains).
 
 How: the model runs twice on random inputs, at batch 1 and batch 3, with every Shape output exposed;
 a dim equal in both runs is static.

@@ -1,7 +1,7 @@
 """Quantize activations where the plan says: one QuantizeLinear per tensor, one DQ per consumer.
 
-Matches: the activation sites of the quantization plan (inputs of weighted MatMul/Gemm/Conv and of the
-         attention MatMuls), with their calibrated (scale, zero point).
+Matches: the activation sites of the quantization plan (inputs of weighted MatMul/Gemm/Conv and of
+         the attention MatMuls), with their calibrated (scale, zero point).
 Emits:   x -> QuantizeLinear -> DequantizeLinear -> consumer, a separate DQ for each consumer (ONNX
          Runtime's QDQ fusions want a DQ that feeds a single node). uint8 with a zero point for
          target "ort", int8 with zero point 0 for "trt".
@@ -33,7 +33,8 @@ class InsertActivationQDQ(Pass):
             s = gs.Constant(f"{site.tensor}/scale", np.array(qp["scale"], dtype=np.float32))
             zp = gs.Constant(f"{site.tensor}/zero_point", np.array(qp["zero_point"],
                                                                     dtype=np.dtype(qp["dtype"])))
-            q = gs.Variable(f"{site.tensor}/quantized", dtype=np.dtype(qp["dtype"]), shape=src.shape)
+            q = gs.Variable(f"{site.tensor}/quantized", dtype=np.dtype(qp["dtype"]),
+                            shape=src.shape)
             graph.nodes.append(gs.Node("QuantizeLinear", name=f"{site.tensor}/QuantizeLinear",
                                        inputs=[src, s, zp], outputs=[q]))
             for i, consumer in enumerate(site.consumers):

@@ -75,7 +75,8 @@ class NormalizeAttentionScale(RewritePass):
     def check(self, graph: gs.Graph, m: _ScaleMatch) -> str | None:
         if not m.removable:
             return "no scale found (scale 1)"
-        if len(m.removable) == 1 and m.removable[0].op == "Mul" and _follows(m.removable[0], m.matmul):
+        only = m.removable[0] if len(m.removable) == 1 else None
+        if only is not None and only.op == "Mul" and _follows(only, m.matmul):
             return "already canonical"
         return None
 
@@ -99,7 +100,9 @@ def _scalar_factor(node: gs.Node) -> float | None:
         return None
     if node.op == "Div":
         d = scalar(node.inputs[1])
-        return None if d is None or d == 0 or not isinstance(node.inputs[0], gs.Variable) else 1.0 / d
+        if d is None or d == 0 or not isinstance(node.inputs[0], gs.Variable):
+            return None
+        return 1.0 / d
     s = scalar(node.inputs[1])
     return s if s is not None else scalar(node.inputs[0])
 

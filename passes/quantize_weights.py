@@ -1,9 +1,9 @@
 """Store the weights of MatMul/Gemm/Conv as int8 with a per-output-channel DequantizeLinear.
 
 Matches: the weight sites of the quantization plan (constant 2-D MatMul/Gemm weights, Conv kernels).
-Emits:   MatMul(x, DQ(W_int8, s_w, axis)); Gemm/Conv also get their bias as int32 with scale
-         s_x·s_w (ONNX Runtime fuses DQ→Conv/Gemm into QLinearConv/QGemm only with an int32 bias).
-         s_w = max|w_c| / (2^(b-1)-1) per output channel c (not 127.5: that clips the largest weight).
+Emits:   MatMul(x, DQ(W_int8, s_w, axis)); Gemm/Conv also get their bias as int32 with scale s_x·s_w
+         (ONNX Runtime fuses DQ→Conv/Gemm into QLinearConv/QGemm only with an int32 bias). s_w =
+         max|w_c| / (2^(b-1)-1) per output channel c (not 127.5: that clips the largest weight).
 """
 
 from __future__ import annotations

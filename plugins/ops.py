@@ -18,14 +18,15 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
+
+from onnxvq.errors import OnnxvqError
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.reference import LayerNormParams, SoftmaxConstants
 from onnxvq.plugins.reference.softmax import _check_bits
 
-from onnxvq.errors import OnnxvqError
-
 VERSION = 1
-# TensorRT's plugin registry refuses namespaces with a dot, so the plugin namespace is "onnxvq" while
+# TensorRT's plugin registry refuses namespaces with a dot, so the plugin namespace is "onnxvq"
+# while
 # the ONNX domain stays "com.onnxvq" (the parser reads the namespace from this attribute).
 PLUGIN_NAMESPACE = "onnxvq"
 PLUGIN_ATTRS = {"plugin_version": "1", "plugin_namespace": PLUGIN_NAMESPACE}

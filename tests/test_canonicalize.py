@@ -1,4 +1,5 @@
-"""Canonicalisation: each pass on tiny ViTs built in code, numerically neutral, with exact counts."""
+"""Canonicalisation: each pass on tiny ViTs built in code, numerically neutral, with exact
+counts."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 
 from onnxvq.api import canonicalize
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
-from onnxvq.pipeline import Pipeline
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
 from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
+from onnxvq.pipeline import Pipeline
 
 
 def ops(model: onnx.ModelProto) -> Counter:

@@ -1,4 +1,5 @@
-"""Structure recognition: exact counts on tiny ViTs, the corpus of real exports, the shared models."""
+"""Structure recognition: exact counts on tiny ViTs, the corpus of real exports, the shared
+models."""
 
 from __future__ import annotations
 
