@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import onnx
 from onnx import AttributeProto, TensorProto, helper
+
 from onnxvq.plugins.reference.softmax import SUM_BITS
 
 DOMAIN = "com.onnxvq"

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from onnx import TensorProto
-from onnxvq.plugins.reference.intmath import as_int64, isqrt, rnd_shift, round_half_away
 
 from onnxvq.errors import OnnxvqError
+from onnxvq.plugins.reference.intmath import as_int64, isqrt, rnd_shift, round_half_away
 
 MAX_CHANNELS = 8192
 EPS_FRAC_BITS = 12  # eps is carried in 2^-12 units of s1^2

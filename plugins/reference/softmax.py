@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from onnxvq.plugins.reference.intmath import as_int64, bit_length
 
 from onnxvq.errors import OnnxvqError
+from onnxvq.plugins.reference.intmath import as_int64, bit_length
 
 MAX_ROW = 1 << 16  # n is chosen so that a row of this many maximal exps fits int64
 SUM_BITS = 31  # the row sum is normalized below 2^31 so that squares fit int64

@@ -8,6 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper
+
 from onnxvq.plugins.functions import DOMAIN, function_protos
 from onnxvq.plugins.ops import (
     add_functions,
@@ -23,7 +24,6 @@ from onnxvq.plugins.reference import (
     softmax_constants,
     zero_code,
 )
-
 from onnxvq.runtime import make_session
 
 

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 from onnx import TensorProto
+
+from onnxvq.errors import OnnxvqError
 from onnxvq.plugins.reference import (
     bit_length,
     decode_log2_codes,
@@ -22,8 +24,6 @@ from onnxvq.plugins.reference import (
     softmax_constants,
     zero_code,
 )
-
-from onnxvq.errors import OnnxvqError
 
 SQRT2 = math.sqrt(2.0)
 
