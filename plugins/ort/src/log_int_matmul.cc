@@ -5,11 +5,13 @@
 // in int32 lanes and spills into int64; otherwise every term is summed in (wrapping) 64 bits.
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <vector>
 
 #include "common.h"
+#include "log_int_matmul_avx2.h"
 #include "parallel.h"
 
 namespace onnxvq {
@@ -48,6 +50,9 @@ struct LogIntMatMul {
       int64_t* out = y.Allocate(out_shape);
       const uint8_t* codes = a.Data();
       const TV* values = v.Data();
+#if defined(__AVX2__)
+      if (FastInt16(s, out, codes, values, ctx)) return;
+#endif
       const int64_t block = Int32Block();
       ParallelRows(ctx, s.batches * s.rows, s.inner * s.cols, [&](int64_t begin, int64_t end) {
         Rows(codes, values, out, s, begin, end, block);
@@ -55,11 +60,69 @@ struct LogIntMatMul {
     });
   }
 
+#if defined(__AVX2__)
+  // The int16 GEMM (log_int_matmul_avx2.h) when every weight and centred value fits int16.
+  bool FastInt16(const MatMulShape& s, int64_t* out, const uint8_t* codes, const TV* values,
+                 OrtKernelContext* ctx) const {
+    const int64_t m = std::min<int64_t>((int64_t{1} << bits) - 1, 31);
+    const int64_t vmax = MaxCentred();
+    if (m > 15 || vmax > 32767 || s.rows == 0 || s.cols == 0) return false;
+    auto plan = std::make_unique<avx2::Plan>();
+    avx2::Plan& p = *plan;
+    p.rows = s.rows;
+    p.inner = s.inner;
+    p.cols = s.cols;
+    p.pairs = (s.inner + 1) / 2;
+    p.dpad = (s.cols + avx2::kTileCols - 1) / avx2::kTileCols * avx2::kTileCols;
+    p.block_pairs = std::min<int64_t>(INT32_MAX / (2 * (int64_t{1} << m) * std::max<int64_t>(vmax, 1)),
+                                      avx2::kMaxBlockPairs);
+    if (p.block_pairs < 1) return false;
+    p.max_code = static_cast<int>(m);
+    p.vnni = avx2::HasVnni();
+    for (int a = 0; a < 256; ++a) {
+      p.weight[a] = a <= m ? static_cast<int16_t>(-(int32_t{1} << (m - a))) : 0;
+      if (a < 16) {
+        p.weight_lo[a] = static_cast<uint8_t>(static_cast<uint16_t>(p.weight[a]) & 0xff);
+        p.weight_hi[a] = static_cast<uint8_t>(static_cast<uint16_t>(p.weight[a]) >> 8);
+      }
+    }
+    if (s.inner == 0) {
+      std::fill(out, out + s.batches * s.rows * s.cols, int64_t{0});
+      return true;
+    }
+    const int64_t packed = p.pairs * p.dpad * 2;
+    std::vector<int16_t> vp(static_cast<size_t>(s.batches * packed));
+    const auto zp = static_cast<int16_t>(zero_point);
+    ParallelRows(ctx, s.batches, s.inner * s.cols, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        avx2::PackV(values + b * s.inner * s.cols, p, zp, vp.data() + b * packed);
+      }
+    });
+    const int64_t tiles = (s.rows + avx2::kTileRows - 1) / avx2::kTileRows;
+    const int64_t work = avx2::kTileRows * s.inner * s.cols;
+    ParallelRows(ctx, s.batches * tiles, work, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t b = u / tiles, r0 = (u % tiles) * avx2::kTileRows;
+        const int nr = static_cast<int>(std::min<int64_t>(avx2::kTileRows, s.rows - r0));
+        const int64_t row = b * s.rows + r0;
+        avx2::RowTileAny(nr, codes + row * s.inner, vp.data() + b * packed,
+                         out + row * s.cols, p);
+      }
+    });
+    return true;
+  }
+#endif
+
+  // max |V - zp| over V's dtype.
+  int64_t MaxCentred() const {
+    constexpr int64_t lo = std::is_signed_v<TV> ? -128 : 0, hi = std::is_signed_v<TV> ? 127 : 255;
+    return std::max(std::llabs(lo - zero_point), std::llabs(hi - zero_point));
+  }
+
   // Terms per int32 block: each |term| <= 2^M * max|V - zp|; 0 means use 64 bits throughout.
   int64_t Int32Block() const {
     const int64_t m = std::min<int64_t>((int64_t{1} << bits) - 1, 31);
-    constexpr int64_t lo = std::is_signed_v<TV> ? -128 : 0, hi = std::is_signed_v<TV> ? 127 : 255;
-    const int64_t vmax = std::max(std::llabs(lo - zero_point), std::llabs(hi - zero_point));
+    const int64_t vmax = MaxCentred();
     if (m > 20 || vmax > (int64_t{1} << 20)) return 0;
     return std::min<int64_t>(INT32_MAX / ((int64_t{1} << m) * std::max<int64_t>(vmax, 1)), 4096);
   }

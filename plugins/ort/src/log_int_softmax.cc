@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common.h"
+#include "log_int_softmax_avx2.h"
 #include "parallel.h"
 
 namespace onnxvq {
@@ -77,7 +78,7 @@ template <class TIn>
 struct LogIntSoftmax {
   std::string missing;
   ExpParams p{};
-  int64_t lut[256];  // int8 input: e for every u = max - x in 0..255
+  int64_t lut[256 + 8] = {};  // int8 input: e for every u = max - x in 0..255 (zero padded)
 
   LogIntSoftmax(const OrtApi*, const OrtKernelInfo* info) {
     p.x0 = IntAttr(info, "x0", -1, &missing);
@@ -120,6 +121,14 @@ struct LogIntSoftmax {
       Require(n >= 1 && n <= kMaxRow, "rows must have 1..65536 elements");
       const TIn* in = x.Data();
       uint8_t* out = y.Allocate(x.Shape());
+#if defined(__AVX2__)
+      if constexpr (sizeof(TIn) == 1) {
+        ParallelRows(ctx, rows, n, [&](int64_t begin, int64_t end) {
+          for (int64_t row = begin; row < end; ++row) RowByValue(in + row * n, n, out + row * n);
+        });
+        return;
+      }
+#endif
       ParallelRows(ctx, rows, n, [&](int64_t begin, int64_t end) {
         std::vector<int64_t> e(static_cast<size_t>(n));
         for (int64_t row = begin; row < end; ++row) {
@@ -129,6 +138,47 @@ struct LogIntSoftmax {
       });
     });
   }
+
+#if defined(__AVX2__)
+  // int8 rows: README steps 1-7 with the codes computed once per distinct u = max - x.
+  void RowByValue(const TIn* __restrict x, int64_t n, uint8_t* __restrict y) const {
+    int32_t mx = x[0], mn = x[0];
+    for (int64_t j = 1; j < n; ++j) {
+      mx = std::max<int32_t>(mx, x[j]);
+      mn = std::min<int32_t>(mn, x[j]);
+    }
+    const uint64_t s = RowSum(x, n, lut + mx);
+    const int bits = s == 0 ? 0 : 64 - __builtin_clzll(s);
+    const int h = std::max(bits - kSumBits, 0);
+    const uint64_t big = s >> h;
+    const auto root = static_cast<uint32_t>(IsqrtU64(2 * big * big));
+    const int32_t root_log = root == 0 ? -1 : 31 - __builtin_clz(root);
+    alignas(32) int32_t code[256 + 8];
+    avx2::CodeTable(lut, mx - mn + 1, h,
+                    avx2::MakeCodeConsts(root, root_log, p.max_code, p.zero_code), code);
+    uint8_t bytes[256];
+    for (int u = 0; u <= mx - mn; ++u) bytes[u] = static_cast<uint8_t>(code[u]);
+    Lookup(x, n, bytes + mx, y);
+  }
+
+  // Scalar on purpose: GCC's vectorised form emulates a gather with inserts and is slower.
+  __attribute__((optimize("no-tree-vectorize"))) static uint64_t RowSum(
+      const TIn* __restrict x, int64_t n, const int64_t* __restrict shifted) {
+    uint64_t s0 = 0, s1 = 0;
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+      s0 += static_cast<uint64_t>(shifted[-static_cast<int32_t>(x[j])]);
+      s1 += static_cast<uint64_t>(shifted[-static_cast<int32_t>(x[j + 1])]);
+    }
+    if (j < n) s0 += static_cast<uint64_t>(shifted[-static_cast<int32_t>(x[j])]);
+    return s0 + s1;
+  }
+
+  __attribute__((optimize("no-tree-vectorize"))) static void Lookup(
+      const TIn* __restrict x, int64_t n, const uint8_t* __restrict shifted, uint8_t* __restrict y) {
+    for (int64_t j = 0; j < n; ++j) y[j] = shifted[-static_cast<int32_t>(x[j])];
+  }
+#endif
 
   void Exps(const TIn* __restrict x, int64_t n, int64_t* __restrict e) const {
     TIn mx = x[0];

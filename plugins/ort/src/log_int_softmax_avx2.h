@@ -1,0 +1,66 @@
+// LogIntSoftmax, int8 input, on AVX2: codes per distinct value instead of per element.
+//
+// For int8 scores e_j depends only on u = max - x_j in 0..255, so a row needs the code of each u
+// in 0..max-min (eight at a time below, the same exact formula as the scalar CodesFromExps) and
+// then one table lookup per element.
+#pragma once
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace onnxvq {
+namespace avx2 {
+
+// Row constants of README step 7: root = isqrt(2 S'^2) < 2^32 and its bit length - 1.
+struct CodeConsts {
+  __m256i root, root_log, max_code, zero_code;
+};
+
+inline CodeConsts MakeCodeConsts(uint32_t root, int32_t root_log, int max_code, int zero_code) {
+  return {_mm256_set1_epi32(static_cast<int32_t>(root)), _mm256_set1_epi32(root_log),
+          _mm256_set1_epi32(max_code), _mm256_set1_epi32(zero_code)};
+}
+
+// Codes of eight E values (0 <= E < 2^31): k = #{t : E <= root >> t}, found from the float
+// exponent of E (which may round up by one) and two exact unsigned tests, as in CodesFromExps.
+inline __m256i Codes8(__m256i e, const CodeConsts& c) {
+  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+  const __m256i c31 = _mm256_set1_epi32(31), c32 = _mm256_set1_epi32(32);
+  const __m256i elog = _mm256_sub_epi32(
+      _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(e)), 23), _mm256_set1_epi32(127));
+  const __m256i s0 = _mm256_sub_epi32(c.root_log, elog), s1 = _mm256_add_epi32(s0, one);
+  const __m256i t0 = _mm256_min_epi32(_mm256_max_epi32(s0, zero), c31);
+  const __m256i t1 = _mm256_min_epi32(_mm256_max_epi32(s1, zero), c31);
+  const __m256i u0 = _mm256_srlv_epi32(c.root, t0), u1 = _mm256_srlv_epi32(c.root, t1);
+  const __m256i le0 = _mm256_cmpeq_epi32(_mm256_max_epu32(e, u0), u0);  // -1 where E <= u0
+  const __m256i le1 = _mm256_and_si256(_mm256_cmpeq_epi32(_mm256_max_epu32(e, u1), u1),
+                                       _mm256_cmpgt_epi32(c32, s1));
+  __m256i k = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_sub_epi32(s0, one), le0), le1);
+  k = _mm256_min_epi32(_mm256_max_epi32(k, zero), _mm256_add_epi32(c.max_code, one));
+  const __m256i to_zero =
+      _mm256_or_si256(_mm256_cmpeq_epi32(e, zero), _mm256_cmpgt_epi32(k, c.max_code));
+  return _mm256_blendv_epi8(k, c.zero_code, to_zero);
+}
+
+// code[u] for u in [0, count) (count rounded up to 8): E_u = lut[u] >> h, lut padded by 8.
+inline void CodeTable(const int64_t* lut, int count, int h, const CodeConsts& c, int32_t* code) {
+  const __m128i shift = _mm_cvtsi32_si128(h);
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  for (int u = 0; u < count; u += 8) {
+    const __m256i lo = _mm256_srl_epi64(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lut + u)), shift);
+    const __m256i hi = _mm256_srl_epi64(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lut + u + 4)), shift);
+    // E < 2^31: the low dwords are the values; gather them into one vector in order.
+    const __m256i e = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(lo, even),
+                                                _mm256_permutevar8x32_epi32(hi, even), 0x20);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(code + u), Codes8(e, c));
+  }
+}
+
+}  // namespace avx2
+}  // namespace onnxvq
+
+#endif  // __AVX2__
