@@ -1,9 +1,14 @@
 """Where Q/DQ goes (FQ-ViT's placement, restricted to what runs fast).
 
-Activations are quantized at the inputs of every MatMul/Gemm/Conv with a constant weight and at both
-inputs of the two attention MatMuls (Q·Kᵀ and A·V). LayerNorm, Softmax, GELU and the residual Adds stay
-float unless PTS/LIS replace them: Q/DQ around them only makes ONNX Runtime run slower (its int8
-kernels are GEMMs) and TensorRT fuses through them anyway.
+Activations are quantized at the inputs of every MatMul/Gemm/Conv with a constant weight and at
+both inputs of the two attention MatMuls (Q·Kᵀ and A·V). LayerNorm, Softmax, GELU and the residual
+Adds stay float unless PTS/LIS replace them: Q/DQ around them only makes ONNX Runtime run slower
+(its int8 kernels are GEMMs) and TensorRT fuses through them anyway.
+
+With `pts`, every LayerNormalization with constant gamma/beta becomes IntLayerNorm (`layernorms`).
+With `lis`, every attention Softmax becomes LogIntSoftmax and its A·V product LogIntMatMul
+(`softmaxes`): their probs/values sites are dropped, the replacement quantizes them itself, and
+the Q·Kᵀ inputs keep `a_bits` (the attention bits then mean the log2 code width, as in FQ-ViT).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class QuantPlan:
     activations: tuple[ActivationSite, ...]
     weights: tuple[WeightSite, ...]
     skipped: tuple[tuple[str, str], ...]  # (node, reason)
+    layernorms: tuple[str, ...] = ()  # LayerNormalization nodes replaced by IntLayerNorm (pts)
+    softmaxes: tuple[str, ...] = ()  # attention Softmax nodes replaced by LogIntSoftmax (lis)
 
 
 def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPlan:
@@ -70,19 +77,73 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
             continue
         add(node.inputs[0], node, "conv" if node.op == "Conv" else "linear", cfg.a_bits)
         weights.append(WeightSite(node.name, node.op, w.name, _out_axis(node), cfg.w_bits))
+    nodes = {n.name: n for n in graph.nodes}
+    norms = _layernorm_sites(nodes, structure, want, skipped) if cfg.pts else ()
+    softmaxes = _softmax_sites(nodes, structure, want, skipped) if cfg.lis else ()
     if cfg.quantize_attention:
-        nodes = {n.name: n for n in graph.nodes}
+        qk_bits = cfg.a_bits if cfg.lis else cfg.attention_bits
         for att in structure.attentions:
-            for mm, roles in ((att.scores_matmul, ("scores", "scores")),
-                              (att.context_matmul, ("probs", "values"))):
+            pairs = [(att.scores_matmul, ("scores", "scores"), qk_bits)]
+            if att.softmax not in softmaxes:
+                pairs.append((att.context_matmul, ("probs", "values"), cfg.attention_bits))
+            for mm, roles, bits in pairs:
                 node = nodes[mm]
                 if want(node):
                     skipped.append((mm, want(node)))
                     continue
                 for t, role in zip(node.inputs[:2], roles, strict=True):
-                    add(t, node, role, cfg.attention_bits)
+                    add(t, node, role, bits)
     sites = tuple(ActivationSite(t, tuple(c), role, bits) for t, (c, role, bits) in acts.items())
-    return QuantPlan(sites, tuple(weights), tuple(skipped))
+    return QuantPlan(sites, tuple(weights), tuple(skipped), norms, softmaxes)
+
+
+def _layernorm_sites(nodes, structure: ViTStructure, want, skipped: list) -> tuple[str, ...]:
+    chosen = []
+    for ln in structure.layernorms:
+        node = nodes[ln.node]
+        reason = want(node) or refuse_layernorm(node)
+        if reason:
+            skipped.append((ln.node, reason))
+        else:
+            chosen.append(ln.node)
+    return tuple(chosen)
+
+
+def _softmax_sites(nodes, structure: ViTStructure, want, skipped: list) -> tuple[str, ...]:
+    chosen = []
+    for att in structure.attentions:
+        reason = (want(nodes[att.softmax]) or want(nodes[att.context_matmul])
+                  or refuse_softmax(nodes[att.softmax], nodes[att.context_matmul]))
+        if reason:
+            skipped.append((att.softmax, reason))
+        else:
+            chosen.append(att.softmax)
+    return tuple(chosen)
+
+
+def refuse_layernorm(node: gs.Node) -> str | None:
+    """Why a LayerNormalization cannot become IntLayerNorm (None: it can)."""
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+    axis = node.attrs.get("axis", -1)
+    if axis != -1 and (rank is None or axis != rank - 1):
+        return "LayerNorm not over the last axis"
+    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+        return "LayerNorm gamma is not constant"
+    if len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant):
+        return "LayerNorm beta is not constant"
+    return None
+
+
+def refuse_softmax(softmax: gs.Node, context: gs.Node) -> str | None:
+    """Why an attention Softmax cannot become LogIntSoftmax (None: it can)."""
+    rank = len(softmax.inputs[0].shape) if softmax.inputs[0].shape is not None else None
+    axis = softmax.attrs.get("axis", -1)
+    if axis != -1 and (rank is None or axis != rank - 1):
+        return "Softmax not over the last axis"
+    a, v = context.inputs[0].shape, context.inputs[1].shape
+    if a is None or v is None or len(a) != len(v) or len(a) < 2:
+        return "A·V operands need the same known rank (LogIntMatMul does not broadcast)"
+    return None
 
 
 def _refuse_weighted(node: gs.Node) -> str | None:

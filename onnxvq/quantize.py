@@ -17,6 +17,7 @@ from onnxvq.calib import batches, make_observer, open_source
 from onnxvq.calib.collect import collect
 from onnxvq.calib.preprocess import Preprocess, resolve_preprocess
 from onnxvq.config import QuantConfig
+from onnxvq.fq_calib import FqCalibration, FqParams
 from onnxvq.graph import load_model, save_model, to_graph
 from onnxvq.pipeline import PassContext, PassResult, Pipeline
 from onnxvq.placement import QuantPlan, plan
@@ -36,6 +37,7 @@ class QuantResult:
     weight_qparams: dict[str, dict]
     passes: list[PassResult]
     calibration: dict = field(default_factory=dict)
+    fq_params: FqParams = field(default_factory=FqParams)  # PTS shifts, softmax constants
 
     def sidecar(self) -> dict:
         return {
@@ -47,6 +49,7 @@ class QuantResult:
             "skipped": [{"node": n, "reason": r} for n, r in self.plan.skipped],
             "activations": self.activation_qparams,
             "weights": self.weight_qparams,
+            "fq": self.fq_params.to_dict(),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -78,35 +81,51 @@ def quantize(
                     "will be quantized")
     graph = to_graph(canonical)
     the_plan = plan(graph, structure, cfg)
-    qparams, calib_info = calibrate(canonical, the_plan, calib, cfg, preprocess, progress)
+    fq = FqCalibration(the_plan, structure, cfg)
+    qparams, calib_info, fq_params = calibrate(canonical, the_plan, calib, cfg, preprocess,
+                                               progress, fq)
     ctx = PassContext(original=canonical)
-    ctx.data.update(plan=the_plan, activation_qparams=qparams, structure=structure, config=cfg)
+    ctx.data.update(plan=the_plan, activation_qparams=qparams, structure=structure, config=cfg,
+                    fq_params=fq_params)
     out, report = Pipeline(_quant_passes(cfg)).run(canonical, ctx=ctx, numeric="none")
     return QuantResult(out, cfg, structure, the_plan, qparams, ctx.data.get("weight_qparams", {}),
-                       report.passes, calib_info)
+                       report.passes, calib_info, fq_params)
 
 
 def _quant_passes(cfg: QuantConfig) -> tuple:
     from onnxvq.passes.insert_qdq import InsertActivationQDQ
     from onnxvq.passes.quantize_weights import QuantizeWeights
+    from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
+    from onnxvq.passes.replace_softmax import ReplaceSoftmax
 
-    return (QuantizeWeights(), InsertActivationQDQ())
+    integer_ops = [p for p, on in ((ReplaceLayerNorm(), cfg.pts), (ReplaceSoftmax(), cfg.lis))
+                   if on]
+    return (*integer_ops, QuantizeWeights(), InsertActivationQDQ())
 
 
 def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConfig,
-              preprocess: Preprocess | None, progress) -> tuple[dict[str, dict], dict]:
-    """One ORT run over the calibration data; returns qparams per activation site."""
+              preprocess: Preprocess | None, progress, fq: FqCalibration | None = None,
+              ) -> tuple[dict[str, dict], dict, FqParams]:
+    """One ORT run over the calibration data (two with PTS: its per-channel shifts need the
+    range first); returns qparams per activation site, a summary, and the PTS/LIS parameters."""
     inp = model.graph.input[0]
-    shape = [d.dim_value if d.HasField("dim_value") else "N" for d in inp.type.tensor_type.shape.dim]
+    dims = inp.type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else "N" for d in dims]
     source = open_source(calib, preprocess or resolve_preprocess("imagenet"), cfg.calib_size, shape)
     if calib is None:
         log.warning("NO CALIBRATION DATA: calibrating on %d samples of Gaussian noise. Accuracy "
                     "will be lower than with real images; pass --calib DIR.", len(source))
     opts = {"ema": {"momentum": cfg.momentum}, "percentile": {"tail": cfg.percentile}}
     t0 = time.perf_counter()
-    observers = collect(model, [s.tensor for s in the_plan.activations],
-                        batches(source, cfg.batch_size, inp.name, progress),
-                        lambda name: make_observer(cfg.method, name, **opts.get(cfg.method, {})))
+    sites = [s.tensor for s in the_plan.activations]
+
+    def make(name: str):
+        return make_observer(cfg.method, name, **opts.get(cfg.method, {}))
+
+    if fq is not None:
+        make = fq.observer_factory(make, set(sites))
+    observers = collect(model, sites + (fq.tensors if fq else []),
+                        batches(source, cfg.batch_size, inp.name, progress), make)
     signed = cfg.symmetric
     qparams = {}
     for site in the_plan.activations:
@@ -116,9 +135,11 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
         qparams[site.tensor] = {"scale": float(scale), "zero_point": int(zp),
                                 "dtype": "int8" if signed else "uint8", "bits": site.bits,
                                 "range": [float(lo), float(hi)], "role": site.role}
+    fq_params = (fq.finish(model, observers, qparams, batches(source, cfg.batch_size, inp.name))
+                 if fq is not None else FqParams())
     info = {"source": str(calib) if calib else "gaussian-noise", "samples": len(source),
             "method": cfg.method, "seconds": round(time.perf_counter() - t0, 3)}
-    return qparams, info
+    return qparams, info, fq_params
 
 
 def _version() -> str:

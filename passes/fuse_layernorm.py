@@ -1,15 +1,16 @@
 """Fuse the decomposed LayerNorm of opset 13-16 exports into one LayerNormalization.
 
-Matches (TorchScript exporter, opset < 17; ReduceMean axes as attribute or, from opset 18, as input):
+Matches (TorchScript exporter, opset < 17; ReduceMean axes an attribute, or from opset 18 an input):
 
     x ─ReduceMean─┐
     x ───────────Sub─┬─Pow(2)─ReduceMean─Add(eps)─Sqrt─┐
                      └──────────────────────────────Div─Mul(γ)─Add(β)
 
-Refuses: a reduction over any axis but the last, a non-constant eps/γ/β, a Pow exponent other than 2.
-Emits:   LayerNormalization(x, γ, β, axis=-1, epsilon=eps). LayerNormalization needs opset 17, so the
-         model's default-domain opset is raised to 17 when it is lower: no op a ViT export uses changed
-         meaning between opsets 13 and 17 (the checker re-validates every node against opset 17).
+Refuses: a reduction over any axis but the last, a non-constant eps/γ/β, a Pow exponent not 2.
+Emits:   LayerNormalization(x, γ, β, axis=-1, epsilon=eps). LayerNormalization needs opset 17, so
+         the model's default-domain opset is raised to 17 when it is lower: no op a ViT export uses
+         changed meaning between opsets 13 and 17 (the checker re-validates every node against opset
+         17).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class FuseLayerNorm(RewritePass):
         sq = m.nodes[2]
         if sq.op == "Pow" and scalar(sq.inputs[1]) != 2.0:
             return "Pow exponent is not 2"
-        if sq.op == "Mul" and not (sq.inputs[0] is sq.inputs[1]):
+        if sq.op == "Mul" and sq.inputs[0] is not sq.inputs[1]:
             return "squared term is not x*x"
         return None
 

@@ -1,0 +1,200 @@
+"""Calibration of the quantizers that PTS (IntLayerNorm) and LIS (LogIntSoftmax) introduce.
+
+Observers see the float activations of the FP32 model, over all calibration data:
+
+- LayerNorm input (PTS): run 1 takes the exact tensor min/max -> layer-wise (s, zp); run 2 over the
+  same data accumulates, per channel, the squared error of each candidate `2^alpha * s/8`
+  (`PtsErrorObserver`); alpha_c is the argmin. Two runs, but exact (the histogram variant is not).
+- LayerNorm output: the configured method (what the IntLayerNorm codes mean); when the output is
+  also a linear input site its qparams are reused, so the DQ -> Q between them is an identity.
+- attention scores (Softmax input): the configured method, symmetric signed (LogIntSoftmax's int8
+  input), then `softmax_constants(S, attention_bits)`. LogIntSoftmax needs S < ln 2; scores wider
+  than +-127 ln 2 (the first block of a post-norm ViT sees the raw residual stream) get int32
+  codes on the same range with 2^15 - 1 levels per side instead of refusing LIS.
+- attention values (A·V's V): the configured method, the activation dtype of the target.
+
+The calibrated parameters are plain frozen records (`FqParams`) that the replace-layernorm and
+replace-softmax passes read from the pass context and the sidecar records.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxvq.calib.collect import collect
+from onnxvq.calib.observers import MinMaxObserver, Observer
+from onnxvq.calib.pts import PtsErrorObserver, pts_candidate_scales, pts_layer_qparams
+from onnxvq.config import QuantConfig
+from onnxvq.errors import OnnxvqError
+from onnxvq.placement import QuantPlan
+from onnxvq.plugins.reference import SoftmaxConstants, softmax_constants
+from onnxvq.structure import ViTStructure
+
+log = logging.getLogger(__name__)
+PTS_LEVELS = 4  # alpha in 0..3, the range IntLayerNorm accepts
+WIDE_SCORE_LEVELS = 2**15 - 1  # int32 score codes per side when an int8 step would be >= ln 2
+WIDE_SCORE_STEP = math.log(2.0)  # softmax_constants needs a score step below ln 2
+
+
+@dataclass(frozen=True)
+class LayerNormQuant:
+    """PTS input quantizer and output quantizer of one LayerNormalization."""
+
+    node: str
+    input: str
+    output: str
+    scale: float  # layer-wise s; channel c uses 2^alpha_c * s1 with s1 = s / 8
+    zero_point: int  # uint8, shared by all channels
+    alpha: tuple[int, ...]
+    out_scale: float
+    out_zero_point: int
+    out_dtype: str  # "uint8" or "int8"
+
+    @property
+    def s1(self) -> float:
+        return float(pts_candidate_scales(self.scale, PTS_LEVELS)[0])
+
+    def channel_scales(self) -> np.ndarray:
+        return (self.s1 * 2.0 ** np.asarray(self.alpha, np.float64)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "alpha": list(self.alpha), "s1": self.s1}
+
+
+@dataclass(frozen=True)
+class SoftmaxQuant:
+    """Scores and values quantizers of one attention, with its LogIntSoftmax constants."""
+
+    softmax: str
+    scores: str
+    values: str
+    scores_scale: float  # symmetric, zero point 0
+    scores_dtype: str  # "int8", or "int32" when the int8 step would be >= ln 2
+    values_scale: float
+    values_zero_point: int
+    values_dtype: str
+    constants: SoftmaxConstants
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["constants"] = self.constants.attributes()
+        return d
+
+
+@dataclass(frozen=True)
+class FqParams:
+    layernorms: dict[str, LayerNormQuant] = field(default_factory=dict)
+    softmaxes: dict[str, SoftmaxQuant] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # node -> why it keeps float
+
+    def to_dict(self) -> dict:
+        return {"layernorms": {k: v.to_dict() for k, v in self.layernorms.items()},
+                "softmaxes": {k: v.to_dict() for k, v in self.softmaxes.items()},
+                "refused": dict(self.refused)}
+
+
+class _Tee(Observer):
+    """A site observer that also keeps the exact min/max (a LayerNorm input that is also a site)."""
+
+    def __init__(self, main: Observer, exact: MinMaxObserver):
+        super().__init__(main.name)
+        self.main, self.exact = main, exact
+
+    def _update(self, x, lo, hi):
+        self.main.update(x)
+        self.exact.update(x)
+
+    def range(self):
+        return self.main.range()
+
+    def qparams(self, bits: int = 8, symmetric: bool = False, signed: bool = False):
+        return self.main.qparams(bits, symmetric=symmetric, signed=signed)
+
+
+class FqCalibration:
+    """What PTS/LIS observe in the main calibration run, and the second (PTS) run."""
+
+    def __init__(self, plan: QuantPlan, structure: ViTStructure, cfg: QuantConfig):
+        self.cfg = cfg
+        self.norms = [ln for ln in structure.layernorms if ln.node in set(plan.layernorms)]
+        self.attentions = [a for a in structure.attentions if a.softmax in set(plan.softmaxes)]
+        self._ln_inputs = {ln.input for ln in self.norms}
+
+    @property
+    def tensors(self) -> list[str]:
+        names = [t for ln in self.norms for t in (ln.input, ln.output)]
+        names += [t for a in self.attentions for t in (a.scores, a.v)]
+        return list(dict.fromkeys(names))
+
+    def observer_factory(self, base: Callable[[str], Observer],
+                         sites: set[str]) -> Callable[[str], Observer]:
+        """Observers for run 1: LayerNorm inputs need the exact range, the rest `base`."""
+        def make(name: str) -> Observer:
+            if name not in self._ln_inputs:
+                return base(name)
+            exact = MinMaxObserver(name)
+            return _Tee(base(name), exact) if name in sites else exact
+        return make
+
+    def finish(self, model: onnx.ModelProto, observers: dict, site_qparams: dict,
+               feeds: Iterable) -> FqParams:
+        """Turn run-1 statistics into parameters; runs PTS run 2 over `feeds` when needed."""
+        params = FqParams()
+        if self.norms:
+            self._layernorms(model, observers, site_qparams, feeds, params)
+        for att in self.attentions:
+            try:
+                params.softmaxes[att.softmax] = self._softmax(att, observers)
+            except OnnxvqError as exc:
+                params.refused[att.softmax] = str(exc)
+                log.warning("%s keeps a float softmax: %s", att.softmax, exc)
+        return params
+
+    def _act_qparams(self, obs: Observer) -> tuple[float, int, str]:
+        signed = self.cfg.symmetric
+        scale, zp = obs.qparams(self.cfg.a_bits, symmetric=signed, signed=signed)
+        return float(scale), int(zp), "int8" if signed else "uint8"
+
+    def _layernorms(self, model, observers, site_qparams, feeds, params: FqParams) -> None:
+        bits = self.cfg.a_bits
+        layer = {}
+        for ln in self.norms:
+            obs = observers[ln.input]
+            exact = obs.exact if isinstance(obs, _Tee) else obs
+            layer[ln.input] = pts_layer_qparams(*exact.range(), bits)
+        errors = collect(model, list(layer), feeds, lambda n: PtsErrorObserver(
+            n, *layer[n], bits=bits, levels=PTS_LEVELS))
+        for ln in self.norms:
+            scale, zp = layer[ln.input]
+            site = site_qparams.get(ln.output)
+            if site is not None:
+                out = (site["scale"], site["zero_point"], site["dtype"])
+            else:
+                out = self._act_qparams(observers[ln.output])
+            alpha = tuple(int(a) for a in errors[ln.input].alphas())
+            params.layernorms[ln.node] = LayerNormQuant(
+                ln.node, ln.input, ln.output, float(scale), int(zp), alpha, *out)
+
+    def _softmax(self, att, observers) -> SoftmaxQuant:
+        obs = observers[att.scores]
+        levels = 2 ** (self.cfg.a_bits - 1) - 1
+        s_scores, _ = obs.qparams(self.cfg.a_bits, symmetric=True, signed=True)
+        dtype = "int8"
+        if max(abs(v) for v in obs.range()) == 0.0:
+            # A dead attention (q or k all zero; 3 of the 4 blocks of the CIFAR CCT) has all-zero
+            # scores: any scale codes them exactly, but the guarded 1.0 is outside (0, ln 2).
+            s_scores = 1.0 / levels
+        elif s_scores >= WIDE_SCORE_STEP:
+            s_scores, dtype = s_scores * levels / WIDE_SCORE_LEVELS, "int32"
+            log.info("%s: scores span +-%.0f, int32 codes", att.softmax,
+                     s_scores * WIDE_SCORE_LEVELS)
+        consts = softmax_constants(float(s_scores), self.cfg.attention_bits)
+        v_scale, v_zp, v_dtype = self._act_qparams(observers[att.v])
+        return SoftmaxQuant(att.softmax, att.scores, att.v, float(s_scores), dtype, v_scale, v_zp,
+                            v_dtype, consts)
