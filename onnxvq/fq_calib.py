@@ -50,11 +50,12 @@ class LayerNormQuant:
     input: str
     output: str
     scale: float  # layer-wise s; channel c uses 2^alpha_c * s1 with s1 = s / 8
-    zero_point: int  # uint8, shared by all channels
+    zero_point: int  # shared by all channels (0 for target trt)
     alpha: tuple[int, ...]
     out_scale: float
     out_zero_point: int
     out_dtype: str  # "uint8" or "int8"
+    in_dtype: str = "uint8"  # PTS codes: "uint8" asymmetric, or "int8" symmetric (target trt)
 
     @property
     def s1(self) -> float:
@@ -162,14 +163,14 @@ class FqCalibration:
         return float(scale), int(zp), "int8" if signed else "uint8"
 
     def _layernorms(self, model, observers, site_qparams, feeds, params: FqParams) -> None:
-        bits = self.cfg.a_bits
+        bits, signed = self.cfg.a_bits, self.cfg.symmetric
         layer = {}
         for ln in self.norms:
             obs = observers[ln.input]
             exact = obs.exact if isinstance(obs, _Tee) else obs
-            layer[ln.input] = pts_layer_qparams(*exact.range(), bits)
+            layer[ln.input] = pts_layer_qparams(*exact.range(), bits, signed=signed)
         errors = collect(model, list(layer), feeds, lambda n: PtsErrorObserver(
-            n, *layer[n], bits=bits, levels=PTS_LEVELS))
+            n, *layer[n], bits=bits, levels=PTS_LEVELS, signed=signed))
         for ln in self.norms:
             scale, zp = layer[ln.input]
             site = site_qparams.get(ln.output)
@@ -179,7 +180,8 @@ class FqCalibration:
                 out = self._act_qparams(observers[ln.output])
             alpha = tuple(int(a) for a in errors[ln.input].alphas())
             params.layernorms[ln.node] = LayerNormQuant(
-                ln.node, ln.input, ln.output, float(scale), int(zp), alpha, *out)
+                ln.node, ln.input, ln.output, float(scale), int(zp), alpha, *out,
+                in_dtype="int8" if signed else "uint8")
 
     def _softmax(self, att, observers) -> SoftmaxQuant:
         obs = observers[att.scores]

@@ -75,6 +75,8 @@ def quantize(
     cfg = config or QuantConfig()
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     canonical, _ = canonicalize(proto, numeric="none")
+    if cfg.target == "trt":
+        canonical = _scale_onto_query(canonical)
     structure = recognise_model(canonical)
     if not structure.is_vit:
         log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
@@ -92,7 +94,16 @@ def quantize(
                        report.passes, calib_info, fq_params)
 
 
+def _scale_onto_query(model: onnx.ModelProto) -> onnx.ModelProto:
+    """TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral)."""
+    from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
+
+    out, _ = Pipeline((FoldScaleIntoQuery(),)).run(model, numeric="end")
+    return out
+
+
 def _quant_passes(cfg: QuantConfig) -> tuple:
+    from onnxvq.passes.fold_requantize import FoldRequantize
     from onnxvq.passes.insert_qdq import InsertActivationQDQ
     from onnxvq.passes.quantize_weights import QuantizeWeights
     from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
@@ -100,7 +111,7 @@ def _quant_passes(cfg: QuantConfig) -> tuple:
 
     integer_ops = [p for p, on in ((ReplaceLayerNorm(), cfg.pts), (ReplaceSoftmax(), cfg.lis))
                    if on]
-    return (*integer_ops, QuantizeWeights(), InsertActivationQDQ())
+    return (*integer_ops, QuantizeWeights(), InsertActivationQDQ(), FoldRequantize())
 
 
 def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConfig,

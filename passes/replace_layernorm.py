@@ -6,7 +6,7 @@ Refuses: no calibrated parameters (with the calibration's reason); gamma/beta no
          the wrong length; more channels than IntLayerNorm takes; an output scale so small that
          gamma/s_out overflows int32 (`layernorm_params` says so).
 Emits:
-         x --Mul(2^-alpha_c)--QuantizeLinear(s1, zp)--> uint8 PTS codes
+         x --Mul(2^-alpha_c)--QuantizeLinear(s1, zp)--> uint8 PTS codes (int8, zp 0 for trt)
            --IntLayerNorm(alpha, gamma_int, beta_int)--> uint8/int8 codes of (s_out, zp_out)
            --DequantizeLinear(s_out, zp_out)-----------> y (the LayerNorm's own output tensor,
                                                            so every consumer is kept)
@@ -99,11 +99,12 @@ def rewrite(graph: gs.Graph, node: gs.Node, q: LayerNormQuant, params: LayerNorm
     shifted = gs.Variable(f"{node.name}/pts_shifted", dtype=np.float32, shape=x.shape)
     graph.nodes.append(gs.Node("Mul", name=f"{node.name}/pts_shift", inputs=[x, shifts],
                                outputs=[shifted]))
-    codes = gs.Variable(f"{node.name}/pts_codes", dtype=np.uint8, shape=x.shape)
+    codes = gs.Variable(f"{node.name}/pts_codes", dtype=np.dtype(q.in_dtype), shape=x.shape)
     graph.nodes.append(gs.Node(
         "QuantizeLinear", name=f"{node.name}/pts_quantize", outputs=[codes],
         inputs=[shifted, gs.Constant(f"{node.name}/pts_scale", np.array(q.s1, np.float32)),
-                gs.Constant(f"{node.name}/pts_zero_point", np.array(q.zero_point, np.uint8))]))
+                gs.Constant(f"{node.name}/pts_zero_point",
+                            np.array(q.zero_point, np.dtype(q.in_dtype)))]))
     yq = make_int_layer_norm_node(graph, codes, params, name=f"{node.name}/IntLayerNorm")
     out_zp = np.array(q.out_zero_point, dtype=np.dtype(q.out_dtype))
     node.outputs.clear()  # y is now produced by the DequantizeLinear; cleanup drops the node

@@ -24,9 +24,11 @@ from onnxvq.calib.observers import Observer
 from onnxvq.calib.quant import fake_quant, qparams_from_range, qrange
 
 
-def pts_layer_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
-    """The layer-wise asymmetric unsigned (s, zp) of the whole tensor."""
-    return qparams_from_range(lo, hi, bits, symmetric=False, signed=False)
+def pts_layer_qparams(lo: float, hi: float, bits: int = 8, *,
+                      signed: bool = False) -> tuple[float, int]:
+    """The layer-wise (s, zp) of the whole tensor: asymmetric unsigned, or with `signed`
+    symmetric int8 with zero point 0 (TensorRT accepts nothing else)."""
+    return qparams_from_range(lo, hi, bits, symmetric=signed, signed=signed)
 
 
 def pts_candidate_scales(scale: float, levels: int = 4) -> np.ndarray:
@@ -47,9 +49,9 @@ class PtsErrorObserver(Observer):
     """Pass 2 of exact PTS: per channel, sum of squared errors of each candidate scale."""
 
     def __init__(self, name: str, scale: float, zero_point: int, *, axis: int = -1,
-                 bits: int = 8, levels: int = 4):
+                 bits: int = 8, levels: int = 4, signed: bool = False):
         super().__init__(name)
-        self.axis, self.bits, self.levels = axis, bits, levels
+        self.axis, self.bits, self.levels, self.signed = axis, bits, levels, signed
         self.scale, self.zero_point = float(scale), int(zero_point)
         self.candidates = pts_candidate_scales(self.scale, levels)
         self.errors: np.ndarray | None = None  # [C, levels], float64
@@ -57,7 +59,7 @@ class PtsErrorObserver(Observer):
 
     def _update(self, x, lo, hi):
         rows = _channels_last(x, self.axis).astype(np.float64)
-        qmin, qmax = qrange(self.bits, False)
+        qmin, qmax = qrange(self.bits, self.signed)
         err = np.stack([((rows - fake_quant(rows, s, self.zero_point, qmin, qmax)) ** 2).sum(0)
                         for s in self.candidates], axis=1)
         self.errors = err if self.errors is None else self.errors + err
