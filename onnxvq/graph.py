@@ -61,19 +61,26 @@ def check_supported_opset(model: onnx.ModelProto, where: str = "model") -> None:
         )
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write `model` to `path` atomically; weights go to external data when over 2 GB."""
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
+               external_data: bool | None = None) -> Path:
+    """Write `model` to `path` atomically. Weights go to `<name>.data` beside it when the model is
+    over protobuf's 2 GB limit (or when `external_data=True`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = compatible_ir(model)
-    large = model.ByteSize() > _PROTOBUF_LIMIT if _fits_bytesize(model) else True
+    large = external_data if external_data is not None else (
+        model.ByteSize() > _PROTOBUF_LIMIT if _fits_bytesize(model) else True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     data_name = f"{path.name}.data"
     try:
         if large:
+            # onnx.save_model moves the weights out of the proto it is given: save a copy so the
+            # caller's model keeps its data.
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
             onnx.save_model(
-                model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                 location=data_name, size_threshold=1024,
             )
             # External data was written under the final name already; only the graph file moves.
