@@ -119,6 +119,35 @@ def demo(
     render_demo(console, result)
 
 
+@app.command("build-engine")
+def build_engine(
+    model: Path = typer.Argument(..., help="Quantized ONNX model (e.g. from --target trt)."),
+    engine: Path = typer.Option(None, "-o", "--output", help="Default: MODEL.engine"),
+    max_batch: int = typer.Option(64, help="Largest batch of the optimization profile."),
+    compare: bool = typer.Option(True, help="Compare the engine with ONNX Runtime (Polygraphy)."),
+    atol: float = typer.Option(1e-3, help="Absolute tolerance of the comparison."),
+) -> None:
+    """Build a TensorRT engine with onnxvq's plugins and compare it with ONNX Runtime.
+    Needs the tensorrt package and an NVIDIA GPU; says which is missing otherwise."""
+    from onnxvq.trt import EngineConfig, compare_with_ort
+    from onnxvq.trt import build_engine as build
+
+    try:
+        cfg = EngineConfig(max_batch=max_batch, opt_batch=min(8, max_batch))
+        report = build(model, engine, config=cfg)
+        console.print(f"engine {report.engine_path}: {report.size_bytes / 1e6:.1f} MB, "
+                      f"{report.num_layers} layers, plugins {', '.join(report.plugins) or '-'}, "
+                      f"built in {report.build_seconds:.1f} s")
+        if compare:
+            cmp = compare_with_ort(model, report.engine_path, atol=atol, rtol=0.0, config=cfg)
+            for name, err in cmp.max_abs_error.items():
+                console.print(f"{name}: max |TensorRT - ONNX Runtime| = {err:.3g}")
+            if not cmp.passed:
+                raise typer.Exit(1)
+    except OnnxvqError as exc:
+        raise _fail(exc) from None
+
+
 def _write_report(model, result, calib, prep, path) -> None:
     from onnxvq.report import write_report
 

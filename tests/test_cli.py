@@ -98,3 +98,15 @@ def test_quantize_bad_calibration_folder_leaves_nothing(tmp_path):
 def test_quantize_rejects_bad_options(tmp_path, flag, value, text):
     src = save_model(build_tiny_vit(), tmp_path / "v.onnx")
     assert_clean_error(run("quantize", src, flag, value), 1, text)
+
+
+def test_build_engine_without_tensorrt_says_why(tmp_path):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed: this test covers machines without it")
+    except ImportError:
+        pass
+    path = save_model(build_tiny_vit(), tmp_path / "v.onnx")
+    assert_clean_error(run("build-engine", path), 7, "tensorrt package is not importable")
