@@ -11,12 +11,22 @@ from onnxvq.graph import load_model, save_model
 
 __version__ = "0.1.0"
 
+# The API in one place; imported last because these modules read __version__.
+from onnxvq.api import canonicalize, inspect  # noqa: E402
+from onnxvq.config import QuantConfig  # noqa: E402
+from onnxvq.quantize import QuantResult, quantize  # noqa: E402
+
 __all__ = [
     "CalibrationError",
     "ModelLoadError",
     "OnnxvqError",
+    "QuantConfig",
+    "QuantResult",
     "UnsupportedModelError",
     "ValidationError",
+    "canonicalize",
+    "inspect",
     "load_model",
+    "quantize",
     "save_model",
 ]
