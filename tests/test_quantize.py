@@ -185,6 +185,9 @@ def test_corpus_quantizes(corpus_model, name, exporter, method, target):
     onnx.checker.check_model(r.model)
     inits = {i.name: i for i in r.model.graph.initializer}
     if target == "trt":
+        from onnxvq.trt_rules import trt_violations
+
+        assert trt_violations(r.model) == []  # the static TensorRT rules, on every export
         for n in r.model.graph.node:
             if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 zp = numpy_helper.to_array(inits[n.input[2]])

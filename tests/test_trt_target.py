@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import onnx
 import pytest
 
 from onnxvq.config import QuantConfig
@@ -44,16 +43,5 @@ def test_fully_quantized_trt_output_follows_the_rules(norm):
     assert trt_violations(q) == []
 
 
-def _corpus():
-    from onnxvq.models.corpus import ENTRIES, EXPORTERS, UNAVAILABLE
-
-    return [(n, e) for n in ENTRIES for e in EXPORTERS if (n, e) not in UNAVAILABLE]
-
-
-@pytest.mark.corpus
-@pytest.mark.slow
-@pytest.mark.parametrize("name,exporter", _corpus(), ids=lambda v: str(v))
-def test_corpus_trt_rules(corpus_model, name, exporter):
-    r = quantize(corpus_model(name, exporter), None, QuantConfig(target="trt", **NOISE))
-    assert trt_violations(r.model) == []
-    onnx.checker.check_model(r.model)
+# The rules are also asserted on every export of the corpus in
+# tests/test_quantize.py::test_corpus_quantizes (target trt).
