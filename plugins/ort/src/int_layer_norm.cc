@@ -3,9 +3,11 @@
 // Per row: one pass for S1 = sum xt and S2 = sum xt^2, an exact isqrt and the row's single
 // division R = 2^54 // sig, then one vectorisable pass z = rnd(num * R, 32), Y = rnd(z*gamma+beta).
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
+#include "int_layer_norm_avx2.h"
 #include "parallel.h"
 
 namespace onnxvq {
@@ -29,6 +31,11 @@ struct RowParams {
   int64_t epsilon;
   int out_shift;  // 16 + gamma_shift
   int64_t lo, hi;
+  int32_t vector_channels;  // leading channels done by the AVX2 loops (a multiple of 16)
+  const int16_t* mult16;    // 2^alpha_c as int16, for the vector sums
+#if defined(__AVX2__)
+  avx2::LnOut out{};
+#endif
 };
 
 // 2^54 // max(isqrt(2^12 (C S2 - S1^2) + C^2 eps), 1): README steps 3-6.
@@ -40,28 +47,36 @@ inline int64_t RowReciprocal(int64_t s1, int64_t s2, const RowParams& p) {
 }
 
 // Locals and __restrict matter: Y is a byte array, which may alias anything, so without them the
-// compiler reloads every parameter per element and cannot vectorise.
+// compiler reloads every parameter per element. Channels [0, vec) go through the AVX2 loops, the
+// rest (and everything on other targets) through the scalar ones: the same integers either way.
 template <class TIn, class TOut>
 void NormalizeRow(const TIn* __restrict xr, TOut* __restrict yr, const RowParams& p) {
   const int32_t* __restrict mult = p.mult;
   const int32_t* __restrict gamma = p.gamma;
   const int64_t* __restrict beta = p.beta;
   const int32_t zp = p.zero_point, c = static_cast<int32_t>(p.channels);
+  const int32_t vec = p.vector_channels;
   const int out_shift = p.out_shift;
   const int64_t lo = p.lo, hi = p.hi;
-  int32_t s1 = 0;  // |S1| < 2^24
-  int64_t s2 = 0;
-  for (int32_t i = 0; i < c; ++i) {
+  int64_t s1 = 0, s2 = 0;  // |S1| < 2^24
+#if defined(__AVX2__)
+  if (vec > 0) avx2::RowSums(xr, vec, zp, p.mult16, s1, s2);
+#endif
+  for (int32_t i = vec; i < c; ++i) {
     const int32_t xt = (static_cast<int32_t>(xr[i]) - zp) * mult[i];
     s1 += xt;
     s2 += static_cast<int64_t>(xt) * xt;
   }
   const int64_t r = RowReciprocal(s1, s2, p);
+#if defined(__AVX2__)
+  if (vec > 0) avx2::RowOutput(xr, yr, vec, s1, r, p.out);
+#endif
   // num * R with |num| < 2^25 as two 32x32->64 products (AVX2 has no 64-bit multiply).
   const uint64_t r_lo = static_cast<uint32_t>(r), r_hi = static_cast<uint64_t>(r) >> 32;
-  for (int32_t i = 0; i < c; ++i) {
+  const int32_t s1_32 = static_cast<int32_t>(s1);
+  for (int32_t i = vec; i < c; ++i) {
     const int32_t xt = (static_cast<int32_t>(xr[i]) - zp) * mult[i];
-    const int32_t num = c * xt - s1;
+    const int32_t num = c * xt - s1_32;
     const uint64_t mag = static_cast<uint32_t>(num < 0 ? -num : num);
     const uint64_t prod = mag * r_lo + ((mag * r_hi) << 32);
     const int32_t zmag = static_cast<int32_t>((prod + (uint64_t{1} << (kZShift - 1))) >> kZShift);
@@ -112,18 +127,41 @@ struct IntLayerNorm {
     Require(epsilon >= 0 && epsilon <= kEpsMax, "epsilon must lie in [0, 2^34]");
     Require(gamma_shift >= 0 && gamma_shift <= 24, "gamma_shift must lie in [0, 24]");
     Require(output_dtype == kUint8 || output_dtype == kInt8, "output_dtype must be 2 or 3");
-    std::vector<int32_t> mult(static_cast<size_t>(c));
-    for (int64_t i = 0; i < c; ++i) {
+    const size_t cs = static_cast<size_t>(c);
+    std::vector<int32_t> mult(cs), shift(cs);
+    std::vector<int16_t> mult16(cs);
+    for (size_t i = 0; i < cs; ++i) {
       Require(alpha.Data()[i] <= 3, "alpha values must lie in 0..3");
-      mult[i] = int32_t{1} << alpha.Data()[i];
+      shift[i] = alpha.Data()[i];
+      mult[i] = int32_t{1} << shift[i];
+      mult16[i] = static_cast<int16_t>(mult[i]);
     }
     RowParams p{mult.data(), gamma.Data(), beta.Data(), c, static_cast<int32_t>(zero_point),
-                epsilon, kZFracBits + static_cast<int>(gamma_shift), 0, 255};
+                epsilon, kZFracBits + static_cast<int>(gamma_shift), 0, 255, 0, mult16.data()};
+    if (output_dtype == kInt8) {
+      p.lo = -128;
+      p.hi = 127;
+    }
+    std::vector<int64_t> beta_eo;
+#if defined(__AVX2__)
+    // The vector loops rely on the README's zero point range (|xt| <= 2040 fits int16).
+    const bool zp_ok = std::is_signed_v<TIn> ? zero_point >= -128 && zero_point <= 127
+                                             : zero_point >= 0 && zero_point <= 255;
+    if (zp_ok) {
+      p.vector_channels = static_cast<int32_t>(c & ~int64_t{15});
+      beta_eo.resize(static_cast<size_t>(p.vector_channels));
+      const int64_t off = avx2::QuantizeOffset(p.out_shift, p.lo);
+      for (int32_t i = 0; i < p.vector_channels; ++i) {  // group of 8: even channels, then odd
+        const int32_t base = i & ~7, j = i & 7;
+        beta_eo[static_cast<size_t>(base + (j & 1) * 4 + j / 2)] = beta.Data()[i] + off;
+      }
+      p.out = avx2::LnOut{shift.data(), gamma.Data(), beta_eo.data(), p.zero_point,
+                          static_cast<int32_t>(c), p.out_shift, p.lo, p.hi};
+    }
+#endif
     if (output_dtype == kUint8) {
       Launch(ctx, x.Data(), y.AllocateOutput<uint8_t>(0, x.Shape()), rows, p);
     } else {
-      p.lo = -128;
-      p.hi = 127;
       Launch(ctx, x.Data(), y.AllocateOutput<int8_t>(0, x.Shape()), rows, p);
     }
   }

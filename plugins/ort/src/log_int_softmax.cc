@@ -79,6 +79,8 @@ struct LogIntSoftmax {
   std::string missing;
   ExpParams p{};
   int64_t lut[256 + 8] = {};  // int8 input: e for every u = max - x in 0..255 (zero padded)
+  int64_t lut_rev[256] = {};  // lut_rev[255 - u] = lut[u]: indexed by x directly (see RowSum)
+  bool monotone = false;      // lut non-increasing: codes are a step function of x
 
   LogIntSoftmax(const OrtApi*, const OrtKernelInfo* info) {
     p.x0 = IntAttr(info, "x0", -1, &missing);
@@ -109,6 +111,9 @@ struct LogIntSoftmax {
     p.max_code = std::min((1 << p.bits) - 1, 31);
     p.zero_code = std::min(1 << p.bits, 255);
     for (int u = 0; u < 256; ++u) lut[u] = IntExp(u, p);
+    for (int u = 0; u < 256; ++u) lut_rev[255 - u] = lut[u];
+    monotone = true;
+    for (int u = 1; u < 256; ++u) monotone = monotone && lut[u] <= lut[u - 1];
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<TIn>& x,
@@ -140,18 +145,21 @@ struct LogIntSoftmax {
   }
 
 #if defined(__AVX2__)
-  // int8 rows: README steps 1-7 with the codes computed once per distinct u = max - x.
+  // int8 rows: README steps 1-7. With a non-increasing exp table the code only steps up at
+  // <= M + 1 thresholds of x (one per t in step 7), found by binary search over the table;
+  // otherwise the code is computed once per distinct u = max - x and looked up.
   void RowByValue(const TIn* __restrict x, int64_t n, uint8_t* __restrict y) const {
-    int32_t mx = x[0], mn = x[0];
-    for (int64_t j = 1; j < n; ++j) {
-      mx = std::max<int32_t>(mx, x[j]);
-      mn = std::min<int32_t>(mn, x[j]);
-    }
-    const uint64_t s = RowSum(x, n, lut + mx);
+    int32_t mx = 0, mn = 0;
+    avx2::MaxMin(x, n, mx, mn);
+    const uint64_t s = RowSum(x, n, lut_rev + 255 - mx);
     const int bits = s == 0 ? 0 : 64 - __builtin_clzll(s);
     const int h = std::max(bits - kSumBits, 0);
     const uint64_t big = s >> h;
     const auto root = static_cast<uint32_t>(IsqrtU64(2 * big * big));
+    if (monotone) {
+      avx2::StepRow(x, n, Steps(mx, mx - mn, h, root), y);
+      return;
+    }
     const int32_t root_log = root == 0 ? -1 : 31 - __builtin_clz(root);
     alignas(32) int32_t code[256 + 8];
     avx2::CodeTable(lut, mx - mn + 1, h,
@@ -161,16 +169,43 @@ struct LogIntSoftmax {
     Lookup(x, n, bytes + mx, y);
   }
 
+  // Step 7 per t: E <= root >> t  <=>  lut[u] <= ((root >> t) + 1) * 2^h - 1 (< 2^63), a suffix
+  // u >= u_t of the table; u_t = 0 counts for every element, u_t > range for none.
+  avx2::StepCodes Steps(int32_t mx, int32_t range, int h, uint64_t root) const {
+    avx2::StepCodes c{};
+    c.full = p.max_code + 1;
+    c.zero_code = p.zero_code;
+    int passed = 0;
+    for (int t = 1; t <= p.max_code + 1; ++t) {
+      const uint64_t limit = (((root >> t) + 1) << h) - 1;
+      if (static_cast<uint64_t>(lut[0]) <= limit) {
+        ++passed;
+        continue;
+      }
+      if (static_cast<uint64_t>(lut[range]) > limit) break;  // u_t only grows with t
+      // Largest u with lut[u] > limit, branch-free over the whole table (zero padded, and
+      // limit >= 0, so the padding never counts).
+      int base = 0;
+      for (int step = 128; step >= 1; step >>= 1) {
+        base += static_cast<uint64_t>(lut[base + step]) > limit ? step : 0;
+      }
+      c.thr[c.count++] = static_cast<int8_t>(mx - (base + 1));  // code steps where x <= thr
+    }
+    c.base = passed + c.count;
+    return c;
+  }
+
   // Scalar on purpose: GCC's vectorised form emulates a gather with inserts and is slower.
   __attribute__((optimize("no-tree-vectorize"))) static uint64_t RowSum(
       const TIn* __restrict x, int64_t n, const int64_t* __restrict shifted) {
+    // shifted[x] = lut[max - x]: a sign-extending byte load is the whole index computation.
     uint64_t s0 = 0, s1 = 0;
     int64_t j = 0;
     for (; j + 2 <= n; j += 2) {
-      s0 += static_cast<uint64_t>(shifted[-static_cast<int32_t>(x[j])]);
-      s1 += static_cast<uint64_t>(shifted[-static_cast<int32_t>(x[j + 1])]);
+      s0 += static_cast<uint64_t>(shifted[x[j]]);
+      s1 += static_cast<uint64_t>(shifted[x[j + 1]]);
     }
-    if (j < n) s0 += static_cast<uint64_t>(shifted[-static_cast<int32_t>(x[j])]);
+    if (j < n) s0 += static_cast<uint64_t>(shifted[x[j]]);
     return s0 + s1;
   }
 

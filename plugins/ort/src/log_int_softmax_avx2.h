@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace onnxvq {
 namespace avx2 {
@@ -57,6 +58,67 @@ inline void CodeTable(const int64_t* lut, int count, int h, const CodeConsts& c,
     const __m256i e = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(lo, even),
                                                 _mm256_permutevar8x32_epi32(hi, even), 0x20);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(code + u), Codes8(e, c));
+  }
+}
+
+// Row max and min of int8 scores, 32 at a time (the tail is padded with x[0]).
+inline void MaxMin(const int8_t* x, int64_t n, int32_t& mx, int32_t& mn) {
+  __m256i vmax = _mm256_set1_epi8(x[0]), vmin = vmax;
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
+    vmax = _mm256_max_epi8(vmax, v);
+    vmin = _mm256_min_epi8(vmin, v);
+  }
+  alignas(32) int8_t lanes[2][32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[0]), vmax);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[1]), vmin);
+  mx = x[0];
+  mn = x[0];
+  for (int i = 0; i < 32; ++i) {
+    mx = lanes[0][i] > mx ? lanes[0][i] : mx;
+    mn = lanes[1][i] < mn ? lanes[1][i] : mn;
+  }
+  for (; j < n; ++j) {
+    mx = x[j] > mx ? x[j] : mx;
+    mn = x[j] < mn ? x[j] : mn;
+  }
+}
+
+// Codes of a row whose code is a step function of x: code = base - #{i : x > thr[i]} (thr as
+// int8), with k == M + 1 mapped to the zero code when they differ (bits >= 6).
+struct StepCodes {
+  int8_t thr[32];
+  int count;
+  int base;
+  int full, zero_code;  // M + 1 and Z
+};
+
+inline __m256i Steps32(__m256i x, const StepCodes& c, const __m256i* thr) {
+  __m256i k = _mm256_set1_epi8(static_cast<char>(c.base));
+  for (int i = 0; i < c.count; ++i) k = _mm256_add_epi8(k, _mm256_cmpgt_epi8(x, thr[i]));
+  if (c.full != c.zero_code) {
+    const __m256i full = _mm256_cmpeq_epi8(k, _mm256_set1_epi8(static_cast<char>(c.full)));
+    k = _mm256_blendv_epi8(k, _mm256_set1_epi8(static_cast<char>(c.zero_code)), full);
+  }
+  return k;
+}
+
+inline void StepRow(const int8_t* x, int64_t n, const StepCodes& c, uint8_t* y) {
+  __m256i thr[32];
+  for (int i = 0; i < c.count; ++i) thr[i] = _mm256_set1_epi8(c.thr[i]);
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + j), Steps32(v, c, thr));
+  }
+  if (j < n) {  // the tail through a padded copy
+    alignas(32) int8_t in[32] = {};
+    alignas(32) uint8_t out[32];
+    std::memcpy(in, x + j, static_cast<size_t>(n - j));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out),
+                       Steps32(_mm256_load_si256(reinterpret_cast<const __m256i*>(in)), c, thr));
+    std::memcpy(y + j, out, static_cast<size_t>(n - j));
   }
 }
 
