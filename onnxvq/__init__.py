@@ -1,5 +1,6 @@
 """onnxvq: post-training quantization of Vision Transformers on ONNX graphs."""
 
+from onnxvq import runtime as _runtime  # noqa: F401  (first ORT session: flush-to-zero)
 from onnxvq.errors import (
     CalibrationError,
     ModelLoadError,
