@@ -77,6 +77,22 @@ def sole_data_consumer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
     return cs[0]
 
 
+def from_activation_matmul(t: gs.Tensor, limit: int = 8) -> bool:
+    """Whether `t` comes, along first data inputs, from a MatMul of two activations (Q·Kᵀ):
+    tells the scores side of an Add from the bias/mask side."""
+    for _ in range(limit):
+        p = producer(t)
+        if p is None:
+            return False
+        if p.op == "MatMul":
+            return len(data_inputs(p)) == 2
+        ins = data_inputs(p)
+        if not ins:
+            return False
+        t = ins[0]
+    return False
+
+
 def upstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS,
              limit: int = 12) -> Iterator[gs.Node]:
     """Producers met walking back from `t` along the data input of layout ops."""

@@ -21,6 +21,7 @@ from onnxvq.gsutil import (
     LAYOUT_OPS,
     const_value,
     data_inputs,
+    from_activation_matmul,
     is_linear,
     producer,
     scalar,
@@ -121,7 +122,7 @@ def _attention(softmax: gs.Node) -> Attention | None:
         ins = data_inputs(p)
         if p.op == "Add":
             biased = True
-            ins = [i for i in ins if _from_matmul(i)] or ins[:1]
+            ins = [i for i in ins if from_activation_matmul(i)] or ins[:1]
         elif p.op in ("Mul", "Div") and len(ins) == 1:
             f = scalar(p.inputs[1])
             if f is None and p.op == "Mul":
@@ -148,20 +149,6 @@ def _attention(softmax: gs.Node) -> Attention | None:
                      softmax.outputs[0].name, q.name, k.name, v.name, scale,
                      "packed" if packed else "separate", projections, out_proj, biased, heads,
                      head_dim, tuple(path))
-
-
-def _from_matmul(t: gs.Tensor) -> bool:
-    for _ in range(8):
-        p = producer(t)
-        if p is None:
-            return False
-        if p.op == "MatMul":
-            return len(data_inputs(p)) == 2
-        ins = data_inputs(p)
-        if not ins:
-            return False
-        t = ins[0]
-    return False
 
 
 def _consumer_through(t: gs.Tensor, through: frozenset[str], op: str | None) -> gs.Node | None:

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import LAYOUT_OPS, data_inputs, producer, scalar, single_consumer
+from onnxvq.gsutil import (
+    LAYOUT_OPS,
+    data_inputs,
+    from_activation_matmul,
+    producer,
+    scalar,
+    single_consumer,
+)
 from onnxvq.pipeline import PassContext, RewritePass
 
 # Between the scores MatMul and the Softmax: scale, additive bias/mask, Swin's window reshapes.
@@ -59,7 +66,7 @@ class NormalizeAttentionScale(RewritePass):
             ins = data_inputs(p)
             if p.op == "Add":
                 # follow the scores, not the bias/mask (a mask may itself be computed)
-                ins = [i for i in ins if _reaches_matmul(i)] or ins[:1]
+                ins = [i for i in ins if from_activation_matmul(i)] or ins[:1]
             if not ins:
                 return None
             t = ins[0]
@@ -124,20 +131,6 @@ def _operand_scales(t: gs.Tensor) -> list[tuple[gs.Node, float]]:
             break
         t = ins[0]
     return found
-
-
-def _reaches_matmul(t: gs.Tensor) -> bool:
-    for _ in range(8):
-        p = producer(t)
-        if p is None:
-            return False
-        if p.op == "MatMul":
-            return len(data_inputs(p)) == 2
-        ins = data_inputs(p)
-        if not ins:
-            return False
-        t = ins[0]
-    return False
 
 
 def _follows(node: gs.Node, matmul: gs.Node) -> bool:
