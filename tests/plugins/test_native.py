@@ -3,8 +3,11 @@ with the inlined local functions; plus the build/locate logic of onnxvq.plugins.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,8 @@ from onnxvq.plugins.ops import (
     make_log_int_softmax_node,
 )
 from onnxvq.plugins.reference import (
+    SoftmaxConstants,
+    int_exp,
     int_layer_norm,
     layernorm_params,
     log_int_matmul,
@@ -193,6 +198,28 @@ def test_log_int_softmax_int32_full_range(library):
     _check_all_backends(g, {"x": x}, [log_int_softmax(x, **consts.attributes())], library)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_log_int_softmax_non_monotone_exp_table(library, bits):
+    # softmax_constants always has b > -x0, but the kernel takes any valid attributes: with
+    # b < -x0 - 1 the term r + b changes sign inside a period, so the int8 exp table rises
+    # again and the kernel must leave its threshold path for the per-value lookup.
+    consts = SoftmaxConstants(x0=-20, b=5, c=3, n=30, bits=bits)
+    ramp = -np.arange(256, dtype=np.int64)[None, :]
+    table = int_exp(ramp, x0=-20, b=5, c=3, n=30)[0]
+    assert np.any(np.diff(table) > 0)  # the table really is not monotone
+    rng = np.random.default_rng(21 + bits)
+    x = rng.integers(-128, 128, (5, 7, 197)).astype(np.int8)
+    x[0, 0] = np.resize(np.arange(-128, 128, dtype=np.int8), 197)  # every u from 0 on
+    x[0, 1, :40] = 127
+    x[0, 1, 40:] = -128  # u = 255 only at the far end
+    g = gs.Graph(opset=17)
+    xv = gs.Variable("x", np.int8, list(x.shape))
+    g.inputs, g.outputs = [xv], [make_log_int_softmax_node(g, xv, consts, name="sm")]
+    want = log_int_softmax(x, **consts.attributes())
+    assert len(np.unique(want)) > 4  # many codes, not one degenerate value
+    _check_all_backends(g, {"x": x}, [want], library)
+
+
 # ---------------------------------------------------------------- LogIntMatMul
 
 @pytest.mark.parametrize(
@@ -219,6 +246,44 @@ def test_log_int_matmul_kernel_is_bit_exact(library, lead, r, k, d, vdtype, bits
     g.outputs = [make_log_int_matmul_node(g, a_var, v_var, bits=bits, zero_point=zp, name="mm")]
     want = log_int_matmul(codes, v, bits=bits, zero_point=zp)
     _check_all_backends(g, {"a": codes, "v": v}, [want], library, with_functions=k <= 300)
+
+
+_NO_VNNI_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np, onnx_graphsurgeon as gs, onnxruntime as ort
+    from onnxvq.plugins.ops import make_log_int_matmul_node
+    from onnxvq.plugins.reference import log_int_matmul
+    from onnxvq.runtime import session_options
+    lib, lead, r, k, d, bits, zp = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])
+    rng = np.random.default_rng(r * k + bits)
+    a = rng.integers(0, 256, (lead, r, k)).astype(np.uint8)
+    v = rng.integers(-128, 128, (lead, k, d)).astype(np.int8)
+    g = gs.Graph(opset=17)
+    av = gs.Variable("a", np.uint8, list(a.shape))
+    vv = gs.Variable("v", np.int8, list(v.shape))
+    g.inputs = [av, vv]
+    g.outputs = [make_log_int_matmul_node(g, av, vv, bits=bits, zero_point=zp, name="mm")]
+    model = gs.export_onnx(g)
+    model.ir_version = 10
+    del model.functions[:]
+    so = session_options(custom_ops=False)
+    so.register_custom_ops_library(lib)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"a": a, "v": v})
+    np.testing.assert_array_equal(got, log_int_matmul(a, v, bits=bits, zero_point=zp))
+""")
+
+
+@pytest.mark.parametrize(("lead", "r", "k", "d", "bits", "zp"),
+                         [(6, 197, 197, 64, 4, 0), (2, 7, 300, 5, 8, -7)])
+def test_log_int_matmul_avx2_path_without_vnni(library, lead, r, k, d, bits, zp):
+    # ONNXVQ_NO_VNNI is read once per process, so the AVX2 path needs a fresh one; on a CPU
+    # without AVX-VNNI both tests run the AVX2 path anyway.
+    env = {**os.environ, "ONNXVQ_NO_VNNI": "1"}
+    args = [str(a) for a in (lead, r, k, d, bits, zp)]
+    proc = subprocess.run([sys.executable, "-c", _NO_VNNI_SCRIPT, library, *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_softmax_then_matmul_chain(library):

@@ -78,7 +78,8 @@ template <class TIn>
 struct LogIntSoftmax {
   std::string missing;
   ExpParams p{};
-  int64_t lut[256 + 8] = {};  // int8 input: e for every u = max - x in 0..255 (zero padded)
+  int64_t lut[256 + 16] = {};  // int8 input: e for every u = max - x in 0..255 (zero padded)
+  int64_t coarse[16] = {};     // coarse[i] = lut[16 i + 15]: the last entry of each 16-block
   int64_t lut_rev[256] = {};  // lut_rev[255 - u] = lut[u]: indexed by x directly (see RowSum)
   bool monotone = false;      // lut non-increasing: codes are a step function of x
 
@@ -112,6 +113,7 @@ struct LogIntSoftmax {
     p.zero_code = std::min(1 << p.bits, 255);
     for (int u = 0; u < 256; ++u) lut[u] = IntExp(u, p);
     for (int u = 0; u < 256; ++u) lut_rev[255 - u] = lut[u];
+    for (int i = 0; i < 16; ++i) coarse[i] = lut[16 * i + 15];
     monotone = true;
     for (int u = 1; u < 256; ++u) monotone = monotone && lut[u] <= lut[u - 1];
   }
@@ -146,7 +148,7 @@ struct LogIntSoftmax {
 
 #if defined(__AVX2__)
   // int8 rows: README steps 1-7. With a non-increasing exp table the code only steps up at
-  // <= M + 1 thresholds of x (one per t in step 7), found by binary search over the table;
+  // <= M + 1 thresholds of x (one per t in step 7), found by counting table entries above a limit;
   // otherwise the code is computed once per distinct u = max - x and looked up.
   void RowByValue(const TIn* __restrict x, int64_t n, uint8_t* __restrict y) const {
     int32_t mx = 0, mn = 0;
@@ -183,13 +185,13 @@ struct LogIntSoftmax {
         continue;
       }
       if (static_cast<uint64_t>(lut[range]) > limit) break;  // u_t only grows with t
-      // Largest u with lut[u] > limit, branch-free over the whole table (zero padded, and
-      // limit >= 0, so the padding never counts).
-      int base = 0;
-      for (int step = 128; step >= 1; step >>= 1) {
-        base += static_cast<uint64_t>(lut[base + step]) > limit ? step : 0;
-      }
-      c.thr[c.count++] = static_cast<int8_t>(mx - (base + 1));  // code steps where x <= thr
+      // u_t = #{u : lut[u] > limit} (a prefix: the table is non-increasing): the blocks of 16
+      // wholly above the limit, then the entries above it in the first block that is not.
+      // lut[range] <= limit puts u_t <= range < 256, so the block index is < 16.
+      const __m256i lim = _mm256_set1_epi64x(static_cast<int64_t>(limit));
+      const int block = avx2::CountAbove16(coarse, lim);
+      const int u = 16 * block + avx2::CountAbove16(lut + 16 * block, lim);
+      c.thr[c.count++] = static_cast<int8_t>(mx - u);  // code steps where x <= thr
     }
     c.base = passed + c.count;
     return c;

@@ -61,28 +61,48 @@ inline void CodeTable(const int64_t* lut, int count, int h, const CodeConsts& c,
   }
 }
 
-// Row max and min of int8 scores, 32 at a time (the tail is padded with x[0]).
+// Row max and min of int8 scores, 32 at a time; the tail is one overlapping load (max and min
+// are idempotent), so only rows shorter than 32 take the scalar loop.
 inline void MaxMin(const int8_t* x, int64_t n, int32_t& mx, int32_t& mn) {
-  __m256i vmax = _mm256_set1_epi8(x[0]), vmin = vmax;
-  int64_t j = 0;
-  for (; j + 32 <= n; j += 32) {
+  if (n < 32) {
+    mx = x[0];
+    mn = x[0];
+    for (int64_t j = 1; j < n; ++j) {
+      mx = x[j] > mx ? x[j] : mx;
+      mn = x[j] < mn ? x[j] : mn;
+    }
+    return;
+  }
+  __m256i vmax = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + n - 32)), vmin = vmax;
+  for (int64_t j = 0; j + 32 <= n; j += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
     vmax = _mm256_max_epi8(vmax, v);
     vmin = _mm256_min_epi8(vmin, v);
   }
-  alignas(32) int8_t lanes[2][32];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[0]), vmax);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[1]), vmin);
-  mx = x[0];
-  mn = x[0];
-  for (int i = 0; i < 32; ++i) {
-    mx = lanes[0][i] > mx ? lanes[0][i] : mx;
-    mn = lanes[1][i] < mn ? lanes[1][i] : mn;
-  }
-  for (; j < n; ++j) {
-    mx = x[j] > mx ? x[j] : mx;
-    mn = x[j] < mn ? x[j] : mn;
-  }
+  __m128i hmax = _mm_max_epi8(_mm256_castsi256_si128(vmax), _mm256_extracti128_si256(vmax, 1));
+  __m128i hmin = _mm_min_epi8(_mm256_castsi256_si128(vmin), _mm256_extracti128_si256(vmin, 1));
+  hmax = _mm_max_epi8(hmax, _mm_srli_si128(hmax, 8));
+  hmin = _mm_min_epi8(hmin, _mm_srli_si128(hmin, 8));
+  hmax = _mm_max_epi8(hmax, _mm_srli_si128(hmax, 4));
+  hmin = _mm_min_epi8(hmin, _mm_srli_si128(hmin, 4));
+  hmax = _mm_max_epi8(hmax, _mm_srli_si128(hmax, 2));
+  hmin = _mm_min_epi8(hmin, _mm_srli_si128(hmin, 2));
+  hmax = _mm_max_epi8(hmax, _mm_srli_si128(hmax, 1));
+  hmin = _mm_min_epi8(hmin, _mm_srli_si128(hmin, 1));
+  mx = static_cast<int8_t>(_mm_cvtsi128_si32(hmax));
+  mn = static_cast<int8_t>(_mm_cvtsi128_si32(hmin));
+}
+
+// #{k < 16 : v[k] > limit} for int64 v and limit in [0, 2^63).
+inline int CountAbove16(const int64_t* v, __m256i limit) {
+  const auto* p = reinterpret_cast<const __m256i*>(v);
+  const __m256i a = _mm256_add_epi64(_mm256_cmpgt_epi64(_mm256_loadu_si256(p), limit),
+                                     _mm256_cmpgt_epi64(_mm256_loadu_si256(p + 1), limit));
+  const __m256i b = _mm256_add_epi64(_mm256_cmpgt_epi64(_mm256_loadu_si256(p + 2), limit),
+                                     _mm256_cmpgt_epi64(_mm256_loadu_si256(p + 3), limit));
+  const __m256i s = _mm256_add_epi64(a, b);  // -count per lane
+  const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+  return -static_cast<int>(_mm_cvtsi128_si64(_mm_add_epi64(h, _mm_unpackhi_epi64(h, h))));
 }
 
 // Codes of a row whose code is a step function of x: code = base - #{i : x > thr[i]} (thr as
@@ -112,7 +132,10 @@ inline void StepRow(const int8_t* x, int64_t n, const StepCodes& c, uint8_t* y) 
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + j), Steps32(v, c, thr));
   }
-  if (j < n) {  // the tail through a padded copy
+  if (j < n && n >= 32) {  // the tail as one overlapping vector: its codes are recomputed
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + n - 32));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + n - 32), Steps32(v, c, thr));
+  } else if (j < n) {  // short rows through a padded copy
     alignas(32) int8_t in[32] = {};
     alignas(32) uint8_t out[32];
     std::memcpy(in, x + j, static_cast<size_t>(n - j));
