@@ -169,8 +169,7 @@ def _corpus_cases():
         for exporter in EXPORTERS:
             if (name, exporter) in UNAVAILABLE:
                 continue
-            small = name.startswith(("hf_", "deit"))
-            for method in ("minmax", "ema", "percentile", "omse") if small else ("minmax",):
+            for method in ("minmax", "ema", "percentile", "omse"):
                 cases += [(name, exporter, method, target) for target in ("ort", "trt")]
     return cases
 
