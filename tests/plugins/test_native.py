@@ -220,6 +220,43 @@ def test_log_int_softmax_non_monotone_exp_table(library, bits):
     _check_all_backends(g, {"x": x}, [want], library)
 
 
+def _fuzz_constants(rng: np.random.Generator) -> list[SoftmaxConstants]:
+    # Derived constants over the whole scale range (the smallest gives a table too flat for the
+    # kernel's threshold key table, so it takes its search fallback), then raw attributes: small n
+    # floors the table into runs of equal values and zeros, small b makes it non-monotone.
+    out = [softmax_constants(s, int(rng.integers(1, 9)))
+           for s in (6e-4, 2e-3, 0.01, 0.03, 0.05, 0.08, 0.15, 0.3, 0.6)]
+    while len(out) < 21:
+        x0 = -int(rng.integers(1, 300))
+        b = int(rng.integers(0, 3 * -x0 + 2))
+        c = int(rng.integers(0, 4 * b * b + 10))
+        pmax = max(b * b, (x0 + 1 + b) ** 2) + c
+        n_max = 63 - 16 - pmax.bit_length() - 1
+        if n_max >= 0:
+            n = int(rng.integers(0, min(n_max, 12) + 1)) if rng.random() < 0.5 else n_max
+            out.append(SoftmaxConstants(x0=x0, b=b, c=c, n=n, bits=int(rng.integers(1, 9))))
+    return out
+
+
+def test_log_int_softmax_int8_fuzz(library):
+    # The int8 kernel's row paths (threshold key table, search fallback, per-value lookup) against
+    # the reference on random constants, row lengths and score spreads.
+    rng = np.random.default_rng(2024)
+    for i, consts in enumerate(_fuzz_constants(rng)):
+        n = int(rng.choice([1, 5, 31, 32, 33, 127, 128, 129, 197, 300]))
+        spread = float(rng.choice([2.0, 20.0, 60.0, 200.0]))
+        x = np.clip(np.round(rng.normal(0, spread, (48, n))), -128, 127).astype(np.int8)
+        x[0] = rng.integers(-128, 128, n)  # a full-range row
+        x[1, : n // 2] = 127  # two values only: the widest gap
+        x[1, n // 2 :] = -128
+        g = gs.Graph(opset=17)
+        xv = gs.Variable("x", np.int8, list(x.shape))
+        g.inputs, g.outputs = [xv], [make_log_int_softmax_node(g, xv, consts, name="sm")]
+        want = log_int_softmax(x, **consts.attributes())
+        got = _run(g, {"x": x}, library)[0]
+        np.testing.assert_array_equal(got, want, err_msg=f"case {i}: {consts}")
+
+
 # ---------------------------------------------------------------- LogIntMatMul
 
 @pytest.mark.parametrize(

@@ -17,6 +17,16 @@ namespace {
 
 constexpr int64_t kMaxRow = int64_t{1} << 16;
 constexpr int kSumBits = 31;
+constexpr int kMaxKeyBits = 7;  // the threshold key table has 64 << key_bits entries
+
+// A monotone bucket index of L in [0, 2^63): 0 for L = 0, else (bit length << m) + the m bits
+// after the leading one, so every bucket spans at most a factor 1 + 2^-m of L.
+inline uint32_t LimitKey(uint64_t limit, int m) {
+  if (limit == 0) return 0;
+  const int lz = __builtin_clzll(limit);
+  const auto top = static_cast<uint32_t>((limit << lz) >> (63 - m));  // 2^m + next m bits
+  return (static_cast<uint32_t>(63 - lz) << m) + top;
+}
 
 struct ExpParams {
   int64_t x0, b, c, n;
@@ -82,6 +92,10 @@ struct LogIntSoftmax {
   int64_t coarse[16] = {};     // coarse[i] = lut[16 i + 15]: the last entry of each 16-block
   int64_t lut_rev[256] = {};  // lut_rev[255 - u] = lut[u]: indexed by x directly (see RowSum)
   bool monotone = false;      // lut non-increasing: codes are a step function of x
+  // start[LimitKey(L)] <= #{u : lut[u] > L} <= start[...] + 4 for every L (see BuildKeyTable);
+  // key_bits < 0: no key resolution up to kMaxKeyBits achieves that, Steps searches instead.
+  int key_bits = -1;
+  uint16_t start[64 << kMaxKeyBits] = {};
 
   LogIntSoftmax(const OrtApi*, const OrtKernelInfo* info) {
     p.x0 = IntAttr(info, "x0", -1, &missing);
@@ -116,6 +130,43 @@ struct LogIntSoftmax {
     for (int i = 0; i < 16; ++i) coarse[i] = lut[16 * i + 15];
     monotone = true;
     for (int u = 1; u < 256; ++u) monotone = monotone && lut[u] <= lut[u - 1];
+    if (monotone) BuildKeyTable();
+  }
+
+  // #{u < 256 : lut[u] > limit} for the non-increasing table.
+  int CountAbove(uint64_t limit) const {
+    return static_cast<int>(std::upper_bound(lut, lut + 256, limit,
+                                             [](uint64_t l, int64_t v) {
+                                               return static_cast<uint64_t>(v) <= l;
+                                             }) -
+                            lut);
+  }
+
+  // Each key is an interval [lo, hi] of limits; over it the count ranges from CountAbove(hi) to
+  // CountAbove(lo). Store the former; the key resolution is fine enough when the spread is <= 4,
+  // so Steps counts one 4-entry window of lut. Keys that no limit maps to stay unused.
+  void BuildKeyTable() {
+    for (int m = 1; m <= kMaxKeyBits; ++m) {
+      bool fits = true;
+      uint64_t lo = 0;  // key 0 is the limit 0 alone
+      uint32_t key = 0;
+      for (uint32_t next = (1u << m); fits && next < (64u << m); ++next) {
+        const uint64_t e = next >> m, top = (next & ((1u << m) - 1)) | (1u << m);
+        const uint64_t next_lo = ((top << (e - 1)) >> m);  // smallest limit of key `next`
+        if (LimitKey(next_lo, m) != next || next_lo <= lo) continue;  // no limit has this key
+        const int above = CountAbove(next_lo - 1);
+        fits = CountAbove(lo) - above <= 4;
+        start[key] = static_cast<uint16_t>(above);
+        lo = next_lo;
+        key = next;
+      }
+      const int above = CountAbove(std::numeric_limits<int64_t>::max());
+      if (fits && CountAbove(lo) - above <= 4) {
+        start[key] = static_cast<uint16_t>(above);
+        key_bits = m;
+        return;
+      }
+    }
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<TIn>& x,
@@ -177,24 +228,40 @@ struct LogIntSoftmax {
     avx2::StepCodes c{};
     c.full = p.max_code + 1;
     c.zero_code = p.zero_code;
-    int passed = 0;
-    for (int t = 1; t <= p.max_code + 1; ++t) {
-      const uint64_t limit = (((root >> t) + 1) << h) - 1;
-      if (static_cast<uint64_t>(lut[0]) <= limit) {
-        ++passed;
-        continue;
+    int above[32];
+    if (key_bits > 0) {
+      // The key table brackets u_t within 4 entries: one window count per t, all t independent.
+      for (int t = 1; t <= c.full; ++t) {
+        const uint64_t limit = (((root >> t) + 1) << h) - 1;
+        const int u = start[LimitKey(limit, key_bits)];
+        above[t - 1] = u + avx2::CountAbove4(lut + u, static_cast<int64_t>(limit));
       }
-      if (static_cast<uint64_t>(lut[range]) > limit) break;  // u_t only grows with t
-      // u_t = #{u : lut[u] > limit} (a prefix: the table is non-increasing): the blocks of 16
-      // wholly above the limit, then the entries above it in the first block that is not.
-      // lut[range] <= limit puts u_t <= range < 256, so the block index is < 16.
-      const __m256i lim = _mm256_set1_epi64x(static_cast<int64_t>(limit));
-      const int block = avx2::CountAbove16(coarse, lim);
-      const int u = 16 * block + avx2::CountAbove16(lut + 16 * block, lim);
-      c.thr[c.count++] = static_cast<int8_t>(mx - u);  // code steps where x <= thr
+    } else {
+      for (int t = 1; t <= c.full; ++t) above[t - 1] = SearchAbove((((root >> t) + 1) << h) - 1);
     }
-    c.base = passed + c.count;
+    // u_t only grows with t: the t with u_t = 0 come first, those with u_t > range last, so the
+    // thresholds are the contiguous run between them (counted without branches).
+    alignas(32) int8_t thr[64] = {};
+    int passed = 0, inside = 0;
+    for (int t = 1; t <= c.full; ++t) {
+      const int u = above[t - 1];
+      thr[t - 1] = static_cast<int8_t>(mx - u);  // code steps where x <= thr (when in range)
+      passed += u == 0;
+      inside += u <= range;
+    }
+    c.count = inside - passed;
+    std::memcpy(c.thr, thr + passed, sizeof c.thr);
+    c.base = inside;
     return c;
+  }
+
+  // u_t = #{u : lut[u] > limit} (a prefix: the table is non-increasing): the blocks of 16 wholly
+  // above the limit, then the entries above it in the first block that is not (lut is zero
+  // padded, so a limit below every entry gives 256).
+  int SearchAbove(uint64_t limit) const {
+    const __m256i lim = _mm256_set1_epi64x(static_cast<int64_t>(limit));
+    const int block = avx2::CountAbove16(coarse, lim);
+    return block == 16 ? 256 : 16 * block + avx2::CountAbove16(lut + 16 * block, lim);
   }
 
   // Scalar on purpose: GCC's vectorised form emulates a gather with inserts and is slower.

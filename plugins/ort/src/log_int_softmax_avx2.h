@@ -105,6 +105,13 @@ inline int CountAbove16(const int64_t* v, __m256i limit) {
   return -static_cast<int>(_mm_cvtsi128_si64(_mm_add_epi64(h, _mm_unpackhi_epi64(h, h))));
 }
 
+// #{k < 4 : v[k] > limit} for int64 v and limit in [0, 2^63).
+inline int CountAbove4(const int64_t* v, int64_t limit) {
+  const __m256i gt = _mm256_cmpgt_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)),
+                                        _mm256_set1_epi64x(limit));
+  return __builtin_popcount(static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(gt))));
+}
+
 // Codes of a row whose code is a step function of x: code = base - #{i : x > thr[i]} (thr as
 // int8), with k == M + 1 mapped to the zero code when they differ (bits >= 6).
 struct StepCodes {
@@ -124,10 +131,44 @@ inline __m256i Steps32(__m256i x, const StepCodes& c, const __m256i* thr) {
   return k;
 }
 
+// Four vectors per pass over the thresholds: the loop overhead and the threshold loads are
+// shared, and the four compare chains are independent.
+inline void Steps128(const int8_t* x, const StepCodes& c, const __m256i* thr, uint8_t* y) {
+  const auto* in = reinterpret_cast<const __m256i*>(x);
+  const __m256i x0 = _mm256_loadu_si256(in), x1 = _mm256_loadu_si256(in + 1);
+  const __m256i x2 = _mm256_loadu_si256(in + 2), x3 = _mm256_loadu_si256(in + 3);
+  __m256i k0 = _mm256_set1_epi8(static_cast<char>(c.base)), k1 = k0, k2 = k0, k3 = k0;
+  for (int i = 0; i < c.count; ++i) {
+    const __m256i t = thr[i];
+    k0 = _mm256_add_epi8(k0, _mm256_cmpgt_epi8(x0, t));
+    k1 = _mm256_add_epi8(k1, _mm256_cmpgt_epi8(x1, t));
+    k2 = _mm256_add_epi8(k2, _mm256_cmpgt_epi8(x2, t));
+    k3 = _mm256_add_epi8(k3, _mm256_cmpgt_epi8(x3, t));
+  }
+  if (c.full != c.zero_code) {
+    const __m256i full = _mm256_set1_epi8(static_cast<char>(c.full));
+    const __m256i zero = _mm256_set1_epi8(static_cast<char>(c.zero_code));
+    k0 = _mm256_blendv_epi8(k0, zero, _mm256_cmpeq_epi8(k0, full));
+    k1 = _mm256_blendv_epi8(k1, zero, _mm256_cmpeq_epi8(k1, full));
+    k2 = _mm256_blendv_epi8(k2, zero, _mm256_cmpeq_epi8(k2, full));
+    k3 = _mm256_blendv_epi8(k3, zero, _mm256_cmpeq_epi8(k3, full));
+  }
+  auto* out = reinterpret_cast<__m256i*>(y);
+  _mm256_storeu_si256(out, k0);
+  _mm256_storeu_si256(out + 1, k1);
+  _mm256_storeu_si256(out + 2, k2);
+  _mm256_storeu_si256(out + 3, k3);
+}
+
 inline void StepRow(const int8_t* x, int64_t n, const StepCodes& c, uint8_t* y) {
   __m256i thr[32];
   for (int i = 0; i < c.count; ++i) thr[i] = _mm256_set1_epi8(c.thr[i]);
   int64_t j = 0;
+  if (n >= 128) {  // blocks of 128, the last one overlapping: its codes are recomputed
+    for (; j + 128 <= n; j += 128) Steps128(x + j, c, thr, y + j);
+    if (j < n) Steps128(x + n - 128, c, thr, y + n - 128);
+    return;
+  }
   for (; j + 32 <= n; j += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + j), Steps32(v, c, thr));
