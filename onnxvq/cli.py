@@ -38,7 +38,8 @@ def inspect(
     from onnxvq.render import render_inspection
 
     try:
-        result = inspect_model(model)
+        with err_console.status(f"canonicalising and recognising {model.name}"):
+            result = inspect_model(model)
     except OnnxvqError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -91,7 +92,7 @@ def quantize(
                           pts=pts, lis=lis, calib_size=calib_size, batch_size=batch_size)
         prep = (load_preprocess_config(preprocess_config) if preprocess_config
                 else resolve_preprocess(preset, size=size, mean=mean, std=std))
-        with _progress("calibrating") as advance:
+        with _progress("quantizing (samples calibrated)") as advance:
             result = run_quantize(model, calib, cfg, preprocess=prep, progress=advance)
         path = result.save(output)
         if report:
