@@ -17,19 +17,17 @@ import argparse
 import json
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
 from onnxvq.config import QuantConfig
+from onnxvq.fidelity import timed_runs
 from onnxvq.models.corpus import ensure_export
 from onnxvq.plugins import native
 from onnxvq.quantize import quantize
-from onnxvq.runtime import make_session, random_inputs
 
 MODEL = "vit_small_patch16_224"
 EXPORTER = "torchscript17"
@@ -58,20 +56,8 @@ def _variants(path: Path, calib_size: int) -> list[tuple[str, onnx.ModelProto]]:
 
 def _time(model: onnx.ModelProto, custom_ops: bool, batch: int, threads: int, runs: int,
           warmup: int) -> tuple[float, int]:
-    sess = make_session(model, threads=threads, custom_ops=custom_ops)
-    feeds = random_inputs(sess, batch=batch)
-    t0 = time.perf_counter()
-    sess.run(None, feeds)
-    if time.perf_counter() - t0 > SLOW_RUN_S:
-        runs, warmup = min(runs, SLOW_RUNS), 0
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3, runs
+    return timed_runs(model, batch=batch, threads=threads, runs=runs, warmup=warmup,
+                      custom_ops=custom_ops, slow_s=SLOW_RUN_S, slow_runs=SLOW_RUNS)
 
 
 def run(threads: int, batches: list[int], runs: int, warmup: int, calib_size: int) -> list[Row]:

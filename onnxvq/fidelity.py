@@ -44,8 +44,21 @@ def fidelity(fp32: onnx.ModelProto | str, quant: onnx.ModelProto | str,
 def latency_ms(model: onnx.ModelProto | str, *, batch: int = 1, threads: int = 2,
                runs: int = 20, warmup: int = 3) -> float:
     """Median wall time of one run in ONNX Runtime's CPU provider."""
-    sess = make_session(model, threads=threads)
+    return timed_runs(model, batch=batch, threads=threads, runs=runs, warmup=warmup)[0]
+
+
+def timed_runs(model: onnx.ModelProto | str, *, batch: int = 1, threads: int = 2, runs: int = 20,
+               warmup: int = 3, custom_ops: bool = True, slow_s: float | None = None,
+               slow_runs: int = 5) -> tuple[float, int]:
+    """(median ms, runs timed). With `slow_s`, a model whose first run takes longer gets no warmup
+    and at most `slow_runs` timed runs (for the slow local-function variants of benchmarks)."""
+    sess = make_session(model, threads=threads, custom_ops=custom_ops)
     feeds = random_inputs(sess, batch=batch)
+    if slow_s is not None:
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        if time.perf_counter() - t0 > slow_s:
+            runs, warmup = min(runs, slow_runs), 0
     for _ in range(warmup):
         sess.run(None, feeds)
     times = []
@@ -53,4 +66,4 @@ def latency_ms(model: onnx.ModelProto | str, *, batch: int = 1, threads: int = 2
         t0 = time.perf_counter()
         sess.run(None, feeds)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    return float(np.median(times) * 1e3), runs
