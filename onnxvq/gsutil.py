@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -22,8 +20,6 @@ def consumers(t: gs.Tensor) -> list[gs.Node]:
     return list(t.outputs)
 
 
-def is_const(t: gs.Tensor) -> bool:
-    return isinstance(t, gs.Constant)
 
 
 def const_value(t: gs.Tensor) -> np.ndarray | None:
@@ -56,9 +52,6 @@ def data_inputs(node: gs.Node) -> list[gs.Variable]:
     return [t for t in ins if isinstance(t, gs.Variable) and const_value(t) is None]
 
 
-def other_input(node: gs.Node, t: gs.Tensor) -> gs.Tensor:
-    a, b = node.inputs[0], node.inputs[1]
-    return b if a is t else a
 
 
 def single_consumer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
@@ -93,41 +86,10 @@ def from_activation_matmul(t: gs.Tensor, limit: int = 8) -> bool:
     return False
 
 
-def upstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS,
-             limit: int = 12) -> Iterator[gs.Node]:
-    """Producers met walking back from `t` along the data input of layout ops."""
-    for _ in range(limit):
-        p = producer(t)
-        if p is None:
-            return
-        yield p
-        if p.op not in through:
-            return
-        ins = data_inputs(p)
-        if len(ins) != 1:
-            return
-        t = ins[0]
 
 
-def first_upstream(t: gs.Tensor, ops: set[str] | frozenset[str],
-                   through: frozenset[str] = LAYOUT_OPS) -> gs.Node | None:
-    for p in upstream(t, through):
-        if p.op in ops:
-            return p
-    return None
 
 
-def downstream(t: gs.Tensor, through: frozenset[str] = LAYOUT_OPS,
-               limit: int = 12) -> Iterator[gs.Node]:
-    """Consumers met walking forward from `t` while the path has exactly one consumer."""
-    for _ in range(limit):
-        c = single_consumer(t)
-        if c is None:
-            return
-        yield c
-        if c.op not in through or not c.outputs:
-            return
-        t = c.outputs[0]
 
 
 def weight_of(node: gs.Node) -> gs.Constant | None:

@@ -12,6 +12,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _SOURCE_PACKAGES = {"timm": "timm", "huggingface": "transformers", "torchvision": "torchvision"}
 
 
+@pytest.fixture
+def no_block_model():
+    """MatMul + Relu: valid ONNX with no transformer blocks in it."""
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data` next to the repository (trained models, CIFAR-10); skips when absent."""

@@ -51,13 +51,8 @@ def test_unsupported_opset(tmp_path):
     assert_clean_error(run("inspect", path), 3, "opset 11 is not supported")
 
 
-def test_no_transformer_blocks_lists_what_it_found(tmp_path):
-    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+def test_no_transformer_blocks_lists_what_it_found(tmp_path, no_block_model):
+    model = no_block_model
     result = run("inspect", save_model(model, tmp_path / "mlp.onnx"))
     assert_clean_error(result, 3, "no transformer blocks found")
     assert "Relu" in result.output  # what it found is still listed

@@ -40,15 +40,8 @@ def test_tiny_vit_counts(options):
     assert result.canonicalization.numeric.max_abs_diff <= 1e-4
 
 
-def test_model_without_blocks_is_reported(tmp_path):
-    from onnx import TensorProto, helper
-
-    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+def test_model_without_blocks_is_reported(no_block_model):
+    model = no_block_model
     s = inspect(model).structure
     assert not s.is_vit and s.counts["blocks"] == 0
     assert s.unrecognised["Relu"] == 1
