@@ -4,7 +4,7 @@
                                   [--out benchmarks/results/fq.json]
 
 The model is timm's vit_small_patch16_224 (random weights) exported by onnxvq.models.corpus.
-Each quantized variant comes from `onnxvq.quantize.quantize` with noise calibration (16 images):
+Each quantized variant comes from `onnxvq.quantize` with noise calibration (16 images):
 speed does not depend on calibration quality. PTS/LIS models run twice: with the native custom-op
 library (libonnxvq_ort.so) and with their ONNX local functions inlined (`custom_ops=False`).
 Median wall time of `session.run` after warm-up; ratios are against FP32 at the same batch. The
@@ -23,11 +23,11 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from onnxvq.config import QuantConfig
-from onnxvq.fidelity import timed_runs
+from onnxvq.core.config import QuantConfig
 from onnxvq.models.corpus import ensure_export
 from onnxvq.plugins import native
-from onnxvq.quantize import quantize
+from onnxvq.quantizer.run import quantize
+from onnxvq.verify.fidelity import timed_runs
 
 MODEL = "vit_small_patch16_224"
 EXPORTER = "torchscript17"

@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from onnxvq.core.runtime import session_options
 from onnxvq.plugins import native
 from onnxvq.plugins.ops import (
     make_int_layer_norm_node,
@@ -32,7 +33,6 @@ from onnxvq.plugins.ops import (
     make_log_int_softmax_node,
 )
 from onnxvq.plugins.reference import layernorm_params, log_int_softmax, softmax_constants
-from onnxvq.runtime import session_options
 
 LN_SHAPE = (8, 197, 384)
 SCORES_SHAPE = (8, 6, 197, 197)

@@ -35,10 +35,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from onnxvq.calib import batches, open_source, resolve_preprocess
-from onnxvq.calib.data import ImageFolder, strided
-from onnxvq.config import METHODS, QuantConfig
-from onnxvq.runtime import make_session
+from onnxvq.calibrate import batches, open_source, resolve_preprocess
+from onnxvq.calibrate.data import ImageFolder, strided
+from onnxvq.core.config import METHODS, QuantConfig
+from onnxvq.core.runtime import make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data").resolve()
@@ -89,7 +89,7 @@ def calib_dir(n: int, tmp: Path) -> Path:
 # ---- quantizers -------------------------------------------------------------------------------
 
 def quantize_onnxvq(name: str, method: str, n: int, out: Path, tmp: Path) -> Path:
-    from onnxvq.quantize import quantize
+    from onnxvq.quantizer.run import quantize
 
     cfg = QuantConfig(method=method, calib_size=n)
     result = quantize(str(model_path(name)), calib_dir(n, tmp), cfg,
@@ -326,7 +326,7 @@ def show_accuracy(res: dict) -> None:
 
 def prime_denormals() -> None:
     """Open a tiny session with denormal-as-zero before any other. ONNX Runtime applies that option
-    to the calling thread only from the process's first session; the first one onnxvq.quantize
+    to the calling thread only from the process's first session; the first one onnxvq.quantizer.run
     opens (graphsurgeon's constant folding) lacks it, which left the CCT's FP32 model ~8x slower."""
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])

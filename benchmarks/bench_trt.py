@@ -62,7 +62,7 @@ def latency_ms(engine_path: Path, batch: int, iters: int, warmup: int) -> dict[s
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from onnxvq.trt import EngineConfig, build_engine
+    from onnxvq.verify.trt import EngineConfig, build_engine
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-trt-") as tmp:
@@ -90,7 +90,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from onnxvq.trt import unavailable_reason
+    from onnxvq.verify.trt import unavailable_reason
 
     args = parse_args(argv)
     reason = unavailable_reason()

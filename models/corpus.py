@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 from onnxvq.models.architecture import ArchitectureCounts
 
 EXPORTERS = ("torchscript13", "torchscript17", "dynamo")

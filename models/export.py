@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 import torch
 
-from onnxvq.graph import compatible_ir, save_model
+from onnxvq.core.graph import compatible_ir, save_model
+from onnxvq.core.runtime import make_session
 from onnxvq.models.architecture import ArchitectureCounts
 from onnxvq.models.corpus import ENTRIES, EXPORTERS, CorpusEntry, CorpusError, ensure_export
-from onnxvq.runtime import make_session
 
 log = logging.getLogger("onnxvq.models.export")  # not __main__ under python -m
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 from onnxvq.models.architecture import ArchitectureCounts
 from onnxvq.models.onnx_builder import GraphBuilder, float_input
 

@@ -1,21 +1,21 @@
 """onnxvq: post-training quantization of Vision Transformers on ONNX graphs."""
 
-from onnxvq import runtime as _runtime  # noqa: F401  (first ORT session: flush-to-zero)
-from onnxvq.errors import (
+from onnxvq.core import runtime as _runtime  # noqa: F401  (first ORT session: flush-to-zero)
+from onnxvq.core.errors import (
     CalibrationError,
     ModelLoadError,
     OnnxvqError,
     UnsupportedModelError,
     ValidationError,
 )
-from onnxvq.graph import load_model, save_model
+from onnxvq.core.graph import load_model, save_model
 
 __version__ = "0.1.0"
 
 # The API in one place; imported last because these modules read __version__.
 from onnxvq.api import canonicalize, inspect  # noqa: E402
-from onnxvq.config import QuantConfig  # noqa: E402
-from onnxvq.quantize import QuantResult, quantize  # noqa: E402
+from onnxvq.core.config import QuantConfig  # noqa: E402
+from onnxvq.quantizer.run import QuantResult, quantize  # noqa: E402
 
 __all__ = [
     "CalibrationError",

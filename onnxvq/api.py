@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxvq.graph import load_model
-from onnxvq.pipeline import PipelineReport
-from onnxvq.structure import ViTStructure
+from onnxvq.core.graph import load_model
+from onnxvq.core.pipeline import PipelineReport
+from onnxvq.recognise.structure import ViTStructure
 
 
 @dataclass
@@ -44,7 +44,7 @@ def canonicalize(model: onnx.ModelProto, *, numeric: str = "end") -> tuple[onnx.
 
 def inspect(model: str | os.PathLike | onnx.ModelProto) -> Inspection:
     """Canonicalise a model and recognise its ViT structure."""
-    from onnxvq.recognize import recognise_model
+    from onnxvq.recognise.model import recognise_model
 
     path = "<memory>" if isinstance(model, onnx.ModelProto) else str(model)
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)

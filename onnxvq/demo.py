@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxvq.calib import NoiseSource, batches
-from onnxvq.config import QuantConfig
-from onnxvq.fidelity import Fidelity, fidelity, latency_ms
-from onnxvq.graph import save_model
-from onnxvq.quantize import QuantResult, quantize
+from onnxvq.calibrate import NoiseSource, batches
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.graph import save_model
+from onnxvq.quantizer.run import QuantResult, quantize
+from onnxvq.verify.fidelity import Fidelity, fidelity, latency_ms
 
 DEMO_BATCH = 8
 

@@ -3,12 +3,12 @@ neutral."""
 
 from __future__ import annotations
 
+from onnxvq.core.pipeline import Pipeline
 from onnxvq.passes.fold_constants import FoldConstants
 from onnxvq.passes.fold_static_shapes import FoldStaticShapes
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
 from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
 from onnxvq.passes.remove_softmax_nan_guard import RemoveSoftmaxNanGuard
-from onnxvq.pipeline import Pipeline
 
 
 def canonicalize_pipeline() -> Pipeline:

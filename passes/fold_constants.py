@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from onnxvq.pipeline import Pass, PassContext, PassResult
+from onnxvq.core.pipeline import Pass, PassContext, PassResult
 
 
 class FoldConstants(Pass):

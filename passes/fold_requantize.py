@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import const_value, producer
-from onnxvq.pipeline import PassContext, RewritePass
+from onnxvq.core.pipeline import PassContext, RewritePass
+from onnxvq.core.walk import const_value, producer
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import data_inputs, producer, scalar
-from onnxvq.pipeline import PassContext, RewritePass
+from onnxvq.core.pipeline import PassContext, RewritePass
+from onnxvq.core.walk import data_inputs, producer, scalar
 
 
 @dataclass

@@ -19,8 +19,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from onnxvq.gsutil import const_value
-from onnxvq.pipeline import Pass, PassContext, PassResult
+from onnxvq.core.pipeline import Pass, PassContext, PassResult
+from onnxvq.core.walk import const_value
 
 _PROBE_BATCHES = (1, 3)
 
@@ -60,8 +60,8 @@ def _symbolic_dims_besides_batch(graph: gs.Graph) -> str | None:
 
 
 def _probe(graph: gs.Graph, names: list[str]) -> list[dict[str, np.ndarray]]:
-    from onnxvq.graph import to_model
-    from onnxvq.runtime import make_session, random_inputs
+    from onnxvq.core.graph import to_model
+    from onnxvq.core.runtime import make_session, random_inputs
 
     probe = graph.copy()
     by_name = probe.tensors()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import const_value, scalar, single_consumer
-from onnxvq.pipeline import PassContext, RewritePass
+from onnxvq.core.pipeline import PassContext, RewritePass
+from onnxvq.core.walk import const_value, scalar, single_consumer
 
 LAYERNORM_OPSET = 17
 

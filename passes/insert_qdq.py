@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.pipeline import Pass, PassContext, PassResult
-from onnxvq.placement import QuantPlan
+from onnxvq.core.pipeline import Pass, PassContext, PassResult
+from onnxvq.quantizer.placement import QuantPlan
 
 
 class InsertActivationQDQ(Pass):

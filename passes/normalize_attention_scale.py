@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import (
+from onnxvq.core.pipeline import PassContext, RewritePass
+from onnxvq.core.walk import (
     LAYOUT_OPS,
     data_inputs,
     from_activation_matmul,
@@ -28,7 +29,6 @@ from onnxvq.gsutil import (
     scalar,
     single_consumer,
 )
-from onnxvq.pipeline import PassContext, RewritePass
 
 # Between the scores MatMul and the Softmax: scale, additive bias/mask, Swin's window reshapes.
 _SCORE_PATH = frozenset({"Mul", "Div", "Add", "Reshape", "Cast"})

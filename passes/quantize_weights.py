@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.pipeline import Pass, PassContext, PassResult
-from onnxvq.placement import QuantPlan
+from onnxvq.core.pipeline import Pass, PassContext, PassResult
+from onnxvq.quantizer.placement import QuantPlan
 
 _EPS = np.float32(1e-12)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import const_value, producer
-from onnxvq.pipeline import PassContext, RewritePass
+from onnxvq.core.pipeline import PassContext, RewritePass
+from onnxvq.core.walk import const_value, producer
 
 
 @dataclass

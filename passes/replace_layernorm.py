@@ -24,12 +24,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from onnxvq.errors import OnnxvqError
-from onnxvq.fq_calib import FqParams, LayerNormQuant
-from onnxvq.pipeline import Pass, PassContext, PassResult
-from onnxvq.placement import QuantPlan
+from onnxvq.calibrate.fq import FqParams, LayerNormQuant
+from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.pipeline import Pass, PassContext, PassResult
 from onnxvq.plugins.ops import make_int_layer_norm_node
 from onnxvq.plugins.reference import MAX_CHANNELS, LayerNormParams, layernorm_params
+from onnxvq.quantizer.placement import QuantPlan
 
 _OUT_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
 _DEFAULT_EPS = 1e-5  # the ONNX LayerNormalization default

@@ -21,12 +21,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from onnxvq.fq_calib import WIDE_SCORE_LEVELS, FqParams, SoftmaxQuant
-from onnxvq.pipeline import Pass, PassContext, PassResult
-from onnxvq.placement import QuantPlan
+from onnxvq.calibrate.fq import WIDE_SCORE_LEVELS, FqParams, SoftmaxQuant
+from onnxvq.core.pipeline import Pass, PassContext, PassResult
 from onnxvq.plugins.ops import make_log_int_matmul_node, make_log_int_softmax_node
 from onnxvq.plugins.reference import max_code
-from onnxvq.structure import ViTStructure
+from onnxvq.quantizer.placement import QuantPlan
+from onnxvq.recognise.structure import ViTStructure
 
 _PASS_THROUGH = frozenset({"Identity", "Dropout", "Cast"})  # value-preserving on probabilities
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 
 log = logging.getLogger(__name__)
 

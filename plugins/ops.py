@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.reference import LayerNormParams, SoftmaxConstants
 from onnxvq.plugins.reference.softmax import _check_bits

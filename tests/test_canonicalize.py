@@ -10,10 +10,10 @@ import onnx
 import pytest
 
 from onnxvq.api import canonicalize
+from onnxvq.core.pipeline import Pipeline
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
 from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
-from onnxvq.pipeline import Pipeline
 
 
 def ops(model: onnx.ModelProto) -> Counter:
@@ -57,7 +57,7 @@ def test_attention_scale_becomes_one_mul_after_the_scores(scale, qkv):
 
 
 def test_fold_removes_exporter_shape_noise_on_real_model(shared_data):
-    from onnxvq.graph import load_model
+    from onnxvq.core.graph import load_model
 
     model = load_model(shared_data / "models" / "vit_cifar10.onnx")
     out, report = canonicalize(model)

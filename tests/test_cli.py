@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from onnxvq.cli import app
-from onnxvq.graph import save_model
+from onnxvq.cli.app import app
+from onnxvq.core.graph import save_model
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
 
 runner = CliRunner()

@@ -14,10 +14,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from onnxvq.compare import compare, error_stats
-from onnxvq.config import QuantConfig
+from onnxvq.core.config import QuantConfig
 from onnxvq.models.tiny_vit import build_tiny_vit
-from onnxvq.quantize import quantize
+from onnxvq.quantizer.run import quantize
+from onnxvq.verify.compare import compare, error_stats
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_quantized_passes_and_mis_scaled_fails(models):
 
 
 def test_cli_exit_codes(models, tmp_path):
-    from onnxvq.cli_validate import register
+    from onnxvq.cli.validate import register
 
     fp32, q, broken = models
     app = typer.Typer()
@@ -96,7 +96,7 @@ def test_saved_files_load_with_polygraphy(models, tmp_path):
     assert len(inputs) == 2 and inputs[0]["input"].shape == (3, 3, 32, 32)
     outputs = RunResults.load(str(tmp_path / "o.json"))
     assert list(outputs.keys()) == ["onnxrt-fp32"]
-    from onnxvq.runtime import make_session
+    from onnxvq.core.runtime import make_session
 
     sess = make_session(onnx.load(fp32))
     expected = sess.run(None, {"input": inputs[1]["input"]})[0]

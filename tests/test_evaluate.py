@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from onnxvq.errors import OnnxvqError
-from onnxvq.evaluate import evaluate
+from onnxvq.core.errors import OnnxvqError
+from onnxvq.verify.evaluate import evaluate
 
 COLOURS = {"a_red": (250, 5, 5), "b_green": (5, 250, 5), "c_blue": (5, 5, 250)}
 
@@ -76,7 +76,7 @@ def test_cli_eval(folder):
     import typer
     from typer.testing import CliRunner
 
-    from onnxvq.cli_validate import register
+    from onnxvq.cli.validate import register
 
     path = folder.parent / "m.onnx"
     onnx.save(channel_mean_model(), path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxvq.core.pipeline import Pipeline
+from onnxvq.core.runtime import make_session
 from onnxvq.passes.fold_requantize import FoldRequantize
-from onnxvq.pipeline import Pipeline
-from onnxvq.runtime import make_session
 
 
 def _model(s2: float):

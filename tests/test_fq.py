@@ -12,19 +12,19 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxvq.api import canonicalize
-from onnxvq.calib import batches, open_source, resolve_preprocess
-from onnxvq.calib.collect import expose
-from onnxvq.config import QuantConfig
-from onnxvq.graph import to_graph
+from onnxvq.calibrate import batches, open_source, resolve_preprocess
+from onnxvq.calibrate.collect import expose
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.graph import to_graph
+from onnxvq.core.runtime import make_session
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
 from onnxvq.passes.replace_layernorm import integer_params
 from onnxvq.passes.replace_softmax import probs_path
-from onnxvq.placement import plan, refuse_layernorm
 from onnxvq.plugins import native_available
 from onnxvq.plugins.reference import int_layer_norm, log_int_matmul, log_int_softmax, max_code
-from onnxvq.quantize import quantize
-from onnxvq.recognize import recognise_model
-from onnxvq.runtime import make_session
+from onnxvq.quantizer.placement import plan, refuse_layernorm
+from onnxvq.quantizer.run import quantize
+from onnxvq.recognise.model import recognise_model
 
 FQ = QuantConfig(pts=True, lis=True, calib_size=32, batch_size=16)
 NATIVE = pytest.mark.skipif(not native_available(), reason="native custom-op library not built "

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 
 from onnxvq.api import inspect
-from onnxvq.graph import load_model, save_model
+from onnxvq.core.graph import load_model, save_model
+from onnxvq.core.runtime import make_session, random_inputs
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
-from onnxvq.runtime import make_session, random_inputs
 
 
 def test_external_data_round_trip(tmp_path):

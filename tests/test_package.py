@@ -7,7 +7,7 @@ import sys
 
 
 def test_import_onnxvq_pulls_no_framework():
-    code = ("import sys, onnxvq, onnxvq.passes.canonicalize, onnxvq.plugins, onnxvq.cli; "
+    code = ("import sys, onnxvq, onnxvq.passes.canonicalize, onnxvq.plugins, onnxvq.cli.app; "
             "print(sorted(m for m in ('torch', 'timm', 'tensorrt', 'transformers', 'triton') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -26,7 +26,7 @@ _FTZ = """
 import numpy as np, onnxruntime as ort
 from onnx import TensorProto, helper
 import onnxvq
-from onnxvq.runtime import make_session
+from onnxvq.core.runtime import make_session
 c = helper.make_tensor("c", TensorProto.FLOAT, [1], [1.0])
 g = helper.make_graph([helper.make_node("Mul", ["x", "c"], ["y"])], "g",
                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from onnxvq.config import QuantConfig
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.runtime import make_session, random_inputs, session_options
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
-from onnxvq.quantize import quantize
-from onnxvq.runtime import make_session, random_inputs, session_options
+from onnxvq.quantizer.run import quantize
 
 NOISE = dict(calib_size=8, batch_size=4)
 
@@ -120,7 +120,7 @@ def test_deterministic(tiny):
 
 
 def test_nan_activations_raise(tmp_path):
-    from onnxvq.errors import CalibrationError
+    from onnxvq.core.errors import CalibrationError
 
     bad = tmp_path / "nan.npy"
     x = np.zeros((4, 3, 32, 32), dtype=np.float32)
@@ -131,8 +131,8 @@ def test_nan_activations_raise(tmp_path):
 
 
 def _accuracy(shared_data, name, preset, method):
-    from onnxvq.calib import batches, open_source
-    from onnxvq.calib.preprocess import resolve_preprocess
+    from onnxvq.calibrate import batches, open_source
+    from onnxvq.calibrate.preprocess import resolve_preprocess
 
     pre = resolve_preprocess(preset)
     fp32 = shared_data / "models" / f"{name}.onnx"
@@ -184,7 +184,7 @@ def test_corpus_quantizes(corpus_model, name, exporter, method, target):
     onnx.checker.check_model(r.model)
     inits = {i.name: i for i in r.model.graph.initializer}
     if target == "trt":
-        from onnxvq.trt_rules import trt_violations
+        from onnxvq.verify.trt_rules import trt_violations
 
         assert trt_violations(r.model) == []  # the static TensorRT rules, on every export
         for n in r.model.graph.node:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxvq import report_plots
-from onnxvq.config import QuantConfig
+from onnxvq.core.config import QuantConfig
 from onnxvq.models.tiny_vit import build_tiny_vit
-from onnxvq.quantize import quantize
-from onnxvq.report import write_report
+from onnxvq.quantizer.run import quantize
+from onnxvq.verify import report_plots
+from onnxvq.verify.report import write_report
 
 
 def embedded_pngs(html: str) -> list[np.ndarray]:
@@ -65,7 +65,7 @@ def test_log2_beats_uniform_on_small_probabilities():
 
 @pytest.mark.realdata
 def test_report_for_shared_vit(shared_data, tmp_path):
-    from onnxvq.calib import resolve_preprocess
+    from onnxvq.calibrate import resolve_preprocess
 
     prep = resolve_preprocess("cifar10-vit")
     calib = shared_data / "cifar10" / "calib"

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxvq.config import QuantConfig
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.runtime import make_session, random_inputs
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
-from onnxvq.quantize import quantize
-from onnxvq.runtime import make_session, random_inputs
-from onnxvq.sensitivity import (
+from onnxvq.quantizer.run import quantize
+from onnxvq.verify.sensitivity import (
     block_damage,
     block_nodes,
     canonical_structure,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from onnxvq.config import QuantConfig
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.runtime import make_session, random_inputs
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
-from onnxvq.quantize import quantize
-from onnxvq.runtime import make_session, random_inputs
-from onnxvq.trt_rules import trt_violations
+from onnxvq.quantizer.run import quantize
+from onnxvq.verify.trt_rules import trt_violations
 
 NOISE = dict(calib_size=4, batch_size=2)
 

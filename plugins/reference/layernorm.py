@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import TensorProto
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.reference.intmath import as_int64, isqrt, rnd_shift, round_half_away
 
 MAX_CHANNELS = 8192

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.reference.intmath import as_int64, bit_length
 
 MAX_ROW = 1 << 16  # n is chosen so that a row of this many maximal exps fits int64

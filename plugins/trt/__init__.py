@@ -22,12 +22,12 @@ PLUGIN_IDS = tuple(f"{NAMESPACE}::{op}" for op in OPS)
 def register_plugins() -> tuple[str, ...]:
     """Register the plugins with TensorRT's registry (idempotent); returns their ids.
 
-    Raises ``onnxvq.trt.BackendUnavailable`` when ``tensorrt.plugin`` cannot be imported.
+    Raises ``onnxvq.verify.trt.BackendUnavailable`` when ``tensorrt.plugin`` cannot be imported.
     """
     try:
         import tensorrt.plugin  # noqa: F401
     except ImportError as err:
-        from onnxvq.trt import INSTALL_HINT, BackendUnavailable
+        from onnxvq.verify.trt import INSTALL_HINT, BackendUnavailable
 
         msg = f"tensorrt.plugin is not importable ({err}); {INSTALL_HINT}"
         raise BackendUnavailable(msg) from err

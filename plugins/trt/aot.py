@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 
 # Kernel argument names and the Triton type of each non-constexpr argument, in TensorRT's order;
 # "{x}" style fields are filled with the tensors' element types at compile time.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.reference import MAX_CHANNELS, MAX_ROW, max_code, zero_code
 
 OUTPUT_RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxvq.calib import MinMaxObserver, PerChannelMinMax, collect, expose
-from onnxvq.errors import CalibrationError
-from onnxvq.runtime import make_session
+from onnxvq.calibrate import MinMaxObserver, PerChannelMinMax, collect, expose
+from onnxvq.core.errors import CalibrationError
+from onnxvq.core.runtime import make_session
 
 W = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxvq.calib import (
+from onnxvq.calibrate import (
     PRESETS,
     ImageFolder,
     NoiseSource,
@@ -19,8 +19,8 @@ from onnxvq.calib import (
     open_source,
     resolve_preprocess,
 )
-from onnxvq.calib.data import strided
-from onnxvq.errors import CalibrationError
+from onnxvq.calibrate.data import strided
+from onnxvq.core.errors import CalibrationError
 
 CIFAR = PRESETS["cifar10"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxvq.calib import (
+from onnxvq.calibrate import (
     EmaObserver,
     MinMaxObserver,
     OmseObserver,
@@ -17,7 +17,7 @@ from onnxvq.calib import (
     qparams_from_range,
     weight_qparams,
 )
-from onnxvq.errors import CalibrationError
+from onnxvq.core.errors import CalibrationError
 
 
 def test_qparams_formulas():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxvq.calib import (
+from onnxvq.calibrate import (
     PerChannelMinMax,
     PtsErrorObserver,
     PtsObserver,

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxvq.calib import PercentileObserver, batches, collect, open_source, resolve_preprocess
-from onnxvq.runtime import make_session
+from onnxvq.calibrate import PercentileObserver, batches, collect, open_source, resolve_preprocess
+from onnxvq.core.runtime import make_session
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CALIB = DATA / "cifar10" / "calib"

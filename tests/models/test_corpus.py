@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxvq.core.runtime import make_session
 from onnxvq.models.corpus import (
     ENTRIES,
     EXPORTERS,
@@ -21,7 +22,6 @@ from onnxvq.models.corpus import (
     ensure_export,
     read_manifest,
 )
-from onnxvq.runtime import make_session
 
 PAIRS = [(name, exporter) for name in ENTRIES for exporter in EXPORTERS]
 _HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm", "transformers"))

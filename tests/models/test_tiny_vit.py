@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.runtime import make_session
 from onnxvq.models.tiny_vit import LN_EPS, TinyViTConfig, build_tiny_vit, describe, make_weights
-from onnxvq.runtime import make_session
 
 _STRUCTURAL = list(itertools.product(
     ("pre", "post"), ("fused", "decomposed"), ("gelu_erf", "gelu_tanh", "relu"),

@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper
 
+from onnxvq.core.runtime import make_session
 from onnxvq.plugins.functions import DOMAIN, function_protos
 from onnxvq.plugins.ops import (
     add_functions,
@@ -24,7 +25,6 @@ from onnxvq.plugins.reference import (
     softmax_constants,
     zero_code,
 )
-from onnxvq.runtime import make_session
 
 
 def _run(graph: gs.Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

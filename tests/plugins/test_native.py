@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
+from onnxvq.core.runtime import session_options
 from onnxvq.plugins import native
 from onnxvq.plugins.ops import (
     make_int_layer_norm_node,
@@ -32,7 +33,6 @@ from onnxvq.plugins.reference import (
     log_int_softmax,
     softmax_constants,
 )
-from onnxvq.runtime import session_options
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +290,7 @@ _NO_VNNI_SCRIPT = textwrap.dedent("""
     import numpy as np, onnx_graphsurgeon as gs, onnxruntime as ort
     from onnxvq.plugins.ops import make_log_int_matmul_node
     from onnxvq.plugins.reference import log_int_matmul
-    from onnxvq.runtime import session_options
+    from onnxvq.core.runtime import session_options
     lib, lead, r, k, d, bits, zp = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])
     rng = np.random.default_rng(r * k + bits)
     a = rng.integers(0, 256, (lead, r, k)).astype(np.uint8)

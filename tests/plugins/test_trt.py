@@ -22,7 +22,7 @@ pytest.importorskip("torch", reason="Triton's interpreter runs on torch CPU tens
 
 from onnxvq.plugins import reference as ref  # noqa: E402
 from onnxvq.plugins.trt import aot, launch  # noqa: E402
-from onnxvq.trt import BackendUnavailable, unavailable_reason  # noqa: E402
+from onnxvq.verify.trt import BackendUnavailable, unavailable_reason  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if not INTERPRETED:
@@ -232,7 +232,7 @@ REASON = unavailable_reason()
 
 @pytest.mark.skipif(REASON is None, reason="TensorRT and a GPU are present")
 def test_without_tensorrt_the_backend_says_why(tmp_path):
-    from onnxvq.trt import build_engine, compare_with_ort
+    from onnxvq.verify.trt import build_engine, compare_with_ort
 
     for call in (lambda: build_engine(tmp_path / "m.onnx"), lambda: compare_with_ort("m.onnx")):
         with pytest.raises(BackendUnavailable) as err:
@@ -251,7 +251,7 @@ def test_registrations_import_where_tensorrt_is():
 def _plugin_model(path, ln, sm, batch):
     from onnx import helper, numpy_helper
 
-    from onnxvq.graph import save_model
+    from onnxvq.core.graph import save_model
     from onnxvq.plugins.trt import NAMESPACE
 
     tag = {"domain": "com.onnxvq", "plugin_version": "1", "plugin_namespace": NAMESPACE}
@@ -282,7 +282,7 @@ def _plugin_model(path, ln, sm, batch):
 def test_engine_with_plugins_equals_reference(tmp_path, batch):
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    from onnxvq.trt import build_engine
+    from onnxvq.verify.trt import build_engine
 
     rng = np.random.default_rng(batch)
     ln, sm = _ln_params(rng, 64), ref.softmax_constants(0.08, 4)

@@ -1,7 +1,7 @@
 """Calibration: input data sources, range observers, and one-session statistics collection."""
 
-from onnxvq.calib.collect import collect, expose
-from onnxvq.calib.data import (
+from onnxvq.calibrate.collect import collect, expose
+from onnxvq.calibrate.data import (
     ImageFolder,
     NoiseSource,
     Source,
@@ -9,8 +9,8 @@ from onnxvq.calib.data import (
     batches,
     open_source,
 )
-from onnxvq.calib.histogram import StreamingHistogram
-from onnxvq.calib.observers import (
+from onnxvq.calibrate.histogram import StreamingHistogram
+from onnxvq.calibrate.observers import (
     EmaObserver,
     HistogramObserver,
     MinMaxObserver,
@@ -21,20 +21,20 @@ from onnxvq.calib.observers import (
     make_observer,
     weight_qparams,
 )
-from onnxvq.calib.preprocess import (
+from onnxvq.calibrate.preprocess import (
     PRESETS,
     Preprocess,
     load_preprocess_config,
     resolve_preprocess,
 )
-from onnxvq.calib.pts import (
+from onnxvq.calibrate.pts import (
     PtsErrorObserver,
     PtsObserver,
     pts_candidate_scales,
     pts_layer_qparams,
     pts_shifts,
 )
-from onnxvq.calib.quant import fake_quant, qparams_from_range, qrange
+from onnxvq.calibrate.quant import fake_quant, qparams_from_range, qrange
 
 __all__ = [
     "PRESETS", "EmaObserver", "HistogramObserver", "ImageFolder", "MinMaxObserver", "NoiseSource",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 
 METHODS = ("minmax", "ema", "percentile", "omse")
 TARGETS = ("ort", "trt")

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from onnxvq.errors import OnnxvqError, UnsupportedModelError
+from onnxvq.core.errors import OnnxvqError, UnsupportedModelError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Post-training quantization of Vision Transformers on ONNX graphs.")
@@ -35,7 +35,7 @@ def inspect(
 ) -> None:
     """Show the ViT structure onnxvq recognises in MODEL."""
     from onnxvq.api import inspect as inspect_model
-    from onnxvq.render import render_inspection
+    from onnxvq.cli.render import render_inspection
 
     try:
         with err_console.status(f"canonicalising and recognising {model.name}"):
@@ -79,10 +79,10 @@ def quantize(
     report: bool = typer.Option(False, "--report", help="Write an HTML report beside the output."),
 ) -> None:
     """Quantize MODEL and write OUT.onnx plus its OUT.json sidecar of scales and settings."""
-    from onnxvq.calib.preprocess import load_preprocess_config, resolve_preprocess
-    from onnxvq.config import QuantConfig
-    from onnxvq.quantize import quantize as run_quantize
-    from onnxvq.render import render_quantization
+    from onnxvq.calibrate.preprocess import load_preprocess_config, resolve_preprocess
+    from onnxvq.cli.render import render_quantization
+    from onnxvq.core.config import QuantConfig
+    from onnxvq.quantizer.run import quantize as run_quantize
 
     output = output or model.with_name(model.stem + ".int8.onnx")
     try:
@@ -110,8 +110,8 @@ def demo(
     lis: bool = typer.Option(False, "--lis"),
 ) -> None:
     """Build a small ViT (no download), quantize it, print fidelity and speed."""
+    from onnxvq.cli.render import render_demo
     from onnxvq.demo import run_demo
-    from onnxvq.render import render_demo
 
     try:
         result = run_demo(output, pts=pts, lis=lis)
@@ -130,8 +130,8 @@ def build_engine(
 ) -> None:
     """Build a TensorRT engine with onnxvq's plugins and compare it with ONNX Runtime.
     Needs the tensorrt package and an NVIDIA GPU; says which is missing otherwise."""
-    from onnxvq.trt import EngineConfig, compare_with_ort
-    from onnxvq.trt import build_engine as build
+    from onnxvq.verify.trt import EngineConfig, compare_with_ort
+    from onnxvq.verify.trt import build_engine as build
 
     try:
         cfg = EngineConfig(max_batch=max_batch, opt_batch=min(8, max_batch))
@@ -150,7 +150,7 @@ def build_engine(
 
 
 def _write_report(model, result, calib, prep, path) -> None:
-    from onnxvq.report import write_report
+    from onnxvq.verify.report import write_report
 
     write_report(model, result, calib, path.with_suffix(".html"), preprocess=prep)
 
@@ -176,7 +176,7 @@ class _progress:
 
 
 def _register_validation_commands() -> None:
-    from onnxvq.cli_validate import register
+    from onnxvq.cli.validate import register
 
     register(app)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import data_inputs, producer, scalar, sole_data_consumer
-from onnxvq.structure import Activation
+from onnxvq.core.walk import data_inputs, producer, scalar, sole_data_consumer
+from onnxvq.recognise.structure import Activation
 
 Unit = tuple[Activation, gs.Tensor, gs.Tensor]
 

@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Literal
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxvq.graph import to_graph, to_model
-from onnxvq.validate import NumericCheck, check_graph, numeric_check
+from onnxvq.core.graph import to_graph, to_model
+from onnxvq.core.validate import NumericCheck, check_graph, numeric_check
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Range observers: pure numpy statistics of one tensor over all calibration batches.
 
 Every observer has `update(x)` (one batch), `range() -> (lo, hi)` and `qparams(bits, symmetric,
-signed) -> (scale, zero_point)` (formulas in `onnxvq.calib.quant`). `update` rejects NaN/Inf with a
+signed) -> (scale, zero_point)` (formulas in `calibrate.quant`). `update` rejects NaN/Inf with a
 `CalibrationError` naming the observer's tensor. Memory never grows with the number of batches.
 """
 
@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from onnxvq.calib.histogram import StreamingHistogram
-from onnxvq.calib.quant import fake_quant, guard_scale, qparams_from_range, qrange
-from onnxvq.errors import CalibrationError
+from onnxvq.calibrate.histogram import StreamingHistogram
+from onnxvq.calibrate.quant import fake_quant, guard_scale, qparams_from_range, qrange
+from onnxvq.core.errors import CalibrationError
 
 
 def finite_range(x: np.ndarray, name: str) -> tuple[float, float]:

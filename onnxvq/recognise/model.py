@@ -16,8 +16,7 @@ from collections.abc import Iterable
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxvq.activations import match_activation
-from onnxvq.gsutil import (
+from onnxvq.core.walk import (
     LAYOUT_OPS,
     const_value,
     data_inputs,
@@ -28,8 +27,17 @@ from onnxvq.gsutil import (
     sole_data_consumer,
     weight_of,
 )
-from onnxvq.recognize_blocks import assemble_blocks, head_linears, patch_embed, unclaimed_ops
-from onnxvq.structure import Activation, Attention, LayerNorm, Linear, Mlp, Residual, ViTStructure
+from onnxvq.recognise.activations import match_activation
+from onnxvq.recognise.blocks import assemble_blocks, head_linears, patch_embed, unclaimed_ops
+from onnxvq.recognise.structure import (
+    Activation,
+    Attention,
+    LayerNorm,
+    Linear,
+    Mlp,
+    Residual,
+    ViTStructure,
+)
 
 _SCORE_PATH = frozenset({"Mul", "Div", "Add", "Reshape", "Cast"})
 _PROBS_PATH = frozenset({"Cast", "Dropout", "Identity", "Reshape"})
@@ -37,7 +45,7 @@ _PROBS_PATH = frozenset({"Cast", "Dropout", "Identity", "Reshape"})
 
 def recognise_model(model: onnx.ModelProto) -> ViTStructure:
     """Shape-infer a (canonicalised) model and recognise its structure."""
-    from onnxvq.graph import compatible_ir
+    from onnxvq.core.graph import compatible_ir
 
     try:
         model = onnx.shape_inference.infer_shapes(compatible_ir(model), data_prop=True)

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from onnxvq.errors import CalibrationError
+from onnxvq.core.errors import CalibrationError
 
 _TIMM_MEAN = (0.485, 0.456, 0.406)
 _TIMM_STD = (0.229, 0.224, 0.225)

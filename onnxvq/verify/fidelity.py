@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxvq.runtime import make_session, random_inputs
+from onnxvq.core.runtime import make_session, random_inputs
 
 
 @dataclass(frozen=True)

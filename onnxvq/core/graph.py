@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxvq.errors import ModelLoadError, UnsupportedModelError
+from onnxvq.core.errors import ModelLoadError, UnsupportedModelError
 
 # onnx >= 1.23 writes IR 14 by default; onnxruntime 1.31 refuses anything above 13.
 MAX_IR_VERSION = 10

@@ -24,14 +24,14 @@ import numpy as np
 import onnx
 
 from onnxvq.api import canonicalize
-from onnxvq.calib.collect import expose
-from onnxvq.calib.preprocess import Preprocess
-from onnxvq.compare import as_model, input_feeds, sqnr_db
-from onnxvq.errors import OnnxvqError
-from onnxvq.graph import to_graph, to_model
-from onnxvq.recognize import recognise_model
-from onnxvq.runtime import make_session
-from onnxvq.structure import Block, ViTStructure
+from onnxvq.calibrate.collect import expose
+from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.graph import to_graph, to_model
+from onnxvq.core.runtime import make_session
+from onnxvq.recognise.model import recognise_model
+from onnxvq.recognise.structure import Block, ViTStructure
+from onnxvq.verify.compare import as_model, input_feeds, sqnr_db
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from fnmatch import fnmatch
 
 import onnx_graphsurgeon as gs
 
-from onnxvq.config import QuantConfig
-from onnxvq.gsutil import weight_of
-from onnxvq.structure import ViTStructure
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.walk import weight_of
+from onnxvq.recognise.structure import ViTStructure
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxvq.errors import ValidationError
-from onnxvq.graph import save_model
+from onnxvq.core.errors import ValidationError
+from onnxvq.core.graph import save_model
 
 _INLINE_LIMIT = 2**31 - 1 - 2**20
 
@@ -55,7 +55,7 @@ def numeric_check(
     raise_on_fail: bool = True,
 ) -> NumericCheck:
     """Run both models in ORT on the same random inputs and compare every output."""
-    from onnxvq.runtime import make_session, random_inputs, run
+    from onnxvq.core.runtime import make_session, random_inputs, run
 
     ref = make_session(reference)
     cand = make_session(candidate)

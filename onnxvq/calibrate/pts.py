@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxvq.calib.histogram import StreamingHistogram
-from onnxvq.calib.observers import Observer
-from onnxvq.calib.quant import fake_quant, qparams_from_range, qrange
+from onnxvq.calibrate.histogram import StreamingHistogram
+from onnxvq.calibrate.observers import Observer
+from onnxvq.calibrate.quant import fake_quant, qparams_from_range, qrange
 
 
 def pts_layer_qparams(lo: float, hi: float, bits: int = 8, *,

@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxvq import report_plots as plots
-from onnxvq.calib.collect import expose
-from onnxvq.calib.observers import PerChannelMinMax
-from onnxvq.calib.preprocess import Preprocess
-from onnxvq.compare import as_model, input_feeds
-from onnxvq.errors import OnnxvqError
-from onnxvq.runtime import make_session
-from onnxvq.sensitivity import PointError, canonical_structure, layer_sqnr
+from onnxvq.calibrate.collect import expose
+from onnxvq.calibrate.observers import PerChannelMinMax
+from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.runtime import make_session
+from onnxvq.verify import report_plots as plots
+from onnxvq.verify.compare import as_model, input_feeds
+from onnxvq.verify.sensitivity import PointError, canonical_structure, layer_sqnr
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from types import ModuleType
 
 import numpy as np
 
-from onnxvq.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,8 @@ def compare_with_ort(
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
 
+    from onnxvq.core.runtime import make_session, random_inputs
     from onnxvq.plugins.trt import register_plugins
-    from onnxvq.runtime import make_session, random_inputs
 
     register_plugins()
     with tempfile.TemporaryDirectory(prefix="onnxvq-trt-") as tmp:

@@ -13,16 +13,16 @@ from pathlib import Path
 import onnx
 
 from onnxvq.api import canonicalize
-from onnxvq.calib import batches, make_observer, open_source
-from onnxvq.calib.collect import collect
-from onnxvq.calib.preprocess import Preprocess, resolve_preprocess
-from onnxvq.config import QuantConfig
-from onnxvq.fq_calib import FqCalibration, FqParams
-from onnxvq.graph import load_model, save_model, to_graph
-from onnxvq.pipeline import PassContext, PassResult, Pipeline
-from onnxvq.placement import QuantPlan, plan
-from onnxvq.recognize import recognise_model
-from onnxvq.structure import ViTStructure
+from onnxvq.calibrate import batches, make_observer, open_source
+from onnxvq.calibrate.collect import collect
+from onnxvq.calibrate.fq import FqCalibration, FqParams
+from onnxvq.calibrate.preprocess import Preprocess, resolve_preprocess
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.graph import load_model, save_model, to_graph
+from onnxvq.core.pipeline import PassContext, PassResult, Pipeline
+from onnxvq.quantizer.placement import QuantPlan, plan
+from onnxvq.recognise.model import recognise_model
+from onnxvq.recognise.structure import ViTStructure
 
 log = logging.getLogger(__name__)
 

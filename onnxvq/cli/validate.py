@@ -46,7 +46,7 @@ def compare_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Run FP32 and QUANT on the same inputs with Polygraphy; exit 1 if any output fails."""
-    from onnxvq.compare import compare
+    from onnxvq.verify.compare import compare
 
     with _errors():
         result = compare(fp32, quant, data, preprocess=_preprocess(preset), samples=samples,
@@ -73,7 +73,7 @@ def eval_cmd(
     """Top-1/top-5 accuracy of MODEL on an ImageFolder, and agreement with --ref."""
     from rich.table import Table
 
-    from onnxvq.evaluate import evaluate
+    from onnxvq.verify.evaluate import evaluate
 
     with _errors(), _bar("evaluating") as advance:
         r = evaluate(model, data, preset, ref=ref, batch_size=batch_size, limit=limit,
@@ -103,7 +103,7 @@ def sensitivity_cmd(
     """SQNR at every LayerNorm/attention/MLP/residual point (or per block alone), worst first."""
     from rich.table import Table
 
-    from onnxvq.sensitivity import block_damage, layer_sqnr
+    from onnxvq.verify.sensitivity import block_damage, layer_sqnr
 
     prep = _preprocess(preset)
     with _errors(), _bar("blocks" if blocks else "samples") as advance:
@@ -136,7 +136,7 @@ def report_cmd(
     output: Annotated[OptPath, typer.Option("-o", "--output", help="Default: QUANT.html")] = None,
 ) -> None:
     """Write a self-contained HTML report: SQNR per layer, LayerNorm ranges, Softmax bins."""
-    from onnxvq.report import write_report
+    from onnxvq.verify.report import write_report
 
     with _errors():
         path = write_report(fp32, quant, data, output or quant.with_suffix(".html"),
@@ -164,7 +164,7 @@ def _render_comparison(out, result, quant: Path) -> None:
 
 
 def _preprocess(preset: str):
-    from onnxvq.calib.preprocess import resolve_preprocess
+    from onnxvq.calibrate.preprocess import resolve_preprocess
 
     with _errors():
         return resolve_preprocess(preset)
@@ -175,15 +175,15 @@ def _db(v: float) -> str:
 
 
 def _consoles():
-    from onnxvq.cli import console, err_console
+    from onnxvq.cli.app import console, err_console
 
     return console, err_console
 
 
 @contextmanager
 def _errors():
-    from onnxvq.cli import _fail
-    from onnxvq.errors import OnnxvqError
+    from onnxvq.cli.app import _fail
+    from onnxvq.core.errors import OnnxvqError
 
     try:
         yield

@@ -6,8 +6,8 @@ from collections import Counter
 
 import onnx_graphsurgeon as gs
 
-from onnxvq.gsutil import LAYOUT_OPS, data_inputs, is_linear, producer, weight_of
-from onnxvq.structure import Block, Linear, Residual, ViTStructure
+from onnxvq.core.walk import LAYOUT_OPS, data_inputs, is_linear, producer, weight_of
+from onnxvq.recognise.structure import Block, Linear, Residual, ViTStructure
 
 
 def assemble_blocks(graph: gs.Graph, s: ViTStructure) -> list[Block]:
@@ -118,7 +118,7 @@ def patch_embed(graph: gs.Graph, s: ViTStructure) -> list[str]:
 
 def head_linears(graph: gs.Graph, s: ViTStructure) -> list[Linear]:
     """Linears outside blocks whose result reaches a graph output through layout/bias ops."""
-    from onnxvq.recognize import linear_info
+    from onnxvq.recognise.model import linear_info
 
     claimed = _claimed_linears(s)
     outputs = {t.name for t in graph.outputs}

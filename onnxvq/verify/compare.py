@@ -1,6 +1,6 @@
 """Compare an FP32 model with its quantized version through Polygraphy.
 
-Both models run in ONNX Runtime sessions from `onnxvq.runtime.make_session` (so onnxvq's custom ops
+Both models run in ONNX Runtime sessions from `core.runtime.make_session` (so onnxvq's custom ops
 are registered), wrapped in Polygraphy's `OnnxrtRunner`; `Comparator.run` feeds them the same inputs
 and `Comparator.compare_accuracy` applies the atol/rtol check (`SimpleCompareFunc`, formerly
 `CompareFunc.simple`). On top of Polygraphy's verdict this
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxvq.calib import batches, open_source, resolve_preprocess
-from onnxvq.calib.preprocess import Preprocess
-from onnxvq.errors import OnnxvqError
-from onnxvq.graph import load_model
-from onnxvq.runtime import make_session, random_inputs
+from onnxvq.calibrate import batches, open_source, resolve_preprocess
+from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.graph import load_model
+from onnxvq.core.runtime import make_session, random_inputs
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from onnxvq.calib.collect import collect
-from onnxvq.calib.observers import MinMaxObserver, Observer
-from onnxvq.calib.pts import PtsErrorObserver, pts_candidate_scales, pts_layer_qparams
-from onnxvq.config import QuantConfig
-from onnxvq.errors import OnnxvqError
-from onnxvq.placement import QuantPlan
+from onnxvq.calibrate.collect import collect
+from onnxvq.calibrate.observers import MinMaxObserver, Observer
+from onnxvq.calibrate.pts import PtsErrorObserver, pts_candidate_scales, pts_layer_qparams
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.reference import SoftmaxConstants, softmax_constants
-from onnxvq.structure import ViTStructure
+from onnxvq.quantizer.placement import QuantPlan
+from onnxvq.recognise.structure import ViTStructure
 
 log = logging.getLogger(__name__)
 PTS_LEVELS = 4  # alpha in 0..3, the range IntLayerNorm accepts

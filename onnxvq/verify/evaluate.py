@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxvq.calib import batches, resolve_preprocess
-from onnxvq.calib.data import ImageFolder, check_shape
-from onnxvq.calib.preprocess import Preprocess
-from onnxvq.compare import as_model
-from onnxvq.errors import OnnxvqError
-from onnxvq.runtime import make_session
+from onnxvq.calibrate import batches, resolve_preprocess
+from onnxvq.calibrate.data import ImageFolder, check_shape
+from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.runtime import make_session
+from onnxvq.verify.compare import as_model
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxvq.graph import compatible_ir
+from onnxvq.core.graph import compatible_ir
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,

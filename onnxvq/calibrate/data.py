@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from onnxvq.calib.preprocess import Preprocess
-from onnxvq.errors import CalibrationError
+from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.core.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from onnxvq.calib.observers import Observer
-from onnxvq.errors import CalibrationError
+from onnxvq.calibrate.observers import Observer
+from onnxvq.core.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def collect(
     sess = None
     if from_session:
         if session_factory is None:
-            from onnxvq.runtime import make_session as session_factory
+            from onnxvq.core.runtime import make_session as session_factory
         sess = session_factory(expose(model, from_session))
     count, started = 0, time.perf_counter()
     for index, feeds in enumerate(batches):
