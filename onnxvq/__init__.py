@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 # The API in one place; imported last because these modules read __version__.
 from onnxvq.api import canonicalize, inspect  # noqa: E402
 from onnxvq.core.config import QuantConfig  # noqa: E402
-from onnxvq.quantizer.run import QuantResult, quantize  # noqa: E402
+from onnxvq.quantizer.result import QuantResult  # noqa: E402
+from onnxvq.quantizer.run import quantize  # noqa: E402
 
 __all__ = [
     "CalibrationError",

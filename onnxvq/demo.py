@@ -8,7 +8,8 @@ from pathlib import Path
 from onnxvq.calibrate import NoiseSource, batches
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.graph import save_model
-from onnxvq.quantizer.run import QuantResult, quantize
+from onnxvq.quantizer.result import QuantResult
+from onnxvq.quantizer.run import quantize
 from onnxvq.verify.fidelity import Fidelity, fidelity, latency_ms
 
 DEMO_BATCH = 8

@@ -31,3 +31,10 @@ class CalibrationError(OnnxvqError):
     """Calibration data is missing, malformed, or produced non-finite activations."""
 
     exit_code = 5
+
+
+class FidelityError(OnnxvqError):
+    """The quantized model failed the fidelity gate (degenerate or far below the expected SQNR);
+    nothing was written."""
+
+    exit_code = 7

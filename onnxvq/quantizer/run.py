@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import onnx
 
@@ -18,48 +15,13 @@ from onnxvq.calibrate.collect import collect
 from onnxvq.calibrate.fq import FqCalibration, FqParams
 from onnxvq.calibrate.preprocess import Preprocess, resolve_preprocess
 from onnxvq.core.config import QuantConfig
-from onnxvq.core.graph import load_model, save_model, to_graph
-from onnxvq.core.pipeline import PassContext, PassResult, Pipeline
+from onnxvq.core.graph import load_model, to_graph
+from onnxvq.core.pipeline import PassContext, Pipeline
 from onnxvq.quantizer.placement import QuantPlan, plan
+from onnxvq.quantizer.result import QuantResult
 from onnxvq.recognise.model import recognise_model
-from onnxvq.recognise.structure import ViTStructure
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class QuantResult:
-    model: onnx.ModelProto
-    config: QuantConfig
-    structure: ViTStructure
-    plan: QuantPlan
-    activation_qparams: dict[str, dict]
-    weight_qparams: dict[str, dict]
-    passes: list[PassResult]
-    calibration: dict = field(default_factory=dict)
-    fq_params: FqParams = field(default_factory=FqParams)  # PTS shifts, softmax constants
-
-    def sidecar(self) -> dict:
-        return {
-            "onnxvq": _version(),
-            "config": self.config.to_dict(),
-            "calibration": self.calibration,
-            "structure": self.structure.summary(),
-            "passes": [{"pass": r.pass_id, "applied": r.applied, **r.counts} for r in self.passes],
-            "skipped": [{"node": n, "reason": r} for n, r in self.plan.skipped],
-            "activations": self.activation_qparams,
-            "weights": self.weight_qparams,
-            "fq": self.fq_params.to_dict(),
-        }
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model and its JSON sidecar (`<name>.json` beside it), each atomically."""
-        path = save_model(self.model, path)
-        side = path.with_suffix(".json")
-        tmp = side.with_name(f".{side.name}.tmp")
-        tmp.write_text(json.dumps(self.sidecar(), indent=1))
-        os.replace(tmp, side)
-        return path
 
 
 def quantize(
@@ -151,9 +113,3 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     info = {"source": str(calib) if calib else "gaussian-noise", "samples": len(source),
             "method": cfg.method, "seconds": round(time.perf_counter() - t0, 3)}
     return qparams, info, fq_params
-
-
-def _version() -> str:
-    from onnxvq import __version__
-
-    return __version__
