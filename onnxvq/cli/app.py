@@ -182,3 +182,4 @@ def _register_validation_commands() -> None:
 
 
 _register_validation_commands()
+__import__("onnxvq.cli.profile", fromlist=["register"]).register(app)
