@@ -9,6 +9,7 @@ import onnx
 
 from onnxvq.core.graph import load_model
 from onnxvq.core.pipeline import PipelineReport
+from onnxvq.passes.pipelines import canonicalize
 from onnxvq.recognise.structure import ViTStructure
 
 
@@ -27,19 +28,13 @@ class Inspection:
                 {"pass": r.pass_id, "applied": r.applied, "refused": len(r.refused), **r.counts}
                 for r in self.canonicalization.passes
             ],
+            "refusals": [{"pass": r.pass_id, "node": n, "reason": why}
+                         for r in self.canonicalization.passes for n, why in r.refused],
             "canonicalization_max_abs_diff": (
                 self.canonicalization.numeric.max_abs_diff
                 if self.canonicalization.numeric else None
             ),
         }
-
-
-def canonicalize(model: onnx.ModelProto, *, numeric: str = "end") -> tuple[onnx.ModelProto,
-                                                                            PipelineReport]:
-    """Run the canonicalisation pipeline (numerically neutral, checked in ORT to 1e-4)."""
-    from onnxvq.passes.canonicalize import canonicalize_pipeline
-
-    return canonicalize_pipeline().run(model, numeric=numeric)
 
 
 def inspect(model: str | os.PathLike | onnx.ModelProto) -> Inspection:

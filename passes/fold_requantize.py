@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxvq.core.edit import bypass
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import const_value, producer
 
@@ -31,7 +32,7 @@ class FoldRequantize(RewritePass):
     emits = "q"
     anchor_ops = ("QuantizeLinear",)
 
-    def match(self, graph: gs.Graph, node: gs.Node) -> _Pair | None:
+    def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _Pair | None:
         dq = producer(node.inputs[0])
         if dq is None or dq.op != "DequantizeLinear" or len(dq.inputs) < 3 or len(node.inputs) < 3:
             return None
@@ -47,9 +48,4 @@ class FoldRequantize(RewritePass):
         return None
 
     def rewrite(self, graph: gs.Graph, m: _Pair, ctx: PassContext) -> None:
-        src, out = m.dq.inputs[0], m.q.outputs[0]
-        for c in list(out.outputs):
-            for i, t in enumerate(c.inputs):
-                if t is out:
-                    c.inputs[i] = src
-        m.q.outputs.clear()
+        bypass(m.q, m.dq.inputs[0])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxvq.core.edit import bypass
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import data_inputs, producer, scalar
 
@@ -33,7 +34,7 @@ class FoldScaleIntoQuery(RewritePass):
     emits = "MatMul(Mul(q, s), kᵀ)"
     anchor_ops = ("Mul",)
 
-    def match(self, graph: gs.Graph, node: gs.Node) -> _Scaled | None:
+    def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _Scaled | None:
         if len(data_inputs(node)) != 1:
             return None
         mm = producer(data_inputs(node)[0])
@@ -58,13 +59,7 @@ class FoldScaleIntoQuery(RewritePass):
         graph.nodes.append(gs.Node("Mul", name=f"{m.matmul.name}/ScaleQ", inputs=[q, const],
                                    outputs=[scaled_q]))
         m.matmul.inputs[0] = scaled_q
-        out = m.mul.outputs[0]
-        scores = m.matmul.outputs[0]
-        for c in list(out.outputs):
-            for i, t in enumerate(c.inputs):
-                if t is out:
-                    c.inputs[i] = scores
-        m.mul.outputs.clear()
+        bypass(m.mul, m.matmul.outputs[0])
 
 
 def _leads_to_softmax(t: gs.Tensor) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from onnxvq.core.edit import bypass
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
 from onnxvq.core.walk import const_value
 
@@ -82,13 +83,8 @@ def _fold_selection(user: gs.Node, values: list[np.ndarray]) -> bool:
     picked = [v[sel] for v in values]
     if any(not np.array_equal(picked[0], p) for p in picked[1:]):
         return False
-    out = user.outputs[0]
-    const = gs.Constant(f"{out.name}/static", np.asarray(picked[0], dtype=np.int64))
-    for c in list(out.outputs):
-        for i, t in enumerate(c.inputs):
-            if t is out:
-                c.inputs[i] = const
-    user.outputs.clear()
+    const = gs.Constant(f"{user.outputs[0].name}/static", np.asarray(picked[0], dtype=np.int64))
+    bypass(user, const)
     return True
 
 

@@ -42,7 +42,8 @@ class FuseLayerNorm(RewritePass):
     emits = "LayerNormalization(axis=-1)"
     anchor_ops = ("ReduceMean",)
 
-    def match(self, graph: gs.Graph, node: gs.Node) -> _LayerNormMatch | None:
+    def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext,
+              ) -> _LayerNormMatch | None:
         x = node.inputs[0]
         sub = single_consumer(node.outputs[0], "Sub")
         if sub is None or sub.inputs[0] is not x or sub.inputs[1] is not node.outputs[0]:

@@ -9,11 +9,10 @@ Emits:   x -> QuantizeLinear -> DequantizeLinear -> consumer, a separate DQ for 
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxvq.core.edit import dequantize_linear, qparam_constants, quantize_linear, replace_input
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
-from onnxvq.quantizer.placement import QuantPlan
 
 
 class InsertActivationQDQ(Pass):
@@ -23,30 +22,19 @@ class InsertActivationQDQ(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult(self.id)
-        plan: QuantPlan = ctx.data["plan"]
-        qparams = ctx.data["activation_qparams"]
         tensors = graph.tensors()
         nodes = {n.name: n for n in graph.nodes}
-        for site in plan.activations:
-            qp = qparams[site.tensor]
+        for site in ctx.plan.activations:
+            qp = ctx.activation_qparams[site.tensor]
             src = tensors[site.tensor]
-            s = gs.Constant(f"{site.tensor}/scale", np.array(qp["scale"], dtype=np.float32))
-            zp = gs.Constant(f"{site.tensor}/zero_point", np.array(qp["zero_point"],
-                                                                    dtype=np.dtype(qp["dtype"])))
-            q = gs.Variable(f"{site.tensor}/quantized", dtype=np.dtype(qp["dtype"]),
-                            shape=src.shape)
-            graph.nodes.append(gs.Node("QuantizeLinear", name=f"{site.tensor}/QuantizeLinear",
-                                       inputs=[src, s, zp], outputs=[q]))
+            s, zp = qparam_constants(site.tensor, qp.scale, qp.zero_point, qp.dtype)
+            q = quantize_linear(graph, src, s, zp, name=f"{site.tensor}/QuantizeLinear",
+                                out=f"{site.tensor}/quantized")
             for i, consumer in enumerate(site.consumers):
-                dq = gs.Variable(f"{site.tensor}/dq{i}", dtype=np.float32, shape=src.shape)
-                graph.nodes.append(gs.Node("DequantizeLinear",
-                                           name=f"{site.tensor}/DequantizeLinear{i}",
-                                           inputs=[q, s, zp], outputs=[dq]))
-                node = nodes[consumer]
-                for j, t in enumerate(node.inputs):
-                    if t is src:
-                        node.inputs[j] = dq
+                dq = dequantize_linear(graph, q, s, zp, name=f"{site.tensor}/DequantizeLinear{i}",
+                                       out=f"{site.tensor}/dq{i}")
+                replace_input(nodes[consumer], src, dq)
             result.applied += 1
-            result.counts["dq"] = result.counts.get("dq", 0) + len(site.consumers)
+            result.count("dq", len(site.consumers))
         graph.toposort()
         return result

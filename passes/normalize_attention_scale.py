@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxvq.core.edit import bypass, replace_uses
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import (
     LAYOUT_OPS,
@@ -47,7 +48,7 @@ class NormalizeAttentionScale(RewritePass):
     emits = "Mul(MatMul(q,kᵀ), scale)"
     anchor_ops = ("Softmax",)
 
-    def match(self, graph: gs.Graph, node: gs.Node) -> _ScaleMatch | None:
+    def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _ScaleMatch | None:
         m = None
         t = node.inputs[0]
         scales: list[tuple[gs.Node, float]] = []
@@ -88,14 +89,11 @@ class NormalizeAttentionScale(RewritePass):
         return None
 
     def rewrite(self, graph: gs.Graph, m: _ScaleMatch, ctx: PassContext) -> None:
-        for n in m.removable:
-            _bypass(n)
+        for n in m.removable:  # unary on data: consumers take its data input
+            bypass(n, data_inputs(n)[0])
         scores = m.matmul.outputs[0]
         scaled = gs.Variable(f"{scores.name}/scaled", dtype=scores.dtype, shape=scores.shape)
-        for c in list(scores.outputs):
-            for i, t in enumerate(c.inputs):
-                if t is scores:
-                    c.inputs[i] = scaled
+        replace_uses(scores, scaled)
         const = gs.Constant(f"{m.matmul.name}/scale", np.array(m.scale, dtype=np.float32))
         graph.nodes.append(gs.Node("Mul", name=f"{m.matmul.name}/Scale",
                                    inputs=[scores, const], outputs=[scaled]))
@@ -136,12 +134,3 @@ def _operand_scales(t: gs.Tensor) -> list[tuple[gs.Node, float]]:
 def _follows(node: gs.Node, matmul: gs.Node) -> bool:
     return single_consumer(matmul.outputs[0]) is node
 
-
-def _bypass(node: gs.Node) -> None:
-    """Remove a unary-on-data node by pointing its consumers at its data input."""
-    src, dst = data_inputs(node)[0], node.outputs[0]
-    for c in list(dst.outputs):
-        for i, t in enumerate(c.inputs):
-            if t is dst:
-                c.inputs[i] = src
-    node.outputs.clear()

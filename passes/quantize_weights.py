@@ -1,9 +1,12 @@
 """Store the weights of MatMul/Gemm/Conv as int8 with a per-output-channel DequantizeLinear.
 
 Matches: the weight sites of the quantization plan (constant 2-D MatMul/Gemm weights, Conv kernels).
+Refuses: Gemm with transA or alpha/beta != 1, grouped Conv, a MatMul weight that is not 2-D
+         (`refuse`; placement asks it, so such nodes keep float activations too).
 Emits:   MatMul(x, DQ(W_int8, s_w, axis)); Gemm/Conv also get their bias as int32 with scale s_x·s_w
          (ONNX Runtime fuses DQ→Conv/Gemm into QLinearConv/QGemm only with an int32 bias). s_w =
          max|w_c| / (2^(b-1)-1) per output channel c (not 127.5: that clips the largest weight).
+Records: one `WeightQParams` per quantized node in the result (the sidecar's "weights").
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxvq.core.edit import dequantize_linear, qparam_constants
+from onnxvq.core.params import WeightQParams
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
-from onnxvq.quantizer.placement import QuantPlan
 
 _EPS = np.float32(1e-12)
 
@@ -33,6 +37,21 @@ def quantize_weight(w: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np
     return q, scale
 
 
+def refuse(node: gs.Node) -> str | None:
+    """Why a weighted node keeps float weights (None: it can be quantized). Placement asks this
+    before it plans a site, so a refused node gets neither weight nor activation quantizers."""
+    if node.op == "Gemm":
+        if node.attrs.get("transA", 0):
+            return "Gemm with transA"
+        if node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
+            return "Gemm with alpha/beta != 1"
+    if node.op == "Conv" and node.attrs.get("group", 1) != 1:
+        return "grouped/depthwise Conv kept float (per-channel int8 gains little there)"
+    if node.op == "MatMul" and len(node.inputs[1].shape) != 2:
+        return "MatMul weight is not 2-D"
+    return None
+
+
 class QuantizeWeights(Pass):
     id = "quantize-weights"
     matches = "constant weights of MatMul/Gemm/Conv in the plan"
@@ -40,39 +59,34 @@ class QuantizeWeights(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult(self.id)
-        plan: QuantPlan = ctx.data["plan"]
-        act_qparams = ctx.data["activation_qparams"]
-        record = ctx.data.setdefault("weight_qparams", {})
         nodes = {n.name: n for n in graph.nodes}
-        for site in plan.weights:
+        for site in ctx.plan.weights:
             node = nodes[site.node]
+            reason = refuse(node)
+            if reason is not None:
+                result.refuse(site.node, reason)
+                continue
             w = np.asarray(node.inputs[1].values, dtype=np.float32)
             q, scale = quantize_weight(w, site.axis, site.bits)
             node.inputs[1] = _dequantize(graph, f"{site.node}/W", q, scale, site.axis)
-            result.counts["bytes_saved"] = result.counts.get("bytes_saved", 0) + 3 * int(w.size)
-            record[site.node] = {"weight": site.weight, "axis": site.axis, "bits": site.bits,
-                                 "scale": scale.tolist()}
-            if site.op in ("Gemm", "Conv") and len(node.inputs) > 2:
-                x_scale = act_qparams[node.inputs[0].name]["scale"] if node.inputs[0].name in \
-                    act_qparams else None
-                if x_scale is not None and isinstance(node.inputs[2], gs.Constant):
-                    node.inputs[2] = _int32_bias(graph, site.node, node.inputs[2].values,
-                                                 scale * np.float32(x_scale))
-                    result.counts["int32_bias"] = result.counts.get("int32_bias", 0) + 1
+            result.count("bytes_saved", 3 * int(w.size))
+            result.records.append(WeightQParams(site.node, site.weight, site.axis, site.bits,
+                                                tuple(scale.tolist())))
+            x = ctx.activation_qparams.get(node.inputs[0].name)
+            if (site.op in ("Gemm", "Conv") and len(node.inputs) > 2 and x is not None
+                    and isinstance(node.inputs[2], gs.Constant)):
+                node.inputs[2] = _int32_bias(graph, site.node, node.inputs[2].values,
+                                             scale * np.float32(x.scale))
+                result.count("int32_bias")
             result.applied += 1
         return result
 
 
 def _dequantize(graph: gs.Graph, name: str, q: np.ndarray, scale: np.ndarray, axis: int,
                 ) -> gs.Variable:
-    zp = np.zeros(scale.shape, dtype=q.dtype)
-    out = gs.Variable(f"{name}/dq", dtype=np.float32, shape=list(q.shape))
-    graph.nodes.append(gs.Node(
-        "DequantizeLinear", name=f"{name}/DequantizeLinear", attrs={"axis": axis},
-        inputs=[gs.Constant(f"{name}/quantized", q), gs.Constant(f"{name}/scale", scale),
-                gs.Constant(f"{name}/zero_point", zp)],
-        outputs=[out]))
-    return out
+    s, zp = qparam_constants(name, scale, np.zeros(scale.shape, q.dtype), q.dtype)
+    return dequantize_linear(graph, gs.Constant(f"{name}/quantized", q), s, zp,
+                             name=f"{name}/DequantizeLinear", out=f"{name}/dq", axis=axis)
 
 
 def _int32_bias(graph: gs.Graph, node: str, bias: np.ndarray, scale: np.ndarray) -> gs.Variable:

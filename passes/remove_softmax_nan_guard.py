@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from onnxvq.core.edit import bypass
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import const_value, producer
 
@@ -31,7 +32,7 @@ class RemoveSoftmaxNanGuard(RewritePass):
     emits = "Softmax output"
     anchor_ops = ("Where",)
 
-    def match(self, graph: gs.Graph, node: gs.Node) -> _Guard | None:
+    def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _Guard | None:
         cond, _, value = node.inputs
         isnan = producer(cond)
         if isnan is None or isnan.op != "IsNaN" or isnan.inputs[0] is not value:
@@ -48,12 +49,5 @@ class RemoveSoftmaxNanGuard(RewritePass):
         return None
 
     def rewrite(self, graph: gs.Graph, m: _Guard, ctx: PassContext) -> None:
-        out = m.where.outputs[0]
-        for c in list(out.outputs):
-            for i, t in enumerate(c.inputs):
-                if t is out:
-                    c.inputs[i] = m.probs
-        if out in graph.outputs:
-            graph.outputs[graph.outputs.index(out)] = m.probs
-        m.where.outputs.clear()
+        bypass(m.where, m.probs, graph)
         m.isnan.outputs.clear()

@@ -1,10 +1,11 @@
 """Replace an attention's Softmax and A·V product by LogIntSoftmax and LogIntMatMul (FQ-ViT LIS).
 
-Matches: an attention Softmax listed in the plan (`plan.softmaxes`, `--lis`), calibrated
-         (`ctx.data["fq_params"]`), whose output reaches the A·V MatMul's first input through
+Matches: an attention Softmax listed in the plan (`ctx.plan.softmaxes`, `--lis`), calibrated
+         (`ctx.fq_params`), whose output reaches the A·V MatMul's first input through
          single-consumer Identity/Dropout/Cast/Reshape nodes only.
-Refuses: no calibrated parameters (e.g. a score scale >= ln 2: the calibration's reason); a
-         probs path with other ops or other consumers; A·V not found.
+Refuses: A·V not found; the calibration's own refusal; a Softmax not over the last axis, A·V
+         operands of unknown or different rank (`refuse`: placement asks it before planning); no
+         calibrated parameters; a probs path with other ops or other consumers.
 Emits:
          scores --QuantizeLinear(S, 0) int8--> LogIntSoftmax(x0, b, c, n, bits) --> uint8 log2
            codes [--Reshape as on the probs path] --+
@@ -17,44 +18,70 @@ Emits:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from onnxvq.calibrate.fq import WIDE_SCORE_LEVELS, FqParams, SoftmaxQuant
-from onnxvq.core.pipeline import Pass, PassContext, PassResult
+from onnxvq.core.edit import qparam_constants, quantize_linear
+from onnxvq.core.params import WIDE_SCORE_LEVELS, SoftmaxQuant
+from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.plugins.ops import make_log_int_matmul_node, make_log_int_softmax_node
 from onnxvq.plugins.reference import max_code
-from onnxvq.quantizer.placement import QuantPlan
-from onnxvq.recognise.structure import ViTStructure
 
 _PASS_THROUGH = frozenset({"Identity", "Dropout", "Cast"})  # value-preserving on probabilities
+_MAX_PATH = 8
 
 
-class ReplaceSoftmax(Pass):
+@dataclass
+class _Attention:
+    softmax: gs.Node
+    context: gs.Node | None
+    q: SoftmaxQuant | None
+    calibration_refusal: str | None
+    path: list[gs.Node] | None
+
+
+class ReplaceSoftmax(RewritePass):
     id = "replace-softmax"
     matches = "attention Softmax feeding A·V, LIS-calibrated"
     emits = "QuantizeLinear -> LogIntSoftmax -> LogIntMatMul(V codes) -> Cast -> Mul"
+    anchor_ops = ("Softmax",)
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult(self.id)
-        plan: QuantPlan = ctx.data["plan"]
-        structure: ViTStructure = ctx.data["structure"]
-        fq: FqParams = ctx.data.get("fq_params") or FqParams()
-        contexts = {a.softmax: a.context_matmul for a in structure.attentions}
-        nodes = {n.name: n for n in graph.nodes}
-        for name in plan.softmaxes:
-            softmax, context = nodes.get(name), nodes.get(contexts.get(name, ""))
-            q = fq.softmaxes.get(name)
-            path = probs_path(softmax, context)
-            reason = fq.refused.get(name) or check(softmax, context, q, path)
-            if reason is not None:
-                result.refuse(name, reason)
-                continue
-            rewrite(graph, softmax, context, q, path)
-            result.applied += 1
-        graph.cleanup().toposort()
-        return result
+    def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _Attention | None:
+        if node.name not in ctx.plan.softmaxes or ctx.structure is None:
+            return None
+        av = next((a.context_matmul for a in ctx.structure.attentions if a.softmax == node.name),
+                  None)
+        context = next((n for n in graph.nodes if n.name == av), None)
+        fq = ctx.fq_params
+        return _Attention(node, context, fq.softmaxes.get(node.name), fq.refused.get(node.name),
+                          probs_path(node, context))
+
+    def check(self, graph: gs.Graph, m: _Attention) -> str | None:
+        if m.context is None or m.context.op != "MatMul":
+            return "A·V MatMul not found"
+        return (m.calibration_refusal or refuse(m.softmax, m.context)
+                or ("attention not calibrated" if m.q is None else None)
+                or (None if m.path is not None else
+                    "Softmax output reaches A·V through other ops or has other consumers"))
+
+    def rewrite(self, graph: gs.Graph, m: _Attention, ctx: PassContext) -> None:
+        rewrite(graph, m.softmax, m.context, m.q, m.path)
+
+
+def refuse(softmax: gs.Node, context: gs.Node) -> str | None:
+    """Why an attention Softmax cannot become LogIntSoftmax whatever the calibration (None: it
+    can). Placement asks this before it plans the attention for LIS."""
+    rank = len(softmax.inputs[0].shape) if softmax.inputs[0].shape is not None else None
+    axis = softmax.attrs.get("axis", -1)
+    if axis != -1 and (rank is None or axis != rank - 1):
+        return "Softmax not over the last axis"
+    a, v = context.inputs[0].shape, context.inputs[1].shape
+    if a is None or v is None or len(a) != len(v) or len(a) < 2:
+        return "A·V operands need the same known rank (LogIntMatMul does not broadcast)"
+    return None
 
 
 def probs_path(softmax: gs.Node | None, context: gs.Node | None) -> list[gs.Node] | None:
@@ -62,7 +89,7 @@ def probs_path(softmax: gs.Node | None, context: gs.Node | None) -> list[gs.Node
     if softmax is None or context is None:
         return None
     path, t = [], softmax.outputs[0]
-    for _ in range(8):
+    for _ in range(_MAX_PATH):
         if len(t.outputs) != 1:
             return None
         c = t.outputs[0]
@@ -72,19 +99,6 @@ def probs_path(softmax: gs.Node | None, context: gs.Node | None) -> list[gs.Node
             return None
         path.append(c)
         t = c.outputs[0]
-    return None
-
-
-def check(softmax, context, q: SoftmaxQuant | None, path) -> str | None:
-    """None when the attention can take LIS, else why not."""
-    if softmax is None or softmax.op != "Softmax":
-        return "Softmax node not found"
-    if context is None or context.op != "MatMul":
-        return "A·V MatMul not found"
-    if q is None:
-        return "attention not calibrated"
-    if path is None:
-        return "Softmax output reaches A·V through other ops or has other consumers"
     return None
 
 
@@ -117,13 +131,8 @@ def rewrite(graph: gs.Graph, softmax: gs.Node, context: gs.Node, q: SoftmaxQuant
 
 def _quantize(graph: gs.Graph, x: gs.Tensor, scale: float, zp: int, dtype, name: str,
               ) -> gs.Variable:
-    out = gs.Variable(f"{name}/quantized", dtype=dtype, shape=x.shape)
-    graph.nodes.append(gs.Node(
-        "QuantizeLinear", name=f"{name}/QuantizeLinear",
-        inputs=[x, gs.Constant(f"{name}/scale", np.array(scale, np.float32)),
-                gs.Constant(f"{name}/zero_point", np.array(zp, dtype))],
-        outputs=[out]))
-    return out
+    s, z = qparam_constants(name, scale, zp, dtype)
+    return quantize_linear(graph, x, s, z, name=f"{name}/QuantizeLinear")
 
 
 def _quantize_wide(graph: gs.Graph, x: gs.Tensor, scale: float, name: str) -> gs.Variable:

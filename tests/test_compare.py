@@ -29,7 +29,7 @@ def models(tmp_path_factory) -> tuple[Path, Path, Path]:
     result = quantize(fp32, None, QuantConfig(calib_size=16, batch_size=8))
     q = result.save(root / "q.onnx")
     broken = onnx.load(q)
-    mis_scale(broken, next(t for t, p in result.activation_qparams.items() if p["role"] == "linear"
+    mis_scale(broken, next(t for t, p in result.activation_qparams.items() if p.role == "linear"
                            and t != "input"))
     onnx.save(broken, root / "broken.onnx")
     return root / "fp32.onnx", q, root / "broken.onnx"

@@ -19,10 +19,11 @@ from onnxvq.core.graph import to_graph
 from onnxvq.core.runtime import make_session
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
 from onnxvq.passes.replace_layernorm import integer_params
+from onnxvq.passes.replace_layernorm import refuse as refuse_layernorm
 from onnxvq.passes.replace_softmax import probs_path
 from onnxvq.plugins import native_available
 from onnxvq.plugins.reference import int_layer_norm, log_int_matmul, log_int_softmax, max_code
-from onnxvq.quantizer.placement import plan, refuse_layernorm
+from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.run import quantize
 from onnxvq.recognise.model import recognise_model
 

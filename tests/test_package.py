@@ -7,7 +7,7 @@ import sys
 
 
 def test_import_onnxvq_pulls_no_framework():
-    code = ("import sys, onnxvq, onnxvq.passes.canonicalize, onnxvq.plugins, onnxvq.cli.app; "
+    code = ("import sys, onnxvq, onnxvq.passes.pipelines, onnxvq.plugins, onnxvq.cli.app; "
             "print(sorted(m for m in ('torch', 'timm', 'tensorrt', 'transformers', 'triton') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

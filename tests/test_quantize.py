@@ -98,9 +98,9 @@ def test_four_bit_graph_is_valid(tiny):
     r = quantize(tiny, None, QuantConfig(w_bits=4, a_bits=4, **NOISE))
     onnx.checker.check_model(r.model, full_check=True)
     qs = [v for v in r.activation_qparams.values()]
-    assert all(v["bits"] == 4 for v in qs)
+    assert all(v.bits == 4 for v in qs)
     scales = r.weight_qparams
-    assert all(s["bits"] == 4 for s in scales.values())
+    assert all(s.bits == 4 for s in scales.values())
     make_session(r.model).run(None, random_inputs(make_session(tiny), batch=2))
 
 

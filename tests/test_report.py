@@ -41,7 +41,7 @@ def test_report_for_tiny_vit(tmp_path):
     for title in ("Per-layer SQNR", "LayerNorm input ranges", "Post-Softmax", "Settings"):
         assert title in html
     tensor, qp = next(iter(result.activation_qparams.items()))
-    assert f"<td>{tensor}</td>" in html and f"{qp['scale']:.6g}" in html
+    assert f"<td>{tensor}</td>" in html and f"{qp.scale:.6g}" in html
     assert not list(path.parent.glob(".*.tmp"))  # written atomically, no leftovers
 
 

@@ -22,82 +22,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import onnx
 
 from onnxvq.calibrate.collect import collect
 from onnxvq.calibrate.observers import MinMaxObserver, Observer
-from onnxvq.calibrate.pts import PtsErrorObserver, pts_candidate_scales, pts_layer_qparams
+from onnxvq.calibrate.pts import PtsErrorObserver, pts_layer_qparams
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import OnnxvqError
-from onnxvq.plugins.reference import SoftmaxConstants, softmax_constants
-from onnxvq.quantizer.placement import QuantPlan
+from onnxvq.core.params import (  # noqa: F401  (re-exported: the records calibration fills)
+    PTS_LEVELS,
+    WIDE_SCORE_LEVELS,
+    FqParams,
+    LayerNormQuant,
+    QuantPlan,
+    SoftmaxQuant,
+)
+from onnxvq.plugins.reference import softmax_constants
 from onnxvq.recognise.structure import ViTStructure
 
 log = logging.getLogger(__name__)
-PTS_LEVELS = 4  # alpha in 0..3, the range IntLayerNorm accepts
-WIDE_SCORE_LEVELS = 2**15 - 1  # int32 score codes per side when an int8 step would be >= ln 2
 WIDE_SCORE_STEP = math.log(2.0)  # softmax_constants needs a score step below ln 2
-
-
-@dataclass(frozen=True)
-class LayerNormQuant:
-    """PTS input quantizer and output quantizer of one LayerNormalization."""
-
-    node: str
-    input: str
-    output: str
-    scale: float  # layer-wise s; channel c uses 2^alpha_c * s1 with s1 = s / 8
-    zero_point: int  # shared by all channels (0 for target trt)
-    alpha: tuple[int, ...]
-    out_scale: float
-    out_zero_point: int
-    out_dtype: str  # "uint8" or "int8"
-    in_dtype: str = "uint8"  # PTS codes: "uint8" asymmetric, or "int8" symmetric (target trt)
-
-    @property
-    def s1(self) -> float:
-        return float(pts_candidate_scales(self.scale, PTS_LEVELS)[0])
-
-    def channel_scales(self) -> np.ndarray:
-        return (self.s1 * 2.0 ** np.asarray(self.alpha, np.float64)).astype(np.float32)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "alpha": list(self.alpha), "s1": self.s1}
-
-
-@dataclass(frozen=True)
-class SoftmaxQuant:
-    """Scores and values quantizers of one attention, with its LogIntSoftmax constants."""
-
-    softmax: str
-    scores: str
-    values: str
-    scores_scale: float  # symmetric, zero point 0
-    scores_dtype: str  # "int8", or "int32" when the int8 step would be >= ln 2
-    values_scale: float
-    values_zero_point: int
-    values_dtype: str
-    constants: SoftmaxConstants
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["constants"] = self.constants.attributes()
-        return d
-
-
-@dataclass(frozen=True)
-class FqParams:
-    layernorms: dict[str, LayerNormQuant] = field(default_factory=dict)
-    softmaxes: dict[str, SoftmaxQuant] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)  # node -> why it keeps float
-
-    def to_dict(self) -> dict:
-        return {"layernorms": {k: v.to_dict() for k, v in self.layernorms.items()},
-                "softmaxes": {k: v.to_dict() for k, v in self.softmaxes.items()},
-                "refused": dict(self.refused)}
 
 
 class _Tee(Observer):
@@ -175,7 +120,7 @@ class FqCalibration:
             scale, zp = layer[ln.input]
             site = site_qparams.get(ln.output)
             if site is not None:
-                out = (site["scale"], site["zero_point"], site["dtype"])
+                out = (site.scale, site.zero_point, site.dtype)
             else:
                 out = self._act_qparams(observers[ln.output])
             alpha = tuple(int(a) for a in errors[ln.input].alphas())

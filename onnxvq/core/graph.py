@@ -120,6 +120,28 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
     return compatible_ir(model)
 
 
+def infer_shapes_into(graph: gs.Graph, model: onnx.ModelProto) -> bool:
+    """Give `graph` the tensor shapes ONNX shape inference (with data propagation) finds on
+    `model`, the proto it was imported from or exported to: graphsurgeon infers none itself, and
+    folding Shape ops or counting heads needs them. Reads the inferred protos' value infos
+    directly (no second import). False when inference fails (the graph keeps what it had)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(compatible_ir(model), data_prop=True)
+    except Exception:
+        return False
+    infos = {vi.name: vi.type.tensor_type for vi in (*inferred.graph.value_info,
+                                                     *inferred.graph.output)}
+    for name, t in graph.tensors().items():
+        tt = infos.get(name)
+        if not isinstance(t, gs.Variable) or tt is None or not tt.HasField("shape"):
+            continue
+        t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                   for d in tt.shape.dim]
+        if t.dtype is None and tt.elem_type:
+            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -9,44 +9,22 @@ With `pts`, every LayerNormalization with constant gamma/beta becomes IntLayerNo
 With `lis`, every attention Softmax becomes LogIntSoftmax and its A·V product LogIntMatMul
 (`softmaxes`): their probs/values sites are dropped, the replacement quantizes them itself, and
 the Q·Kᵀ inputs keep `a_bits` (the attention bits then mean the log2 code width, as in FQ-ViT).
+
+What a pass cannot rewrite is the pass's to say: placement asks each pass's `refuse` and records
+the reason in `QuantPlan.skipped`. The plan records themselves are in `onnxvq.core.params`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fnmatch import fnmatch
 
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.params import ActivationSite, QuantPlan, WeightSite
 from onnxvq.core.walk import weight_of
+from onnxvq.passes import quantize_weights, replace_layernorm, replace_softmax
 from onnxvq.recognise.structure import ViTStructure
-
-
-@dataclass(frozen=True)
-class ActivationSite:
-    tensor: str
-    consumers: tuple[str, ...]  # node names whose input `tensor` is replaced by DQ(Q(tensor))
-    role: str  # "linear", "conv", "scores", "probs", "values"
-    bits: int
-
-
-@dataclass(frozen=True)
-class WeightSite:
-    node: str
-    op: str
-    weight: str
-    axis: int  # output-channel axis of the weight
-    bits: int
-
-
-@dataclass(frozen=True)
-class QuantPlan:
-    activations: tuple[ActivationSite, ...]
-    weights: tuple[WeightSite, ...]
-    skipped: tuple[tuple[str, str], ...]  # (node, reason)
-    layernorms: tuple[str, ...] = ()  # LayerNormalization nodes replaced by IntLayerNorm (pts)
-    softmaxes: tuple[str, ...] = ()  # attention Softmax nodes replaced by LogIntSoftmax (lis)
 
 
 def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPlan:
@@ -71,7 +49,7 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
         w = weight_of(node)
         if w is None or not isinstance(node.inputs[1], gs.Constant):
             continue
-        reason = want(node) or _refuse_weighted(node)
+        reason = want(node) or quantize_weights.refuse(node)
         if reason:
             skipped.append((node.name, reason))
             continue
@@ -101,7 +79,7 @@ def _layernorm_sites(nodes, structure: ViTStructure, want, skipped: list) -> tup
     chosen = []
     for ln in structure.layernorms:
         node = nodes[ln.node]
-        reason = want(node) or refuse_layernorm(node)
+        reason = want(node) or replace_layernorm.refuse(node)
         if reason:
             skipped.append((ln.node, reason))
         else:
@@ -113,50 +91,12 @@ def _softmax_sites(nodes, structure: ViTStructure, want, skipped: list) -> tuple
     chosen = []
     for att in structure.attentions:
         reason = (want(nodes[att.softmax]) or want(nodes[att.context_matmul])
-                  or refuse_softmax(nodes[att.softmax], nodes[att.context_matmul]))
+                  or replace_softmax.refuse(nodes[att.softmax], nodes[att.context_matmul]))
         if reason:
             skipped.append((att.softmax, reason))
         else:
             chosen.append(att.softmax)
     return tuple(chosen)
-
-
-def refuse_layernorm(node: gs.Node) -> str | None:
-    """Why a LayerNormalization cannot become IntLayerNorm (None: it can)."""
-    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
-    axis = node.attrs.get("axis", -1)
-    if axis != -1 and (rank is None or axis != rank - 1):
-        return "LayerNorm not over the last axis"
-    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
-        return "LayerNorm gamma is not constant"
-    if len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant):
-        return "LayerNorm beta is not constant"
-    return None
-
-
-def refuse_softmax(softmax: gs.Node, context: gs.Node) -> str | None:
-    """Why an attention Softmax cannot become LogIntSoftmax (None: it can)."""
-    rank = len(softmax.inputs[0].shape) if softmax.inputs[0].shape is not None else None
-    axis = softmax.attrs.get("axis", -1)
-    if axis != -1 and (rank is None or axis != rank - 1):
-        return "Softmax not over the last axis"
-    a, v = context.inputs[0].shape, context.inputs[1].shape
-    if a is None or v is None or len(a) != len(v) or len(a) < 2:
-        return "A·V operands need the same known rank (LogIntMatMul does not broadcast)"
-    return None
-
-
-def _refuse_weighted(node: gs.Node) -> str | None:
-    if node.op == "Gemm":
-        if node.attrs.get("transA", 0):
-            return "Gemm with transA"
-        if node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
-            return "Gemm with alpha/beta != 1"
-    if node.op == "Conv" and node.attrs.get("group", 1) != 1:
-        return "grouped/depthwise Conv kept float (per-channel int8 gains little there)"
-    if node.op == "MatMul" and len(node.inputs[1].shape) != 2:
-        return "MatMul weight is not 2-D"
-    return None
 
 
 def _out_axis(node: gs.Node) -> int:

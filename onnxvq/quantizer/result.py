@@ -9,11 +9,10 @@ from pathlib import Path
 
 import onnx
 
-from onnxvq.calibrate.fq import FqParams
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.graph import save_model
-from onnxvq.core.pipeline import PassResult
-from onnxvq.quantizer.placement import QuantPlan
+from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
+from onnxvq.core.pipeline import PassResult, PipelineReport
 from onnxvq.recognise.structure import ViTStructure
 
 
@@ -23,11 +22,20 @@ class QuantResult:
     config: QuantConfig
     structure: ViTStructure
     plan: QuantPlan
-    activation_qparams: dict[str, dict]
-    weight_qparams: dict[str, dict]
+    activation_qparams: dict[str, ActivationQParams]
+    weight_qparams: dict[str, WeightQParams]
     passes: list[PassResult]
     calibration: dict = field(default_factory=dict)
     fq_params: FqParams = field(default_factory=FqParams)  # PTS shifts, softmax constants
+    canonicalization: PipelineReport | None = None  # the canonical stage's passes and refusals
+    canonical: onnx.ModelProto | None = field(default=None, repr=False)  # FP32, canonicalised
+
+    @property
+    def refusals(self) -> list[dict]:
+        """Every (pass, node, reason) a pass of either stage refused."""
+        stages = [*(self.canonicalization.passes if self.canonicalization else ()), *self.passes]
+        return [{"pass": r.pass_id, "node": n, "reason": why}
+                for r in stages for n, why in r.refused]
 
     def sidecar(self) -> dict:
         return {
@@ -37,8 +45,9 @@ class QuantResult:
             "structure": self.structure.summary(),
             "passes": [{"pass": r.pass_id, "applied": r.applied, **r.counts} for r in self.passes],
             "skipped": [{"node": n, "reason": r} for n, r in self.plan.skipped],
-            "activations": self.activation_qparams,
-            "weights": self.weight_qparams,
+            "refused": self.refusals,
+            "activations": {k: v.to_dict() for k, v in self.activation_qparams.items()},
+            "weights": {k: v.to_dict() for k, v in self.weight_qparams.items()},
             "fq": self.fq_params.to_dict(),
         }
 

@@ -1,4 +1,7 @@
-"""`quantize`: canonicalise, recognise, plan, calibrate in one ONNX Runtime pass, rewrite."""
+"""`quantize`: canonicalise, recognise, plan, calibrate in one ONNX Runtime pass, rewrite.
+
+The pass pipelines are declared in `onnxvq.passes.pipelines`; this module picks one per stage.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,18 @@ from collections.abc import Callable
 
 import onnx
 
-from onnxvq.api import canonicalize
 from onnxvq.calibrate import batches, make_observer, open_source
 from onnxvq.calibrate.collect import collect
-from onnxvq.calibrate.fq import FqCalibration, FqParams
+from onnxvq.calibrate.fq import FqCalibration
 from onnxvq.calibrate.preprocess import Preprocess, resolve_preprocess
 from onnxvq.core.config import QuantConfig
-from onnxvq.core.graph import load_model, to_graph
-from onnxvq.core.pipeline import PassContext, Pipeline
-from onnxvq.quantizer.placement import QuantPlan, plan
+from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
+from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
+from onnxvq.core.pipeline import PassContext, Validate
+from onnxvq.passes.pipelines import canonical_pipeline, quantization_pipeline
+from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
-from onnxvq.recognise.model import recognise_model
+from onnxvq.recognise.model import recognise
 
 log = logging.getLogger(__name__)
 
@@ -31,54 +35,40 @@ def quantize(
     *,
     preprocess: Preprocess | None = None,
     progress: Callable[[int], None] | None = None,
+    validate: Validate | None = None,
 ) -> QuantResult:
     """Quantize an FP32 ViT. `calib` is an image folder, a .npy/.npz file or folder, or None for
-    Gaussian noise (data-free; logged as a warning, expect lower accuracy)."""
+    Gaussian noise (data-free; logged as a warning, expect lower accuracy).
+
+    One graph for the whole run: the model is imported once, canonicalised, recognised and planned
+    on, then quantized in place; it is exported and checked once per stage (`validate="each"`, or
+    `ONNXVQ_VALIDATE=each`, checks after every pass instead)."""
     cfg = config or QuantConfig()
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    canonical, _ = canonicalize(proto, numeric="none")
-    if cfg.target == "trt":
-        canonical = _scale_onto_query(canonical)
-    structure = recognise_model(canonical)
+    graph = to_graph(proto)
+    canonical, canon_report = canonical_pipeline(cfg).run_graph(graph, like=proto,
+                                                                validate=validate, numeric="none")
+    infer_shapes_into(graph, canonical)  # recognition reads head shapes off the graph
+    structure = recognise(graph)
     if not structure.is_vit:
         log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
                     "will be quantized")
-    graph = to_graph(canonical)
     the_plan = plan(graph, structure, cfg)
     fq = FqCalibration(the_plan, structure, cfg)
     qparams, calib_info, fq_params = calibrate(canonical, the_plan, calib, cfg, preprocess,
                                                progress, fq)
-    ctx = PassContext(original=canonical)
-    ctx.data.update(plan=the_plan, activation_qparams=qparams, structure=structure, config=cfg,
-                    fq_params=fq_params)
-    out, report = Pipeline(_quant_passes(cfg)).run(canonical, ctx=ctx, numeric="none")
-    return QuantResult(out, cfg, structure, the_plan, qparams, ctx.data.get("weight_qparams", {}),
-                       report.passes, calib_info, fq_params)
-
-
-def _scale_onto_query(model: onnx.ModelProto) -> onnx.ModelProto:
-    """TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral)."""
-    from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
-
-    out, _ = Pipeline((FoldScaleIntoQuery(),)).run(model, numeric="end")
-    return out
-
-
-def _quant_passes(cfg: QuantConfig) -> tuple:
-    from onnxvq.passes.fold_requantize import FoldRequantize
-    from onnxvq.passes.insert_qdq import InsertActivationQDQ
-    from onnxvq.passes.quantize_weights import QuantizeWeights
-    from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
-    from onnxvq.passes.replace_softmax import ReplaceSoftmax
-
-    integer_ops = [p for p, on in ((ReplaceLayerNorm(), cfg.pts), (ReplaceSoftmax(), cfg.lis))
-                   if on]
-    return (*integer_ops, QuantizeWeights(), InsertActivationQDQ(), FoldRequantize())
+    ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
+                      fq_params=fq_params)
+    out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
+                                                       validate=validate, numeric="none")
+    weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
+    return QuantResult(out, cfg, structure, the_plan, qparams, weights, report.passes, calib_info,
+                       fq_params, canonicalization=canon_report, canonical=canonical)
 
 
 def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConfig,
               preprocess: Preprocess | None, progress, fq: FqCalibration | None = None,
-              ) -> tuple[dict[str, dict], dict, FqParams]:
+              ) -> tuple[dict[str, ActivationQParams], dict, FqParams]:
     """One ORT run over the calibration data (two with PTS: its per-channel shifts need the
     range first); returns qparams per activation site, a summary, and the PTS/LIS parameters."""
     inp = model.graph.input[0]
@@ -105,9 +95,9 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
         scale, zp = observers[site.tensor].qparams(site.bits, symmetric=cfg.symmetric,
                                                    signed=signed)
         lo, hi = observers[site.tensor].range()
-        qparams[site.tensor] = {"scale": float(scale), "zero_point": int(zp),
-                                "dtype": "int8" if signed else "uint8", "bits": site.bits,
-                                "range": [float(lo), float(hi)], "role": site.role}
+        qparams[site.tensor] = ActivationQParams(float(scale), int(zp),
+                                                 "int8" if signed else "uint8", site.bits,
+                                                 (float(lo), float(hi)), site.role)
     fq_params = (fq.finish(model, observers, qparams, batches(source, cfg.batch_size, inp.name))
                  if fq is not None else FqParams())
     info = {"source": str(calib) if calib else "gaussian-noise", "samples": len(source),

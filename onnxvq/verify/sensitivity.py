@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxvq.api import canonicalize
 from onnxvq.calibrate.collect import expose
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.core.graph import to_graph, to_model
 from onnxvq.core.runtime import make_session
+from onnxvq.passes.pipelines import canonicalize
 from onnxvq.recognise.model import recognise_model
 from onnxvq.recognise.structure import Block, ViTStructure
 from onnxvq.verify.compare import as_model, input_feeds, sqnr_db

@@ -1,0 +1,65 @@
+"""The pass pipelines onnxvq runs, declared once, in order.
+
+A run is two stages, each one `Pipeline` over one in-memory graph (exported and checked once at
+the stage's end):
+
+    canonical     CANONICAL, or TENSORRT_CANONICAL for target trt; numerically neutral
+    quantization  W8A8; PTS_W8A8 (--pts), LIS_W8A8 (--lis) or FULLY_QUANTIZED (both) put FQ-ViT's
+                  integer LayerNorm / Softmax passes in front of it
+
+`onnxvq.quantizer.run` picks one of each (`canonical_pipeline`, `quantization_pipeline`) and runs
+it; nothing else decides which passes run or in what order.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.pipeline import Pipeline, PipelineReport
+from onnxvq.passes.fold_constants import FoldConstants
+from onnxvq.passes.fold_requantize import FoldRequantize
+from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
+from onnxvq.passes.fold_static_shapes import FoldStaticShapes
+from onnxvq.passes.fuse_layernorm import FuseLayerNorm
+from onnxvq.passes.insert_qdq import InsertActivationQDQ
+from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
+from onnxvq.passes.quantize_weights import QuantizeWeights
+from onnxvq.passes.remove_softmax_nan_guard import RemoveSoftmaxNanGuard
+from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
+from onnxvq.passes.replace_softmax import ReplaceSoftmax
+
+# Every command starts here: constants and shape noise folded, LayerNorm fused, the SDPA NaN guard
+# dropped, the attention scale one Mul on Q·Kᵀ (the form the recogniser and FQ-ViT expect).
+CANONICAL = Pipeline((FoldConstants(), FoldStaticShapes(), FuseLayerNorm(),
+                      RemoveSoftmaxNanGuard(), NormalizeAttentionScale()), infer_shapes=True)
+
+# TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral); quantization
+# then calibrates the scaled Q, so its Q/DQ sits directly on the MatMul input.
+TENSORRT_CANONICAL = CANONICAL + Pipeline((FoldScaleIntoQuery(),))
+
+# int8 weights per output channel, Q/DQ at the planned activation sites, then the Q(DQ(q))
+# identities those leave behind dropped.
+W8A8 = Pipeline((QuantizeWeights(), InsertActivationQDQ(), FoldRequantize()))
+
+# FQ-ViT: IntLayerNorm (PTS) and LogIntSoftmax/LogIntMatMul (LIS) first, so the W8A8 passes see
+# the integer ops' own quantizers (their output DQ feeds a linear whose input Q folds away).
+PTS_W8A8 = Pipeline((ReplaceLayerNorm(),)) + W8A8
+LIS_W8A8 = Pipeline((ReplaceSoftmax(),)) + W8A8
+FULLY_QUANTIZED = Pipeline((ReplaceLayerNorm(), ReplaceSoftmax())) + W8A8
+
+
+def canonical_pipeline(cfg: QuantConfig | None = None) -> Pipeline:
+    return TENSORRT_CANONICAL if cfg is not None and cfg.target == "trt" else CANONICAL
+
+
+def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
+    return {(False, False): W8A8, (True, False): PTS_W8A8, (False, True): LIS_W8A8,
+            (True, True): FULLY_QUANTIZED}[(cfg.pts, cfg.lis)]
+
+
+def canonicalize(model: onnx.ModelProto, *, numeric: str = "end",
+                 ) -> tuple[onnx.ModelProto, PipelineReport]:
+    """Run the canonicalisation pipeline (numerically neutral, checked in ORT to 1e-4 unless
+    `numeric="none"`)."""
+    return CANONICAL.run(model, numeric=numeric)
