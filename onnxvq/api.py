@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnxvq.core.errors import UsageError
 from onnxvq.core.graph import load_model
 from onnxvq.core.pipeline import PipelineReport
 from onnxvq.passes.pipelines import canonicalize
@@ -45,3 +46,50 @@ def inspect(model: str | os.PathLike | onnx.ModelProto) -> Inspection:
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     canonical, report = canonicalize(proto)
     return Inspection(path, recognise_model(canonical), report, canonical)
+
+
+def quantize_file(model: str | os.PathLike, output: str | os.PathLike | None = None,
+                  data=None, config=None, *, report: bool = False,
+                  progress=None):
+    """Quantize the model file `model` and write `output` (default `<model>.int8.onnx`) with its
+    sidecar as one pair, checking the output path before any work; with `report`, also the HTML
+    report beside it. Returns the QuantResult and the paths written."""
+    from pathlib import Path
+
+    from onnxvq.quantizer.result import check_output_path
+    from onnxvq.quantizer.run import quantize
+
+    if not isinstance(model, str | os.PathLike):
+        raise UsageError(f"model must be a path, got {type(model).__name__}")
+    model = Path(model)
+    out = check_output_path(output or model.with_name(model.stem + ".int8.onnx"), model)
+    result = quantize(model, data, config, progress=progress)
+    path = result.save(out, source=model)
+    written = {"model": path, "sidecar": path.with_suffix(".json")}
+    if report:
+        from onnxvq.verify.report import write_report
+
+        spec = result.data_spec.with_(samples=None, batch_size=None) if result.data_spec else None
+        written["report"] = write_report(model, result, spec, path.with_suffix(".html"))
+    return result, written
+
+
+def sensitivity(fp32, quant, data=None, *, blocks: bool = False, **kwargs):
+    """Per-point SQNR (`verify.sensitivity.layer_sqnr`), or with `blocks` the damage of each block
+    quantized alone (`block_damage`), worst first."""
+    from onnxvq.verify.sensitivity import block_damage, layer_sqnr
+
+    return (block_damage if blocks else layer_sqnr)(fp32, quant, data, **kwargs)
+
+
+def report(fp32, quant, data=None, path: str | os.PathLike | None = None, **kwargs):
+    """Write the HTML report (`verify.report.write_report`); default path `<quant>.html`."""
+    from pathlib import Path
+
+    from onnxvq.verify.report import write_report
+
+    if path is None:
+        if not isinstance(quant, str | os.PathLike):
+            raise UsageError("report needs a path when `quant` is not a model file")
+        path = Path(quant).with_suffix(".html")
+    return write_report(fp32, quant, data, path, **kwargs)

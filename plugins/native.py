@@ -23,19 +23,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.errors import NativeBuildError, OnnxvqError
 
 log = logging.getLogger(__name__)
 
 ORT_DIR = Path(__file__).resolve().parent / "ort"
 LIBRARY_NAME = "libonnxvq_ort.so"
 _BUILD_TIMEOUT_S = 900
-
-
-class NativeBuildError(OnnxvqError):
-    """The native custom-op library is missing and cannot be built (no compiler, no headers...)."""
-
-    exit_code = 6
 
 
 def native_disabled() -> bool:

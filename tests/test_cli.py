@@ -33,13 +33,13 @@ def test_truncated_model(tmp_path):
     full = save_model(build_tiny_vit(), tmp_path / "vit.onnx").read_bytes()
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(full[: len(full) // 3])
-    assert_clean_error(run("inspect", cut), 2, "not a readable ONNX model")
+    assert_clean_error(run("inspect", cut), 3, "not a readable ONNX model")
 
 
 def test_not_onnx(tmp_path):
     bogus = tmp_path / "notes.onnx"
     bogus.write_text("this is not a model\n")
-    assert_clean_error(run("inspect", bogus), 2, "not a readable ONNX model")
+    assert_clean_error(run("inspect", bogus), 3, "not a readable ONNX model")
 
 
 def test_unsupported_opset(tmp_path):
@@ -48,13 +48,13 @@ def test_unsupported_opset(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
     path = save_model(model, tmp_path / "old.onnx")
-    assert_clean_error(run("inspect", path), 3, "opset 11 is not supported")
+    assert_clean_error(run("inspect", path), 4, "opset 11 is not supported")
 
 
 def test_no_transformer_blocks_lists_what_it_found(tmp_path, no_block_model):
     model = no_block_model
     result = run("inspect", save_model(model, tmp_path / "mlp.onnx"))
-    assert_clean_error(result, 3, "no transformer blocks found")
+    assert_clean_error(result, 4, "no transformer blocks found")
     assert "Relu" in result.output  # what it found is still listed
 
 
@@ -87,12 +87,13 @@ def test_quantize_bad_calibration_folder_leaves_nothing(tmp_path):
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
-@pytest.mark.parametrize("flag,value,text", [("--method", "magic", "unknown method"),
-                                             ("--target", "tpu", "unknown target"),
+@pytest.mark.parametrize("flag,value,text", [("--method", "magic", "'magic' is not one of"),
+                                             ("--target", "tpu", "'tpu' is not one of"),
+                                             ("--preset", "coco", "'coco' is not one of"),
                                              ("--w-bits", "9", "w-bits must be between")])
 def test_quantize_rejects_bad_options(tmp_path, flag, value, text):
     src = save_model(build_tiny_vit(), tmp_path / "v.onnx")
-    assert_clean_error(run("quantize", src, flag, value), 1, text)
+    assert_clean_error(run("quantize", src, flag, value), 2, text)
 
 
 def test_build_engine_without_tensorrt_says_why(tmp_path):
@@ -104,4 +105,4 @@ def test_build_engine_without_tensorrt_says_why(tmp_path):
     except ImportError:
         pass
     path = save_model(build_tiny_vit(), tmp_path / "v.onnx")
-    assert_clean_error(run("build-engine", path), 7, "tensorrt package is not importable")
+    assert_clean_error(run("build-engine", path), 8, "tensorrt package is not importable")

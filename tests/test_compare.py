@@ -82,7 +82,7 @@ def test_cli_exit_codes(models, tmp_path):
                               "--sqnr-min", "15"])
     assert bad.exit_code == 1 and "FAIL" in bad.output
     missing = runner.invoke(app, ["compare", str(fp32), str(tmp_path / "nope.onnx")])
-    assert missing.exit_code == 2  # ModelLoadError
+    assert missing.exit_code == 2  # UsageError: no such file
 
 
 def test_saved_files_load_with_polygraphy(models, tmp_path):

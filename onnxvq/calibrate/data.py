@@ -4,8 +4,9 @@ A source knows its length and `sample_shape` and yields chunks `[k, *sample_shap
 re-chunks them into model feeds. Nothing holds more than one batch (one .npz array) in memory.
 
 Subsampling (`calib_size` < number of samples) is evenly strided over the sorted list: sample
-`floor(i * N / calib_size)` for i = 0..calib_size-1. On an ImageFolder sorted by class this keeps
-the classes balanced, and the choice is reproducible without a seed.
+`floor((i + u) * N / calib_size)` for i = 0..calib_size-1, with the phase u = 0 for seed 0 and
+u in [0, 1) drawn from the seed otherwise. On an ImageFolder sorted by class this keeps the classes
+balanced whatever the seed, and a seed picks another, equally balanced subsample.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ TENSOR_SUFFIXES = (".npy", ".npz")
 _CHUNK = 64
 
 
-def strided(n: int, k: int | None) -> np.ndarray:
-    """Indices of an evenly strided subsample of k out of n (all of them when k is None or >= n)."""
+def strided(n: int, k: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of an evenly strided subsample of k out of n (all of them when k is None or >= n),
+    its phase set by `seed` (seed 0: starting at sample 0)."""
     if k is None or k >= n:
+        if k is not None and k > n:
+            log.warning("%d samples requested but the data holds only %d: using all %d", k, n, n)
         return np.arange(n)
     if k <= 0:
         raise CalibrationError(f"calibration size must be positive, got {k}")
-    return (np.arange(k) * n) // k
+    phase = 0.0 if seed == 0 else float(np.random.default_rng(seed).random())
+    return np.floor((np.arange(k) + phase) * n / k).astype(np.int64)
 
 
 class ImageFolder:
@@ -42,7 +47,7 @@ class ImageFolder:
     first-level subfolder names (ImageFolder layout); images directly in `root` get label -1."""
 
     def __init__(self, root: str | os.PathLike, preprocess: Preprocess,
-                 limit: int | None = None):
+                 limit: int | None = None, seed: int = 0):
         self.root = _existing_dir(root)
         files = sorted(
             (p.relative_to(self.root) for p in self.root.rglob("*")
@@ -53,7 +58,7 @@ class ImageFolder:
             raise CalibrationError(f"{self.root}: no images (.jpg/.jpeg/.png) found")
         self.classes = sorted({p.parts[0] for p in files if len(p.parts) > 1})
         index = {c: i for i, c in enumerate(self.classes)}
-        self.files = [files[i] for i in strided(len(files), limit)]
+        self.files = [files[i] for i in strided(len(files), limit, seed)]
         self.labels = np.array(
             [index[p.parts[0]] if len(p.parts) > 1 else -1 for p in self.files], dtype=np.int64
         )
@@ -81,7 +86,7 @@ class TensorSource:
     sorted order, each .npz by its only array or its array named "x"/"input"/"data".
     .npy files are memory-mapped; an .npz array is loaded one file at a time."""
 
-    def __init__(self, path: str | os.PathLike, limit: int | None = None):
+    def __init__(self, path: str | os.PathLike, limit: int | None = None, seed: int = 0):
         path = Path(path)
         if path.is_dir():
             self.paths = sorted(p for p in path.iterdir() if p.suffix.lower() in TENSOR_SUFFIXES)
@@ -94,7 +99,7 @@ class TensorSource:
         if len(shapes) != 1:
             raise CalibrationError(f"{path}: sample shapes differ between files: {sorted(shapes)}")
         self.sample_shape = shapes.pop()
-        self.index = strided(sum(self.counts), limit)
+        self.index = strided(sum(self.counts), limit, seed)
         self.labels = None
 
     def __len__(self) -> int:
@@ -167,17 +172,26 @@ def _emit(source, batch, start, input_name, progress, with_labels):
     return (feeds, source.labels[start : start + len(batch)]) if with_labels else feeds
 
 
+def model_input(model) -> tuple[str, list]:
+    """Name and shape of a model's first input (ints, or "N" for a symbolic or unknown dim)."""
+    inp = model.graph.input[0]
+    dims = inp.type.tensor_type.shape.dim
+    return inp.name, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else "N"
+                      for d in dims]
+
+
 def open_source(path: str | os.PathLike | None, preprocess: Preprocess,
-                calib_size: int | None, input_shape: Sequence) -> Source:
+                calib_size: int | None, input_shape: Sequence, seed: int = 0) -> Source:
     """The source for `path`: an image folder, a .npy/.npz file or folder, or Gaussian noise when
-    `path` is None (`calib_size` samples, 32 when None). Checks the sample shape against
-    `input_shape` (the model input, batch axis first; non-int dims are free)."""
+    `path` is None (`calib_size` samples, 32 when None). `seed` draws the noise and the phase of
+    the strided subsample. Checks the sample shape against `input_shape` (the model input, batch
+    axis first; non-int dims are free)."""
     if path is None:
         shape = list(input_shape[1:])
         if not all(isinstance(d, int) and d > 0 for d in shape):
             raise CalibrationError(f"noise calibration needs a static input shape, got "
                                    f"{list(input_shape)}")
-        source: Source = NoiseSource(shape, calib_size or 32, seed=0)
+        source: Source = NoiseSource(shape, calib_size or 32, seed=seed)
     else:
         p = Path(path)
         if not p.exists():
@@ -185,11 +199,11 @@ def open_source(path: str | os.PathLike | None, preprocess: Preprocess,
         if p.is_file() and p.suffix.lower() not in TENSOR_SUFFIXES:
             raise CalibrationError(f"{p}: expected an image folder or a .npy/.npz file")
         if p.is_file():
-            source = TensorSource(p, calib_size)
+            source = TensorSource(p, calib_size, seed)
         elif _has_suffix(_existing_dir(p), IMAGE_SUFFIXES):
-            source = ImageFolder(p, preprocess, calib_size)
+            source = ImageFolder(p, preprocess, calib_size, seed)
         elif _has_suffix(p, TENSOR_SUFFIXES):
-            source = TensorSource(p, calib_size)
+            source = TensorSource(p, calib_size, seed)
         else:
             raise CalibrationError(f"{p}: no images (.jpg/.jpeg/.png) or .npy/.npz files found")
     check_shape(source.sample_shape, input_shape, str(path or "noise"))

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from onnxvq.core.errors import CalibrationError
+from onnxvq.core.errors import UsageError
 
 _TIMM_MEAN = (0.485, 0.456, 0.406)
 _TIMM_STD = (0.229, 0.224, 0.225)
@@ -36,7 +36,11 @@ class Preprocess:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _type_problems(self)
+        if problems:
+            raise UsageError("invalid preprocessing: " + "; ".join(problems))
+        for name in ("mean", "std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if not 0 < self.crop <= self.size:
             problems.append(f"crop {self.crop} must be in 1..size ({self.size})")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -46,7 +50,7 @@ class Preprocess:
         if self.interpolation not in _RESAMPLE:
             problems.append(f"interpolation must be one of {sorted(_RESAMPLE)}")
         if problems:
-            raise CalibrationError("invalid preprocessing: " + "; ".join(problems))
+            raise UsageError("invalid preprocessing: " + "; ".join(problems))
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -70,6 +74,21 @@ class Preprocess:
         return np.ascontiguousarray(x, dtype=self.dtype)
 
 
+def _type_problems(p: Preprocess) -> list[str]:
+    out = [f"{name} must be a positive integer, got {getattr(p, name)!r}"
+           for name in ("size", "crop") if isinstance(getattr(p, name), bool)
+           or not isinstance(getattr(p, name), int)]
+    for name in ("mean", "std"):
+        v = getattr(p, name)
+        if not isinstance(v, tuple | list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in v):
+            out.append(f"{name} must be 3 numbers, got {v!r}")
+    out += [f"{name} must be a string, got {getattr(p, name)!r}"
+            for name in ("layout", "interpolation", "dtype")
+            if not isinstance(getattr(p, name), str)]
+    return out
+
+
 PRESETS: dict[str, Preprocess] = {
     "imagenet": Preprocess(size=248, crop=224, interpolation="bicubic"),  # 248 = 224 / 0.9
     "imagenet-hf": Preprocess(size=224, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3,
@@ -89,7 +108,7 @@ def resolve_preprocess(preset: str = "imagenet", size: int | None = None,
     try:
         base = PRESETS[preset]
     except KeyError:
-        raise CalibrationError(
+        raise UsageError(
             f"unknown preprocessing preset '{preset}' (known: {', '.join(PRESETS)})"
         ) from None
     changes: dict = {}
@@ -109,15 +128,21 @@ def load_preprocess_config(path: str | os.PathLike) -> Preprocess:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (OSError, json.JSONDecodeError) as exc:
-        raise CalibrationError(f"{path}: cannot read preprocessing config ({exc})") from exc
+        raise UsageError(f"{path}: cannot read preprocessing config ({exc})") from exc
     if not isinstance(data, dict):
-        raise CalibrationError(f"{path}: preprocessing config must be a JSON object")
-    base = resolve_preprocess(data.pop("preset", "imagenet"))
+        raise UsageError(f"{path}: preprocessing config must be a JSON object")
+    preset = data.pop("preset", "imagenet")
+    if not isinstance(preset, str):
+        raise UsageError(f"{path}: preset must be a string, got {preset!r}")
+    base = resolve_preprocess(preset)
     known = {f.name for f in fields(Preprocess)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise CalibrationError(f"{path}: unknown preprocessing fields {unknown}")
+        raise UsageError(f"{path}: unknown preprocessing fields {unknown}")
     for key in ("mean", "std"):
-        if key in data:
-            data[key] = tuple(float(v) for v in data[key])
-    return replace(base, **data)
+        if key in data and isinstance(data[key], list):
+            data[key] = tuple(data[key])
+    try:
+        return replace(base, **data)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None

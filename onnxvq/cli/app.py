@@ -1,185 +1,185 @@
-"""The `onnxvq` command line: each command parses options, calls one API function, renders."""
+"""The `onnxvq` command line: each command parses options, calls one API function, renders.
+
+Shared flags live in `cli.options`, the consoles and the error/progress/JSON helpers in
+`cli.common`; the validation commands (compare, eval, sensitivity, report) in `cli.validate`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from onnxvq.core.errors import OnnxvqError, UnsupportedModelError
+from onnxvq.cli import options as o
+from onnxvq.cli.common import console, emit_json, errors, fail, progress, warn
+from onnxvq.cli.validate import register
+from onnxvq.core.errors import CHECK_FAILED, UnsupportedModelError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Post-training quantization of Vision Transformers on ONNX graphs.")
-console = Console()
-err_console = Console(stderr=True)
+register(app)
 
-
-def _fail(exc: OnnxvqError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(exc.exit_code)
+_DEFAULTS = {"momentum": 0.01, "percentile": 1e-5}
+_USES = {"momentum": "ema", "percentile": "percentile"}
 
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each pass.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)  # Python warnings (third-party deprecations) go to stderr too
 
 
 @app.command()
-def inspect(
-    model: Path = typer.Argument(..., help="FP32 ONNX model."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-) -> None:
+def inspect(model: o.Fp32, as_json: o.Json = False) -> None:
     """Show the ViT structure onnxvq recognises in MODEL."""
     from onnxvq.api import inspect as inspect_model
     from onnxvq.cli.render import render_inspection
 
-    try:
-        with err_console.status(f"canonicalising and recognising {model.name}"):
-            result = inspect_model(model)
-    except OnnxvqError as exc:
-        raise _fail(exc) from None
+    with errors(), progress(f"canonicalising and recognising {model.name}"):
+        result = inspect_model(model)
     if as_json:
-        console.print_json(json.dumps(result.to_dict()))
+        emit_json(result.to_dict())
     else:
         render_inspection(console, result)
     if not result.structure.is_vit:
-        raise _fail(UnsupportedModelError(f"{model}: no transformer blocks found"))
+        raise fail(UnsupportedModelError(f"{model}: no transformer blocks found"))
 
 
 @app.command()
 def quantize(
-    model: Path = typer.Argument(..., help="FP32 ONNX model."),
-    output: Path = typer.Option(None, "-o", "--output", help="Default: MODEL.int8.onnx"),
-    calib: Path = typer.Option(None, "--calib", help="Image folder or .npy/.npz; none: noise."),
-    preset: str = typer.Option("imagenet", help="Preprocessing preset: imagenet, imagenet-hf, "
-                               "cifar10, cifar10-vit."),
-    size: int = typer.Option(None, help="Override the preset's input size."),
-    mean: tuple[float, float, float] = typer.Option(None, help="Override the preset's mean (RGB)."),
-    std: tuple[float, float, float] = typer.Option(None, help="Override the preset's std (RGB)."),
-    preprocess_config: Path = typer.Option(None, help="JSON preprocessing config."),
-    method: str = typer.Option("minmax", help="minmax, ema, percentile or omse."),
-    target: str = typer.Option("ort", help="ort (uint8 asymmetric) or trt (int8 symmetric)."),
-    w_bits: int = typer.Option(8, help="Weight bits."),
-    a_bits: int = typer.Option(8, help="Activation bits."),
-    attn_bits: int = typer.Option(None, help="Attention MatMul input bits (default a-bits; 4 "
-                                  "with --lis)."),
-    momentum: float = typer.Option(0.01, help="EMA momentum."),
-    percentile: float = typer.Option(1e-5, help="Percentile tail mass per side."),
-    skip: list[str] = typer.Option([], help="Keep nodes matching this glob float (repeatable)."),
-    patch_embed: bool = typer.Option(True, help="Quantize the patch-embedding Conv."),
-    head: bool = typer.Option(True, help="Quantize the classifier head."),
-    pts: bool = typer.Option(False, "--pts", help="IntLayerNorm with power-of-two scales."),
-    lis: bool = typer.Option(False, "--lis", help="LogIntSoftmax with log2 attention codes."),
-    calib_size: int = typer.Option(256, help="Calibration samples."),
-    batch_size: int = typer.Option(16, help="Calibration batch size."),
-    report: bool = typer.Option(False, "--report", help="Write an HTML report beside the output."),
+    model: o.Fp32,
+    output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="Default: MODEL.int8.onnx")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", "--calib", help="Calibration images or .npy/.npz; none: Gaussian noise.",
+        rich_help_panel="Data flags")] = None,
+    samples: Annotated[int, typer.Option("--samples", "--calib-size", help="Calibration samples.",
+                                         rich_help_panel="Data flags")] = 256,
+    batch_size: o.BatchSize = 16,
+    seed: o.Seed = 0,
+    preset: o.PresetOpt = None,
+    size: o.Size = None,
+    mean: o.Mean = None,
+    std: o.Std = None,
+    preprocess_config: o.PreprocessConfig = None,
+    method: Annotated[o.Method, typer.Option(help="Range observer.")] = "minmax",
+    target: Annotated[o.Target, typer.Option(help="ort (uint8 asymmetric) or trt (int8 "
+                                             "symmetric).")] = "ort",
+    w_bits: Annotated[int, typer.Option(help="Weight bits.")] = 8,
+    a_bits: Annotated[int, typer.Option(help="Activation bits.")] = 8,
+    attn_bits: Annotated[int | None, typer.Option(
+        help="Attention MatMul input bits (default a-bits; 4 with --lis).")] = None,
+    momentum: Annotated[float, typer.Option(help="EMA momentum (--method ema).")] = 0.01,
+    percentile: Annotated[float, typer.Option(
+        help="Tail mass clipped per side (--method percentile).")] = 1e-5,
+    skip: Annotated[list[str] | None, typer.Option(
+        help="Keep nodes matching this glob float (repeatable).")] = None,
+    patch_embed: Annotated[bool, typer.Option(help="Quantize the patch-embedding Conv.")] = True,
+    head: Annotated[bool, typer.Option(help="Quantize the classifier head.")] = True,
+    pts: Annotated[bool, typer.Option("--pts", help="IntLayerNorm, power-of-two scales.")] = False,
+    lis: Annotated[bool, typer.Option("--lis", help="LogIntSoftmax, log2 codes.")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
+                                         "output.")] = False,
+    as_json: o.Json = False,
 ) -> None:
     """Quantize MODEL and write OUT.onnx plus its OUT.json sidecar of scales and settings."""
-    from onnxvq.calibrate.preprocess import load_preprocess_config, resolve_preprocess
-    from onnxvq.cli.render import render_quantization
+    from onnxvq.api import quantize_file
+    from onnxvq.cli.render import quantization_dict, render_quantization
     from onnxvq.core.config import QuantConfig
-    from onnxvq.quantizer.run import quantize as run_quantize
 
-    output = output or model.with_name(model.stem + ".int8.onnx")
-    try:
-        cfg = QuantConfig(method=method, target=target, w_bits=w_bits, a_bits=a_bits,
+    with errors():
+        spec = o.data_spec(data, preset, size, mean, std, preprocess_config, None, None, seed)
+        cfg = QuantConfig(method=method.value, target=target.value, w_bits=w_bits, a_bits=a_bits,
                           attn_bits=attn_bits, momentum=momentum, percentile=percentile,
-                          skip=tuple(skip), quantize_patch_embed=patch_embed, quantize_head=head,
-                          pts=pts, lis=lis, calib_size=calib_size, batch_size=batch_size)
-        prep = (load_preprocess_config(preprocess_config) if preprocess_config
-                else resolve_preprocess(preset, size=size, mean=mean, std=std))
-        with _progress("quantizing (samples calibrated)") as advance:
-            result = run_quantize(model, calib, cfg, preprocess=prep, progress=advance)
-        path = result.save(output)
-        if report:
-            _write_report(model, result, calib, prep, path)
-    except OnnxvqError as exc:
-        raise _fail(exc) from None
-    render_quantization(console, result, model, path)
+                          skip=tuple(skip or ()), quantize_patch_embed=patch_embed,
+                          quantize_head=head, pts=pts, lis=lis, calib_size=samples,
+                          batch_size=batch_size, seed=seed)
+        _warn_ignored(cfg, momentum=momentum, percentile=percentile)
+        with progress("quantizing (samples calibrated)") as advance:
+            result, written = quantize_file(model, output, spec, cfg, report=report,
+                                            progress=advance)
+    for pattern in result.config.skip:
+        if not any(n.name and _match(n.name, pattern) for n in result.model.graph.node) and \
+                not any(_match(n, pattern) for n, _ in result.plan.skipped):
+            warn(f"--skip {pattern!r} matches no node: nothing was kept float by it")
+    if as_json:
+        emit_json(quantization_dict(result, model, written))
+    else:
+        render_quantization(console, result, model, written["model"])
+
+
+def _warn_ignored(cfg, **given) -> None:
+    for flag, value in given.items():
+        if value != _DEFAULTS[flag] and cfg.method != _USES[flag]:
+            warn(f"--{flag} {value:g} does nothing with --method {cfg.method} (only "
+                 f"--method {_USES[flag]} uses it)")
+
+
+def _match(name: str, pattern: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(name, pattern)
 
 
 @app.command()
 def demo(
-    output: Path = typer.Option(Path("onnxvq-demo"), "-o", "--output",
-                                help="Folder for the models."),
-    pts: bool = typer.Option(False, "--pts"),
-    lis: bool = typer.Option(False, "--lis"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the models.")] = Path(
+        "onnxvq-demo"),
+    pts: Annotated[bool, typer.Option("--pts")] = False,
+    lis: Annotated[bool, typer.Option("--lis")] = False,
+    as_json: o.Json = False,
 ) -> None:
     """Build a small ViT (no download), quantize it, print fidelity and speed."""
-    from onnxvq.cli.render import render_demo
+    from onnxvq.cli.render import demo_dict, render_demo
     from onnxvq.demo import run_demo
 
-    try:
+    with errors(), progress("building, quantizing and timing the demo ViT"):
         result = run_demo(output, pts=pts, lis=lis)
-    except OnnxvqError as exc:
-        raise _fail(exc) from None
-    render_demo(console, result)
+    if as_json:
+        emit_json(demo_dict(result))
+    else:
+        render_demo(console, result)
 
 
 @app.command("build-engine")
 def build_engine(
-    model: Path = typer.Argument(..., help="Quantized ONNX model (e.g. from --target trt)."),
-    engine: Path = typer.Option(None, "-o", "--output", help="Default: MODEL.engine"),
-    max_batch: int = typer.Option(64, help="Largest batch of the optimization profile."),
-    compare: bool = typer.Option(True, help="Compare the engine with ONNX Runtime (Polygraphy)."),
-    atol: float = typer.Option(1e-3, help="Absolute tolerance of the comparison."),
+    model: Annotated[Path, typer.Argument(help="Quantized ONNX model (e.g. from --target trt).")],
+    engine: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="Default: MODEL.engine")] = None,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the profile.")] = 64,
+    compare: Annotated[bool, typer.Option(help="Compare the engine with ONNX Runtime "
+                                          "(Polygraphy).")] = True,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance of the comparison.")] = 1e-3,
+    as_json: o.Json = False,
 ) -> None:
     """Build a TensorRT engine with onnxvq's plugins and compare it with ONNX Runtime.
     Needs the tensorrt package and an NVIDIA GPU; says which is missing otherwise."""
     from onnxvq.verify.trt import EngineConfig, compare_with_ort
     from onnxvq.verify.trt import build_engine as build
 
-    try:
+    with errors():
         cfg = EngineConfig(max_batch=max_batch, opt_batch=min(8, max_batch))
         report = build(model, engine, config=cfg)
+        cmp = (compare_with_ort(model, report.engine_path, atol=atol, rtol=0.0, config=cfg)
+               if compare else None)
+    out = {"engine": str(report.engine_path), "bytes": report.size_bytes,
+           "layers": report.num_layers, "plugins": list(report.plugins),
+           "build_seconds": round(report.build_seconds, 3),
+           "comparison": None if cmp is None else {"passed": cmp.passed, "atol": atol,
+                                                   "max_abs_error": cmp.max_abs_error}}
+    if as_json:
+        emit_json(out)
+    else:
         console.print(f"engine {report.engine_path}: {report.size_bytes / 1e6:.1f} MB, "
                       f"{report.num_layers} layers, plugins {', '.join(report.plugins) or '-'}, "
                       f"built in {report.build_seconds:.1f} s")
-        if compare:
-            cmp = compare_with_ort(model, report.engine_path, atol=atol, rtol=0.0, config=cfg)
-            for name, err in cmp.max_abs_error.items():
-                console.print(f"{name}: max |TensorRT - ONNX Runtime| = {err:.3g}")
-            if not cmp.passed:
-                raise typer.Exit(1)
-    except OnnxvqError as exc:
-        raise _fail(exc) from None
+        for name, err in (cmp.max_abs_error.items() if cmp else ()):
+            console.print(f"{name}: max |TensorRT - ONNX Runtime| = {err:.3g}")
+    if cmp is not None and not cmp.passed:
+        raise typer.Exit(CHECK_FAILED)
 
 
-def _write_report(model, result, calib, prep, path) -> None:
-    from onnxvq.verify.report import write_report
-
-    write_report(model, result, calib, path.with_suffix(".html"), preprocess=prep)
-
-
-class _progress:
-    """A rich progress bar that counts samples; yields the callback `advance(n)`."""
-
-    def __init__(self, label: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
-                             transient=True)
-        self._label = label
-
-    def __enter__(self):
-        self._bar.__enter__()
-        task = self._bar.add_task(self._label, total=None)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        return self._bar.__exit__(*exc)
-
-
-def _register_validation_commands() -> None:
-    from onnxvq.cli.validate import register
-
-    register(app)
-
-
-_register_validation_commands()
 __import__("onnxvq.cli.profile", fromlist=["register"]).register(app)

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxvq.api import Inspection
+from onnxvq.quantizer.result import model_bytes
 
 
 def render_inspection(console: Console, result: Inspection) -> None:
@@ -57,6 +58,26 @@ def _blocks_table(result: Inspection) -> Table:
     return t
 
 
+def quantization_dict(result, model_path, written: dict) -> dict:
+    """`quantize --json`: what was written, the settings, and what each pass did."""
+    return {"input": str(model_path), **{k: str(v) for k, v in written.items()},
+            "bytes": {"input": model_bytes(model_path), "output": model_bytes(written["model"])},
+            "config": result.config.to_dict(), "calibration": result.calibration,
+            "structure": result.structure.counts,
+            "quantized": {"weights": len(result.plan.weights),
+                          "activations": len(result.plan.activations)},
+            "passes": [{"pass": r.pass_id, "applied": r.applied, **r.counts}
+                       for r in result.passes],
+            "skipped": [{"node": n, "reason": why} for n, why in result.plan.skipped]}
+
+
+def demo_dict(demo) -> dict:
+    return {"fp32": str(demo.fp32_path), "int8": str(demo.quant_path),
+            "latency_ms": demo.latency, "bytes": demo.sizes,
+            "fidelity": {k: getattr(demo.fidelity, k) for k in (
+                "samples", "cosine", "sqnr_db", "max_abs_diff", "top1_agreement")}}
+
+
 def render_quantization(console: Console, result, model_path, out_path) -> None:
     from pathlib import Path
 
@@ -78,8 +99,7 @@ def render_quantization(console: Console, result, model_path, out_path) -> None:
                   "".join(f", {k} {v}" for k, v in r.counts.items() if k != "bytes_saved"))
     if result.plan.skipped:
         t.add_row("kept float", "; ".join(f"{n} ({why})" for n, why in result.plan.skipped[:6]))
-    size_in = Path(model_path).stat().st_size if Path(model_path).exists() else 0
-    size_out = Path(out_path).stat().st_size
+    size_in, size_out = model_bytes(model_path), model_bytes(out_path)
     if size_in:
         t.add_row("file size", f"{size_in / 1e6:.2f} MB → {size_out / 1e6:.2f} MB "
                   f"({size_in / max(size_out, 1):.1f}× smaller)")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
-from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.errors import UsageError
 
 METHODS = ("minmax", "ema", "percentile", "omse")
 TARGETS = ("ort", "trt")
@@ -36,21 +36,20 @@ class QuantConfig:
     lis: bool = False
     calib_size: int = 256
     batch_size: int = 16
-    seed: int = 0
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    seed: int = 0  # noise calibration inputs and the phase of the strided subsample
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise OnnxvqError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.target not in TARGETS:
-            raise OnnxvqError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
-        for name in ("w_bits", "a_bits"):
-            if not 2 <= getattr(self, name) <= 8:
-                raise OnnxvqError(f"{name.replace('_', '-')} must be between 2 and 8")
-        if self.attn_bits is not None and not 2 <= self.attn_bits <= 8:
-            raise OnnxvqError("attn-bits must be between 2 and 8")
-        if self.calib_size < 1 or self.batch_size < 1:
-            raise OnnxvqError("calib-size and batch-size must be positive")
+        for name in ("method", "target"):  # an Enum from the CLI arrives as its value
+            value = getattr(self, name)
+            object.__setattr__(self, name, getattr(value, "value", value))
+        skip = self.skip
+        if isinstance(skip, str):  # "a*" is one pattern, not the patterns "a" and "*"
+            object.__setattr__(self, "skip", (skip,))
+        elif isinstance(skip, list | tuple | set | frozenset):
+            object.__setattr__(self, "skip", tuple(skip))
+        problems = _problems(self)
+        if problems:
+            raise UsageError("invalid QuantConfig: " + "; ".join(problems))
 
     @property
     def symmetric(self) -> bool:
@@ -69,5 +68,69 @@ class QuantConfig:
         d = asdict(self)
         d["skip"] = list(self.skip)
         d["attention_bits"] = self.attention_bits
-        d.pop("extra")
         return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantConfig:
+        """A config from `to_dict()` output or a hand-written dict; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise UsageError(f"a QuantConfig or a dict is expected, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"attention_bits"})
+        if unknown:
+            raise UsageError(f"unknown QuantConfig fields {unknown} (known: {sorted(known)})")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def coerce(cls, config: QuantConfig | dict | None) -> QuantConfig:
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        raise UsageError(f"config must be a QuantConfig or a dict, got {type(config).__name__} "
+                         f"{config!r:.40}")
+
+
+_BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis")
+_INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed")
+
+
+def _problems(cfg: QuantConfig) -> list[str]:
+    """Every bad value of `cfg`, each naming its field (the CLI flag is the same name)."""
+    out = []
+    if cfg.method not in METHODS:
+        out.append(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.target not in TARGETS:
+        out.append(f"unknown target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
+    out += [f"{n} must be true or false, got {getattr(cfg, n)!r}" for n in _BOOLS
+            if not isinstance(getattr(cfg, n), bool)]
+    ints = [n for n in _INTS if not _is_int(getattr(cfg, n))]
+    out += [f"{n} must be an integer, got {getattr(cfg, n)!r}" for n in ints]
+    for name in ("w_bits", "a_bits", "attn_bits"):
+        v = getattr(cfg, name)
+        if name not in ints and v is not None and (not _is_int(v) or not 2 <= v <= 8):
+            out.append(f"{name.replace('_', '-')} must be between 2 and 8, got {v!r}")
+    for name in ("calib_size", "batch_size"):
+        if name not in ints and getattr(cfg, name) < 1:
+            out.append(f"{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if not _number_in(cfg.momentum, 0.0, 1.0, closed_low=False):
+        out.append(f"momentum must be in (0, 1], got {cfg.momentum!r}")
+    if not _number_in(cfg.percentile, 0.0, 0.5, closed_high=False):
+        out.append(f"percentile is the tail mass clipped per side and must be in [0, 0.5), got "
+                   f"{cfg.percentile!r} (1e-5 clips the top and bottom 0.001 %)")
+    if not isinstance(cfg.skip, tuple) or not all(isinstance(p, str) and p for p in cfg.skip):
+        out.append(f"skip must be node-name glob strings, got {cfg.skip!r}")
+    return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number_in(v, lo: float, hi: float, *, closed_low: bool = True,
+               closed_high: bool = True) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != v:
+        return False
+    return (lo <= v if closed_low else lo < v) and (v <= hi if closed_high else v < hi)

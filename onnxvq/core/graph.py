@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxvq.core.errors import ModelLoadError, UnsupportedModelError
+from onnxvq.core.errors import ModelLoadError, UnsupportedModelError, UsageError
 
 # onnx >= 1.23 writes IR 14 by default; onnxruntime 1.31 refuses anything above 13.
 MAX_IR_VERSION = 10
@@ -31,9 +31,9 @@ def load_model(path: str | os.PathLike, *, check_opset: bool = True) -> onnx.Mod
     """Read a model (with its external data) and check that onnxvq supports its opset."""
     path = Path(path)
     if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
+        raise UsageError(f"{path}: no such file")
     if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+        raise UsageError(f"{path}: is a directory, expected an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as exc:  # protobuf raises DecodeError, external data raises OSError/ValueError

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
+from onnxvq.calibrate.spec import DataSpec
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.errors import UsageError
+from onnxvq.core.files import remove_stale_temps, temp_dir_beside
 from onnxvq.core.graph import save_model
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
 from onnxvq.core.pipeline import PassResult, PipelineReport
@@ -29,6 +33,7 @@ class QuantResult:
     fq_params: FqParams = field(default_factory=FqParams)  # PTS shifts, softmax constants
     canonicalization: PipelineReport | None = None  # the canonical stage's passes and refusals
     canonical: onnx.ModelProto | None = field(default=None, repr=False)  # FP32, canonicalised
+    data_spec: DataSpec | None = None  # the calibration data (source, preprocessing, seed)
 
     @property
     def refusals(self) -> list[dict]:
@@ -51,17 +56,90 @@ class QuantResult:
             "fq": self.fq_params.to_dict(),
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model and its JSON sidecar (`<name>.json` beside it), each atomically."""
-        path = save_model(self.model, path)
+    def save(self, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
+        """Write the model and its JSON sidecar (`<name>.json` beside it) as one pair: both (and
+        the model's external `.data`, if any) are written in a temporary folder beside the target
+        and moved into place together, the model last. `source` (the FP32 input) may not be
+        overwritten. Stale temporaries of killed runs are removed first."""
+        path = check_output_path(path, source)
         side = path.with_suffix(".json")
-        tmp = side.with_name(f".{side.name}.tmp")
-        tmp.write_text(json.dumps(self.sidecar(), indent=1))
-        os.replace(tmp, side)
+        remove_stale_temps(path)
+        try:
+            text = json.dumps(self.sidecar(), indent=1)
+            with temp_dir_beside(path) as tmp:
+                save_model(self.model, tmp / path.name)
+                (tmp / side.name).write_text(text, encoding="utf-8")
+                data = tmp / f"{path.name}.data"
+                if data.exists():
+                    os.replace(data, path.with_name(data.name))
+                os.replace(tmp / side.name, side)
+                os.replace(tmp / path.name, path)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot write the model ({exc.strerror or exc})") from exc
         return path
+
+
+def check_output_path(output: str | os.PathLike, source: str | os.PathLike | None = None,
+                      ) -> Path:
+    """Refuse an output that would destroy something or cannot be written: not `.onnx`, an
+    existing folder, the input itself (any spelling, symlinks followed, hard links too), or a
+    folder onnxvq cannot write to. Called before calibration so a bad `-o` costs nothing."""
+    if not isinstance(output, str | os.PathLike):
+        raise UsageError(f"output must be a path, got {type(output).__name__}")
+    out = Path(output)
+    if out.is_dir():
+        raise UsageError(f"-o {out}: is a directory; give the output model's file name")
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"-o {out}: the output must end in .onnx (its sidecar is written "
+                         f"beside it as {out.with_suffix('.json').name})")
+    if source is not None and _same_file(out, Path(source)):
+        raise UsageError(f"-o {out}: is the input model {source}; choose another output name")
+    _check_writable(out.parent if str(out.parent) else Path("."))
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_writable(folder: Path) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{folder}: {existing} is not a folder, cannot write the output there")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot write the output there "
+                         f"({exc.strerror or exc})") from None
 
 
 def _version() -> str:
     from onnxvq import __version__
 
     return __version__
+
+
+def model_bytes(path: str | os.PathLike) -> int:
+    """Size of a model on disk, its external data files included."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    total = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # an unreadable file: count what is there
+        return total
+    locations = set()
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            locations.update(e.value for e in init.external_data if e.key == "location")
+    return total + sum((path.parent / loc).stat().st_size for loc in locations
+                       if (path.parent / loc).is_file())

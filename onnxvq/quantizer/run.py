@@ -12,11 +12,13 @@ from collections.abc import Callable
 
 import onnx
 
-from onnxvq.calibrate import batches, make_observer, open_source
+from onnxvq.calibrate import batches, make_observer
 from onnxvq.calibrate.collect import collect
 from onnxvq.calibrate.fq import FqCalibration
-from onnxvq.calibrate.preprocess import Preprocess, resolve_preprocess
+from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.calibrate.spec import DataSpec
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.errors import UsageError
 from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
 from onnxvq.core.pipeline import PassContext, Validate
@@ -30,21 +32,23 @@ log = logging.getLogger(__name__)
 
 def quantize(
     model: str | os.PathLike | onnx.ModelProto,
-    calib: str | os.PathLike | None = None,
-    config: QuantConfig | None = None,
+    calib: DataSpec | str | os.PathLike | None = None,
+    config: QuantConfig | dict | None = None,
     *,
     preprocess: Preprocess | None = None,
     progress: Callable[[int], None] | None = None,
     validate: Validate | None = None,
 ) -> QuantResult:
-    """Quantize an FP32 ViT. `calib` is an image folder, a .npy/.npz file or folder, or None for
-    Gaussian noise (data-free; logged as a warning, expect lower accuracy).
+    """Quantize an FP32 ViT. `calib` is a `DataSpec`, an image folder, a .npy/.npz file or folder,
+    or None for Gaussian noise (data-free; logged as a warning, expect lower accuracy). `config` is
+    a QuantConfig or a dict of its fields; its calib_size/batch_size/seed set the sample count.
 
     One graph for the whole run: the model is imported once, canonicalised, recognised and planned
     on, then quantized in place; it is exported and checked once per stage (`validate="each"`, or
     `ONNXVQ_VALIDATE=each`, checks after every pass instead)."""
-    cfg = config or QuantConfig()
-    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    cfg = QuantConfig.coerce(config)
+    spec = calibration_spec(calib, cfg, preprocess)
+    proto = model_proto(model)
     graph = to_graph(proto)
     canonical, canon_report = canonical_pipeline(cfg).run_graph(graph, like=proto,
                                                                 validate=validate, numeric="none")
@@ -55,7 +59,7 @@ def quantize(
                     "will be quantized")
     the_plan = plan(graph, structure, cfg)
     fq = FqCalibration(the_plan, structure, cfg)
-    qparams, calib_info, fq_params = calibrate(canonical, the_plan, calib, cfg, preprocess,
+    qparams, calib_info, fq_params = calibrate(canonical, the_plan, spec, cfg, None,
                                                progress, fq)
     ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
                       fq_params=fq_params)
@@ -63,7 +67,31 @@ def quantize(
                                                        validate=validate, numeric="none")
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
     return QuantResult(out, cfg, structure, the_plan, qparams, weights, report.passes, calib_info,
-                       fq_params, canonicalization=canon_report, canonical=canonical)
+                       fq_params, canonicalization=canon_report, canonical=canonical,
+                       data_spec=spec)
+
+
+def model_proto(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if not isinstance(model, str | os.PathLike):
+        raise UsageError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    return load_model(model)
+
+
+def calibration_spec(calib, cfg: QuantConfig, preprocess: Preprocess | None) -> DataSpec:
+    """The calibration DataSpec: `calib` with the config's sample count, batch size and seed."""
+    if calib is not None and not isinstance(calib, DataSpec | str | os.PathLike):
+        raise UsageError(f"calibration data must be a DataSpec, a path or None, got "
+                         f"{type(calib).__name__} {calib!r:.40}")
+    spec = DataSpec.coerce(calib, preprocess=preprocess)
+    for field, value in (("samples", cfg.calib_size), ("batch_size", cfg.batch_size),
+                         ("seed", cfg.seed)):
+        given = getattr(spec, field)
+        if given is not None and given != value and not (field == "seed" and given == 0):
+            raise UsageError(f"the DataSpec's {field}={given} contradicts the QuantConfig "
+                             f"({value}); set it in the QuantConfig")
+    return spec.with_(samples=cfg.calib_size, batch_size=cfg.batch_size, seed=cfg.seed)
 
 
 def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConfig,
@@ -71,13 +99,13 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
               ) -> tuple[dict[str, ActivationQParams], dict, FqParams]:
     """One ORT run over the calibration data (two with PTS: its per-channel shifts need the
     range first); returns qparams per activation site, a summary, and the PTS/LIS parameters."""
+    spec = calib if isinstance(calib, DataSpec) else calibration_spec(calib, cfg, preprocess)
     inp = model.graph.input[0]
-    dims = inp.type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else "N" for d in dims]
-    source = open_source(calib, preprocess or resolve_preprocess("imagenet"), cfg.calib_size, shape)
-    if calib is None:
+    prep = spec.resolve_preprocess()
+    source = spec.open(model)
+    if spec.source is None:
         log.warning("NO CALIBRATION DATA: calibrating on %d samples of Gaussian noise. Accuracy "
-                    "will be lower than with real images; pass --calib DIR.", len(source))
+                    "will be lower than with real images; pass --data DIR.", len(source))
     opts = {"ema": {"momentum": cfg.momentum}, "percentile": {"tail": cfg.percentile}}
     t0 = time.perf_counter()
     sites = [s.tensor for s in the_plan.activations]
@@ -100,6 +128,6 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
                                                  (float(lo), float(hi)), site.role)
     fq_params = (fq.finish(model, observers, qparams, batches(source, cfg.batch_size, inp.name))
                  if fq is not None else FqParams())
-    info = {"source": str(calib) if calib else "gaussian-noise", "samples": len(source),
-            "method": cfg.method, "seconds": round(time.perf_counter() - t0, 3)}
+    info = {**spec.record(prep, len(source)), "method": cfg.method,
+            "seconds": round(time.perf_counter() - t0, 3)}
     return qparams, info, fq_params

@@ -16,14 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxvq.calibrate import batches, resolve_preprocess
-from onnxvq.calibrate.data import ImageFolder, check_shape
+from onnxvq.calibrate import batches
+from onnxvq.calibrate.data import ImageFolder, check_shape, model_input
 from onnxvq.calibrate.preprocess import Preprocess
-from onnxvq.core.errors import OnnxvqError
+from onnxvq.calibrate.spec import DataSpec, preprocess_to_dict, recorded_preprocess
+from onnxvq.core.errors import CalibrationError, OnnxvqError, UsageError
+from onnxvq.core.metrics import top1_agreement
 from onnxvq.core.runtime import make_session
 from onnxvq.verify.compare import as_model
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -35,43 +39,54 @@ class Evaluation:
     ref_top1: float | None
     agreement: float | None  # fraction of images where model and reference predict the same class
     seconds: float
+    preprocess: dict | None = None
 
     def to_dict(self) -> dict:
         return dict(vars(self))
 
 
-def evaluate(model: str | os.PathLike | onnx.ModelProto, data_dir: str | os.PathLike,
-             preset: str | Preprocess = "imagenet", *,
-             ref: str | os.PathLike | onnx.ModelProto | None = None, batch_size: int = 64,
-             limit: int | None = None, threads: int | None = None,
+def evaluate(model: str | os.PathLike | onnx.ModelProto,
+             data: DataSpec | str | os.PathLike,
+             preset: str | Preprocess | None = None, *,
+             ref: str | os.PathLike | onnx.ModelProto | None = None,
+             batch_size: int | None = None, limit: int | None = None, seed: int | None = None,
+             threads: int | None = None,
              progress: Callable[[int], None] | None = None) -> Evaluation:
-    """Top-1/top-5 of `model` on the images under `data_dir` (`limit`: an evenly strided, class
-    balanced subset); with `ref`, also the reference's top-1 and the top-1 agreement."""
-    preprocess = preset if isinstance(preset, Preprocess) else resolve_preprocess(preset)
+    """Top-1/top-5 of `model` on the images of `data` (an ImageFolder root or a DataSpec whose
+    source is one; `limit`: an evenly strided, class balanced subset); with `ref`, also the
+    reference's top-1 and the top-1 agreement. Without preprocessing settings it uses the ones
+    recorded in `model`'s (else `ref`'s) sidecar, else imagenet."""
+    spec = DataSpec.coerce(data, preset=preset if isinstance(preset, str) else None,
+                           preprocess=preset if isinstance(preset, Preprocess) else None,
+                           samples=limit, batch_size=batch_size, seed=seed)
+    if spec.source is None:
+        raise UsageError("eval needs --data: an ImageFolder root <root>/<class>/<image>")
+    preprocess = spec.resolve_preprocess(recorded_preprocess(model) or recorded_preprocess(ref))
     proto = as_model(model)
-    source = ImageFolder(data_dir, preprocess, limit)
+    source = ImageFolder(spec.source, preprocess, spec.samples, spec.seed)
     if not source.classes or (source.labels < 0).any():
-        raise OnnxvqError(f"{data_dir}: expected an ImageFolder layout <root>/<class>/<image>")
-    inp = proto.graph.input[0]
-    shape = [d.dim_value if d.HasField("dim_value") else "N"
-             for d in inp.type.tensor_type.shape.dim]
-    check_shape(source.sample_shape, shape, str(data_dir))
+        raise CalibrationError(f"{spec.source}: expected an ImageFolder layout "
+                               "<root>/<class>/<image>")
+    name, shape = model_input(proto)
+    check_shape(source.sample_shape, shape, str(spec.source))
     sessions = [make_session(proto, threads=threads)]
     if ref is not None:
         sessions.append(make_session(as_model(ref), threads=threads))
     hits = np.zeros((len(sessions), 2), dtype=np.int64)  # [model, top1/top5]
     agree, started = 0, time.perf_counter()
-    for feeds, labels in batches(source, batch_size, inp.name, progress, with_labels=True):
+    for feeds, labels in batches(source, spec.batch_size or DEFAULT_BATCH, name, progress,
+                                 with_labels=True):
         logits = [_logits(s, feeds, len(source.classes)) for s in sessions]
         for i, z in enumerate(logits):
             hits[i] += _topk_hits(z, labels)
         if ref is not None:
-            agree += int((logits[0].argmax(1) == logits[1].argmax(1)).sum())
+            agree += top1_agreement(logits[1], logits[0])
     n = len(source)
     result = Evaluation(n, len(source.classes), float(hits[0, 0] / n), float(hits[0, 1] / n),
                         float(hits[1, 0] / n) if ref is not None else None,
                         agree / n if ref is not None else None,
-                        round(time.perf_counter() - started, 3))
+                        round(time.perf_counter() - started, 3),
+                        preprocess=preprocess_to_dict(preprocess))
     log.info("evaluated %d images: top-1 %.4f", n, result.top1)
     return result
 

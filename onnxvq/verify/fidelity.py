@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxvq.core.metrics import Running, sample_cosines, top1_agreement
 from onnxvq.core.runtime import make_session, random_inputs
 
 
@@ -25,20 +26,15 @@ def fidelity(fp32: onnx.ModelProto | str, quant: onnx.ModelProto | str,
              feeds: Iterable[Mapping[str, np.ndarray]]) -> Fidelity:
     a_sess, b_sess = make_session(fp32), make_session(quant)
     out = a_sess.get_outputs()[0].name
-    cos, agree, n, sig, noise, worst = [], 0, 0, 0.0, 0.0, 0.0
+    total, cos, agree = Running(), [], 0
     for f in feeds:
-        batch = len(next(iter(f.values())))
-        a = a_sess.run([out], dict(f))[0].astype(np.float64).reshape(batch, -1)
-        b = b_sess.run([out], dict(f))[0].astype(np.float64).reshape(a.shape)
-        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cos.extend((a * b).sum(1) / np.maximum(denom, 1e-30))
-        agree += int((a.argmax(1) == b.argmax(1)).sum())
-        n += len(a)
-        sig += float((a**2).sum())
-        noise += float(((a - b) ** 2).sum())
-        worst = max(worst, float(np.abs(a - b).max()))
-    sqnr = float("inf") if noise == 0 else 10 * np.log10(sig / noise)
-    return Fidelity(n, float(np.mean(cos)), sqnr, worst, agree / max(n, 1))
+        a = a_sess.run([out], dict(f))[0]
+        b = b_sess.run([out], dict(f))[0]
+        total.update(a, b)
+        cos.extend(sample_cosines(a, b))
+        agree += top1_agreement(a, b)
+    n = len(cos)
+    return Fidelity(n, float(np.mean(cos)), total.sqnr_db, total.max_abs, agree / max(n, 1))
 
 
 def latency_ms(model: onnx.ModelProto | str, *, batch: int = 1, threads: int = 2,

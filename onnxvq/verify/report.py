@@ -23,14 +23,16 @@ import onnx
 from onnxvq.calibrate.collect import expose
 from onnxvq.calibrate.observers import PerChannelMinMax
 from onnxvq.calibrate.preprocess import Preprocess
-from onnxvq.core.errors import OnnxvqError
+from onnxvq.calibrate.spec import DataSpec, recorded_preprocess
+from onnxvq.core.files import write_atomic
 from onnxvq.core.runtime import make_session
 from onnxvq.verify import report_plots as plots
-from onnxvq.verify.compare import as_model, input_feeds
+from onnxvq.verify.compare import as_model
 from onnxvq.verify.sensitivity import PointError, canonical_structure, layer_sqnr
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SAMPLES = 32
 _MAX_PROBS = 2_000_000  # values kept for the Softmax histogram
 
 
@@ -43,24 +45,28 @@ class ReportData:
     probs: np.ndarray | None
 
 
-def write_report(fp32_model, quant, data: str | os.PathLike | None,
+def write_report(fp32_model, quant, data: DataSpec | str | os.PathLike | None,
                  path: str | os.PathLike, *, preprocess: Preprocess | None = None,
-                 samples: int | None = 32, batch_size: int = 16) -> Path:
+                 samples: int | None = None, batch_size: int | None = None,
+                 seed: int | None = None) -> Path:
     """Write the report for `fp32_model` quantized as `quant` (a QuantResult, a quantized .onnx
     with its `<name>.json` sidecar beside it, or a sidecar dict: then no SQNR section) on `data`
-    (the calibration images/tensors, or None for noise). Returns the path written."""
+    (a DataSpec or the calibration images/tensors, None for noise; default 32 samples, with the
+    sidecar's preprocessing unless given). Returns the path written."""
     q_model, sidecar = _quant_parts(quant)
+    spec = DataSpec.coerce(data, preprocess=preprocess, samples=samples, batch_size=batch_size,
+                           seed=seed)
+    spec = spec.with_(preprocess=spec.resolve_preprocess(recorded_preprocess(sidecar)),
+                      samples=spec.samples or DEFAULT_SAMPLES)
     canonical, structure = canonical_structure(fp32_model)
     points = None
     if q_model is not None:
-        points = layer_sqnr((canonical, structure), q_model, data, preprocess=preprocess,
-                            samples=samples, batch_size=batch_size)
+        points = layer_sqnr((canonical, structure), q_model, spec)
     att = structure.attentions[len(structure.attentions) // 2] if structure.attentions else None
     lns = [ln.input for ln in structure.layernorms]
-    ranges, probs = _statistics(canonical, lns, att.probs if att else None, data, preprocess,
-                                samples, batch_size)
+    ranges, probs = _statistics(canonical, lns, att.probs if att else None, spec)
     report = ReportData(sidecar, points, ranges, att.probs if att else None, probs)
-    return _write_atomic(Path(path), render_html(report))
+    return write_atomic(Path(path), render_html(report), what="report")
 
 
 def _quant_parts(quant) -> tuple[onnx.ModelProto | None, dict]:
@@ -76,8 +82,8 @@ def _quant_parts(quant) -> tuple[onnx.ModelProto | None, dict]:
     return as_model(path), sidecar
 
 
-def _statistics(canonical: onnx.ModelProto, ln_inputs: list[str], probs: str | None, data,
-                preprocess, samples, batch_size):
+def _statistics(canonical: onnx.ModelProto, ln_inputs: list[str], probs: str | None,
+                spec: DataSpec):
     """One FP32 run: per-channel min/max of each LayerNorm input and the values of `probs`."""
     names = list(dict.fromkeys(ln_inputs + ([probs] if probs else [])))
     graph_inputs = {i.name for i in canonical.graph.input}
@@ -87,8 +93,7 @@ def _statistics(canonical: onnx.ModelProto, ln_inputs: list[str], probs: str | N
     sess = make_session(expose(canonical, names))
     observers = {n: PerChannelMinMax(n, axis=-1) for n in ln_inputs if n in names}
     kept: list[np.ndarray] = []
-    for feeds in input_feeds(canonical, data, preprocess=preprocess, samples=samples,
-                             batch_size=batch_size):
+    for feeds in spec.feeds(canonical, samples=DEFAULT_SAMPLES, batch_size=16):
         values = dict(zip(names, sess.run(names, feeds), strict=True))
         for name, obs in observers.items():
             obs.update(values[name])
@@ -199,18 +204,6 @@ def _table(header: tuple[str, ...], rows) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
                    for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OnnxvqError(f"{path}: cannot write the report ({exc})") from exc
-    return path
 
 
 _HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>onnxvq report</title><style>

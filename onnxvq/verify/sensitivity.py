@@ -20,22 +20,25 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 
 from onnxvq.calibrate.collect import expose
 from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.calibrate.spec import DataSpec, recorded_preprocess
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.core.graph import to_graph, to_model
-from onnxvq.core.runtime import make_session
+from onnxvq.core.metrics import Running, top1_agreement
 from onnxvq.passes.pipelines import canonicalize
 from onnxvq.recognise.model import recognise_model
 from onnxvq.recognise.structure import Block, ViTStructure
-from onnxvq.verify.compare import as_model, input_feeds, sqnr_db
+from onnxvq.verify import comparator
+from onnxvq.verify.compare import as_model
 
 log = logging.getLogger(__name__)
 
 Model = str | os.PathLike | onnx.ModelProto
+DEFAULT_SAMPLES = 32
+DEFAULT_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,13 @@ def block_nodes(block: Block) -> set[str]:
 
 
 def layer_sqnr(fp32: Model | tuple[onnx.ModelProto, ViTStructure], quant: Model,
-               data: str | os.PathLike | None = None, *,
-               preprocess: Preprocess | None = None, samples: int | None = 32,
-               batch_size: int = 16, progress: Callable[[int], None] | None = None,
-               ) -> list[PointError]:
+               data: DataSpec | str | os.PathLike | None = None, *,
+               preprocess: Preprocess | None = None, samples: int | None = None,
+               batch_size: int | None = None, seed: int | None = None,
+               progress: Callable[[int], None] | None = None) -> list[PointError]:
     """SQNR of the quantized model at every recognised point, worst first. `fp32` may also be a
-    `(canonical model, structure)` pair from `canonical_structure` to skip canonicalising again."""
+    `(canonical model, structure)` pair from `canonical_structure` to skip canonicalising again.
+    Both models run through the Polygraphy comparator, one batch at a time."""
     canonical, structure = fp32 if isinstance(fp32, tuple) else canonical_structure(fp32)
     q = as_model(quant)
     produced = {o for n in q.graph.node for o in n.output}
@@ -116,32 +120,28 @@ def layer_sqnr(fp32: Model | tuple[onnx.ModelProto, ViTStructure], quant: Model,
     if not points:
         raise OnnxvqError("no measurement point of the FP32 model exists in the quantized model")
     names = [p.tensor for p in points]
-    sess_ref, sess_q = make_session(expose(canonical, names)), make_session(expose(q, names))
-    acc = np.zeros((len(names), 3))  # sum ref^2, sum err^2, sum ref*q
-    qq = np.zeros(len(names))
-    for feeds in input_feeds(canonical, data, preprocess=preprocess, samples=samples,
-                             batch_size=batch_size, progress=progress):
-        for i, (a, b) in enumerate(zip(sess_ref.run(names, feeds), sess_q.run(names, feeds),
-                                       strict=True)):
-            a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-            acc[i] += (a @ a, (a - b) @ (a - b), a @ b)
-            qq[i] += b @ b
-    result = [PointError(p, sqnr_db(s, n), _cosine(d, s, e))
-              for p, (s, n, d), e in zip(points, acc, qq, strict=True)]
+    runners = [comparator.ort_runner(expose(canonical, names), "fp32"),
+               comparator.ort_runner(expose(q, names), "quant")]
+    acc = [Running() for _ in names]
+    for feeds in _feeds(canonical, quant, data, preprocess, samples, batch_size, seed, progress):
+        results = comparator.run(runners, [feeds])
+        ref, got = results["fp32"][0], results["quant"][0]
+        for name, running in zip(names, acc, strict=True):
+            running.update(ref[name], got[name])
+    result = [PointError(p, r.sqnr_db, r.cosine) for p, r in zip(points, acc, strict=True)]
     return sorted(result, key=lambda r: (r.sqnr_db, r.probe.order))
 
 
-def block_damage(fp32: Model, quant: Model, data: str | os.PathLike | None = None, *,
-                 preprocess: Preprocess | None = None, samples: int | None = 32,
-                 batch_size: int = 16, progress: Callable[[int], None] | None = None,
-                 ) -> list[UnitDamage]:
+def block_damage(fp32: Model, quant: Model, data: DataSpec | str | os.PathLike | None = None, *,
+                 preprocess: Preprocess | None = None, samples: int | None = None,
+                 batch_size: int | None = None, seed: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[UnitDamage]:
     """Quantize one block at a time (all else FP32) and rank blocks by output SQNR, worst first.
     `progress(1)` is called after each unit."""
     canonical, structure = canonical_structure(fp32)
     q = as_model(quant)
-    feeds = list(input_feeds(canonical, data, preprocess=preprocess, samples=samples,
-                             batch_size=batch_size))
-    reference = _outputs(canonical, feeds)
+    feeds = list(_feeds(canonical, quant, data, preprocess, samples, batch_size, seed, None))
+    reference = comparator.run([comparator.ort_runner(canonical, "fp32")], feeds)["fp32"]
     per_block = [block_nodes(b) for b in structure.blocks]
     every = {n.name for n in canonical.graph.node}
     units = {f"block {b.index}": nodes for b, nodes in zip(structure.blocks, per_block,
@@ -150,10 +150,18 @@ def block_damage(fp32: Model, quant: Model, data: str | os.PathLike | None = Non
     ranked = []
     for unit, keep in units.items():
         partial = keep_quantized(q, canonical, keep)
-        ranked.append(_damage(unit, reference, _outputs(partial, feeds)))
+        got = comparator.run([comparator.ort_runner(partial, unit)], feeds)[unit]
+        ranked.append(_damage(unit, reference, got))
         if progress is not None:
             progress(1)
     return sorted(ranked, key=lambda u: u.sqnr_db)
+
+
+def _feeds(canonical, quant, data, preprocess, samples, batch_size, seed, progress):
+    spec = DataSpec.coerce(data, preprocess=preprocess, samples=samples, batch_size=batch_size,
+                           seed=seed)
+    return spec.feeds(canonical, samples=DEFAULT_SAMPLES, batch_size=DEFAULT_BATCH,
+                      recorded=recorded_preprocess(quant), progress=progress)
 
 
 def keep_quantized(quant: onnx.ModelProto, canonical: onnx.ModelProto,
@@ -233,26 +241,14 @@ def canonical_structure(fp32: Model) -> tuple[onnx.ModelProto, ViTStructure]:
     return canonical, recognise_model(canonical)
 
 
-def _outputs(model: onnx.ModelProto, feeds: list[dict]) -> list[list[np.ndarray]]:
-    sess = make_session(model)
-    return [sess.run(None, f) for f in feeds]
-
-
-def _damage(unit: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> UnitDamage:
-    signal = noise = 0.0
-    same = total = 0
-    for ref_batch, got_batch in zip(ref, got, strict=True):
-        for a, b in zip(ref_batch, got_batch, strict=True):
-            a, b = a.astype(np.float64), b.astype(np.float64)
-            signal += float((a * a).sum())
-            noise += float(((a - b) ** 2).sum())
-        a, b = ref_batch[0].reshape(len(ref_batch[0]), -1), got_batch[0].reshape(
-            len(got_batch[0]), -1)
-        same += int((a.argmax(1) == b.argmax(1)).sum())
-        total += len(a)
-    return UnitDamage(unit, sqnr_db(signal, noise), same / max(total, 1))
-
-
-def _cosine(dot: float, ref_sq: float, q_sq: float) -> float:
-    denom = np.sqrt(ref_sq) * np.sqrt(q_sq)
-    return float(np.clip(dot / denom, -1.0, 1.0)) if denom > 0 else float(ref_sq == q_sq)
+def _damage(unit: str, ref, got) -> UnitDamage:
+    """Output SQNR over every output and top-1 agreement on the first, over all iterations."""
+    total = Running()
+    same = count = 0
+    for ref_it, got_it in zip(ref, got, strict=True):
+        for name in ref_it.keys():
+            total.update(ref_it[name], got_it[name])
+        first = next(iter(ref_it.keys()))
+        same += top1_agreement(ref_it[first], got_it[first])
+        count += len(ref_it[first])
+    return UnitDamage(unit, total.sqnr_db, same / max(count, 1))

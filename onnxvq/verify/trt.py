@@ -22,28 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
-
-from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.errors import BackendUnavailable, EngineBuildError
+from onnxvq.core.files import write_atomic
+from onnxvq.core.metrics import Running
 
 log = logging.getLogger(__name__)
+
+__all__ = ["BackendUnavailable", "ComparisonReport", "EngineBuildError", "EngineConfig",
+           "EngineReport", "build_engine", "compare_with_ort", "unavailable_reason"]
+
+ORT_RUNNER = "onnxrt"
+TRT_RUNNER = "tensorrt"
 
 INSTALL_HINT = (
     "pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu13 "
     "(the libs wheel is served by pypi.nvidia.com only)"
 )
-
-
-class BackendUnavailable(OnnxvqError):
-    """A backend (TensorRT, a GPU) that the request needs is not present on this machine."""
-
-    exit_code = 7
-
-
-class EngineBuildError(OnnxvqError):
-    """TensorRT could not parse the model or build an engine from it."""
-
-    exit_code = 8
 
 
 @dataclass(frozen=True)
@@ -141,7 +135,7 @@ def build_engine(
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT failed to build an engine (see its log)")
     data = bytes(serialized)
-    _write_atomic(out, data)
+    write_atomic(out, data, what="engine")
     plugins = _plugin_layers(trt, network)
     del parser  # the parser owns the weights the network points at: it must outlive the build
     log.info("built %s in %.1fs (%d layers, plugins %s)", out, seconds, network.num_layers, plugins)
@@ -160,33 +154,30 @@ def compare_with_ort(
 ) -> ComparisonReport:
     """Run the TensorRT engine and ONNX Runtime (with onnxvq's custom ops) on the same inputs.
 
-    Builds the engine first when `engine_path` is None. Uses Polygraphy's TrtRunner and
-    OnnxrtRunner and its simple comparison (elementwise atol/rtol).
+    Builds the engine first when `engine_path` is None. Goes through `verify.comparator`
+    (Polygraphy's TrtRunner against OnnxrtRunner, SimpleCompareFunc for atol/rtol).
     """
     require_tensorrt()
-    from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
 
     from onnxvq.core.runtime import make_session, random_inputs
     from onnxvq.plugins.trt import register_plugins
+    from onnxvq.verify import comparator
 
     register_plugins()
     with tempfile.TemporaryDirectory(prefix="onnxvq-trt-") as tmp:
         if engine_path is None:
             engine_path = build_engine(onnx_path, Path(tmp) / "m.engine", config=config).engine_path
-        session = make_session(str(onnx_path))
-        feeds = random_inputs(session, batch=batch, seed=seed)
-        runners = [
-            TrtRunner(EngineFromBytes(Path(engine_path).read_bytes())),
-            OnnxrtRunner(session),
-        ]
-        results = Comparator.run(runners, data_loader=[feeds])
-    accuracy = Comparator.compare_accuracy(
-        results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)
-    )
-    errors = _max_abs_errors(results)
-    return ComparisonReport(bool(accuracy), batch, errors, atol, rtol)
+        feeds = random_inputs(make_session(str(onnx_path)), batch=batch, seed=seed)
+        runners = [comparator.ort_runner(str(onnx_path), ORT_RUNNER),
+                   TrtRunner(EngineFromBytes(Path(engine_path).read_bytes()), name=TRT_RUNNER)]
+        results = comparator.run(runners, [feeds])
+    verdicts = comparator.tolerance_verdicts(results, ORT_RUNNER, TRT_RUNNER, atol=atol,
+                                             rtol=rtol)
+    errors = {name: Running().update(comparator.concatenated(results, ORT_RUNNER, name),
+                                     comparator.concatenated(results, TRT_RUNNER, name)).max_abs
+              for name in comparator.output_names(results, ORT_RUNNER)}
+    return ComparisonReport(all(verdicts.values()), batch, errors, atol, rtol)
 
 
 def _network_flags(trt: ModuleType) -> int:
@@ -237,26 +228,3 @@ def _plugin_layers(trt: ModuleType, network) -> tuple[str, ...]:
     kinds = {getattr(trt.LayerType, k, None) for k in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3")}
     layers = (network.get_layer(i) for i in range(network.num_layers))
     return tuple(layer.name for layer in layers if layer.type in kinds - {None})
-
-
-def _max_abs_errors(results) -> dict[str, float]:
-    (_, trt_iters), (_, ort_iters) = results.items()
-    errors: dict[str, float] = {}
-    for trt_out, ort_out in zip(trt_iters, ort_iters, strict=True):
-        for name, ref in ort_out.items():
-            got = np.asarray(trt_out[name], dtype=np.float64)
-            diff = np.abs(got - np.asarray(ref, dtype=np.float64))
-            errors[name] = max(errors.get(name, 0.0), float(diff.max(initial=0.0)))
-    return errors
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -20,7 +20,7 @@ from onnxvq.calibrate import (
     resolve_preprocess,
 )
 from onnxvq.calibrate.data import strided
-from onnxvq.core.errors import CalibrationError
+from onnxvq.core.errors import CalibrationError, UsageError
 
 CIFAR = PRESETS["cifar10"]
 
@@ -69,16 +69,16 @@ def test_presets_and_overrides(tmp_path):
     p = resolve_preprocess("imagenet", size=384, mean=(0.1, 0.2, 0.3))
     assert (p.size, p.crop, p.mean) == (426, 384, (0.1, 0.2, 0.3))
     assert resolve_preprocess("imagenet", size=224).size == 248
-    with pytest.raises(CalibrationError, match="unknown preprocessing preset"):
+    with pytest.raises(UsageError, match="unknown preprocessing preset"):
         resolve_preprocess("coco")
     cfg = tmp_path / "pre.json"
     cfg.write_text(json.dumps({"preset": "cifar10", "layout": "NHWC", "std": [1, 1, 1]}))
     loaded = load_preprocess_config(cfg)
     assert loaded.layout == "NHWC" and loaded.std == (1.0, 1.0, 1.0) and loaded.crop == 32
     cfg.write_text(json.dumps({"sizes": 3}))
-    with pytest.raises(CalibrationError, match="unknown preprocessing fields"):
+    with pytest.raises(UsageError, match="unknown preprocessing fields"):
         load_preprocess_config(cfg)
-    with pytest.raises(CalibrationError, match="crop"):
+    with pytest.raises(UsageError, match="crop"):
         Preprocess(size=10, crop=32)
 
 
