@@ -17,6 +17,7 @@ import onnx
 
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.pipeline import Pipeline, PipelineReport
+from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.passes.fold_constants import FoldConstants
 from onnxvq.passes.fold_requantize import FoldRequantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
@@ -29,9 +30,10 @@ from onnxvq.passes.remove_softmax_nan_guard import RemoveSoftmaxNanGuard
 from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
 from onnxvq.passes.replace_softmax import ReplaceSoftmax
 
-# Every command starts here: constants and shape noise folded, LayerNorm fused, the SDPA NaN guard
-# dropped, the attention scale one Mul on Q·Kᵀ (the form the recogniser and FQ-ViT expect).
-CANONICAL = Pipeline((FoldConstants(), FoldStaticShapes(), FuseLayerNorm(),
+# Every command starts here: constants and shape noise folded, BatchNorm folded into Convs,
+# LayerNorm fused, the SDPA NaN guard dropped, the attention scale one Mul on Q·Kᵀ (the form the
+# recogniser and FQ-ViT expect).
+CANONICAL = Pipeline((FoldConstants(), FoldBatchNorm(), FoldStaticShapes(), FuseLayerNorm(),
                       RemoveSoftmaxNanGuard(), NormalizeAttentionScale()), infer_shapes=True)
 
 # TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral); quantization

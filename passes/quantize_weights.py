@@ -45,8 +45,6 @@ def refuse(node: gs.Node) -> str | None:
             return "Gemm with transA"
         if node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
             return "Gemm with alpha/beta != 1"
-    if node.op == "Conv" and node.attrs.get("group", 1) != 1:
-        return "grouped/depthwise Conv kept float (per-channel int8 gains little there)"
     if node.op == "MatMul" and len(node.inputs[1].shape) != 2:
         return "MatMul weight is not 2-D"
     return None

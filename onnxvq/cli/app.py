@@ -44,7 +44,7 @@ def inspect(model: o.Fp32, as_json: o.Json = False) -> None:
         emit_json(result.to_dict())
     else:
         render_inspection(console, result)
-    if not result.structure.is_vit:
+    if not result.structure.is_vit and not result.structure.is_cnn:
         raise fail(UnsupportedModelError(f"{model}: no transformer blocks found"))
 
 

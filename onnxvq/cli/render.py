@@ -41,8 +41,22 @@ def render_inspection(console: Console, result: Inspection) -> None:
     if summ["unrecognised"]:
         ops = ", ".join(f"{op}×{n}" for op, n in summ["unrecognised"].items())
         console.print(f"[dim]not part of a recognised unit (shape arithmetic, layout): {ops}[/]")
-    if not s.is_vit:
+    if s.is_cnn:
+        console.print(_cnn_table(s.cnn))
+    elif not s.is_vit:
         console.print("[yellow]no transformer blocks found[/]")
+
+
+def _cnn_table(cnn) -> Table:
+    t = Table(title="convolutional network (no transformer blocks)", show_header=False,
+              title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for key, value in cnn.counts.items():
+        t.add_row(key.replace("_", " "), str(value))
+    t.add_row("activations", ", ".join(f"{k}×{v}" for k, v in sorted(cnn.activations.items()))
+              or "-")
+    return t
 
 
 def _blocks_table(result: Inspection) -> Table:

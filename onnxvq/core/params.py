@@ -41,6 +41,7 @@ class QuantPlan:
     skipped: tuple[tuple[str, str], ...]  # (node, reason)
     layernorms: tuple[str, ...] = ()  # LayerNormalization nodes replaced by IntLayerNorm (pts)
     softmaxes: tuple[str, ...] = ()  # attention Softmax nodes replaced by LogIntSoftmax (lis)
+    shared: tuple[tuple[str, str], ...] = ()  # (site, source site): same qparams (CNN placement)
 
 
 @dataclass(frozen=True)

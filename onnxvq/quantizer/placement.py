@@ -24,6 +24,7 @@ from onnxvq.core.config import QuantConfig
 from onnxvq.core.params import ActivationSite, QuantPlan, WeightSite
 from onnxvq.core.walk import weight_of
 from onnxvq.passes import quantize_weights, replace_layernorm, replace_softmax
+from onnxvq.quantizer.conv import cnn_sites, sharing
 from onnxvq.recognise.structure import ViTStructure
 
 
@@ -43,7 +44,8 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
 
     def add(tensor: gs.Tensor, node: gs.Node, role: str, bits: int) -> None:
         entry = acts.setdefault(tensor.name, ([], role, bits))
-        entry[0].append(node.name)
+        if node.name not in entry[0]:
+            entry[0].append(node.name)
 
     for node in graph.nodes:
         w = weight_of(node)
@@ -71,8 +73,12 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
                     continue
                 for t, role in zip(node.inputs[:2], roles, strict=True):
                     add(t, node, role, bits)
+    if structure.is_cnn:  # int8 Conv/Add/pool chains for ORT (quantizer/conv.py)
+        for t, node, role in cnn_sites(graph, {w.node for w in weights}):
+            add(t, node, role, cfg.a_bits)
     sites = tuple(ActivationSite(t, tuple(c), role, bits) for t, (c, role, bits) in acts.items())
-    return QuantPlan(sites, tuple(weights), tuple(skipped), norms, softmaxes)
+    shared = sharing(graph, set(acts)) if structure.is_cnn else ()
+    return QuantPlan(sites, tuple(weights), tuple(skipped), norms, softmaxes, shared)
 
 
 def _layernorm_sites(nodes, structure: ViTStructure, want, skipped: list) -> tuple[str, ...]:

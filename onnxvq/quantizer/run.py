@@ -23,6 +23,7 @@ from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
 from onnxvq.core.pipeline import PassContext, Validate
 from onnxvq.passes.pipelines import canonical_pipeline, quantization_pipeline
+from onnxvq.quantizer.conv import resolve_shared
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
 from onnxvq.recognise.model import recognise
@@ -54,7 +55,7 @@ def quantize(
                                                                 validate=validate, numeric="none")
     infer_shapes_into(graph, canonical)  # recognition reads head shapes off the graph
     structure = recognise(graph)
-    if not structure.is_vit:
+    if not structure.is_vit and not structure.is_cnn:
         log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
                     "will be quantized")
     the_plan = plan(graph, structure, cfg)
@@ -126,6 +127,7 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
         qparams[site.tensor] = ActivationQParams(float(scale), int(zp),
                                                  "int8" if signed else "uint8", site.bits,
                                                  (float(lo), float(hi)), site.role)
+    resolve_shared(qparams, the_plan.shared)
     fq_params = (fq.finish(model, observers, qparams, batches(source, cfg.batch_size, inp.name))
                  if fq is not None else FqParams())
     info = {**spec.record(prep, len(source)), "method": cfg.method,

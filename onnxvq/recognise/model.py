@@ -29,6 +29,7 @@ from onnxvq.core.walk import (
 )
 from onnxvq.recognise.activations import match_activation
 from onnxvq.recognise.blocks import assemble_blocks, head_linears, patch_embed, unclaimed_ops
+from onnxvq.recognise.cnn import summarise_cnn
 from onnxvq.recognise.structure import (
     Activation,
     Attention,
@@ -72,6 +73,8 @@ def recognise(graph: gs.Graph) -> ViTStructure:
     s.patch_embed = patch_embed(graph, s)
     s.head = head_linears(graph, s)
     s.unrecognised = unclaimed_ops(graph, s)
+    if not s.blocks:
+        s.cnn = summarise_cnn(graph)
     return s
 
 

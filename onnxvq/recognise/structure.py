@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from onnxvq.recognise.cnn import CnnSummary
+
 
 @dataclass(frozen=True)
 class Linear:
@@ -95,6 +97,7 @@ class ViTStructure:
     other_softmax: list[str] = field(default_factory=list)
     unrecognised: Counter = field(default_factory=Counter)
     opset: int = 0
+    cnn: CnnSummary | None = None  # set when no transformer block but Convs are found
 
     @property
     def counts(self) -> dict[str, int]:
@@ -109,6 +112,10 @@ class ViTStructure:
     @property
     def is_vit(self) -> bool:
         return bool(self.blocks)
+
+    @property
+    def is_cnn(self) -> bool:
+        return not self.blocks and self.cnn is not None
 
     def summary(self) -> dict:
         first = self.blocks[0] if self.blocks else None
@@ -126,10 +133,13 @@ class ViTStructure:
             "other_softmax": len(self.other_softmax),
             "unrecognised": dict(sorted(self.unrecognised.items())),
             "opset": self.opset,
+            **({"cnn": self.cnn.to_dict()} if self.is_cnn else {}),
         }
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["unrecognised"] = dict(self.unrecognised)
+        if self.cnn is not None:
+            d["cnn"] = self.cnn.to_dict()
         d["counts"] = self.counts
         return d
