@@ -22,3 +22,17 @@ class ArchitectureCounts:
     residual_adds: int
     softmax: int
     linears: int
+
+
+@dataclass(frozen=True)
+class CnnCounts:
+    """Expected counts in a CNN graph, as `onnxvq.recognise.cnn.CnnSummary.counts` reports them
+    after canonicalisation (BatchNorms folded into their Convs, so `batchnorms` counts the torch
+    modules, all of which fold)."""
+
+    convs: int
+    depthwise: int
+    batchnorms: int
+    residual_adds: int
+    pools: int
+    linears: int

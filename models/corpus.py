@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onnxvq.core.errors import OnnxvqError
-from onnxvq.models.architecture import ArchitectureCounts
+from onnxvq.models.architecture import ArchitectureCounts, CnnCounts
 
 EXPORTERS = ("torchscript13", "torchscript17", "dynamo")
 
@@ -36,7 +36,7 @@ class CorpusEntry:
     name: str
     source: str  # "timm", "huggingface" or "torchvision"
     image: int
-    counts: ArchitectureCounts
+    counts: ArchitectureCounts | CnnCounts
     options: tuple[tuple[str, str], ...] = ()  # e.g. (("attn_implementation", "sdpa"),)
 
 
@@ -80,10 +80,33 @@ UNAVAILABLE: dict[tuple[str, str], str] = {
 }
 
 
+# --- CNNs (issue 14: Sparsebit's homework models) ------------------------------------------
+# torchvision classifiers, random weights; BatchNorm statistics are set by a train-mode pass over
+# seeded noise (export.py) so that folding them changes every weight. Exported by TorchScript
+# (opset 17, which folds BN itself) and dynamo (which keeps every BatchNormalization node).
+# Pools count the pooling nodes (MobileNetV2 pools functionally, VGG's adaptive 7×7 pool of a
+# 7×7 map exports as a pool too); residual Adds are ResNet's BasicBlocks and MobileNetV2's
+# stride-1 equal-width inverted residuals.
+CNN_EXPORTERS = ("torchscript17", "dynamo")
+CNN_ENTRIES: dict[str, CorpusEntry] = {
+    e.name: e
+    for e in (
+        CorpusEntry("tv_resnet18", "torchvision", 224, CnnCounts(20, 0, 20, 8, 2, 1),
+                    (("arch", "resnet18"),)),
+        CorpusEntry("tv_mobilenet_v2", "torchvision", 224, CnnCounts(52, 17, 52, 10, 1, 1),
+                    (("arch", "mobilenet_v2"),)),
+        CorpusEntry("tv_vgg16_bn", "torchvision", 224, CnnCounts(13, 0, 13, 0, 6, 3),
+                    (("arch", "vgg16_bn"),)),
+    )
+}
+
+
 def entry(name: str) -> CorpusEntry:
-    if name not in ENTRIES:
-        raise CorpusError(f"unknown corpus model {name!r}; known: {', '.join(ENTRIES)}")
-    return ENTRIES[name]
+    found = ENTRIES.get(name) or CNN_ENTRIES.get(name)
+    if found is None:
+        known = ", ".join([*ENTRIES, *CNN_ENTRIES])
+        raise CorpusError(f"unknown corpus model {name!r}; known: {known}")
+    return found
 
 
 def corpus_dir() -> Path:
@@ -118,7 +141,7 @@ def ensure_export(name: str, exporter: str, *, force: bool = False) -> Path:
         return export_path(name, exporter)
     from onnxvq.models import export  # torch is imported only when something must be exported
 
-    export.export_entry(ENTRIES[name], exporter, export_path(name, exporter))
+    export.export_entry(entry(name), exporter, export_path(name, exporter))
     return export_path(name, exporter)
 
 

@@ -64,7 +64,8 @@ def build_module(entry: CorpusEntry) -> torch.nn.Module:
     if entry.source == "torchvision":
         import torchvision
 
-        return torchvision.models.vit_b_16(weights=None).eval()
+        arch = dict(entry.options).get("arch", "vit_b_16")
+        return torchvision.models.get_model(arch, weights=None).eval()
     raise CorpusError(f"{entry.name}: unknown source {entry.source!r}")
 
 
@@ -86,8 +87,25 @@ def reference_module(entry: CorpusEntry, exporter: str) -> torch.nn.Module:
     torch.manual_seed(0)
     module = build_module(entry)
     _spread_constant_parameters(module)
+    _set_batchnorm_statistics(module, entry)
     _prepare(module, exporter)
     return module
+
+
+def _set_batchnorm_statistics(module: torch.nn.Module, entry: CorpusEntry) -> None:
+    """Give BatchNorms the statistics of 8 seeded noise images (a train-mode pass with a
+    cumulative average), as trained CNNs have: left at mean 0 / variance 1, folding them would
+    barely change the weights and random-weight activations would grow layer after layer."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    with torch.no_grad():
+        module(_images(entry, 8, seed=3))
+    module.eval()
 
 
 def introspect_counts(module: torch.nn.Module) -> ArchitectureCounts:

@@ -4,7 +4,7 @@ A graph is a CNN when it holds at least one Conv with a constant kernel and no a
 summary counts what the CNN quantization placement acts on: convolutions (depthwise: group equal
 to the input channels and > 1), BatchNorms still separate (folded by canonicalisation when they
 follow a Conv), residual Adds (two activation inputs, one of them reached from a Conv), pools,
-linears and activations (Relu, Clip as ReLU6).
+linears and activations (Relu, Clip as ReLU6). A ReduceMean over H and W counts as a pool.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.core.walk import LAYOUT_OPS, data_inputs, producer, weight_of
+from onnxvq.core.walk import LAYOUT_OPS, const_value, data_inputs, producer, weight_of
 
 POOL_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
 ACTIVATION_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish"})
@@ -61,7 +62,7 @@ def summarise_cnn(graph: gs.Graph) -> CnnSummary | None:
     for node in graph.nodes:
         if node.op == "BatchNormalization":
             s.batchnorms += 1
-        elif node.op in POOL_OPS:
+        elif node.op in POOL_OPS or _is_spatial_mean(node):
             s.pools += 1
         elif node.op in ("MatMul", "Gemm") and weight_of(node) is not None:
             s.linears += 1
@@ -71,6 +72,16 @@ def summarise_cnn(graph: gs.Graph) -> CnnSummary | None:
             s.residuals.append(node.name)
     s.residual_adds = len(s.residuals)
     return s
+
+
+def _is_spatial_mean(node: gs.Node) -> bool:
+    """ReduceMean over H and W of an NCHW tensor: the dynamo exporter's global average pool."""
+    if node.op != "ReduceMean":
+        return False
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        axes = const_value(node.inputs[1])
+    return axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]
 
 
 def is_residual_add(node: gs.Node) -> bool:
