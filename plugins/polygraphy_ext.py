@@ -1,0 +1,154 @@
+"""onnxvq as a Polygraphy extension: plain `polygraphy run` on an onnxvq model.
+
+Registered on Polygraphy's `polygraphy.run.plugins` entry point (pyproject.toml), so
+`polygraphy run` calls `get_arg_groups()` while it builds its options. That:
+
+- makes the ONNX Runtime sessions Polygraphy creates (`--onnxrt`) register onnxvq's native
+  custom-op library (when built and not disabled by ONNXVQ_NO_NATIVE) and flush denormals, as
+  onnxvq's own sessions do, so IntLayerNorm/LogIntSoftmax/LogIntMatMul run as kernels instead of
+  their ONNX local functions;
+- registers the numpy references of the three custom ops with Polygraphy's `--pluginref` runner,
+  and a per-node fallback for every standard ONNX op (onnx's ReferenceEvaluator on that one node),
+  so `--pluginref` executes a whole quantized model.
+
+It adds no command-line options (an empty list of argument groups).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import numpy as np
+import onnx
+from onnx import helper
+
+log = logging.getLogger(__name__)
+
+_OPSETS = range(21, 12, -1)  # newest first: a node takes the newest schema its form fits
+
+
+def get_arg_groups() -> list:
+    """The entry point Polygraphy calls: install the hooks, add no options."""
+    patch_onnxrt_sessions()
+    register_references()
+    return []
+
+
+def patch_onnxrt_sessions() -> None:
+    """Polygraphy's SessionFromOnnx builds `onnxruntime.SessionOptions()` itself; hand its loader
+    an onnxruntime whose SessionOptions come with onnxvq's library and settings."""
+    from polygraphy.backend.onnxrt import loader
+
+    if not isinstance(loader.onnxrt, _OnnxvqOrt):
+        loader.onnxrt = _OnnxvqOrt()
+
+
+class _OnnxvqOrt:
+    """onnxruntime, except that SessionOptions() is onnxvq's (`core.runtime.session_options`)."""
+
+    def __getattr__(self, name: str):
+        import onnxruntime
+
+        return getattr(onnxruntime, name)
+
+    @staticmethod
+    def SessionOptions():  # noqa: N802  (the onnxruntime name it stands in for)
+        from onnxvq.core.runtime import session_options
+
+        return session_options()
+
+
+def register_references() -> None:
+    """Custom ops by their numpy reference, every other default-domain op by the fallback."""
+    from polygraphy.backend.pluginref.references import OP_REGISTRY
+
+    OP_REGISTRY.update({"IntLayerNorm": _int_layer_norm, "LogIntSoftmax": _log_int_softmax,
+                        "LogIntMatMul": _log_int_matmul})
+    for schema in onnx.defs.get_all_schemas():
+        if schema.domain in ("", "ai.onnx") and schema.name not in OP_REGISTRY:
+            OP_REGISTRY[schema.name] = _standard_op
+
+
+def _inputs(node, tensors: dict) -> list:
+    from onnx_graphsurgeon import Constant
+
+    return [None if t.is_empty() else t.values if isinstance(t, Constant) else tensors[t.name]
+            for t in node.inputs]
+
+
+def _ints(node, *names: str) -> dict[str, int]:
+    return {n: int(node.attrs[n]) for n in names if n in node.attrs}
+
+
+def _int_layer_norm(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference import int_layer_norm
+
+    x, alpha, gamma, beta = _inputs(node, tensors)
+    y = int_layer_norm(x, alpha, gamma, beta, **_ints(node, "zero_point", "epsilon",
+                                                      "gamma_shift", "output_dtype"))
+    return {node.outputs[0].name: y}
+
+
+def _log_int_softmax(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference import log_int_softmax
+
+    (x,) = _inputs(node, tensors)
+    return {node.outputs[0].name: log_int_softmax(x, **_ints(node, "x0", "b", "c", "n", "bits"))}
+
+
+def _log_int_matmul(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference import log_int_matmul
+
+    a, v = _inputs(node, tensors)
+    return {node.outputs[0].name: log_int_matmul(a, v, **_ints(node, "bits", "zero_point"))}
+
+
+def _standard_op(node, tensors: dict) -> dict:
+    """One standard node through onnx's ReferenceEvaluator (built once per node)."""
+    evaluator, names = _evaluator(node)
+    feeds = {n: np.asarray(v) for n, v in zip(names, _inputs(node, tensors), strict=True)
+             if n}
+    outs = evaluator.run(None, feeds)
+    return {t.name: o for t, o in zip(node.outputs, outs, strict=False) if not t.is_empty()}
+
+
+_EVALUATORS: dict[int, tuple] = {}
+
+
+def _evaluator(node):
+    key = id(node)
+    found = _EVALUATORS.get(key)
+    if found is not None and found[0] is node:
+        return found[1], found[2]
+    from onnx.reference import ReferenceEvaluator
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    proto = OnnxExporter.export_node(node)
+    names = [f"in{i}" if n else "" for i, n in enumerate(proto.input)]
+    outs = [f"out{i}" if n else "" for i, n in enumerate(proto.output)]
+    del proto.input[:], proto.output[:]
+    proto.input.extend(names)
+    proto.output.extend(outs)
+    graph = helper.make_graph([proto], "node", [onnx.ValueInfoProto(name=n) for n in names if n],
+                              [onnx.ValueInfoProto(name=n) for n in outs if n])
+    opset = _opset_for(node.op, tuple(sorted(node.attrs)), len(node.inputs))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    evaluator = ReferenceEvaluator(model)
+    _EVALUATORS[key] = (node, evaluator, names)
+    return evaluator, names
+
+
+@cache
+def _opset_for(op: str, attrs: tuple[str, ...], n_inputs: int) -> int:
+    """The newest opset (13..21) whose schema of `op` takes these attributes and input count
+    (ReduceMean with an `axes` attribute is opset 13 semantics; with an axes input, 18)."""
+    for version in _OPSETS:
+        try:
+            schema = onnx.defs.get_schema(op, version, "")
+        except onnx.defs.SchemaError:
+            continue
+        if set(attrs) <= set(schema.attributes) and schema.min_input <= n_inputs <= \
+                schema.max_input:
+            return version
+    return _OPSETS[0]
