@@ -28,8 +28,10 @@ def weight_scales(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     return np.maximum(amax / np.float32(qmax), _EPS).astype(np.float32)
 
 
-def quantize_weight(w: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    scale = weight_scales(w, axis, bits)
+def quantize_weight(w: np.ndarray, axis: int, bits: int,
+                    scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and scales; `scale` overrides max|w_c|/qmax (searched clipping: values beyond clip)."""
+    scale = weight_scales(w, axis, bits) if scale is None else np.asarray(scale, np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
     qmax = 2 ** (bits - 1) - 1
@@ -65,7 +67,8 @@ class QuantizeWeights(Pass):
                 result.refuse(site.node, reason)
                 continue
             w = np.asarray(node.inputs[1].values, dtype=np.float32)
-            q, scale = quantize_weight(w, site.axis, site.bits)
+            q, scale = quantize_weight(w, site.axis, site.bits,
+                                       ctx.weight_scales.get(site.node))  # searched clipping
             node.inputs[1] = _dequantize(graph, f"{site.node}/W", q, scale, site.axis)
             result.count("bytes_saved", 3 * int(w.size))
             result.records.append(WeightQParams(site.node, site.weight, site.axis, site.bits,

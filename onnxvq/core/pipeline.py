@@ -81,6 +81,7 @@ class PassContext:
     plan: QuantPlan = field(default_factory=lambda: QuantPlan((), (), ()))
     activation_qparams: Mapping[str, ActivationQParams] = field(default_factory=dict)
     fq_params: FqParams = field(default_factory=FqParams)
+    weight_scales: Mapping[str, object] = field(default_factory=dict)  # node -> searched s_w[C]
 
 
 class Pass(ABC):

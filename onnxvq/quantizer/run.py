@@ -16,6 +16,7 @@ from onnxvq.calibrate import batches, make_observer
 from onnxvq.calibrate.collect import collect
 from onnxvq.calibrate.fq import FqCalibration
 from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.calibrate.searched import SEARCH_METHODS, base_method, refine
 from onnxvq.calibrate.spec import DataSpec
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import UsageError
@@ -61,9 +62,9 @@ def quantize(
     the_plan = plan(graph, structure, cfg)
     fq = FqCalibration(the_plan, structure, cfg)
     qparams, calib_info, fq_params = calibrate(canonical, the_plan, spec, cfg, None,
-                                               progress, fq)
+                                               progress, fq, structure)
     ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
-                      fq_params=fq_params)
+                      fq_params=fq_params, weight_scales=calib_info.pop("weight_scales", {}))
     out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
                                                        validate=validate, numeric="none")
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
@@ -97,7 +98,7 @@ def calibration_spec(calib, cfg: QuantConfig, preprocess: Preprocess | None) -> 
 
 def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConfig,
               preprocess: Preprocess | None, progress, fq: FqCalibration | None = None,
-              ) -> tuple[dict[str, ActivationQParams], dict, FqParams]:
+              structure=None) -> tuple[dict[str, ActivationQParams], dict, FqParams]:
     """One ORT run over the calibration data (two with PTS: its per-channel shifts need the
     range first); returns qparams per activation site, a summary, and the PTS/LIS parameters."""
     spec = calib if isinstance(calib, DataSpec) else calibration_spec(calib, cfg, preprocess)
@@ -112,7 +113,7 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     sites = [s.tensor for s in the_plan.activations]
 
     def make(name: str):
-        return make_observer(cfg.method, name, **opts.get(cfg.method, {}))
+        return make_observer(base_method(cfg.method), name, **opts.get(cfg.method, {}))
 
     if fq is not None:
         make = fq.observer_factory(make, set(sites))
@@ -128,8 +129,13 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
                                                  "int8" if signed else "uint8", site.bits,
                                                  (float(lo), float(hi)), site.role)
     resolve_shared(qparams, the_plan.shared)
+    searched = {}
+    if cfg.method in SEARCH_METHODS:  # block-wise refinement of the base ranges (searched.py)
+        qparams, searched["weight_scales"], searched["search"] = refine(
+            model, structure, the_plan, cfg, batches(source, cfg.batch_size, inp.name),
+            len(source), inp.name, observers, qparams)
     fq_params = (fq.finish(model, observers, qparams, batches(source, cfg.batch_size, inp.name))
                  if fq is not None else FqParams())
     info = {**spec.record(prep, len(source)), "method": cfg.method,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "seconds": round(time.perf_counter() - t0, 3), **searched}
     return qparams, info, fq_params

@@ -1,0 +1,233 @@
+"""Search calibrators: choose each transformer block's scales by what its quantized output does.
+
+The base observer (OMSE) calibrates every site over all calibration data first; the search then
+refines, block by block, the activation ranges and weight clipping of the sites inside each block
+on an evenly strided subset of the calibration data (`search_samples`, default 32: memory and time
+do not grow with `calib_size`). Each block is sliced and fake-quantized once (`blockgraph`); a
+candidate is a different set of scale feeds to the same session. Blocks run in order and each one
+reads the previous quantized block's output (BRECQ's "quantized input, float target"), so a block
+compensates the error that reaches it. The objective is pluggable: `search_block` (block output
+MSE) and `search_similarity` (PTQ-for-ViT: Pearson correlation of each layer's output, with a
+ranking loss on attention scores).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxvq.calibrate.blockgraph import (
+    ActParam,
+    QuantBlock,
+    WeightParam,
+    block_bounds,
+    slice_block,
+    weight_amax,
+)
+from onnxvq.calibrate.collect import expose
+from onnxvq.calibrate.data import strided
+from onnxvq.calibrate.quant import qparams_from_range
+from onnxvq.core.runtime import make_session
+from onnxvq.recognise.structure import ViTStructure
+
+log = logging.getLogger(__name__)
+ACT_FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2, 0.15)
+WEIGHT_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5)
+
+
+@dataclass
+class SearchState:
+    """Current choice: activation (lo, hi) per tensor and weight scales per node."""
+
+    ranges: dict[str, tuple[float, float]]
+    weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    trace: list[dict] = field(default_factory=list)
+
+
+class Objective:
+    """What a search minimises. `outputs(qb)` names the tensors it reads; `loss(got, want, unit)`
+    scores one candidate, `unit` being the layer node the candidate belongs to."""
+
+    name = "?"
+    rounds = 1
+    layerwise = False  # True: the block graph also exposes every parameter-owning layer's output
+
+    def outputs(self, qb: QuantBlock, layers: list[str], node_out: Mapping[str, str]) -> list[str]:
+        raise NotImplementedError
+
+    def loss(self, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
+             unit: str) -> float:
+        raise NotImplementedError
+
+
+def strided_subset(batches: Iterable[Mapping[str, np.ndarray]], total: int, n: int,
+                   input_name: str) -> np.ndarray:
+    """The evenly strided `n` of `total` samples (class balanced on a sorted ImageFolder)."""
+    want = set(strided(total, n).tolist())
+    picked, offset = [], 0
+    for feeds in batches:
+        x = feeds[input_name]
+        idx = [i for i in range(len(x)) if offset + i in want]
+        if idx:
+            picked.append(x[idx])
+        offset += len(x)
+    return np.concatenate(picked)
+
+
+def run_chunks(sess, names: list[str], feeds: Mapping[str, np.ndarray], inp: str, x: np.ndarray,
+               batch: int) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {n: [] for n in names}
+    for i in range(0, len(x), batch):
+        outs = sess.run(names, {**feeds, inp: x[i:i + batch]})
+        for n, o in zip(names, outs, strict=True):
+            parts[n].append(o)
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, images: np.ndarray,
+                  ranges: Mapping[str, tuple[float, float]],
+                  full: Mapping[str, tuple[float, float]], objective: Objective,
+                  progress: Callable[[str], None] | None = None) -> SearchState:
+    """Refine `ranges` (the base observer's, per activation tensor) and weight clipping of every
+    block's sites; `full` holds each tensor's observed min/max (the candidates' 100 %)."""
+    inp = model.graph.input[0].name
+    state = SearchState(dict(ranges))
+    nodes = {n.name: n for n in model.graph.node}
+    node_out = {n.name: n.output[0] for n in model.graph.node}
+    units = _block_units(model, structure, plan, cfg, objective, nodes, node_out)
+    targets = sorted({t for u in units
+                      for t in objective.outputs(u[2], _layers(u[2], nodes), node_out) + [u[1]]})
+    wanted = [t for t in dict.fromkeys([*targets, *(u[0] for u in units)]) if t != inp]
+    ref = run_chunks(make_session(expose(model, wanted)), wanted, {}, inp, images,
+                     cfg.batch_size)
+    ref[inp] = images
+    x_q, prev_out = None, None
+    for k, (b_in, b_out, qb) in enumerate(units):
+        t0 = time.perf_counter()
+        x = x_q if (x_q is not None and prev_out == b_in) else ref[b_in]
+        layers = _layers(qb, nodes)
+        names = objective.outputs(qb, layers, node_out)
+        sess = make_session(qb.model)
+        want = {n: ref[n] for n in names if n in ref}
+        _search_block(sess, qb, x, names, want, layers, state, full, objective, cfg)
+        x_q = run_chunks(sess, [qb.output], _feeds(qb, state), qb.input, x,
+                         cfg.batch_size)[qb.output]
+        prev_out = b_out
+        err = float(np.mean((x_q - ref[b_out]) ** 2) / max(np.mean(ref[b_out] ** 2), 1e-30))
+        state.trace.append({"block": k, "relative_mse": err,
+                            "seconds": round(time.perf_counter() - t0, 2)})
+        log.info("%s search: block %d/%d, relative output MSE %.4g (%.1f s)", objective.name,
+                 k + 1, len(units), err, time.perf_counter() - t0)
+        if progress is not None:
+            progress(f"block {k + 1}/{len(units)}")
+    return state
+
+
+def _block_units(model, structure, plan, cfg, objective, nodes, node_out,
+                 ) -> list[tuple[str, str, QuantBlock]]:
+    """(input, output, fake-quantized block) per block, plus the stem (graph input to the first
+    block: patch embedding) and the tail (last block to the logits: head) when they are clean."""
+    bounds = [block_bounds(b, model) for b in structure.blocks]
+    bounds = [b for b in bounds if b is not None]
+    if bounds:
+        bounds = [(model.graph.input[0].name, bounds[0][0]), *bounds,
+                  (bounds[-1][1], model.graph.output[0].name)]
+    units = []
+    for b_in, b_out in bounds:
+        sliced = slice_block(model, b_in, b_out) if b_in != b_out else None
+        if sliced is None:
+            log.warning("%s -> %s is not a clean subgraph: its sites keep the base ranges",
+                        b_in, b_out)
+            continue
+        names = {n.name for n in sliced.graph.node}
+        acts = [ActParam(s.tensor, s.consumers, s.bits, cfg.symmetric, cfg.symmetric, s.role)
+                for s in plan.activations if any(c in names for c in s.consumers)]
+        weights = [WeightParam(w.node, w.weight, w.axis, w.bits)
+                   for w in plan.weights if w.node in names]
+        if not acts and not weights:
+            continue
+        qb = QuantBlock(sliced, acts, weights)
+        if objective.layerwise:
+            qb = QuantBlock(sliced, acts, weights, [node_out[n] for n in _layers(qb, nodes)])
+        units.append((b_in, b_out, qb))
+    return units
+
+
+def _layers(qb: QuantBlock, nodes) -> list[str]:
+    """Nodes owning a parameter, in graph order: weighted nodes and activation consumers."""
+    owners = {w.node for w in qb.weights} | {c for a in qb.acts for c in a.consumers}
+    return [n for n in nodes if n in owners]
+
+
+def _feeds(qb: QuantBlock, state: SearchState) -> dict[str, np.ndarray]:
+    return qb.feeds({a.tensor: _qp(a, state.ranges[a.tensor]) for a in qb.acts},
+                    state.weight_scales)
+
+
+def _qp(a: ActParam, rng: tuple[float, float]) -> tuple[float, float]:
+    s, z = qparams_from_range(*rng, a.bits, symmetric=a.symmetric, signed=a.signed)
+    return float(s), float(z)
+
+
+def _search_block(sess, qb, x, names, want, layers, state, full, objective, cfg) -> None:
+    for w in qb.weights:
+        state.weight_scales.setdefault(w.node, _wscale(qb, w, 1.0))
+    owned = {layer: ([a for a in qb.acts if a.consumers[0] == layer],
+                     [w for w in qb.weights if w.node == layer]) for layer in layers}
+
+    def score(unit: str) -> float:
+        got = run_chunks(sess, names, _feeds(qb, state), qb.input, x, cfg.batch_size)
+        return objective.loss(got, want, unit)
+
+    for _ in range(objective.rounds):
+        for layer in layers:
+            acts, ws = owned[layer]
+            for a in acts:
+                lo, hi = full[a.tensor]
+                cands = [state.ranges[a.tensor]] + [(lo * f, hi * f) for f in ACT_FACTORS]
+                state.ranges[a.tensor] = _best(cands, lambda c, t=a.tensor: _set_range(
+                    state, t, c), score, layer)
+            for w in ws:
+                cands = [state.weight_scales[w.node]] + [_wscale(qb, w, f)
+                                                         for f in WEIGHT_FACTORS]
+                state.weight_scales[w.node] = _best(cands, lambda c, n=w.node: _set_w(
+                    state, n, c), score, layer)
+
+
+def _best(cands, apply, score, unit, patience: int = 2):
+    """The lowest-loss candidate. cands[0] is the current choice, the rest run from the widest
+    range to the narrowest; the loss is close to unimodal along them, so the scan stops after
+    `patience` candidates in a row worse than their predecessor and than the best."""
+    apply(cands[0])
+    best, best_loss = cands[0], score(unit)
+    prev, worse = np.inf, 0
+    for c in cands[1:]:
+        apply(c)
+        loss = score(unit)
+        worse = worse + 1 if (loss > prev and loss >= best_loss) else 0
+        if loss < best_loss:
+            best, best_loss = c, loss
+        if worse >= patience:
+            break
+        prev = loss
+    apply(best)
+    return best
+
+
+def _set_range(state: SearchState, tensor: str, rng) -> None:
+    state.ranges[tensor] = rng
+
+
+def _set_w(state: SearchState, node: str, scale) -> None:
+    state.weight_scales[node] = scale
+
+
+def _wscale(qb: QuantBlock, w: WeightParam, factor: float) -> np.ndarray:
+    qmax = 2 ** (w.bits - 1) - 1
+    return np.maximum(weight_amax(qb.float_weights[w.node], w.axis) * np.float32(factor)
+                      / np.float32(qmax), np.float32(1e-12)).astype(np.float32)

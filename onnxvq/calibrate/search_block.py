@@ -1,0 +1,34 @@
+"""Block-wise output-error search (the calibration of BRECQ and Q-Diffusion, without gradients).
+
+For each transformer block, coordinate descent over its quantization parameters in graph order:
+each activation site's range among `[min, max] x f` (f from 1.0 down to 0.15, plus the base
+observer's choice) and each weight's clipping `max|w_c| x f` (f from 1.0 to 0.5), keeping the one
+with the lowest mean squared error between the float block output and the quantized block output
+on the search subset. See `search.py` for the data flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from onnxvq.calibrate.search import Objective
+
+
+class BlockMse(Objective):
+    """Mean squared error of the block output (one number for every parameter of the block)."""
+
+    name = "block-mse"
+
+    def __init__(self, rounds: int = 1):
+        self.rounds = rounds
+
+    def outputs(self, qb, layers, node_out) -> list[str]:
+        return [qb.output]
+
+    def loss(self, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
+             unit: str) -> float:
+        (name,) = want
+        d = got[name].astype(np.float64) - want[name]
+        return float(np.mean(d * d))

@@ -1,0 +1,71 @@
+"""The search calibration methods by name, and the step that refines the base observer's qparams.
+
+`block-mse` and `similarity` first calibrate every site with OMSE over all the calibration data
+(`base_method`), then `refine` re-chooses the ranges and weight clipping inside each transformer
+block (`search.py`). Sites outside blocks (patch embedding, head) keep the OMSE ranges.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import onnx
+
+from onnxvq.calibrate.quant import qparams_from_range
+from onnxvq.calibrate.search import Objective, search_scales, strided_subset
+
+log = logging.getLogger(__name__)
+SEARCH_BASE = "omse"
+
+
+def _objectives() -> dict[str, Callable[[], Objective]]:
+    from onnxvq.calibrate.search_block import BlockMse
+    from onnxvq.calibrate.search_similarity import Similarity
+
+    return {"block-mse": BlockMse, "similarity": Similarity}
+
+
+SEARCH_METHODS = ("block-mse", "similarity")
+
+
+def base_method(method: str) -> str:
+    """The observer that gives a method its starting ranges (the method itself when it is one)."""
+    return SEARCH_BASE if method in SEARCH_METHODS else method
+
+
+def refine(model: onnx.ModelProto, structure, plan, cfg, batches, total: int, input_name: str,
+           observers: Mapping, qparams: dict[str, dict]) -> tuple[dict, dict, dict]:
+    """(qparams with the searched ranges, weight scales per node, a summary) for `cfg.method`."""
+    t0 = time.perf_counter()
+    n = int(cfg.extra.get("search_samples", 32))
+    images = strided_subset(batches, total, min(n, total), input_name)
+    ranges = {t: tuple(q.range) for t, q in qparams.items()}
+    full = {t: _full_range(observers[t]) for t in qparams}
+    objective = _objectives()[cfg.method]()
+    objective.scores_nodes = {a.scores_matmul for a in structure.attentions}
+    state = search_scales(model, structure, plan, cfg, images, ranges, full, objective)
+    out = {}
+    for t, q in qparams.items():
+        lo, hi = state.ranges[t]
+        if (lo, hi) == tuple(q.range):
+            out[t] = q
+            continue
+        s, z = qparams_from_range(lo, hi, q.bits, symmetric=cfg.symmetric, signed=cfg.symmetric)
+        out[t] = replace(q, scale=float(s), zero_point=int(z), range=(float(lo), float(hi)))
+    info = {"search": cfg.method, "search_samples": len(images), "blocks": state.trace,
+            "search_seconds": round(time.perf_counter() - t0, 3)}
+    return out, {k: np.asarray(v, np.float32) for k, v in state.weight_scales.items()}, info
+
+
+def _full_range(obs) -> tuple[float, float]:
+    exact = getattr(obs, "exact", None)  # PTS's tee of (base, exact min/max)
+    if exact is not None:
+        return tuple(float(v) for v in exact.range())
+    hist = getattr(obs, "hist", None)
+    if hist is not None:
+        return float(hist.min), float(hist.max)
+    return tuple(float(v) for v in obs.range())
