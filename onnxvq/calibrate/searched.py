@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -41,7 +41,7 @@ def refine(model: onnx.ModelProto, structure, plan, cfg, batches, total: int, in
            observers: Mapping, qparams: dict[str, dict]) -> tuple[dict, dict, dict]:
     """(qparams with the searched ranges, weight scales per node, a summary) for `cfg.method`."""
     t0 = time.perf_counter()
-    n = int(cfg.extra.get("search_samples", 32))
+    n = cfg.search_samples
     images = strided_subset(batches, total, min(n, total), input_name)
     ranges = {t: tuple(q.range) for t, q in qparams.items()}
     full = {t: _full_range(observers[t]) for t in qparams}

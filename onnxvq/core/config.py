@@ -37,6 +37,7 @@ class QuantConfig:
     calib_size: int = 256
     batch_size: int = 16
     seed: int = 0  # noise calibration inputs and the phase of the strided subsample
+    search_samples: int = 32  # block-mse/similarity: calibration samples the search runs on
 
     def __post_init__(self) -> None:
         for name in ("method", "target"):  # an Enum from the CLI arrives as its value
@@ -94,7 +95,7 @@ class QuantConfig:
 
 
 _BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis")
-_INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed")
+_INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed", "search_samples")
 
 
 def _problems(cfg: QuantConfig) -> list[str]:
@@ -112,7 +113,7 @@ def _problems(cfg: QuantConfig) -> list[str]:
         v = getattr(cfg, name)
         if name not in ints and v is not None and (not _is_int(v) or not 2 <= v <= 8):
             out.append(f"{name.replace('_', '-')} must be between 2 and 8, got {v!r}")
-    for name in ("calib_size", "batch_size"):
+    for name in ("calib_size", "batch_size", "search_samples"):
         if name not in ints and getattr(cfg, name) < 1:
             out.append(f"{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if not _number_in(cfg.momentum, 0.0, 1.0, closed_low=False):
