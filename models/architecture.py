@@ -1,8 +1,11 @@
-"""What a ViT is made of, counted the way the structure recognizer counts it."""
+"""What a ViT is made of, counted the way the structure recognizer counts it, and what a corpus
+entry is (shared by the catalogue in `corpus` and the torch-side `export`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from onnxvq.core.errors import OnnxvqError
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,16 @@ class CnnCounts:
     residual_adds: int
     pools: int
     linears: int
+
+
+class CorpusError(OnnxvqError):
+    """An unknown corpus entry, or an export that failed or drifted from torch."""
+
+
+@dataclass(frozen=True)
+class CorpusEntry:
+    name: str
+    source: str  # "timm", "huggingface" or "torchvision"
+    image: int
+    counts: ArchitectureCounts | CnnCounts
+    options: tuple[tuple[str, str], ...] = ()  # e.g. (("attn_implementation", "sdpa"),)

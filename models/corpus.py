@@ -12,32 +12,21 @@ exist; both are written atomically, the manifest last.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from onnxvq.core.errors import OnnxvqError
-from onnxvq.models.architecture import ArchitectureCounts, CnnCounts
+from onnxvq.models.architecture import ArchitectureCounts, CnnCounts, CorpusEntry, CorpusError
+
+log = logging.getLogger("onnxvq.models.export")
 
 EXPORTERS = ("torchscript13", "torchscript17", "dynamo")
 
 
-class CorpusError(OnnxvqError):
-    """An unknown corpus entry, or an export that failed or drifted from torch."""
-
-
 class ExportUnavailable(CorpusError):
     """This (model, exporter) pair is known not to export; the message says why."""
-
-
-@dataclass(frozen=True)
-class CorpusEntry:
-    name: str
-    source: str  # "timm", "huggingface" or "torchvision"
-    image: int
-    counts: ArchitectureCounts | CnnCounts
-    options: tuple[tuple[str, str], ...] = ()  # e.g. (("attn_implementation", "sdpa"),)
 
 
 def _counts(blocks: int, attentions: int, layernorms: int, mlps: int, residual_adds: int,
@@ -151,3 +140,29 @@ def _repo_root() -> Path:
         if (parent / "pyproject.toml").exists():
             return parent
     return Path.cwd()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m onnxvq.models.export",
+        description="Export the test corpus (needs the [export] extra: torch, timm, transformers).")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(ENTRIES))
+    parser.add_argument("--all", action="store_true", help="every corpus model")
+    parser.add_argument("--exporter", action="append", choices=EXPORTERS,
+                        help="repeatable; default: all exporters")
+    parser.add_argument("--force", action="store_true", help="re-export even when cached")
+    args = parser.parse_args(argv)
+    if not args.all and not args.names:
+        parser.error("give model names or --all")
+    # onnxscript logs every optimizer step at INFO; only onnxvq's progress is wanted.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("onnxvq").setLevel(logging.INFO)
+    failures = 0
+    for name in ENTRIES if args.all else args.names:
+        for exporter in args.exporter or EXPORTERS:
+            try:
+                log.info("ready: %s", ensure_export(name, exporter, force=args.force))
+            except CorpusError as exc:
+                failures += 1
+                log.error("%s", exc)
+    return 1 if failures else 0

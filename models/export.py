@@ -10,7 +10,6 @@ than the one used for tracing, and its largest difference from torch is recorded
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -25,8 +24,7 @@ import torch
 
 from onnxvq.core.graph import compatible_ir, save_model
 from onnxvq.core.runtime import make_session
-from onnxvq.models.architecture import ArchitectureCounts
-from onnxvq.models.corpus import ENTRIES, EXPORTERS, CorpusEntry, CorpusError, ensure_export
+from onnxvq.models.architecture import ArchitectureCounts, CorpusEntry, CorpusError
 
 log = logging.getLogger("onnxvq.models.export")  # not __main__ under python -m
 
@@ -234,30 +232,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m onnxvq.models.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(ENTRIES))
-    parser.add_argument("--all", action="store_true", help="every corpus model")
-    parser.add_argument("--exporter", action="append", choices=EXPORTERS,
-                        help="repeatable; default: all exporters")
-    parser.add_argument("--force", action="store_true", help="re-export even when cached")
-    args = parser.parse_args(argv)
-    if not args.all and not args.names:
-        parser.error("give model names or --all")
-    # onnxscript logs every optimizer step at INFO; only onnxvq's progress is wanted.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    logging.getLogger("onnxvq").setLevel(logging.INFO)
-    failures = 0
-    for name in ENTRIES if args.all else args.names:
-        for exporter in args.exporter or EXPORTERS:
-            try:
-                log.info("ready: %s", ensure_export(name, exporter, force=args.force))
-            except CorpusError as exc:
-                failures += 1
-                log.error("%s", exc)
-    return 1 if failures else 0
+if __name__ == "__main__":  # the command lives with the catalogue it walks
+    from onnxvq.models.corpus import main
 
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,12 @@
 """onnxvq: post-training quantization of Vision Transformers on ONNX graphs."""
 
-from onnxvq.core import runtime as _runtime  # noqa: F401  (first ORT session: flush-to-zero)
+# Importing the plugins registers the native ORT kernels with core.runtime; importing the runtime
+# opens the first ORT session (flush-to-zero for denormals).
+from onnxvq import plugins as _plugins  # noqa: F401
+from onnxvq.api import canonicalize, inspect, quantize_file, report, sensitivity
+from onnxvq.calibrate.spec import DataSpec
+from onnxvq.core import runtime as _runtime  # noqa: F401
+from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import (
     BackendUnavailable,
     CalibrationError,
@@ -14,22 +20,16 @@ from onnxvq.core.errors import (
     ValidationError,
 )
 from onnxvq.core.graph import load_model, save_model
-
-__version__ = "0.1.0"
-
-# The API in one place; imported last because these modules read __version__.
-from onnxvq.api import canonicalize, inspect, quantize_file, report, sensitivity  # noqa: E402
-from onnxvq.calibrate.spec import DataSpec  # noqa: E402
-from onnxvq.core.config import QuantConfig  # noqa: E402
-from onnxvq.quantizer.result import QuantResult  # noqa: E402
-from onnxvq.quantizer.run import quantize  # noqa: E402
-from onnxvq.verify.compare import compare  # noqa: E402
-from onnxvq.verify.evaluate import evaluate  # noqa: E402
+from onnxvq.core.version import __version__
+from onnxvq.quantizer.result import QuantResult
+from onnxvq.quantizer.run import quantize
+from onnxvq.verify.compare import compare
+from onnxvq.verify.evaluate import evaluate
 
 __all__ = [
     "BackendUnavailable", "CalibrationError", "DataSpec", "EngineBuildError", "FidelityError",
     "ModelLoadError", "NativeBuildError", "OnnxvqError", "QuantConfig", "QuantResult",
-    "UnsupportedModelError", "UsageError", "ValidationError", "canonicalize", "compare",
-    "evaluate", "inspect", "load_model", "quantize", "quantize_file", "report", "save_model",
-    "sensitivity",
+    "UnsupportedModelError", "UsageError", "ValidationError", "__version__", "canonicalize",
+    "compare", "evaluate", "inspect", "load_model", "quantize", "quantize_file", "report",
+    "save_model", "sensitivity",
 ]

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from onnxvq.core.errors import NativeBuildError, OnnxvqError
+from onnxvq.core.runtime import register_custom_op_library
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +138,10 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _installed_library() -> str | None:
+    return ort_library_path(build=False)  # sessions never build: `onnxvq build`/tests do
+
+
+register_custom_op_library(_installed_library)  # ORT sessions of the core load the kernels

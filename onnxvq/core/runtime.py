@@ -8,7 +8,7 @@ when it is built, so IntLayerNorm/LogIntSoftmax run as kernels instead of their 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -110,12 +110,23 @@ def _concrete(dim: object, batch: int, dims: Mapping[str, int] | None) -> int:
     return batch
 
 
+# Where the native custom-op kernels are: `onnxvq.plugins.native` registers its finder here when
+# it is imported (the plugins build on the core, so the core cannot import them).
+_library_finders: list[Callable[[], str | None]] = []
+
+
+def register_custom_op_library(find: Callable[[], str | None]) -> None:
+    """Have every session with `custom_ops=True` load the library `find()` names (if any)."""
+    if find not in _library_finders:
+        _library_finders.append(find)
+
+
 def _custom_op_library() -> str | None:
-    try:
-        from onnxvq.plugins import ort_library_path
-    except ImportError:
-        return None
-    try:
-        return ort_library_path(build=False)
-    except Exception:
-        return None
+    for find in _library_finders:
+        try:
+            path = find()
+        except Exception:  # a broken build must not stop plain sessions
+            path = None
+        if path:
+            return path
+    return None

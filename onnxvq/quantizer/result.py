@@ -17,6 +17,7 @@ from onnxvq.core.files import remove_stale_temps, temp_dir_beside
 from onnxvq.core.graph import save_model
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
 from onnxvq.core.pipeline import PassResult, PipelineReport
+from onnxvq.core.version import __version__
 from onnxvq.recognise.structure import ViTStructure
 
 
@@ -44,7 +45,7 @@ class QuantResult:
 
     def sidecar(self) -> dict:
         return {
-            "onnxvq": _version(),
+            "onnxvq": __version__,
             "config": self.config.to_dict(),
             "calibration": self.calibration,
             "structure": self.structure.summary(),
@@ -119,12 +120,6 @@ def _check_writable(folder: Path) -> None:
     except OSError as exc:
         raise UsageError(f"{folder}: cannot write the output there "
                          f"({exc.strerror or exc})") from None
-
-
-def _version() -> str:
-    from onnxvq import __version__
-
-    return __version__
 
 
 def model_bytes(path: str | os.PathLike) -> int:

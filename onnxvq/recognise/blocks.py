@@ -6,7 +6,15 @@ from collections import Counter
 
 import onnx_graphsurgeon as gs
 
-from onnxvq.core.walk import LAYOUT_OPS, data_inputs, is_linear, producer, weight_of
+from onnxvq.core.walk import (
+    LAYOUT_OPS,
+    const_value,
+    data_inputs,
+    is_linear,
+    producer,
+    sole_data_consumer,
+    weight_of,
+)
 from onnxvq.recognise.structure import Block, Linear, Residual, ViTStructure
 
 
@@ -116,10 +124,21 @@ def patch_embed(graph: gs.Graph, s: ViTStructure) -> list[str]:
     return names
 
 
+def linear_info(node: gs.Node) -> Linear:
+    w = weight_of(node)
+    shape = w.values.shape
+    transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
+    k, n = (shape[1], shape[0]) if transposed else (shape[0], shape[-1])
+    out, bias_add = node.outputs[0], None
+    nxt = sole_data_consumer(out, "Add")
+    if nxt is not None and any(const_value(i) is not None and const_value(i).size == n
+                               for i in nxt.inputs):
+        bias_add, out = nxt.name, nxt.outputs[0]
+    return Linear(node.name, w.name, bias_add, out.name, int(k), int(n))
+
+
 def head_linears(graph: gs.Graph, s: ViTStructure) -> list[Linear]:
     """Linears outside blocks whose result reaches a graph output through layout/bias ops."""
-    from onnxvq.recognise.model import linear_info
-
     claimed = _claimed_linears(s)
     outputs = {t.name for t in graph.outputs}
     heads = []

@@ -18,23 +18,26 @@ import onnx_graphsurgeon as gs
 
 from onnxvq.core.walk import (
     LAYOUT_OPS,
-    const_value,
     data_inputs,
     from_activation_matmul,
     is_linear,
     producer,
     scalar,
     sole_data_consumer,
-    weight_of,
 )
 from onnxvq.recognise.activations import match_activation
-from onnxvq.recognise.blocks import assemble_blocks, head_linears, patch_embed, unclaimed_ops
+from onnxvq.recognise.blocks import (
+    assemble_blocks,
+    head_linears,
+    linear_info,
+    patch_embed,
+    unclaimed_ops,
+)
 from onnxvq.recognise.cnn import summarise_cnn
 from onnxvq.recognise.structure import (
     Activation,
     Attention,
     LayerNorm,
-    Linear,
     Mlp,
     Residual,
     ViTStructure,
@@ -83,19 +86,6 @@ def _layernorm(n: gs.Node) -> LayerNorm:
     channels = shape[-1] if shape and isinstance(shape[-1], int) else None
     return LayerNorm(n.name, n.inputs[0].name, n.outputs[0].name, channels,
                      tuple(c.name for c in n.outputs[0].outputs))
-
-
-def linear_info(node: gs.Node) -> Linear:
-    w = weight_of(node)
-    shape = w.values.shape
-    transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
-    k, n = (shape[1], shape[0]) if transposed else (shape[0], shape[-1])
-    out, bias_add = node.outputs[0], None
-    nxt = sole_data_consumer(out, "Add")
-    if nxt is not None and any(const_value(i) is not None and const_value(i).size == n
-                               for i in nxt.inputs):
-        bias_add, out = nxt.name, nxt.outputs[0]
-    return Linear(node.name, w.name, bias_add, out.name, int(k), int(n))
 
 
 def _trace_linear(t: gs.Tensor) -> gs.Node | None:

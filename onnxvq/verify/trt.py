@@ -25,6 +25,7 @@ from types import ModuleType
 from onnxvq.core.errors import BackendUnavailable, EngineBuildError
 from onnxvq.core.files import write_atomic
 from onnxvq.core.metrics import Running
+from onnxvq.plugins.trt.names import INSTALL_HINT
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,6 @@ __all__ = ["BackendUnavailable", "ComparisonReport", "EngineBuildError", "Engine
 
 ORT_RUNNER = "onnxrt"
 TRT_RUNNER = "tensorrt"
-
-INSTALL_HINT = (
-    "pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu13 "
-    "(the libs wheel is served by pypi.nvidia.com only)"
-)
 
 
 @dataclass(frozen=True)

@@ -13,22 +13,18 @@ here ships, hence Python plugins.
 
 from __future__ import annotations
 
-NAMESPACE = "onnxvq"  # no dots: tensorrt.plugin rejects them
-PLUGIN_VERSION = "1"
-OPS = ("IntLayerNorm", "LogIntSoftmax", "LogIntMatMul")
-PLUGIN_IDS = tuple(f"{NAMESPACE}::{op}" for op in OPS)
+from onnxvq.core.errors import BackendUnavailable
+from onnxvq.plugins.trt.names import INSTALL_HINT, NAMESPACE, OPS, PLUGIN_IDS, PLUGIN_VERSION
 
 
 def register_plugins() -> tuple[str, ...]:
     """Register the plugins with TensorRT's registry (idempotent); returns their ids.
 
-    Raises ``onnxvq.verify.trt.BackendUnavailable`` when ``tensorrt.plugin`` cannot be imported.
+    Raises ``BackendUnavailable`` when ``tensorrt.plugin`` cannot be imported.
     """
     try:
         import tensorrt.plugin  # noqa: F401
     except ImportError as err:
-        from onnxvq.verify.trt import INSTALL_HINT, BackendUnavailable
-
         msg = f"tensorrt.plugin is not importable ({err}); {INSTALL_HINT}"
         raise BackendUnavailable(msg) from err
     from onnxvq.plugins.trt import registry  # noqa: F401  (registering is importing)
@@ -36,4 +32,4 @@ def register_plugins() -> tuple[str, ...]:
     return PLUGIN_IDS
 
 
-__all__ = ["NAMESPACE", "OPS", "PLUGIN_IDS", "PLUGIN_VERSION", "register_plugins"]
+__all__ = ["INSTALL_HINT", "NAMESPACE", "OPS", "PLUGIN_IDS", "PLUGIN_VERSION", "register_plugins"]

@@ -18,8 +18,9 @@ import tensorrt as trt
 import tensorrt.plugin as trtp
 from onnx import TensorProto
 
-from onnxvq.plugins.trt import NAMESPACE, launch
+from onnxvq.plugins.trt import launch
 from onnxvq.plugins.trt.aot import CompiledKernel, compile_kernel
+from onnxvq.plugins.trt.names import NAMESPACE
 
 _TRITON_TYPES = {trt.uint8: "u8", trt.int8: "i8", trt.int32: "i32", trt.int64: "i64"}
 _OUTPUT_TYPES = {TensorProto.UINT8: trt.uint8, TensorProto.INT8: trt.int8}
