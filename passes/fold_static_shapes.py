@@ -9,17 +9,19 @@ Refuses: models whose inputs have symbolic dims other than axis 0 (a probe could
 Emits:   the selected dims as int64 constants, then folds what became constant (Cast/Sqrt/Div
          chains).
 
-How: the model runs twice on random inputs, at batch 1 and batch 3, with every Shape output exposed;
-a dim equal in both runs is static.
+How: the stage's input model (`ctx.original`) runs twice on random inputs, at batch 1 and batch 3,
+with every Shape output exposed; a dim equal in both runs is static.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxvq.core.edit import bypass
+from onnxvq.core.graph import to_model
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
 from onnxvq.core.walk import const_value
 
@@ -40,7 +42,10 @@ class FoldStaticShapes(Pass):
         if reason:
             result.refuse("inputs", reason)
             return result
-        probes = _probe(graph, [n.outputs[0].name for n in shapes])
+        source = ctx.original if ctx.original is not None else to_model(graph.copy())
+        known = {o for n in source.graph.node for o in n.output}
+        shapes = [n for n in shapes if n.outputs[0].name in known]
+        probes = _probe(source, [n.outputs[0].name for n in shapes])
         for node in shapes:
             values = [p[node.outputs[0].name] for p in probes]
             for user in list(node.outputs[0].outputs):
@@ -60,15 +65,18 @@ def _symbolic_dims_besides_batch(graph: gs.Graph) -> str | None:
     return None
 
 
-def _probe(graph: gs.Graph, names: list[str]) -> list[dict[str, np.ndarray]]:
-    from onnxvq.core.graph import to_model
+def _probe(model: onnx.ModelProto, names: list[str]) -> list[dict[str, np.ndarray]]:
+    """The Shape outputs `names` at each probe batch, run on the stage's input model: the passes
+    before this one are numerically neutral and keep Shape outputs' names, so their values there
+    are the values here (and the in-memory graph need not be exported for the probe)."""
     from onnxvq.core.runtime import make_session, random_inputs
 
-    probe = graph.copy()
-    by_name = probe.tensors()
-    probe.outputs = [by_name[n].to_variable(dtype=np.int64, shape=None) for n in names]
-    model = to_model(probe)
-    sess = make_session(model, custom_ops=False, optimize=False)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]  # only the shapes: ORT prunes everything they do not need
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, None)
+                              for n in names)
+    sess = make_session(probe, custom_ops=False, optimize=False)
     runs = []
     for b in _PROBE_BATCHES:
         feeds = random_inputs(sess, batch=b, seed=b)

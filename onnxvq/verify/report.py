@@ -58,7 +58,7 @@ def write_report(fp32_model, quant, data: DataSpec | str | os.PathLike | None,
                            seed=seed)
     spec = spec.with_(preprocess=spec.resolve_preprocess(recorded_preprocess(sidecar)),
                       samples=spec.samples or DEFAULT_SAMPLES)
-    canonical, structure = canonical_structure(fp32_model)
+    canonical, structure = canonical_structure(fp32_model, reuse=quant)
     points = None
     if q_model is not None:
         points = layer_sqnr((canonical, structure), q_model, spec)

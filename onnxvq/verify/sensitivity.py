@@ -236,7 +236,11 @@ class _Restorer:
         pending.append(ref)
 
 
-def canonical_structure(fp32: Model) -> tuple[onnx.ModelProto, ViTStructure]:
+def canonical_structure(fp32: Model, *, reuse=None) -> tuple[onnx.ModelProto, ViTStructure]:
+    """The canonical FP32 model and its structure; taken from `reuse` (a QuantResult that kept
+    them) instead of canonicalising `fp32` again when it has them."""
+    if getattr(reuse, "canonical", None) is not None:
+        return reuse.canonical, reuse.structure
     canonical, _ = canonicalize(as_model(fp32), numeric="none")
     return canonical, recognise_model(canonical)
 
