@@ -50,7 +50,8 @@ class FuseLayerNorm(RewritePass):
             return None
         users = {c.op: c for c in sub.outputs[0].outputs}
         sq, div = users.get("Pow") or users.get("Mul"), users.get("Div")
-        if sq is None or div is None or len(sub.outputs[0].outputs) != 2:
+        # distinct consumers: Mul(d, d) lists its node once per input slot
+        if sq is None or div is None or len({id(c) for c in sub.outputs[0].outputs}) != 2:
             return None
         chain = _follow(sq.outputs[0], ("ReduceMean", "Add", "Sqrt"))
         if chain is None or single_consumer(chain[-1].outputs[0]) is not div:

@@ -16,8 +16,8 @@ def replace_uses(old: gs.Tensor, new: gs.Tensor, graph: gs.Graph | None = None) 
     n = 0
     for consumer in list(old.outputs):
         n += replace_input(consumer, old, new)
-    if graph is not None:
-        graph.outputs = [new if t is old else t for t in graph.outputs]
+    if graph is not None and any(t is old for t in graph.outputs):
+        _take_output_place(graph, old, new)
     return n
 
 
@@ -64,6 +64,17 @@ def dequantize_linear(graph: gs.Graph, q: gs.Tensor, scale: gs.Constant, zero_po
     graph.nodes.append(gs.Node("DequantizeLinear", name=name, attrs=_axis(axis),
                                inputs=[q, scale, zero_point], outputs=[y]))
     return y
+
+
+def _take_output_place(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """`new` replaces graph output `old` under old's name and type: a rewrite must not change the
+    model's interface (an intermediate tensor may also lack the type an output needs)."""
+    if isinstance(new, gs.Variable) and new.inputs and new not in graph.inputs:
+        name = old.name
+        old.name, new.name = f"{name}/replaced", name
+        new.dtype = new.dtype if new.dtype is not None else old.dtype
+        new.shape = new.shape if new.shape is not None else old.shape
+    graph.outputs = [new if t is old else t for t in graph.outputs]
 
 
 def _output(out: gs.Variable | str | None, default: str, dtype, shape) -> gs.Variable:

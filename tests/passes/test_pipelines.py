@@ -1,5 +1,5 @@
-"""Canonicalisation: each pass on tiny ViTs built in code, numerically neutral, with exact
-counts."""
+"""The declared pipelines: canonicalisation of tiny ViTs built in code (numerically neutral,
+exact counts) and of a real export; which quantization pipeline each setting picks."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxvq.api import canonicalize
-from onnxvq.core.pipeline import Pipeline
+from onnxvq.core.config import QuantConfig
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
-from onnxvq.passes.fuse_layernorm import FuseLayerNorm
-from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
+from onnxvq.passes import pipelines
+from onnxvq.passes.pipelines import canonicalize
 
 
 def ops(model: onnx.ModelProto) -> Counter:
@@ -67,34 +66,22 @@ def test_fold_removes_exporter_shape_noise_on_real_model(shared_data):
     assert report.numeric.max_abs_diff <= 1e-4
 
 
-def test_layernorm_fusion_refuses_a_non_last_axis():
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8])
-    eps = helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-5])
-    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
-    nodes = [
-        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1]),
-        helper.make_node("Sub", ["x", "m"], ["d"]),
-        helper.make_node("Pow", ["d", "two"], ["p"]),
-        helper.make_node("ReduceMean", ["p"], ["v"], axes=[1]),
-        helper.make_node("Add", ["v", "eps"], ["ve"]),
-        helper.make_node("Sqrt", ["ve"], ["s"]),
-        helper.make_node("Div", ["d", "s"], ["y"]),
-    ]
-    graph = helper.make_graph(nodes, "g", [x], [y], [eps, two])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    out, report = Pipeline((FuseLayerNorm(),)).run(model)
-    res = report.result("fuse-layernorm")
-    assert res.applied == 0
-    assert res.refused[0][1] == "reduction is not over the last axis only"
-    assert ops(out)["LayerNormalization"] == 0
+def test_each_setting_picks_a_declared_pipeline():
+    pick = pipelines.quantization_pipeline
+    assert pick(QuantConfig()) is pipelines.W8A8
+    assert pick(QuantConfig(pts=True)) is pipelines.PTS_W8A8
+    assert pick(QuantConfig(lis=True)) is pipelines.LIS_W8A8
+    assert pick(QuantConfig(pts=True, lis=True)) is pipelines.FULLY_QUANTIZED
+    assert [p.id for p in pipelines.FULLY_QUANTIZED.passes] == [
+        "replace-layernorm", "replace-softmax", "quantize-weights", "insert-activation-qdq",
+        "fold-requantize"]
+    assert pipelines.canonical_pipeline(QuantConfig(target="trt")).passes[-1].id == \
+        "fold-scale-into-query"
+    assert pipelines.canonical_pipeline(QuantConfig()) is pipelines.CANONICAL
 
 
-def test_scale_pass_keeps_a_scale_shared_with_another_consumer():
-    """A Mul on q whose output also feeds something else cannot be moved after the MatMul."""
-    model = build_tiny_vit(TinyViTConfig(depth=1, scale="sqrt_qk"))
-    out, report = Pipeline((NormalizeAttentionScale(),)).run(model)
-    assert report.result("normalize-attention-scale").applied == 1
-    assert report.numeric.max_abs_diff <= 1e-5
+def test_canonicalisation_is_idempotent():
+    once, _ = canonicalize(build_tiny_vit(TinyViTConfig(scale="div_scores")))
+    twice, report = canonicalize(once)
+    assert ops(twice) == ops(once)
+    assert sum(r.applied for r in report.passes if r.pass_id != "fold-constants") == 0

@@ -1,0 +1,47 @@
+"""Refusal reasons leave the process: the log (one line each), QuantResult, the sidecar and
+inspect's JSON; placement's own reasons."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from onnxvq.api import inspect
+from onnxvq.core.config import QuantConfig
+from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+from onnxvq.quantizer.run import quantize
+
+NOISE = dict(calib_size=8, batch_size=8)
+# the tiny ViT's attention scale is already one Mul: normalize-attention-scale refuses twice
+CANONICAL = {"pass": "normalize-attention-scale", "reason": "already canonical"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_vit(TinyViTConfig())
+
+
+def test_refusals_reach_the_result_sidecar_and_log(tiny, caplog):
+    with caplog.at_level(logging.INFO, logger="onnxvq.core.pipeline"):
+        result = quantize(tiny, None, QuantConfig(**NOISE))
+    refused = [{k: r[k] for k in ("pass", "reason")} for r in result.refusals]
+    assert refused == [CANONICAL, CANONICAL]
+    assert result.sidecar()["refused"] == result.refusals
+    assert {r["node"] for r in result.refusals} == {
+        n.name for n in tiny.graph.node if n.op_type == "Softmax"}
+    lines = [r.getMessage() for r in caplog.records if " refused " in r.getMessage()]
+    assert len(lines) == 2 and all(m.endswith(": already canonical") for m in lines)
+    assert result.canonicalization.result("normalize-attention-scale").refused
+
+
+def test_inspect_json_lists_refusals(tiny):
+    d = inspect(tiny).to_dict()
+    assert [{k: r[k] for k in ("pass", "reason")} for r in d["refusals"]] == [CANONICAL] * 2
+
+
+def test_placement_keeps_patch_embedding_and_head_float(tiny):
+    r = quantize(tiny, None, QuantConfig(quantize_patch_embed=False, quantize_head=False, **NOISE))
+    reasons = dict(r.plan.skipped)
+    assert sorted(reasons.values()) == ["head kept float", "patch embedding kept float"]
+    assert {s.node for s in r.plan.weights}.isdisjoint(reasons)
