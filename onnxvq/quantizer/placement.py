@@ -31,16 +31,7 @@ from onnxvq.recognise.structure import ViTStructure
 def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPlan:
     acts: dict[str, tuple[list[str], str, int]] = {}
     weights, skipped = [], []
-    patch, heads = set(structure.patch_embed), {h.node for h in structure.head}
-
-    def want(node: gs.Node) -> str | None:
-        if any(fnmatch(node.name, p) for p in cfg.skip):
-            return "matches --skip"
-        if node.name in patch and not cfg.quantize_patch_embed:
-            return "patch embedding kept float"
-        if node.name in heads and not cfg.quantize_head:
-            return "head kept float"
-        return None
+    want = _wanted(structure, cfg)
 
     def add(tensor: gs.Tensor, node: gs.Node, role: str, bits: int) -> None:
         entry = acts.setdefault(tensor.name, ([], role, bits))
@@ -60,25 +51,45 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
     nodes = {n.name: n for n in graph.nodes}
     norms = _layernorm_sites(nodes, structure, want, skipped) if cfg.pts else ()
     softmaxes = _softmax_sites(nodes, structure, want, skipped) if cfg.lis else ()
-    if cfg.quantize_attention:
-        qk_bits = cfg.a_bits if cfg.lis else cfg.attention_bits
-        for att in structure.attentions:
-            pairs = [(att.scores_matmul, ("scores", "scores"), qk_bits)]
-            if att.softmax not in softmaxes:
-                pairs.append((att.context_matmul, ("probs", "values"), cfg.attention_bits))
-            for mm, roles, bits in pairs:
-                node = nodes[mm]
-                if want(node):
-                    skipped.append((mm, want(node)))
-                    continue
-                for t, role in zip(node.inputs[:2], roles, strict=True):
-                    add(t, node, role, bits)
+    for mm, roles, bits in _attention_matmuls(structure, cfg, softmaxes):
+        if reason := want(nodes[mm]):
+            skipped.append((mm, reason))
+            continue
+        for t, role in zip(nodes[mm].inputs[:2], roles, strict=True):
+            add(t, nodes[mm], role, bits)
     if structure.is_cnn:  # int8 Conv/Add/pool chains for ORT (quantizer/conv.py)
         for t, node, role in cnn_sites(graph, {w.node for w in weights}):
             add(t, node, role, cfg.a_bits)
     sites = tuple(ActivationSite(t, tuple(c), role, bits) for t, (c, role, bits) in acts.items())
     shared = sharing(graph, set(acts)) if structure.is_cnn else ()
     return QuantPlan(sites, tuple(weights), tuple(skipped), norms, softmaxes, shared)
+
+
+def _wanted(structure: ViTStructure, cfg: QuantConfig):
+    """The user's reasons to keep a node float (None: quantize it)."""
+    patch, heads = set(structure.patch_embed), {h.node for h in structure.head}
+
+    def want(node: gs.Node) -> str | None:
+        if any(fnmatch(node.name, p) for p in cfg.skip):
+            return "matches --skip"
+        if node.name in patch and not cfg.quantize_patch_embed:
+            return "patch embedding kept float"
+        if node.name in heads and not cfg.quantize_head:
+            return "head kept float"
+        return None
+
+    return want
+
+
+def _attention_matmuls(structure: ViTStructure, cfg: QuantConfig, softmaxes: tuple[str, ...]):
+    """(MatMul, input roles, bits) of Q·Kᵀ and, unless LIS replaces it, A·V per attention."""
+    if not cfg.quantize_attention:
+        return
+    qk_bits = cfg.a_bits if cfg.lis else cfg.attention_bits
+    for att in structure.attentions:
+        yield att.scores_matmul, ("scores", "scores"), qk_bits
+        if att.softmax not in softmaxes:
+            yield att.context_matmul, ("probs", "values"), cfg.attention_bits
 
 
 def _layernorm_sites(nodes, structure: ViTStructure, want, skipped: list) -> tuple[str, ...]:
