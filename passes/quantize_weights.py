@@ -1,7 +1,7 @@
 """Store the weights of MatMul/Gemm/Conv as int8 with a per-output-channel DequantizeLinear.
 
 Matches: the weight sites of the quantization plan (constant 2-D MatMul/Gemm weights, Conv kernels).
-Refuses: Gemm with transA or alpha/beta != 1, grouped Conv, a MatMul weight that is not 2-D
+Refuses: Gemm with transA or alpha/beta != 1, a MatMul weight that is not 2-D
          (`refuse`; placement asks it, so such nodes keep float activations too).
 Emits:   MatMul(x, DQ(W_int8, s_w, axis)); Gemm/Conv also get their bias as int32 with scale s_x·s_w
          (ONNX Runtime fuses DQ→Conv/Gemm into QLinearConv/QGemm only with an int32 bias). s_w =

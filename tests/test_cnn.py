@@ -12,9 +12,7 @@ import pytest
 
 from onnxvq.api import inspect
 from onnxvq.core.config import QuantConfig
-from onnxvq.core.pipeline import PassContext, Pipeline
 from onnxvq.models.tiny_cnn import TINY_CNN_COUNTS, build_tiny_cnn
-from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.quantizer.run import quantize
 
 
@@ -29,27 +27,6 @@ def optimized_ops(model: onnx.ModelProto, tmp_path) -> Counter:
     so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
-
-
-def test_fold_batchnorm_removes_every_bn_and_keeps_outputs():
-    model = build_tiny_cnn()
-    out, report = Pipeline((FoldBatchNorm(),)).run(model, numeric="end", atol=1e-5)
-    assert report.result("fold-batchnorm").applied == 9
-    assert report.op_counts_after["BatchNormalization"] == 0
-    assert report.op_counts_after["Conv"] == 9
-    x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    np.testing.assert_allclose(_run(out, x), _run(model, x), rtol=0, atol=1e-5)
-
-
-def test_fold_batchnorm_refuses_a_shared_conv_output():
-    graph = gs.import_onnx(build_tiny_cnn())
-    bn = next(n for n in graph.nodes if n.op == "BatchNormalization")
-    extra = gs.Variable("extra", dtype=np.float32)
-    graph.nodes.append(gs.Node("Relu", inputs=[bn.inputs[0]], outputs=[extra]))
-    graph.outputs.append(extra)
-    result = FoldBatchNorm().run(graph, PassContext())
-    assert result.applied == 8
-    assert result.refused == [(bn.name, "the Conv output is also read elsewhere")]
 
 
 def test_inspect_reports_a_cnn_with_exact_counts():
