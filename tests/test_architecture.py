@@ -153,3 +153,15 @@ def test_no_import_loops():
 ])
 def test_rules_refuse_what_they_should(mod, dep, ok):
     assert (layer(dep) in ALLOWED[layer(mod)]) is ok
+
+
+def test_the_architecture_doc_names_every_declared_pass():
+    from onnxvq.passes import pipelines
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    declared = {p.id for pl in (pipelines.TENSORRT_CANONICAL, pipelines.FULLY_QUANTIZED)
+                for p in pl.passes}
+    assert {i for i in declared if i not in doc} == set()
+    for name in ("CANONICAL", "TENSORRT_CANONICAL", "W8A8", "PTS_W8A8", "LIS_W8A8",
+                 "FULLY_QUANTIZED"):
+        assert name in doc and isinstance(getattr(pipelines, name), pipelines.Pipeline)
