@@ -115,7 +115,8 @@ def _problems(cfg: QuantConfig) -> list[str]:
             out.append(f"{name.replace('_', '-')} must be between 2 and 8, got {v!r}")
     for name in ("calib_size", "batch_size", "search_samples"):
         if name not in ints and getattr(cfg, name) < 1:
-            out.append(f"{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+            flag = name.replace("_", "-") + (" (--samples)" if name == "calib_size" else "")
+            out.append(f"{flag} must be positive, got {getattr(cfg, name)}")
     if not _number_in(cfg.momentum, 0.0, 1.0, closed_low=False):
         out.append(f"momentum must be in (0, 1], got {cfg.momentum!r}")
     if not _number_in(cfg.percentile, 0.0, 0.5, closed_high=False):

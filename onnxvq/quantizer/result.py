@@ -95,7 +95,7 @@ def check_output_path(output: str | os.PathLike, source: str | os.PathLike | Non
                          f"beside it as {out.with_suffix('.json').name})")
     if source is not None and _same_file(out, Path(source)):
         raise UsageError(f"-o {out}: is the input model {source}; choose another output name")
-    _check_writable(out.parent if str(out.parent) else Path("."))
+    _check_writable(out, out.parent if str(out.parent) else Path("."))
     return out
 
 
@@ -108,18 +108,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_writable(folder: Path) -> None:
+def _check_writable(out: Path, folder: Path) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"{folder}: {existing} is not a folder, cannot write the output there")
+        raise UsageError(f"-o {out}: {existing} is not a folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise UsageError(f"{folder}: cannot write the output there "
-                         f"({exc.strerror or exc})") from None
+        raise UsageError(f"-o {out}: cannot write in {existing} ({exc.strerror or exc})") from None
 
 
 def model_bytes(path: str | os.PathLike) -> int:

@@ -50,6 +50,7 @@ def quantize(
     `ONNXVQ_VALIDATE=each`, checks after every pass instead)."""
     cfg = QuantConfig.coerce(config)
     spec = calibration_spec(calib, cfg, preprocess)
+    spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
     proto = model_proto(model)
     graph = to_graph(proto)
     canonical, canon_report = canonical_pipeline(cfg).run_graph(graph, like=proto,
