@@ -226,10 +226,9 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    from onnxvq.core.files import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=2), what="export record")
 
 
 if __name__ == "__main__":  # the command lives with the catalogue it walks

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.errors import ModelLoadError, UnsupportedModelError, UsageError
+from onnxvq.core.files import temp_beside, umask
 
 # onnx >= 1.23 writes IR 14 by default; onnxruntime 1.31 refuses anything above 13.
 MAX_IR_VERSION = 10
@@ -70,27 +70,22 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
     model = compatible_ir(model)
     large = external_data if external_data is not None else (
         model.ByteSize() > _PROTOBUF_LIMIT if _fits_bytesize(model) else True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     data_name = f"{path.name}.data"
-    try:
+    with temp_beside(path) as tmp:  # the one atomic writer (core.files): unique temp, replace
         if large:
             # onnx.save_model moves the weights out of the proto it is given: save a copy so the
             # caller's model keeps its data.
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
             onnx.save_model(
-                copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                 location=data_name, size_threshold=1024,
             )
             # External data was written under the final name already; only the graph file moves.
         else:
-            onnx.save_model(model, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
+            onnx.save_model(model, str(tmp))
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -140,12 +135,6 @@ def infer_shapes_into(graph: gs.Graph, model: onnx.ModelProto) -> bool:
         if t.dtype is None and tt.elem_type:
             t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
     return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fits_bytesize(model: onnx.ModelProto) -> bool:
