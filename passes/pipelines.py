@@ -27,6 +27,8 @@ from onnxvq.passes.insert_qdq import InsertActivationQDQ
 from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
 from onnxvq.passes.quantize_weights import QuantizeWeights
 from onnxvq.passes.remove_softmax_nan_guard import RemoveSoftmaxNanGuard
+from onnxvq.passes.reparameterize_activation import ReparameterizeActivation
+from onnxvq.passes.reparameterize_layernorm import ReparameterizeLayerNorm
 from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
 from onnxvq.passes.replace_softmax import ReplaceSoftmax
 
@@ -49,6 +51,11 @@ W8A8 = Pipeline((QuantizeWeights(), InsertActivationQDQ(), FoldRequantize()))
 PTS_W8A8 = Pipeline((ReplaceLayerNorm(),)) + W8A8
 LIS_W8A8 = Pipeline((ReplaceSoftmax(),)) + W8A8
 FULLY_QUANTIZED = Pipeline((ReplaceLayerNorm(), ReplaceSoftmax())) + W8A8
+
+
+# RepQ-ViT (--reparam / --reparam-mlp), between recognition and the main calibration: fold the
+# per-channel quantizers in `ctx.channel_qparams` into LayerNorms/Linears (numerically neutral).
+REPARAMETERIZE = Pipeline((ReparameterizeLayerNorm(), ReparameterizeActivation()))
 
 
 def canonical_pipeline(cfg: QuantConfig | None = None) -> Pipeline:

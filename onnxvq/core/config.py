@@ -34,6 +34,8 @@ class QuantConfig:
     quantize_attention: bool = True  # the Q·Kᵀ and A·V MatMuls
     pts: bool = False
     lis: bool = False
+    reparam: bool = False  # RepQ-ViT: per-channel LayerNorm-output quantizers folded (h4)
+    reparam_mlp: bool = False  # per-channel MLP-activation quantizers via a rescale into fc2 (h4)
     calib_size: int = 256
     batch_size: int = 16
     seed: int = 0  # noise calibration inputs and the phase of the strided subsample

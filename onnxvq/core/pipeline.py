@@ -82,6 +82,8 @@ class PassContext:
     activation_qparams: Mapping[str, ActivationQParams] = field(default_factory=dict)
     fq_params: FqParams = field(default_factory=FqParams)
     weight_scales: Mapping[str, object] = field(default_factory=dict)  # node -> searched s_w[C]
+    # per-channel (scale[C], zero_point[C]) of activation tensors, for the reparameterise passes
+    channel_qparams: Mapping[str, tuple] = field(default_factory=dict)
 
 
 class Pass(ABC):

@@ -57,19 +57,28 @@ def quantize(
                                                                 validate=validate, numeric="none")
     infer_shapes_into(graph, canonical)  # recognition reads head shapes off the graph
     structure = recognise(graph)
+    overrides, reparam_passes = {}, []
+    if (cfg.reparam or cfg.reparam_mlp) and structure.is_vit:
+        from onnxvq.quantizer.reparam import reparameterize
+
+        rep = reparameterize(graph, canonical, structure, spec, cfg, validate)
+        canonical, overrides, reparam_passes = rep.model, rep.site_qparams, rep.passes
+        infer_shapes_into(graph, canonical)
+        structure = recognise(graph)
     if not structure.is_vit and not structure.is_cnn:
         log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
                     "will be quantized")
     the_plan = plan(graph, structure, cfg)
     fq = FqCalibration(the_plan, structure, cfg)
     qparams, calib_info, fq_params = calibrate(canonical, the_plan, spec, cfg, None,
-                                               progress, fq, structure)
+                                               progress, fq, structure, overrides)
     ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
                       fq_params=fq_params, weight_scales=calib_info.pop("weight_scales", {}))
     out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
                                                        validate=validate, numeric="none")
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
-    return QuantResult(out, cfg, structure, the_plan, qparams, weights, report.passes, calib_info,
+    passes = [*reparam_passes, *report.passes]
+    return QuantResult(out, cfg, structure, the_plan, qparams, weights, passes, calib_info,
                        fq_params, canonicalization=canon_report, canonical=canonical,
                        data_spec=spec)
 
@@ -99,9 +108,12 @@ def calibration_spec(calib, cfg: QuantConfig, preprocess: Preprocess | None) -> 
 
 def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConfig,
               preprocess: Preprocess | None, progress, fq: FqCalibration | None = None,
-              structure=None) -> tuple[dict[str, ActivationQParams], dict, FqParams]:
+              structure=None, overrides: dict[str, tuple[float, int]] | None = None,
+              ) -> tuple[dict[str, ActivationQParams], dict, FqParams]:
     """One ORT run over the calibration data (two with PTS: its per-channel shifts need the
-    range first); returns qparams per activation site, a summary, and the PTS/LIS parameters."""
+    range first); returns qparams per activation site, a summary, and the PTS/LIS parameters.
+    `overrides` (tensor -> (scale, zero point)) replace the calibrated ones: the sites behind a
+    reparameterisation, whose per-tensor quantizer is the per-channel one folded."""
     spec = calib if isinstance(calib, DataSpec) else calibration_spec(calib, cfg, preprocess)
     inp = model.graph.input[0]
     prep = spec.resolve_preprocess()
@@ -129,14 +141,29 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
         qparams[site.tensor] = ActivationQParams(float(scale), int(zp),
                                                  "int8" if signed else "uint8", site.bits,
                                                  (float(lo), float(hi)), site.role)
+    overridden = {t: _fixed(s, z, cfg, qparams.get(t)) for t, (s, z) in (overrides or {}).items()}
+    qparams.update((t, q) for t, q in overridden.items() if t in qparams)
     resolve_shared(qparams, the_plan.shared)
     searched = {}
     if cfg.method in SEARCH_METHODS:  # block-wise refinement of the base ranges (searched.py)
         qparams, searched["weight_scales"], searched["search"] = refine(
             model, structure, the_plan, cfg, batches(source, cfg.batch_size, inp.name),
             len(source), inp.name, observers, qparams)
-    fq_params = (fq.finish(model, observers, qparams, batches(source, cfg.batch_size, inp.name))
+        qparams.update((t, q) for t, q in overridden.items() if t in qparams)  # keep the folds
+    fq_params = (fq.finish(model, observers, {**overridden, **qparams},
+                           batches(source, cfg.batch_size, inp.name))
                  if fq is not None else FqParams())
     info = {**spec.record(prep, len(source)), "method": cfg.method,
             "seconds": round(time.perf_counter() - t0, 3), **searched}
     return qparams, info, fq_params
+
+
+def _fixed(scale: float, zp: int, cfg: QuantConfig,
+           site: ActivationQParams | None) -> ActivationQParams:
+    """A given per-tensor quantizer; its range is the one its codes span."""
+    from onnxvq.calibrate.quant import qrange
+
+    qmin, qmax = qrange(cfg.a_bits, cfg.symmetric)
+    return ActivationQParams(float(scale), int(zp), "int8" if cfg.symmetric else "uint8",
+                             cfg.a_bits, ((qmin - zp) * scale, (qmax - zp) * scale),
+                             site.role if site else "linear")
