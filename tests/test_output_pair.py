@@ -38,6 +38,9 @@ def test_save_refuses_a_directory_and_the_source(result, tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(UsageError, match="is the input model"):
         result.save(tmp_path / "d" / ".." / "m.onnx", source=src)
+    from_file = quantize(src, None, FAST)
+    with pytest.raises(UsageError, match="is the input model"):
+        from_file.save(src)  # the result remembers where it came from
     assert onnx.load(src).graph.node[0].op_type != "QuantizeLinear"  # untouched
 
 

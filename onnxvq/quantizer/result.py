@@ -35,6 +35,7 @@ class QuantResult:
     canonicalization: PipelineReport | None = None  # the canonical stage's passes and refusals
     canonical: onnx.ModelProto | None = field(default=None, repr=False)  # FP32, canonicalised
     data_spec: DataSpec | None = None  # the calibration data (source, preprocessing, seed)
+    source_path: str | None = None  # the FP32 file quantized, which save() refuses to overwrite
 
     @property
     def refusals(self) -> list[dict]:
@@ -60,9 +61,10 @@ class QuantResult:
     def save(self, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
         """Write the model and its JSON sidecar (`<name>.json` beside it) as one pair: both (and
         the model's external `.data`, if any) are written in a temporary folder beside the target
-        and moved into place together, the model last. `source` (the FP32 input) may not be
-        overwritten. Stale temporaries of killed runs are removed first."""
-        path = check_output_path(path, source)
+        and moved into place together, the model last. `source` (default: the FP32 file this
+        result was quantized from) may not be overwritten. Stale temporaries of killed runs are
+        removed first."""
+        path = check_output_path(path, source if source is not None else self.source_path)
         side = path.with_suffix(".json")
         remove_stale_temps(path)
         try:

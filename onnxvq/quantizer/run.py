@@ -80,7 +80,8 @@ def quantize(
     passes = [*reparam_passes, *report.passes]
     return QuantResult(out, cfg, structure, the_plan, qparams, weights, passes, calib_info,
                        fq_params, canonicalization=canon_report, canonical=canonical,
-                       data_spec=spec)
+                       data_spec=spec,
+                       source_path=None if isinstance(model, onnx.ModelProto) else str(model))
 
 
 def model_proto(model) -> onnx.ModelProto:
