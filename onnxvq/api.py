@@ -10,7 +10,7 @@ import onnx
 from onnxvq.core.errors import UsageError
 from onnxvq.core.graph import load_model
 from onnxvq.core.pipeline import PipelineReport
-from onnxvq.passes.pipelines import canonicalize
+from onnxvq.passes.pipelines import canonicalize  # noqa: F401  (part of the API)
 from onnxvq.recognise.structure import ViTStructure
 
 
@@ -40,12 +40,12 @@ class Inspection:
 
 def inspect(model: str | os.PathLike | onnx.ModelProto) -> Inspection:
     """Canonicalise a model and recognise its ViT structure."""
-    from onnxvq.recognise.model import recognise_model
+    from onnxvq.quantizer.run import prepare
 
     path = "<memory>" if isinstance(model, onnx.ModelProto) else str(model)
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    canonical, report = canonicalize(proto)
-    return Inspection(path, recognise_model(canonical), report, canonical)
+    _, canonical, report, structure = prepare(proto, numeric="end")
+    return Inspection(path, structure, report, canonical)
 
 
 def quantize_file(model: str | os.PathLike, output: str | os.PathLike | None = None,

@@ -9,8 +9,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxvq.calibrate import batches, make_observer
 from onnxvq.calibrate.collect import collect
@@ -22,14 +24,28 @@ from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import UsageError
 from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
-from onnxvq.core.pipeline import PassContext, Validate
+from onnxvq.core.pipeline import PassContext, PipelineReport, Validate
 from onnxvq.passes.pipelines import canonical_pipeline, quantization_pipeline
 from onnxvq.quantizer.conv import resolve_shared
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
 from onnxvq.recognise.model import recognise
+from onnxvq.recognise.structure import ViTStructure
 
 log = logging.getLogger(__name__)
+
+
+def prepare(proto: onnx.ModelProto, cfg: QuantConfig | None = None, *,
+            validate: Validate | None = None, numeric: Literal["end", "each", "none"] = "none",
+            ) -> tuple[gs.Graph, onnx.ModelProto, PipelineReport, ViTStructure]:
+    """The canonical stage on one graph: import `proto` once, canonicalise it in place (exported
+    and checked once), recognise the structure on the same graph. Returns the graph (the next
+    stage edits it further), the canonical model, the stage's report and the structure."""
+    graph = to_graph(proto)
+    canonical, report = canonical_pipeline(cfg).run_graph(graph, like=proto, validate=validate,
+                                                          numeric=numeric)
+    infer_shapes_into(graph, canonical)  # recognition reads head shapes off the graph
+    return graph, canonical, report, recognise(graph)
 
 
 def quantize(
@@ -51,20 +67,9 @@ def quantize(
     cfg = QuantConfig.coerce(config)
     spec = calibration_spec(calib, cfg, preprocess)
     spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
-    proto = model_proto(model)
-    graph = to_graph(proto)
-    canonical, canon_report = canonical_pipeline(cfg).run_graph(graph, like=proto,
-                                                                validate=validate, numeric="none")
-    infer_shapes_into(graph, canonical)  # recognition reads head shapes off the graph
-    structure = recognise(graph)
-    overrides, reparam_passes = {}, []
-    if (cfg.reparam or cfg.reparam_mlp) and structure.is_vit:
-        from onnxvq.quantizer.reparam import reparameterize
-
-        rep = reparameterize(graph, canonical, structure, spec, cfg, validate)
-        canonical, overrides, reparam_passes = rep.model, rep.site_qparams, rep.passes
-        infer_shapes_into(graph, canonical)
-        structure = recognise(graph)
+    graph, canonical, canon_report, structure = prepare(model_proto(model), cfg, validate=validate)
+    canonical, structure, overrides, reparam_passes = _reparameterize(
+        graph, canonical, structure, spec, cfg, validate)
     if not structure.is_vit and not structure.is_cnn:
         log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
                     "will be quantized")
@@ -82,6 +87,18 @@ def quantize(
                        fq_params, canonicalization=canon_report, canonical=canonical,
                        data_spec=spec,
                        source_path=None if isinstance(model, onnx.ModelProto) else str(model))
+
+
+def _reparameterize(graph, canonical, structure, spec, cfg, validate):
+    """RepQ-ViT (`--reparam`/`--reparam-mlp`) on the same graph: the new FP32 model, its
+    structure, the site qparams it fixes and its pass results; unchanged when off."""
+    if not ((cfg.reparam or cfg.reparam_mlp) and structure.is_vit):
+        return canonical, structure, {}, []
+    from onnxvq.quantizer.reparam import reparameterize
+
+    rep = reparameterize(graph, canonical, structure, spec, cfg, validate)
+    infer_shapes_into(graph, rep.model)
+    return rep.model, recognise(graph), rep.site_qparams, rep.passes
 
 
 def model_proto(model) -> onnx.ModelProto:

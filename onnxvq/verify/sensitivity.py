@@ -28,8 +28,7 @@ from onnxvq.calibrate.spec import DataSpec, recorded_preprocess
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.core.graph import to_graph, to_model
 from onnxvq.core.metrics import Running, top1_agreement
-from onnxvq.passes.pipelines import canonicalize
-from onnxvq.recognise.model import recognise_model
+from onnxvq.quantizer.run import prepare
 from onnxvq.recognise.structure import Block, ViTStructure
 from onnxvq.verify import comparator
 from onnxvq.verify.compare import as_model
@@ -241,8 +240,8 @@ def canonical_structure(fp32: Model, *, reuse=None) -> tuple[onnx.ModelProto, Vi
     them) instead of canonicalising `fp32` again when it has them."""
     if getattr(reuse, "canonical", None) is not None:
         return reuse.canonical, reuse.structure
-    canonical, _ = canonicalize(as_model(fp32), numeric="none")
-    return canonical, recognise_model(canonical)
+    _, canonical, _, structure = prepare(as_model(fp32))
+    return canonical, structure
 
 
 def _damage(unit: str, ref, got) -> UnitDamage:

@@ -91,3 +91,14 @@ def test_report_reuses_the_canonical_model(tiny, counts, tmp_path):
     assert counts["canonicalise"] == 1
     assert counts["import"] == 1
     assert result.canonicalization is not None and result.canonical is not None
+
+
+def test_inspect_and_sensitivity_canonicalise_on_one_graph(tiny, counts):
+    from onnxvq.api import inspect
+    from onnxvq.verify.sensitivity import canonical_structure
+
+    inspect(tiny)
+    assert (counts["import"], counts["export"], counts["checker"]) == (1, 1, 1)
+    counts.clear()
+    canonical_structure(tiny)
+    assert (counts["import"], counts["export"], counts["canonicalise"]) == (1, 1, 1)
