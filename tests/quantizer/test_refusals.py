@@ -45,3 +45,18 @@ def test_placement_keeps_patch_embedding_and_head_float(tiny):
     reasons = dict(r.plan.skipped)
     assert sorted(reasons.values()) == ["head kept float", "patch embedding kept float"]
     assert {s.node for s in r.plan.weights}.isdisjoint(reasons)
+
+
+def test_inspect_json_on_the_command_line(tiny, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from onnxvq.cli.app import app
+    from onnxvq.core.graph import save_model
+
+    path = save_model(tiny, tmp_path / "v.onnx")
+    done = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert done.exit_code == 0, done.output
+    refusals = json.loads(done.stdout)["refusals"]
+    assert [r["reason"] for r in refusals] == ["already canonical"] * 2
