@@ -139,26 +139,12 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     if spec.source is None:
         log.warning("NO CALIBRATION DATA: calibrating on %d samples of Gaussian noise. Accuracy "
                     "will be lower than with real images; pass --data DIR.", len(source))
-    opts = {"ema": {"momentum": cfg.momentum}, "percentile": {"tail": cfg.percentile}}
     t0 = time.perf_counter()
     sites = [s.tensor for s in the_plan.activations]
-
-    def make(name: str):
-        return make_observer(base_method(cfg.method), name, **opts.get(cfg.method, {}))
-
-    if fq is not None:
-        make = fq.observer_factory(make, set(sites))
     observers = collect(model, sites + (fq.tensors if fq else []),
-                        batches(source, cfg.batch_size, inp.name, progress), make)
-    signed = cfg.symmetric
-    qparams = {}
-    for site in the_plan.activations:
-        scale, zp = observers[site.tensor].qparams(site.bits, symmetric=cfg.symmetric,
-                                                   signed=signed)
-        lo, hi = observers[site.tensor].range()
-        qparams[site.tensor] = ActivationQParams(float(scale), int(zp),
-                                                 "int8" if signed else "uint8", site.bits,
-                                                 (float(lo), float(hi)), site.role)
+                        batches(source, cfg.batch_size, inp.name, progress),
+                        _observer_factory(cfg, fq, set(sites)))
+    qparams = _site_qparams(the_plan, observers, cfg)
     overridden = {t: _fixed(s, z, cfg, qparams.get(t)) for t, (s, z) in (overrides or {}).items()}
     qparams.update((t, q) for t, q in overridden.items() if t in qparams)
     resolve_shared(qparams, the_plan.shared)
@@ -174,6 +160,28 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     info = {**spec.record(prep, len(source)), "method": cfg.method,
             "seconds": round(time.perf_counter() - t0, 3), **searched}
     return qparams, info, fq_params
+
+
+def _observer_factory(cfg: QuantConfig, fq: FqCalibration | None, sites: set[str]):
+    opts = {"ema": {"momentum": cfg.momentum}, "percentile": {"tail": cfg.percentile}}
+
+    def make(name: str):
+        return make_observer(base_method(cfg.method), name, **opts.get(cfg.method, {}))
+
+    return fq.observer_factory(make, sites) if fq is not None else make
+
+
+def _site_qparams(the_plan: QuantPlan, observers: dict, cfg: QuantConfig,
+                  ) -> dict[str, ActivationQParams]:
+    """Each activation site's quantizer from its observer (symmetric int8 for target trt)."""
+    signed, qparams = cfg.symmetric, {}
+    for site in the_plan.activations:
+        scale, zp = observers[site.tensor].qparams(site.bits, symmetric=signed, signed=signed)
+        lo, hi = observers[site.tensor].range()
+        qparams[site.tensor] = ActivationQParams(float(scale), int(zp),
+                                                 "int8" if signed else "uint8", site.bits,
+                                                 (float(lo), float(hi)), site.role)
+    return qparams
 
 
 def _fixed(scale: float, zp: int, cfg: QuantConfig,
