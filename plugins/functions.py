@@ -21,7 +21,8 @@ from onnx import AttributeProto, TensorProto, helper
 from onnxvq.plugins.reference.softmax import SUM_BITS
 
 DOMAIN = "com.onnxvq"
-OPSET = 17
+OPSET = 17  # the lowest opset the bodies are written for (LayerNormalization's, after fusing)
+MAX_OPSET = 21
 PLUGIN_ATTRS = ("plugin_version", "plugin_namespace")
 I64, U64 = TensorProto.INT64, TensorProto.UINT64
 
@@ -29,10 +30,11 @@ I64, U64 = TensorProto.INT64, TensorProto.UINT64
 class _Body:
     """Collects the nodes of one function body; every op returns its (fresh) output name."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, opset: int = OPSET) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self._prefix = prefix
         self._count = 0
+        self.opset = opset
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
         self._count += 1
@@ -68,6 +70,13 @@ class _Body:
     def shr(self, x: str, s: str) -> str:
         """x >> s for non-negative int64 x and 0 <= s <= 63 (logical shift through uint64)."""
         return self.i64(self.op("BitShift", self.u64(x), self.u64(s), direction="RIGHT"))
+
+    def reduce_max_last(self, x: str) -> str:
+        """ReduceMax over the last axis, keepdims: axes is an attribute before opset 18, then an
+        input (the body must match the opset it is stamped with)."""
+        if self.opset < 18:
+            return self.op("ReduceMax", x, axes=[-1], keepdims=1)
+        return self.op("ReduceMax", x, self.const([-1], dims=(1,)), keepdims=1)
 
     def where_neg(self, a: str, mag: str) -> str:
         """sign(a) * mag."""
@@ -110,14 +119,14 @@ def _function(name: str, f: _Body, inputs: list[str], output: str, attrs: tuple[
         inputs,
         ["Y"],
         f.nodes,
-        [helper.make_opsetid("", OPSET)],
+        [helper.make_opsetid("", f.opset)],
         attributes=list(attrs + PLUGIN_ATTRS),
     )
 
 
-def int_layer_norm_function() -> onnx.FunctionProto:
+def int_layer_norm_function(opset: int = OPSET) -> onnx.FunctionProto:
     """IntLayerNorm(X, alpha, gamma, beta) -> Y; README steps 1-10."""
-    f = _Body("iln")
+    f = _Body("iln", _checked(opset))
     axes = f.const([-1], dims=(1,))
     xt = f.op("Mul", f.op("Sub", f.i64("X"), f.attr("zero_point")), f.pow2(f.i64("alpha")))
     s1 = f.op("ReduceSum", xt, axes, keepdims=1)
@@ -150,11 +159,11 @@ def _code_limits(f: _Body) -> tuple[str, str]:
     return m, f.op("Min", levels, f.const(255))
 
 
-def log_int_softmax_function() -> onnx.FunctionProto:
+def log_int_softmax_function(opset: int = OPSET) -> onnx.FunctionProto:
     """LogIntSoftmax(X) -> Y uint8 log2 codes; README steps 1-7."""
-    f = _Body("lis")
+    f = _Body("lis", _checked(opset))
     x = f.i64("X")
-    d = f.op("Sub", x, f.op("ReduceMax", x, axes=[-1], keepdims=1))
+    d = f.op("Sub", x, f.reduce_max_last(x))
     x0 = f.attr("x0")
     q = f.op("Div", f.op("Neg", d), f.op("Neg", x0))
     r = f.op("Sub", d, f.op("Mul", q, x0))
@@ -178,9 +187,9 @@ def log_int_softmax_function() -> onnx.FunctionProto:
     return _function("LogIntSoftmax", f, ["X"], out, ("x0", "b", "c", "n", "bits"))
 
 
-def log_int_matmul_function() -> onnx.FunctionProto:
+def log_int_matmul_function(opset: int = OPSET) -> onnx.FunctionProto:
     """LogIntMatMul(A, V) -> Y int64 = sum_k 2^(M - A) * (V - zero_point)."""
-    f = _Body("lim")
+    f = _Body("lim", _checked(opset))
     a = f.i64("A")
     m, _ = _code_limits(f)
     w = f.pow2(f.op("Max", f.op("Sub", m, a), f.const(0)))
@@ -190,6 +199,19 @@ def log_int_matmul_function() -> onnx.FunctionProto:
     return _function("LogIntMatMul", f, ["A", "V"], out, ("bits", "zero_point"))
 
 
-def function_protos() -> list[onnx.FunctionProto]:
-    """The three local functions, to append to `model.functions` (see ops.add_functions)."""
-    return [int_layer_norm_function(), log_int_softmax_function(), log_int_matmul_function()]
+def function_protos(opset: int = OPSET) -> list[onnx.FunctionProto]:
+    """The three local functions, to append to `model.functions` (see ops.add_functions).
+
+    ONNX Runtime refuses a local function whose default-domain import differs from the model's
+    ("FunctionOp imports version 17 whereas model imports version 20"), so the bodies are stamped
+    with the opset of the model they go into."""
+    return [int_layer_norm_function(opset), log_int_softmax_function(opset),
+            log_int_matmul_function(opset)]
+
+
+def _checked(opset: int) -> int:
+    # Below 17 the model is raised to 17 by fuse-layernorm; the bodies use Shape(start=), opset 15.
+    if not OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"com.onnxvq functions are written for opsets {OPSET}-{MAX_OPSET}, "
+                         f"not {opset}")
+    return opset

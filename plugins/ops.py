@@ -40,9 +40,10 @@ def register_functions(graph: gs.Graph) -> None:
         domains.append(helper.make_opsetid(DOMAIN, VERSION))
     graph.import_domains = domains
     have = {(f.domain, f.name) for f in graph.functions}
-    for proto in function_protos():
+    opset = max(graph.opset or OPSET, OPSET)
+    for proto in function_protos(opset):
         if (proto.domain, proto.name) not in have:
-            graph.functions.append(OnnxImporter.import_function(proto, model_opset=OPSET))
+            graph.functions.append(OnnxImporter.import_function(proto, model_opset=opset))
 
 
 def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -50,7 +51,9 @@ def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
     have = {(f.domain, f.name) for f in model.functions}
-    model.functions.extend(p for p in function_protos() if (p.domain, p.name) not in have)
+    opset = max(next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                     OPSET), OPSET)
+    model.functions.extend(p for p in function_protos(opset) if (p.domain, p.name) not in have)
     return model
 
 

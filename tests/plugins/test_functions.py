@@ -174,3 +174,38 @@ def test_add_functions_on_a_plain_model():
     xv = np.random.default_rng(0).integers(-128, 128, (3, 9)).astype(np.int8)
     (got,) = make_session(model, custom_ops=False).run(None, {"x": xv})
     np.testing.assert_array_equal(got, log_int_softmax(xv, **sm.attributes()))
+
+
+@pytest.mark.parametrize("opset", [17, 18, 20, 21])
+def test_functions_are_stamped_with_the_model_opset(opset):
+    """ORT refuses a local function importing another default opset than the model (dynamo
+    exports are opset 18-20); ReduceMax's axes move from an attribute to an input at 18."""
+    rng = np.random.default_rng(opset)
+    c, n = 16, 12
+    p = _ln_params(rng, c)
+    k = softmax_constants(0.05)
+    g = gs.Graph(opset=opset)
+    x = gs.Variable("x", np.uint8, [2, 5, c])
+    s = gs.Variable("s", np.int8, [2, 3, n])
+    v = gs.Variable("v", np.int8, [2, n, 4])
+    codes = make_log_int_softmax_node(g, s, k, name="sm")
+    g.inputs = [x, s, v]
+    g.outputs = [make_int_layer_norm_node(g, x, p, name="ln"), codes,
+                 make_log_int_matmul_node(g, codes, v, name="mm")]
+    model = gs.export_onnx(g)
+    assert {o.version for f in model.functions for o in f.opset_import if o.domain == ""} == {
+        opset}
+    xq = _ln_rows(rng, 2, 5, c)
+    sq = rng.integers(-128, 128, (2, 3, n)).astype(np.int8)
+    vq = rng.integers(-128, 128, (2, n, 4)).astype(np.int8)
+    got_ln, got_codes, got_mm = _run(g, {"x": xq, "s": sq, "v": vq})
+    np.testing.assert_array_equal(got_ln, int_layer_norm(xq, p.alpha, p.gamma, p.beta,
+                                                         **p.attributes()))
+    want = log_int_softmax(sq, **k.attributes())
+    np.testing.assert_array_equal(got_codes, want)
+    np.testing.assert_array_equal(got_mm, log_int_matmul(want, vq))
+
+
+def test_functions_refuse_opsets_they_are_not_written_for():
+    with pytest.raises(ValueError, match="opsets 17-21"):
+        function_protos(22)
