@@ -3,7 +3,7 @@
 # Importing the plugins registers the native ORT kernels with core.runtime; importing the runtime
 # opens the first ORT session (flush-to-zero for denormals).
 from onnxvq import plugins as _plugins  # noqa: F401
-from onnxvq.api import canonicalize, inspect, quantize_file, report, sensitivity
+from onnxvq.api import canonicalize, inspect, quantize, quantize_file, report, sensitivity
 from onnxvq.calibrate.spec import DataSpec
 from onnxvq.core import runtime as _runtime  # noqa: F401
 from onnxvq.core.config import QuantConfig
@@ -22,7 +22,6 @@ from onnxvq.core.errors import (
 from onnxvq.core.graph import load_model, save_model
 from onnxvq.core.version import __version__
 from onnxvq.quantizer.result import QuantResult
-from onnxvq.quantizer.run import quantize
 from onnxvq.verify.compare import compare
 from onnxvq.verify.evaluate import evaluate
 

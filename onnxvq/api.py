@@ -48,22 +48,45 @@ def inspect(model: str | os.PathLike | onnx.ModelProto) -> Inspection:
     return Inspection(path, structure, report, canonical)
 
 
+def quantize(model, data=None, config=None, *, preprocess=None, progress=None, validate=None,
+             check_data: str | os.PathLike | None = None, gate: bool = True):
+    """`onnxvq.quantizer.run.quantize` ended by the fidelity gate (`onnxvq.verify.gate`): a few
+    samples the calibration did not see (`check_data`, else held back from `data`) run through
+    the FP32 and the quantized model; a degenerate result raises FidelityError (exit 7).
+    `config.fail_below` makes the SQNR threshold explicit. The report is `result.fidelity`."""
+    from onnxvq.calibrate.budget import clamp_to_fixed, fixed_batch
+    from onnxvq.quantizer.run import quantize as run_quantize
+    from onnxvq.verify.gate import SAMPLES, check_source, run_gate
+
+    def judge(result, rebuild, replaced) -> dict:
+        canonical, cfg = result.canonical, result.config
+        samples = max(SAMPLES, fixed_batch(canonical) or 1)
+        source, where = check_source(canonical, result.data_spec, cfg.calib_size, check_data,
+                                     samples)
+        report = run_gate(canonical, result.model, source, rebuild=rebuild, replaced=replaced,
+                          fail_below=cfg.fail_below,
+                          batch_size=clamp_to_fixed(canonical, samples, "the fidelity gate"))
+        return {"source": where, **report}
+
+    return run_quantize(model, data, config, preprocess=preprocess, progress=progress,
+                        validate=validate, gate=judge if gate else None)
+
+
 def quantize_file(model: str | os.PathLike, output: str | os.PathLike | None = None,
                   data=None, config=None, *, report: bool = False,
-                  progress=None):
+                  progress=None, check_data: str | os.PathLike | None = None):
     """Quantize the model file `model` and write `output` (default `<model>.int8.onnx`) with its
     sidecar as one pair, checking the output path before any work; with `report`, also the HTML
     report beside it. Returns the QuantResult and the paths written."""
     from pathlib import Path
 
     from onnxvq.quantizer.result import check_output_path
-    from onnxvq.quantizer.run import quantize
 
     if not isinstance(model, str | os.PathLike):
         raise UsageError(f"model must be a path, got {type(model).__name__}")
     model = Path(model)
     out = check_output_path(output or model.with_name(model.stem + ".int8.onnx"), model)
-    result = quantize(model, data, config, progress=progress)
+    result = quantize(model, data, config, progress=progress, check_data=check_data)
     path = result.save(out, source=model)
     written = {"model": path, "sidecar": path.with_suffix(".json")}
     if report:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxvq.calibrate.budget import clamp_to_fixed, exact_batches, fixed_batch
 from onnxvq.calibrate.data import Source, batches, model_input, open_source
 from onnxvq.calibrate.preprocess import (
     PRESETS,
@@ -102,7 +103,9 @@ class DataSpec:
         """Feed dicts `{input: [B, ...]}` for `model` (defaults: `samples`, `batch_size`)."""
         name, _ = model_input(model)
         source = self.open(model, samples=samples, recorded=recorded)
-        yield from batches(source, self.batch_size or batch_size, name, progress)
+        # A fixed batch dimension (dynamo exports at batch 1) overrides the batch size.
+        batch = clamp_to_fixed(model, self.batch_size or batch_size, "this run")
+        yield from exact_batches(batches(source, batch, name, progress), fixed_batch(model))
 
     def describe(self) -> str:
         return self.source if self.source is not None else f"gaussian-noise(seed={self.seed})"

@@ -84,6 +84,12 @@ def quantize(
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
     as_json: o.Json = False,
+    check_data: Annotated[Path | None, typer.Option(
+        "--check-data", help="Samples for the fidelity gate (default: held back from --data).",
+        rich_help_panel="Data flags")] = None,
+    fail_below: Annotated[float | None, typer.Option(
+        "--fail-below", help="Fidelity gate: fail when an output's SQNR is below this many dB "
+        "(default: only a collapsed output fails).")] = None,
 ) -> None:
     """Quantize MODEL and write OUT.onnx plus its OUT.json sidecar of scales and settings."""
     from onnxvq.api import quantize_file
@@ -96,11 +102,11 @@ def quantize(
                           attn_bits=attn_bits, momentum=momentum, percentile=percentile,
                           skip=tuple(skip or ()), quantize_patch_embed=patch_embed,
                           quantize_head=head, pts=pts, lis=lis, calib_size=samples,
-                          batch_size=batch_size, seed=seed)
+                          batch_size=batch_size, seed=seed, fail_below=fail_below)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
         with progress("quantizing (samples calibrated)") as advance:
             result, written = quantize_file(model, output, spec, cfg, report=report,
-                                            progress=advance)
+                                            progress=advance, check_data=check_data)
     for pattern in result.config.skip:
         if not any(n.name and _match(n.name, pattern) for n in result.model.graph.node) and \
                 not any(_match(n, pattern) for n, _ in result.plan.skipped):

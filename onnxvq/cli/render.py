@@ -82,7 +82,8 @@ def quantization_dict(result, model_path, written: dict) -> dict:
                           "activations": len(result.plan.activations)},
             "passes": [{"pass": r.pass_id, "applied": r.applied, **r.counts}
                        for r in result.passes],
-            "skipped": [{"node": n, "reason": why} for n, why in result.plan.skipped]}
+            "skipped": [{"node": n, "reason": why} for n, why in result.plan.skipped],
+            "fidelity": result.fidelity}
 
 
 def demo_dict(demo) -> dict:
@@ -111,6 +112,9 @@ def render_quantization(console: Console, result, model_path, out_path) -> None:
     for r in result.passes:
         t.add_row(r.pass_id, f"{r.applied} applied" +
                   "".join(f", {k} {v}" for k, v in r.counts.items() if k != "bytes_saved"))
+    for o in result.fidelity.get("outputs", []):  # the fidelity gate (verify/gate.py)
+        t.add_row(f"fidelity {o['output']}", f"SQNR {o['sqnr_db']:.1f} dB, cosine "
+                  f"{o['cosine']:.4f} on {result.fidelity['source']}")
     if result.plan.skipped:
         t.add_row("kept float", "; ".join(f"{n} ({why})" for n, why in result.plan.skipped[:6]))
     size_in, size_out = model_bytes(model_path), model_bytes(out_path)

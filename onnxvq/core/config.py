@@ -40,6 +40,7 @@ class QuantConfig:
     batch_size: int = 16
     seed: int = 0  # noise calibration inputs and the phase of the strided subsample
     search_samples: int = 32  # block-mse/similarity: calibration samples the search runs on
+    fail_below: float | None = None  # fidelity gate: minimum SQNR in dB (None: collapse only)
 
     def __post_init__(self) -> None:
         for name in ("method", "target"):  # an Enum from the CLI arrives as its value

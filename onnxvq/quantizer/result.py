@@ -35,6 +35,7 @@ class QuantResult:
     canonicalization: PipelineReport | None = None  # the canonical stage's passes and refusals
     canonical: onnx.ModelProto | None = field(default=None, repr=False)  # FP32, canonicalised
     data_spec: DataSpec | None = None  # the calibration data (source, preprocessing, seed)
+    fidelity: dict = field(default_factory=dict)  # the fidelity gate's report (verify/gate.py)
     source_path: str | None = None  # the FP32 file quantized, which save() refuses to overwrite
 
     @property
@@ -56,6 +57,7 @@ class QuantResult:
             "activations": {k: v.to_dict() for k, v in self.activation_qparams.items()},
             "weights": {k: v.to_dict() for k, v in self.weight_qparams.items()},
             "fq": self.fq_params.to_dict(),
+            "fidelity": self.fidelity,
         }
 
     def save(self, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:

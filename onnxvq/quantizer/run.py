@@ -9,12 +9,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxvq.calibrate import batches, make_observer
+from onnxvq.calibrate.budget import calibration_batch, exact_batches, fixed_batch
 from onnxvq.calibrate.collect import collect
 from onnxvq.calibrate.fq import FqCalibration
 from onnxvq.calibrate.preprocess import Preprocess
@@ -56,6 +58,7 @@ def quantize(
     preprocess: Preprocess | None = None,
     progress: Callable[[int], None] | None = None,
     validate: Validate | None = None,
+    gate: Callable | None = None,
 ) -> QuantResult:
     """Quantize an FP32 ViT. `calib` is a `DataSpec`, an image folder, a .npy/.npz file or folder,
     or None for Gaussian noise (data-free; logged as a warning, expect lower accuracy). `config` is
@@ -63,7 +66,8 @@ def quantize(
 
     One graph for the whole run: the model is imported once, canonicalised, recognised and planned
     on, then quantized in place; it is exported and checked once per stage (`validate="each"`, or
-    `ONNXVQ_VALIDATE=each`, checks after every pass instead)."""
+    `ONNXVQ_VALIDATE=each`, checks after every pass instead). `gate(result, rebuild, replaced)`
+    judges the result at the end (`onnxvq.api.quantize` passes the fidelity gate)."""
     cfg = QuantConfig.coerce(config)
     spec = calibration_spec(calib, cfg, preprocess)
     spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
@@ -83,10 +87,36 @@ def quantize(
                                                        validate=validate, numeric="none")
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
     passes = [*reparam_passes, *report.passes]
-    return QuantResult(out, cfg, structure, the_plan, qparams, weights, passes, calib_info,
-                       fq_params, canonicalization=canon_report, canonical=canonical,
-                       data_spec=spec,
-                       source_path=None if isinstance(model, onnx.ModelProto) else str(model))
+    result = QuantResult(out, cfg, structure, the_plan, qparams, weights, passes, calib_info,
+                         fq_params, canonicalization=canon_report, canonical=canonical,
+                         data_spec=spec,
+                         source_path=None if isinstance(model, onnx.ModelProto) else str(model))
+    if gate is not None:
+        result.fidelity = gate(result, _rebuilder(canonical, ctx, cfg),
+                               _replaced(canonical, fq_params, report.passes))
+    return result
+
+
+def _rebuilder(canonical: onnx.ModelProto, ctx: PassContext, cfg: QuantConfig):
+    """`rebuild(nodes)`: the canonical model rewritten afresh with only `nodes` (LayerNorm and
+    Softmax names) made integer; the others are not calibrated, so they stay float."""
+    def rebuild(nodes: frozenset) -> onnx.ModelProto:
+        fq = ctx.fq_params
+        only = replace(fq, layernorms={k: v for k, v in fq.layernorms.items() if k in nodes},
+                       softmaxes={k: v for k, v in fq.softmaxes.items() if k in nodes})
+        return quantization_pipeline(cfg).run_graph(
+            to_graph(canonical), like=canonical, ctx=replace(ctx, fq_params=only),
+            validate="none", numeric="none")[0]
+
+    return rebuild
+
+
+def _replaced(model: onnx.ModelProto, fq: FqParams, passes: list) -> list[str]:
+    """The LayerNorm/Softmax nodes the integer passes replaced, in graph order."""
+    if not any(r.applied for r in passes if r.pass_id in ("replace-layernorm", "replace-softmax")):
+        return []
+    names = set(fq.layernorms) | set(fq.softmaxes)
+    return [n.name for n in model.graph.node if n.name in names]
 
 
 def _reparameterize(graph, canonical, structure, spec, cfg, validate):
@@ -141,9 +171,13 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
                     "will be lower than with real images; pass --data DIR.", len(source))
     t0 = time.perf_counter()
     sites = [s.tensor for s in the_plan.activations]
-    observers = collect(model, sites + (fq.tensors if fq else []),
-                        batches(source, cfg.batch_size, inp.name, progress),
-                        _observer_factory(cfg, fq, set(sites)))
+    observed = sites + (fq.tensors if fq else [])
+    batch, fixed = calibration_batch(model, cfg.batch_size, observed), fixed_batch(model)
+
+    def feeds(report=None):  # clamped to a fixed batch dim and to the memory budget (budget.py)
+        return exact_batches(batches(source, batch, inp.name, report), fixed)
+
+    observers = collect(model, observed, feeds(progress), _observer_factory(cfg, fq, set(sites)))
     qparams = _site_qparams(the_plan, observers, cfg)
     overridden = {t: _fixed(s, z, cfg, qparams.get(t)) for t, (s, z) in (overrides or {}).items()}
     qparams.update((t, q) for t, q in overridden.items() if t in qparams)
@@ -151,13 +185,11 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     searched = {}
     if cfg.method in SEARCH_METHODS:  # block-wise refinement of the base ranges (searched.py)
         qparams, searched["weight_scales"], searched["search"] = refine(
-            model, structure, the_plan, cfg, batches(source, cfg.batch_size, inp.name),
-            len(source), inp.name, observers, qparams)
+            model, structure, the_plan, cfg, feeds(), len(source), inp.name, observers, qparams)
         qparams.update((t, q) for t, q in overridden.items() if t in qparams)  # keep the folds
-    fq_params = (fq.finish(model, observers, {**overridden, **qparams},
-                           batches(source, cfg.batch_size, inp.name))
+    fq_params = (fq.finish(model, observers, {**overridden, **qparams}, feeds())
                  if fq is not None else FqParams())
-    info = {**spec.record(prep, len(source)), "method": cfg.method,
+    info = {**spec.record(prep, len(source)), "method": cfg.method, "batch_size": batch,
             "seconds": round(time.perf_counter() - t0, 3), **searched}
     return qparams, info, fq_params
 

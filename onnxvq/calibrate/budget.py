@@ -1,0 +1,124 @@
+"""The batch size a run can afford: a fixed batch dimension, and a bound on activation memory.
+
+A model exported at batch 1 (the dynamo exporter's default) refuses any other batch with ONNX
+Runtime's raw shape error, so the batch is clamped to a fixed batch dimension, with a note.
+Calibration exposes every observed activation as a session output at once; at 518 px one ViT-S
+sample is hundreds of MB of attention scores and probabilities, and the default batch of 16 was
+OOM-killed at 23.8 GB. The bytes per sample are estimated from shape inference on a weightless copy
+of the graph, and the batch is reduced to fit the budget (also with a note).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 4 << 30  # bytes of observed activations per batch, before the safety factor
+ENV_BUDGET = "ONNXVQ_CALIB_MEMORY_GB"
+# ORT's own arena holds the outputs and intermediates while numpy's observers copy a tensor at a
+# time: peak memory is about twice the exposed bytes (measured: DeiT-T at 224 px, see README).
+SAFETY = 2.0
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch the first input is fixed to, or None when it is symbolic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return int(dims[0].dim_value)
+    return None
+
+
+def clamp_to_fixed(model: onnx.ModelProto, requested: int, what: str) -> int:
+    """`requested`, or the model's fixed batch dimension (with a note) when it has one."""
+    fixed = fixed_batch(model)
+    if fixed is None or fixed == requested:
+        return requested
+    log.warning("note: the model's input has a fixed batch of %d; %s runs at batch %d instead of "
+                "%d", fixed, what, fixed, requested)
+    return fixed
+
+
+def exact_batches(feeds: Iterable[dict], fixed: int | None) -> Iterator[dict]:
+    """Drop a short last batch a fixed-batch model cannot run (with a note)."""
+    for f in feeds:
+        n = len(next(iter(f.values())))
+        if fixed is not None and n != fixed:
+            log.warning("note: the last %d samples do not fill the fixed batch of %d and are "
+                        "left out", n, fixed)
+            continue
+        yield f
+
+
+def calibration_batch(model: onnx.ModelProto, requested: int, tensors: Sequence[str]) -> int:
+    """The batch for calibrating `tensors`: clamped to a fixed batch, then to the memory budget."""
+    batch = clamp_to_fixed(model, requested, "calibration")
+    if fixed_batch(model) is not None:
+        return batch
+    per_sample = activation_bytes(model, tensors)
+    budget = memory_budget()
+    fits = max(1, int(budget // max(per_sample * SAFETY, 1)))
+    if fits < batch:
+        log.warning("note: calibration observes %.0f MB of activations per sample; batch %d "
+                    "instead of %d keeps it within %.1f GB (%s)", per_sample / 1e6, fits, batch,
+                    budget / 2**30, ENV_BUDGET)
+        return fits
+    return batch
+
+
+def memory_budget() -> float:
+    """`$ONNXVQ_CALIB_MEMORY_GB`, else 4 GiB, never more than half the memory available now."""
+    env = os.environ.get(ENV_BUDGET)
+    budget = float(env) * 2**30 if env else float(DEFAULT_BUDGET)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return budget
+    return min(budget, available / 2)
+
+
+def activation_bytes(model: onnx.ModelProto, tensors: Sequence[str]) -> float:
+    """Bytes of `tensors` for one sample, from shape inference (symbolic dims count as 1)."""
+    inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+    infos = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output,
+                                 *inferred.graph.input)}
+    total = 0.0
+    for name in dict.fromkeys(tensors):
+        info = infos.get(name)
+        if info is None or not info.type.tensor_type.HasField("shape"):
+            continue
+        t = info.type.tensor_type
+        size = int(np.prod([d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]))
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize if t.elem_type else 4
+        total += size * itemsize
+    return total
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` without its large weights (shape inference needs their shapes, not their values),
+    so a model over 2 GB is never copied or serialised whole."""
+    out = onnx.ModelProto()
+    out.ir_version = min(model.ir_version, 10)
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    g = out.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    for init in model.graph.initializer:
+        if _nbytes(init) <= 4096:
+            g.initializer.append(init)
+        else:  # a graph input of the same type stands in for the weight
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
+                                                              list(init.dims)))
+    return out
+
+
+def _nbytes(init: onnx.TensorProto) -> int:
+    return int(np.prod(init.dims, dtype=np.int64)) * 4

@@ -1,0 +1,121 @@
+"""The fidelity gate: SQNR/cosine per output in every run, degenerate results refused with the
+culprit named and nothing written; the batch clamped to a fixed batch dimension."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+import onnxvq
+from onnxvq.calibrate.data import strided
+from onnxvq.calibrate.fq import FqCalibration
+from onnxvq.calibrate.spec import DataSpec
+from onnxvq.cli.app import app
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.errors import FidelityError
+from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+from onnxvq.verify.compare import compare
+from onnxvq.verify.gate import check_source
+
+NOISE = dict(calib_size=8, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> onnx.ModelProto:
+    return build_tiny_vit(TinyViTConfig(depth=2))
+
+
+def test_every_run_reports_sqnr_and_cosine(tiny, tmp_path):
+    r = onnxvq.quantize(tiny, None, QuantConfig(**NOISE))
+    (out,) = r.fidelity["outputs"]
+    assert out["output"] == "logits" and out["problem"] is None
+    assert out["sqnr_db"] > 15 and out["cosine"] > 0.98
+    assert r.fidelity["samples"] == 4 and "seed 1" in r.fidelity["source"]
+    assert "w8a8_outputs" not in r.fidelity  # the W8/A8 variant is built only for PTS/LIS
+    side = json.loads(r.save(tmp_path / "q.onnx").with_suffix(".json").read_text())
+    assert side["fidelity"]["outputs"][0]["sqnr_db"] == pytest.approx(out["sqnr_db"])
+
+
+def test_integer_ops_are_judged_against_their_w8a8_variant(tiny):
+    r = onnxvq.quantize(tiny, None, QuantConfig(pts=True, lis=True, **NOISE))
+    full, w8 = r.fidelity["outputs"][0], r.fidelity["w8a8_outputs"][0]
+    assert full["problem"] is None and w8["problem"] is None
+    assert 5 < full["sqnr_db"] < w8["sqnr_db"]
+
+
+def _corrupt(monkeypatch, index: int, factor: float) -> list[str]:
+    """Scale one LayerNorm's calibrated output step: its IntLayerNorm codes collapse."""
+    original, names = FqCalibration.finish, []
+
+    def finish(self, *args, **kwargs):
+        params = original(self, *args, **kwargs)
+        names[:] = list(params.layernorms)
+        q = params.layernorms[names[index]]
+        params.layernorms[names[index]] = dataclasses.replace(q, out_scale=q.out_scale * factor)
+        return params
+
+    monkeypatch.setattr(FqCalibration, "finish", finish)
+    return names
+
+
+@pytest.mark.parametrize(("index", "problem"), [(0, "below the gate's 1 dB"),
+                                                 (-1, "the same for every input")])
+def test_a_collapsed_replacement_is_refused_and_named(tiny, monkeypatch, index, problem):
+    names = _corrupt(monkeypatch, index, 1e3 if index == 0 else 1e4)
+    with pytest.raises(FidelityError, match=problem) as exc:
+        onnxvq.quantize(tiny, None, QuantConfig(pts=True, lis=True, **NOISE))
+    assert f"node {names[index]!r}" in str(exc.value) and exc.value.exit_code == 7
+    assert "nothing was written" in str(exc.value)
+
+
+def test_fail_below_is_explicit_and_the_cli_writes_nothing(tiny, tmp_path):
+    with pytest.raises(FidelityError, match="below the gate's 99 dB"):
+        onnxvq.quantize(tiny, None, QuantConfig(fail_below=99.0, **NOISE))
+    src = tmp_path / "m.onnx"
+    onnx.save(tiny, src)
+    out = tmp_path / "q.onnx"
+    res = CliRunner().invoke(app, ["quantize", str(src), "-o", str(out), "--calib-size", "8",
+                                   "--fail-below", "99"])
+    assert res.exit_code == 7 and "fidelity gate" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_gate_samples_are_held_back_from_calibration(tiny, tmp_path):
+    data = np.random.default_rng(0).standard_normal((20, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    spec = DataSpec(source=tmp_path / "x.npy")
+    source, where = check_source(tiny, spec, 8)
+    assert "held back" in where and len(source) == 4
+    assert not set(source.index) & set(strided(20, 8))
+    _, where = check_source(tiny, spec, 20)
+    assert "none left to hold back" in where
+    source, where = check_source(tiny, DataSpec(), 8, check_data=tmp_path / "x.npy")
+    assert where.startswith("check data") and len(source) == 4
+
+
+def _fixed_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for vi in (fixed.graph.input[0], fixed.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = batch
+    return fixed
+
+
+def test_a_fixed_batch_is_clamped_with_a_note(tiny, caplog, tmp_path):
+    one = _fixed_batch(tiny, 1)
+    r = onnxvq.quantize(one, None, QuantConfig(calib_size=6, batch_size=16))
+    assert r.calibration["batch_size"] == 1 and r.calibration["samples"] == 6
+    assert r.fidelity["outputs"][0]["sqnr_db"] > 15
+    assert "fixed batch of 1; calibration runs at batch 1 instead of 16" in caplog.text
+    data = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    cmp = compare(one, r.model, tmp_path / "x.npy", batch_size=8)
+    assert cmp.samples == 5 and cmp.iterations == 5 and cmp.passed
+    two = _fixed_batch(tiny, 2)  # 5 samples at a fixed batch of 2: the fifth is left out
+    assert compare(two, onnxvq.quantize(two, None, QuantConfig(**NOISE)).model,
+                   tmp_path / "x.npy").samples == 4
