@@ -83,25 +83,39 @@ def memory_budget() -> float:
 
 
 def activation_bytes(model: onnx.ModelProto, tensors: Sequence[str]) -> float:
-    """Bytes of `tensors` for one sample, from shape inference (symbolic dims count as 1)."""
-    inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
-    infos = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output,
-                                 *inferred.graph.input)}
+    """Bytes of `tensors` for one sample. The canonical model's own value_info usually has every
+    shape (no extra inference); when a non-batch dim is unknown there (a Reshape to a computed
+    shape), shapes are inferred on a weightless copy at batch 1 with data propagation."""
+    names = list(dict.fromkeys(tensors))
+    known = _bytes(model, names)
+    if known is not None:
+        return known
+    skeleton = _skeleton(model)
+    inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    return _bytes(inferred, names, strict=False) or 0.0
+
+
+def _bytes(model: onnx.ModelProto, names: list[str], strict: bool = True) -> float | None:
+    """Sum of the per-sample sizes; None (strict) when a shape past the batch axis is unknown."""
+    g = model.graph
+    infos = {v.name: v.type.tensor_type for v in (*g.value_info, *g.output, *g.input)}
     total = 0.0
-    for name in dict.fromkeys(tensors):
-        info = infos.get(name)
-        if info is None or not info.type.tensor_type.HasField("shape"):
-            continue
-        t = info.type.tensor_type
-        size = int(np.prod([d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]))
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize if t.elem_type else 4
-        total += size * itemsize
+    for name in names:
+        t = infos.get(name)
+        dims = list(t.shape.dim)[1:] if t is not None and t.HasField("shape") else None
+        if dims is None or any(not d.HasField("dim_value") for d in dims):
+            if strict:
+                return None
+            dims = [d for d in dims or [] if d.HasField("dim_value")]
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize if (
+            t is not None and t.elem_type) else 4
+        total += int(np.prod([d.dim_value for d in dims])) * itemsize
     return total
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` without its large weights (shape inference needs their shapes, not their values),
-    so a model over 2 GB is never copied or serialised whole."""
+    """`model` at batch 1 without its large weights (shape inference needs their shapes, not
+    their values), so a model over 2 GB is never copied or serialised whole."""
     out = onnx.ModelProto()
     out.ir_version = min(model.ir_version, 10)
     out.opset_import.extend(model.opset_import)
@@ -111,6 +125,10 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     g.node.extend(model.graph.node)
     g.input.extend(model.graph.input)
     g.output.extend(model.graph.output)
+    for inp in g.input[:1]:
+        dims = inp.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_value = 1  # data propagation then folds the batch-dependent Reshapes
     for init in model.graph.initializer:
         if _nbytes(init) <= 4096:
             g.initializer.append(init)
