@@ -65,6 +65,9 @@ def test_validation_commands_take_the_recorded_preprocessing(px256, tmp_path, co
         assert out["samples"] == 2 and out["preprocess"]["crop"] == 256
     if command == "eval":
         assert out["images"] == 2 and out["preprocess"]["crop"] == 256
+    explicit = run(command, *models, "--data", images, "--preset", "imagenet", "--size", "256",
+                   "--samples", "2", *extra)
+    assert explicit.exit_code == 0, explicit.output
     # an explicit preprocessing flag overrides the record: 224-px crops do not fit the model
     wrong = run(command, *models, "--data", images, "--size", "224", "--samples", "2", *extra)
     assert wrong.exit_code == 5 and "samples have shape" in wrong.output, wrong.output

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.metrics import format_db as db  # noqa: F401  (the CLI's dB format)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -53,10 +54,6 @@ def progress(label: str) -> Iterator[Callable[[int], None]]:
 def emit_json(data) -> None:
     """One JSON document on stdout (inf/nan written as the strings "inf", "-inf", "nan")."""
     typer.echo(json.dumps(_finite(data), indent=1, default=str))
-
-
-def db(v: float) -> str:
-    return "inf" if math.isinf(v) and v > 0 else f"{v:.2f}"
 
 
 def _finite(x):

@@ -87,6 +87,11 @@ class Running:
         return cosine(self.dot, self.signal, self.out_sq)
 
 
+def format_db(v: float) -> str:
+    """A dB figure for tables: two decimals, "inf" for identical outputs."""
+    return "inf" if math.isinf(v) and v > 0 else f"{v:.2f}"
+
+
 def top1_agreement(ref: np.ndarray, out: np.ndarray) -> int:
     """How many samples (first axis) have the same argmax in both."""
     a = np.asarray(ref).reshape(len(ref), -1)

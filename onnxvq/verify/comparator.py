@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.errors import OnnxvqError, UnsupportedModelError, UsageError
 from onnxvq.core.runtime import make_session
 
 
@@ -52,7 +52,7 @@ def run(runners: list, feeds: Iterable[dict], *, save_inputs: str | os.PathLike 
         except OnnxvqError:
             raise
         except Exception as exc:  # Polygraphy raises PolygraphyException, ORT its own types
-            raise OnnxvqError(f"running the models failed: {_short(exc)}") from exc
+            raise UnsupportedModelError(f"running the models failed: {_short(exc)}") from exc
 
 
 def tolerance_verdicts(results, ref: str, test: str, *, atol: float | None,
@@ -80,7 +80,7 @@ def concatenated(results, runner: str, output: str) -> np.ndarray:
     """One output of one runner over all iterations, flattened and joined."""
     iterations = results[runner]
     if not all(output in it for it in iterations):
-        raise OnnxvqError(f"runner {runner} produced no output named '{output}'")
+        raise UsageError(f"runner {runner} produced no output named '{output}'")
     return np.concatenate([np.ravel(it[output]) for it in iterations])
 
 

@@ -22,7 +22,7 @@ import onnx
 
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.spec import DataSpec, preprocess_to_dict, recorded_preprocess
-from onnxvq.core.errors import OnnxvqError, UsageError
+from onnxvq.core.errors import UsageError
 from onnxvq.core.graph import load_model
 from onnxvq.core.metrics import error_stats, sqnr_db
 from onnxvq.verify import comparator
@@ -138,10 +138,10 @@ def _output_stats(name: str, results, tolerance_ok: bool | None,
                   sqnr_min: float | None) -> OutputStats:
     ref = comparator.concatenated(results, FP32_RUNNER, name)
     if not all(name in it for it in results[QUANT_RUNNER]):
-        raise OnnxvqError(f"the quantized model has no output named '{name}'")
+        raise UsageError(f"the quantized model has no output named '{name}'")
     out = comparator.concatenated(results, QUANT_RUNNER, name)
     if ref.shape != out.shape:
-        raise OnnxvqError(f"output '{name}': shapes differ ({ref.shape} vs {out.shape})")
+        raise UsageError(f"output '{name}': shapes differ ({ref.shape} vs {out.shape})")
     stats = error_stats(ref, out)
     sqnr_ok = None if sqnr_min is None else bool(stats["sqnr_db"] >= sqnr_min)
     return OutputStats(name, **stats, tolerance_ok=tolerance_ok, sqnr_ok=sqnr_ok)

@@ -20,7 +20,7 @@ from onnxvq.calibrate import batches
 from onnxvq.calibrate.data import ImageFolder, check_shape, model_input
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.spec import DataSpec, preprocess_to_dict, recorded_preprocess
-from onnxvq.core.errors import CalibrationError, OnnxvqError, UsageError
+from onnxvq.core.errors import CalibrationError, UsageError
 from onnxvq.core.metrics import top1_agreement
 from onnxvq.core.runtime import make_session
 from onnxvq.verify.compare import as_model
@@ -95,7 +95,7 @@ def _logits(sess, feeds: dict, classes: int) -> np.ndarray:
     z = sess.run([sess.get_outputs()[0].name], feeds)[0]
     z = z.reshape(z.shape[0], -1)
     if z.shape[1] < classes:
-        raise OnnxvqError(f"the model has {z.shape[1]} outputs per image but the data has "
+        raise UsageError(f"the model has {z.shape[1]} outputs per image but the data has "
                           f"{classes} classes")
     return z
 

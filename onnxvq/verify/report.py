@@ -25,6 +25,7 @@ from onnxvq.calibrate.observers import PerChannelMinMax
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.spec import DataSpec, recorded_preprocess
 from onnxvq.core.files import write_atomic
+from onnxvq.core.metrics import format_db
 from onnxvq.core.runtime import make_session
 from onnxvq.verify import report_plots as plots
 from onnxvq.verify.compare import as_model
@@ -120,7 +121,7 @@ def _sqnr_section(points: list[PointError] | None) -> list[str]:
     in_order = sorted(points, key=lambda p: p.probe.order)
     png = plots.sqnr_bars([p.label for p in in_order], [p.probe.kind for p in in_order],
                           [p.sqnr_db for p in in_order])
-    rows = [(p.label, p.probe.tensor, _db(p.sqnr_db), f"{p.cosine:.5f}") for p in points[:10]]
+    rows = [(p.label, p.probe.tensor, format_db(p.sqnr_db), f"{p.cosine:.5f}") for p in points[:10]]
     return out + [_img(png, "per-layer SQNR"), "<p>Worst points first:</p>",
                   _table(("point", "tensor", "SQNR (dB)", "cosine"), rows)]
 
@@ -188,10 +189,6 @@ def _spread(lo: np.ndarray, hi: np.ndarray) -> float:
     width = np.asarray(hi, np.float64) - np.asarray(lo, np.float64)
     median = float(np.median(width))
     return float(width.max() / median) if median > 0 else math.inf
-
-
-def _db(v: float) -> str:
-    return "inf" if math.isinf(v) and v > 0 else f"{v:.2f}"
 
 
 def _img(png: bytes, alt: str) -> str:

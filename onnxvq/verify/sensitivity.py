@@ -25,7 +25,7 @@ import onnx
 from onnxvq.calibrate.collect import expose
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.spec import DataSpec, recorded_preprocess
-from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.errors import UnsupportedModelError, UsageError
 from onnxvq.core.graph import to_graph, to_model
 from onnxvq.core.metrics import Running, top1_agreement
 from onnxvq.quantizer.run import prepare
@@ -117,7 +117,7 @@ def layer_sqnr(fp32: Model | tuple[onnx.ModelProto, ViTStructure], quant: Model,
     produced = {o for n in q.graph.node for o in n.output}
     points = [p for p in probes(canonical, structure) if p.tensor in produced]
     if not points:
-        raise OnnxvqError("no measurement point of the FP32 model exists in the quantized model")
+        raise UsageError("no measurement point of the FP32 model exists in the quantized model")
     names = [p.tensor for p in points]
     runners = [comparator.ort_runner(expose(canonical, names), "fp32"),
                comparator.ort_runner(expose(q, names), "quant")]
@@ -227,7 +227,8 @@ class _Restorer:
                 elif name in self.ref_producer:
                     self.reinsert_missing(self.ref_producer[name], pending)
                 else:
-                    raise OnnxvqError(f"cannot restore the FP32 form: '{name}' is missing")
+                    raise UnsupportedModelError(
+                        f"cannot restore the FP32 form: '{name}' is missing")
 
     def reinsert_missing(self, ref: onnx.NodeProto, pending: list) -> None:
         self.model.graph.node.append(ref)
