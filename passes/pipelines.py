@@ -31,6 +31,7 @@ from onnxvq.passes.reparameterize_activation import ReparameterizeActivation
 from onnxvq.passes.reparameterize_layernorm import ReparameterizeLayerNorm
 from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
 from onnxvq.passes.replace_softmax import ReplaceSoftmax
+from onnxvq.passes.twin_qdq import TwinQDQ
 
 # Every command starts here: constants and shape noise folded, BatchNorm folded into Convs,
 # LayerNorm fused, the SDPA NaN guard dropped, the attention scale one Mul on Q·Kᵀ (the form the
@@ -63,8 +64,14 @@ def canonical_pipeline(cfg: QuantConfig | None = None) -> Pipeline:
 
 
 def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
-    return {(False, False): W8A8, (True, False): PTS_W8A8, (False, True): LIS_W8A8,
+    """--method twin adds PTQ4ViT's twin-uniform sites as two Q/DQ branches after the W8A8 Q/DQ
+    exist (the branches reuse the other operand's DQ), before the requantize folding."""
+    base = {(False, False): W8A8, (True, False): PTS_W8A8, (False, True): LIS_W8A8,
             (True, True): FULLY_QUANTIZED}[(cfg.pts, cfg.lis)]
+    if cfg.method != "twin":
+        return base
+    *head, fold = base.passes
+    return Pipeline((*head, TwinQDQ(), fold))
 
 
 def canonicalize(model: onnx.ModelProto, *, numeric: str = "end",

@@ -93,6 +93,17 @@ class ActParam:
 
 
 @dataclass(frozen=True)
+class TwinParam:
+    """A twin-uniform site (`calibrate.twin`): kind "softmax" or "gelu"; fed (low, high) steps."""
+
+    tensor: str
+    consumers: tuple[str, ...]
+    bits: int
+    kind: str
+    role: str = "twin"
+
+
+@dataclass(frozen=True)
 class WeightParam:
     node: str
     weight: str  # initializer name in the full model
@@ -131,10 +142,18 @@ class QuantBlock:
 
     def feeds(self, act_qparams: Mapping[str, tuple[float, float]],
               weight_scales: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Parameter feeds: `(scale, zero_point)` per activation tensor, scales per weight node."""
+        """Parameter feeds: `(scale, zero_point)` per activation tensor ((low, high) steps for a
+        twin site), scales per weight node."""
         f = {}
         for a in self.acts:
             s, z = act_qparams[a.tensor]
+            if isinstance(a, TwinParam):
+                f[f"{a.tensor}/fq_low"] = np.array(s, np.float32)
+                f[f"{a.tensor}/fq_high"] = np.array(z, np.float32)
+                if a.kind == "softmax":
+                    t = (2 ** (a.bits - 1) - 0.5) * np.float32(s)
+                    f[f"{a.tensor}/fq_split"] = np.array(t, np.float32)
+                continue
             f[f"{a.tensor}/fq_scale"] = np.array(s, np.float32)
             f[f"{a.tensor}/fq_zp"] = np.array(z, np.float32)
         for w in self.weights:
@@ -156,7 +175,8 @@ def _build(block: onnx.ModelProto, acts: list[ActParam], weights: list[WeightPar
     by_name = {n.name: n for n in g.node}
     new_nodes = []
     for a in acts:
-        fq = _fake_quant_nodes(a, new_nodes, g)
+        fq = (_twin_nodes(a, new_nodes, g) if isinstance(a, TwinParam)
+              else _fake_quant_nodes(a, new_nodes, g))
         for c in a.consumers:
             node = by_name.get(c)
             if node is not None:
@@ -181,21 +201,60 @@ def _build(block: onnx.ModelProto, acts: list[ActParam], weights: list[WeightPar
     return m
 
 
+def _scalar_inputs(g: onnx.GraphProto, *names: str) -> None:
+    g.input.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in names)
+
+
+def _const(g: onnx.GraphProto, name: str, value: float) -> str:
+    g.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    return name
+
+
 def _fake_quant_nodes(a: ActParam, out: list, g: onnx.GraphProto) -> str:
-    t, s, z = a.tensor, f"{a.tensor}/fq_scale", f"{a.tensor}/fq_zp"
-    g.input.extend([helper.make_tensor_value_info(s, TensorProto.FLOAT, []),
-                    helper.make_tensor_value_info(z, TensorProto.FLOAT, [])])
-    lo, hi = (numpy_helper.from_array(np.array(v, np.float32), f"{t}/fq_{k}")
-              for k, v in zip(("qmin", "qmax"), a.qrange, strict=True))
-    g.initializer.extend([lo, hi])
-    steps = [("Div", [t, s]), ("Round", None), ("Add", [None, z]),
-             ("Clip", [None, lo.name, hi.name]), ("Sub", [None, z]), ("Mul", [None, s])]
-    prev = t
+    s, z = f"{a.tensor}/fq_scale", f"{a.tensor}/fq_zp"
+    _scalar_inputs(g, s, z)
+    return _fq_chain(a.tensor, a.tensor, s, z, a.qrange, out, g)
+
+
+def _fq_chain(x: str, prefix: str, s: str, z: str | None, qrange, out: list,
+              g: onnx.GraphProto) -> str:
+    lo = _const(g, f"{prefix}/fq_qmin", qrange[0])
+    hi = _const(g, f"{prefix}/fq_qmax", qrange[1])
+    steps = [("Div", [x, s]), ("Round", None), ("Clip", [None, lo, hi]), ("Mul", [None, s])]
+    if z is not None:
+        steps[2:2] = [("Add", [None, z])]
+        steps[4:4] = [("Sub", [None, z])]
+    prev = x
     for i, (op, ins) in enumerate(steps):
-        inputs = [prev] if ins is None else [prev if x is None else x for x in ins]
-        prev = f"{t}/fq_{i}"
-        out.append(helper.make_node(op, inputs, [prev], name=f"{t}/fq_{op}_{i}"))
+        inputs = [prev] if ins is None else [prev if v is None else v for v in ins]
+        prev = f"{prefix}/fq_{i}"
+        out.append(helper.make_node(op, inputs, [prev], name=f"{prefix}/fq_{op}_{i}"))
     return prev
+
+
+def _twin_nodes(a: TwinParam, out: list, g: onnx.GraphProto) -> str:
+    """x = x1 + x2 split at the threshold (softmax) or at 0 (gelu), each part fake-quantized with
+    its own step and zero mapped to zero (`calibrate.twin`)."""
+    t, k = a.tensor, 2 ** (a.bits - 1) - 1
+    low, high = f"{t}/fq_low", f"{t}/fq_high"
+    _scalar_inputs(g, low, high)
+    x1, x2 = f"{t}/twin_x1", f"{t}/twin_x2"
+    if a.kind == "softmax":
+        split = f"{t}/fq_split"
+        _scalar_inputs(g, split)
+        zero = _const(g, f"{t}/twin_zero", 0.0)
+        out += [helper.make_node("Less", [t, split], [f"{t}/twin_mask"]),
+                helper.make_node("Where", [f"{t}/twin_mask", t, zero], [x1]),
+                helper.make_node("Sub", [t, x1], [x2])]
+        ranges = ((0, k), (0, k))
+    else:
+        zero = _const(g, f"{t}/twin_zero", 0.0)
+        out += [helper.make_node("Min", [t, zero], [x1]), helper.make_node("Max", [t, zero], [x2])]
+        ranges = ((-k, 0), (0, k))
+    q1 = _fq_chain(x1, f"{t}/twin_low", low, None, ranges[0], out, g)
+    q2 = _fq_chain(x2, f"{t}/twin_high", high, None, ranges[1], out, g)
+    out.append(helper.make_node("Add", [q1, q2], [f"{t}/twin_out"]))
+    return f"{t}/twin_out"
 
 
 def _toposort(g: onnx.GraphProto) -> None:

@@ -24,6 +24,7 @@ import onnx
 from onnxvq.calibrate.blockgraph import (
     ActParam,
     QuantBlock,
+    TwinParam,
     WeightParam,
     block_bounds,
     slice_block,
@@ -32,6 +33,7 @@ from onnxvq.calibrate.blockgraph import (
 from onnxvq.calibrate.collect import expose
 from onnxvq.calibrate.data import strided
 from onnxvq.calibrate.quant import qparams_from_range
+from onnxvq.calibrate.twin import gelu_candidates, softmax_candidates
 from onnxvq.core.runtime import make_session
 from onnxvq.recognise.structure import ViTStructure
 
@@ -46,6 +48,7 @@ class SearchState:
 
     ranges: dict[str, tuple[float, float]]
     weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    twins: dict[str, tuple[float, float]] = field(default_factory=dict)  # (low, high) steps
     trace: list[dict] = field(default_factory=list)
 
 
@@ -92,14 +95,15 @@ def run_chunks(sess, names: list[str], feeds: Mapping[str, np.ndarray], inp: str
 def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, images: np.ndarray,
                   ranges: Mapping[str, tuple[float, float]],
                   full: Mapping[str, tuple[float, float]], objective: Objective,
-                  progress: Callable[[str], None] | None = None) -> SearchState:
+                  progress: Callable[[str], None] | None = None,
+                  twins: Mapping[str, str] | None = None) -> SearchState:
     """Refine `ranges` (the base observer's, per activation tensor) and weight clipping of every
     block's sites; `full` holds each tensor's observed min/max (the candidates' 100 %)."""
     inp = model.graph.input[0].name
     state = SearchState(dict(ranges))
     nodes = {n.name: n for n in model.graph.node}
     node_out = {n.name: n.output[0] for n in model.graph.node}
-    units = _block_units(model, structure, plan, cfg, objective, nodes, node_out)
+    units = _block_units(model, structure, plan, cfg, objective, nodes, node_out, twins or {})
     targets = sorted({t for u in units
                       for t in objective.outputs(u[2], _layers(u[2], nodes), node_out) + [u[1]]})
     wanted = [t for t in dict.fromkeys([*targets, *(u[0] for u in units)]) if t != inp]
@@ -128,7 +132,7 @@ def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, im
     return state
 
 
-def _block_units(model, structure, plan, cfg, objective, nodes, node_out,
+def _block_units(model, structure, plan, cfg, objective, nodes, node_out, twins,
                  ) -> list[tuple[str, str, QuantBlock]]:
     """(input, output, fake-quantized block) per block, plus the stem (graph input to the first
     block: patch embedding) and the tail (last block to the logits: head) when they are clean."""
@@ -145,7 +149,8 @@ def _block_units(model, structure, plan, cfg, objective, nodes, node_out,
                         b_in, b_out)
             continue
         names = {n.name for n in sliced.graph.node}
-        acts = [ActParam(s.tensor, s.consumers, s.bits, cfg.symmetric, cfg.symmetric, s.role)
+        acts = [TwinParam(s.tensor, s.consumers, s.bits, twins[s.tensor]) if s.tensor in twins
+                else ActParam(s.tensor, s.consumers, s.bits, cfg.symmetric, cfg.symmetric, s.role)
                 for s in plan.activations if any(c in names for c in s.consumers)]
         weights = [WeightParam(w.node, w.weight, w.axis, w.bits)
                    for w in plan.weights if w.node in names]
@@ -165,8 +170,8 @@ def _layers(qb: QuantBlock, nodes) -> list[str]:
 
 
 def _feeds(qb: QuantBlock, state: SearchState) -> dict[str, np.ndarray]:
-    return qb.feeds({a.tensor: _qp(a, state.ranges[a.tensor]) for a in qb.acts},
-                    state.weight_scales)
+    return qb.feeds({a.tensor: state.twins[a.tensor] if isinstance(a, TwinParam)
+                     else _qp(a, state.ranges[a.tensor]) for a in qb.acts}, state.weight_scales)
 
 
 def _qp(a: ActParam, rng: tuple[float, float]) -> tuple[float, float]:
@@ -177,6 +182,11 @@ def _qp(a: ActParam, rng: tuple[float, float]) -> tuple[float, float]:
 def _search_block(sess, qb, x, names, want, layers, state, full, objective, cfg) -> None:
     for w in qb.weights:
         state.weight_scales.setdefault(w.node, _wscale(qb, w, 1.0))
+    for a in qb.acts:  # twin sites start as the base observer's range, uniformly coded
+        if isinstance(a, TwinParam) and a.tensor not in state.twins:
+            lo, hi = state.ranges[a.tensor]
+            state.twins[a.tensor] = (softmax_candidates(hi, a.bits)[0] if a.kind == "softmax"
+                                     else gelu_candidates(full[a.tensor][0], hi, a.bits, (1,))[0])
     owned = {layer: ([a for a in qb.acts if a.consumers[0] == layer],
                      [w for w in qb.weights if w.node == layer]) for layer in layers}
 
@@ -188,6 +198,9 @@ def _search_block(sess, qb, x, names, want, layers, state, full, objective, cfg)
         for layer in layers:
             acts, ws = owned[layer]
             for a in acts:
+                if isinstance(a, TwinParam):
+                    _search_twin(a, state, full[a.tensor], score, layer)
+                    continue
                 lo, hi = full[a.tensor]
                 cands = [state.ranges[a.tensor]] + [(lo * f, hi * f) for f in ACT_FACTORS]
                 state.ranges[a.tensor] = _best(cands, lambda c, t=a.tensor: _set_range(
@@ -197,6 +210,16 @@ def _search_block(sess, qb, x, names, want, layers, state, full, objective, cfg)
                                                          for f in WEIGHT_FACTORS]
                 state.weight_scales[w.node] = _best(cands, lambda c, n=w.node: _set_w(
                     state, n, c), score, layer)
+
+
+def _search_twin(a: TwinParam, state: SearchState, rng, score, layer) -> None:
+    if a.kind == "softmax":  # m = 0 .. 8 shifts between the two steps
+        cands = softmax_candidates(rng[1], a.bits)
+    else:
+        cands = gelu_candidates(rng[0], rng[1], a.bits, ACT_FACTORS)
+    cands = [state.twins[a.tensor], *cands]
+    state.twins[a.tensor] = _best(cands, lambda c: state.twins.__setitem__(a.tensor, c), score,
+                                  layer, patience=len(cands) if a.kind == "softmax" else 2)
 
 
 def _best(cands, apply, score, unit, patience: int = 2):

@@ -32,3 +32,24 @@ class BlockMse(Objective):
         (name,) = want
         d = got[name].astype(np.float64) - want[name]
         return float(np.mean(d * d))
+
+
+class LayerMse(Objective):
+    """Mean squared error of the output of the layer a parameter belongs to (PTQ4ViT's metric
+    without its Hessian weighting; the twin method's objective)."""
+
+    name = "twin"
+    layerwise = True
+
+    def __init__(self, rounds: int = 1):
+        self.rounds = rounds
+        self.node_out: dict[str, str] = {}
+
+    def outputs(self, qb, layers, node_out) -> list[str]:
+        self.node_out.update((n, node_out[n]) for n in layers)
+        return [node_out[n] for n in layers]
+
+    def loss(self, got, want, unit: str) -> float:
+        name = self.node_out[unit]
+        d = got[name].astype(np.float64) - want[name]
+        return float(np.mean(d * d))

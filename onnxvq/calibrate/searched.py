@@ -17,19 +17,21 @@ import onnx
 
 from onnxvq.calibrate.quant import qparams_from_range
 from onnxvq.calibrate.search import Objective, search_scales, strided_subset
+from onnxvq.calibrate.twin import levels, softmax_threshold
+from onnxvq.core.params import TwinQParams
 
 log = logging.getLogger(__name__)
 SEARCH_BASE = "omse"
 
 
 def _objectives() -> dict[str, Callable[[], Objective]]:
-    from onnxvq.calibrate.search_block import BlockMse
+    from onnxvq.calibrate.search_block import BlockMse, LayerMse
     from onnxvq.calibrate.search_similarity import Similarity
 
-    return {"block-mse": BlockMse, "similarity": Similarity}
+    return {"block-mse": BlockMse, "similarity": Similarity, "twin": LayerMse}
 
 
-SEARCH_METHODS = ("block-mse", "similarity")
+SEARCH_METHODS = ("block-mse", "similarity", "twin")
 
 
 def base_method(method: str) -> str:
@@ -38,8 +40,9 @@ def base_method(method: str) -> str:
 
 
 def refine(model: onnx.ModelProto, structure, plan, cfg, batches, total: int, input_name: str,
-           observers: Mapping, qparams: dict[str, dict]) -> tuple[dict, dict, dict]:
-    """(qparams with the searched ranges, weight scales per node, a summary) for `cfg.method`."""
+           observers: Mapping, qparams: dict[str, dict]) -> tuple[dict, dict, dict, dict]:
+    """(qparams with the searched ranges, weight scales per node, twin quantizers per tensor, a
+    summary) for `cfg.method`."""
     t0 = time.perf_counter()
     n = cfg.search_samples
     images = strided_subset(batches, total, min(n, total), input_name)
@@ -47,7 +50,11 @@ def refine(model: onnx.ModelProto, structure, plan, cfg, batches, total: int, in
     full = {t: _full_range(observers[t]) for t in qparams}
     objective = _objectives()[cfg.method]()
     objective.scores_nodes = {a.scores_matmul for a in structure.attentions}
-    state = search_scales(model, structure, plan, cfg, images, ranges, full, objective)
+    twins = twin_sites(structure, plan) if cfg.method == "twin" else {}
+    state = search_scales(model, structure, plan, cfg, images, ranges, full, objective,
+                          twins=twins)
+    twin = {t: _twin_record(t, kind, state.twins[t], plan, cfg)
+            for t, kind in twins.items() if t in state.twins}
     out = {}
     for t, q in qparams.items():
         lo, hi = state.ranges[t]
@@ -57,8 +64,35 @@ def refine(model: onnx.ModelProto, structure, plan, cfg, batches, total: int, in
         s, z = qparams_from_range(lo, hi, q.bits, symmetric=cfg.symmetric, signed=cfg.symmetric)
         out[t] = replace(q, scale=float(s), zero_point=int(z), range=(float(lo), float(hi)))
     info = {"search": cfg.method, "search_samples": len(images), "blocks": state.trace,
-            "search_seconds": round(time.perf_counter() - t0, 3)}
-    return out, {k: np.asarray(v, np.float32) for k, v in state.weight_scales.items()}, info
+            "search_seconds": round(time.perf_counter() - t0, 3),
+            "twin": {t: r.to_dict() for t, r in twin.items()}}
+    weights = {k: np.asarray(v, np.float32) for k, v in state.weight_scales.items()}
+    return out, weights, twin, info
+
+
+def twin_sites(structure, plan) -> dict[str, str]:
+    """Tensors that get a twin-uniform quantizer: attention probabilities read by A·V alone, and
+    GELU outputs read by fc2 alone (the two-branch deployment rewrites that one consumer)."""
+    sites = {s.tensor: s for s in plan.activations if len(s.consumers) == 1}
+    out = {a.probs: "softmax" for a in structure.attentions
+           if a.probs in sites and sites[a.probs].consumers == (a.context_matmul,)}
+    for m in structure.mlps:
+        t = m.activation.output
+        if m.activation.kind.startswith("gelu") and t in sites and \
+                sites[t].consumers == (m.fc2.node,):
+            out[t] = "gelu"
+    return out
+
+
+def _twin_record(tensor: str, kind: str, steps, plan, cfg) -> TwinQParams:
+    site = next(s for s in plan.activations if s.tensor == tensor)
+    k = levels(site.bits)
+    low, high = (float(v) for v in steps)
+    signed = cfg.symmetric
+    low_zp = k if (kind == "gelu" and not signed) else 0
+    threshold = softmax_threshold(low, site.bits) if kind == "softmax" else 0.0
+    return TwinQParams(tensor, kind, site.bits, low, high, float(threshold), low_zp, 0,
+                       "int8" if signed else "uint8", site.consumers[0])
 
 
 def _full_range(obs) -> tuple[float, float]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from onnxvq.core.errors import UsageError
 
-METHODS = ("minmax", "ema", "percentile", "omse", "block-mse", "similarity")
+METHODS = ("minmax", "ema", "percentile", "omse", "block-mse", "similarity", "twin")
 TARGETS = ("ort", "trt")
 
 
@@ -21,7 +21,8 @@ class QuantConfig:
     2^b-level scales (values past the calibrated range saturate at the container's edge).
     """
 
-    method: Literal["minmax", "ema", "percentile", "omse", "block-mse", "similarity"] = "minmax"
+    method: Literal["minmax", "ema", "percentile", "omse", "block-mse", "similarity",
+                    "twin"] = "minmax"
     target: Literal["ort", "trt"] = "ort"
     w_bits: int = 8
     a_bits: int = 8

@@ -60,6 +60,30 @@ class ActivationQParams:
 
 
 @dataclass(frozen=True)
+class TwinQParams:
+    """PTQ4ViT twin-uniform quantizer of one activation, deployed as two Q/DQ branches summed.
+
+    kind "softmax": x < threshold -> fine step `low_scale`, else coarse `high_scale`, both codes
+    0..2^(b-1)-1, high_scale = 2^m * low_scale. kind "gelu": x < 0 -> `low_scale` (negative
+    codes), x >= 0 -> `high_scale`. Zero points are per branch (uint8 for target ort).
+    """
+
+    tensor: str
+    kind: str  # "softmax" or "gelu"
+    bits: int
+    low_scale: float
+    high_scale: float
+    threshold: float  # softmax: the split value; gelu: 0
+    low_zero_point: int
+    high_zero_point: int
+    dtype: str
+    consumer: str  # the MatMul that reads the tensor (A·V or fc2)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class WeightQParams:
     """What quantize-weights stored for one weighted node (per-output-channel scales)."""
 

@@ -84,6 +84,7 @@ class PassContext:
     weight_scales: Mapping[str, object] = field(default_factory=dict)  # node -> searched s_w[C]
     # per-channel (scale[C], zero_point[C]) of activation tensors, for the reparameterise passes
     channel_qparams: Mapping[str, tuple] = field(default_factory=dict)
+    twin_qparams: Mapping[str, object] = field(default_factory=dict)  # tensor -> TwinQParams
 
 
 class Pass(ABC):

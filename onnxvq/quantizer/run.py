@@ -81,8 +81,12 @@ def quantize(
     fq = FqCalibration(the_plan, structure, cfg)
     qparams, calib_info, fq_params = calibrate(canonical, the_plan, spec, cfg, None,
                                                progress, fq, structure, overrides)
+    twin = calib_info.pop("twin", {})  # twin-uniform sites: the twin-qdq pass quantizes them
+    the_plan = replace(the_plan, activations=tuple(s for s in the_plan.activations
+                                                   if s.tensor not in twin))
     ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
-                      fq_params=fq_params, weight_scales=calib_info.pop("weight_scales", {}))
+                      fq_params=fq_params, weight_scales=calib_info.pop("weight_scales", {}),
+                      twin_qparams=twin)
     out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
                                                        validate=validate, numeric="none")
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
@@ -184,7 +188,7 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     resolve_shared(qparams, the_plan.shared)
     searched = {}
     if cfg.method in SEARCH_METHODS:  # block-wise refinement of the base ranges (searched.py)
-        qparams, searched["weight_scales"], searched["search"] = refine(
+        qparams, searched["weight_scales"], searched["twin"], searched["search"] = refine(
             model, structure, the_plan, cfg, feeds(), len(source), inp.name, observers, qparams)
         qparams.update((t, q) for t, q in overridden.items() if t in qparams)  # keep the folds
     fq_params = (fq.finish(model, observers, {**overridden, **qparams}, feeds())

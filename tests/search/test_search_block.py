@@ -25,7 +25,7 @@ from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.run import quantize
 from onnxvq.recognise.model import recognise_model
 
-LOW = dict(calib_size=16, batch_size=8, w_bits=4, a_bits=4)
+LOW = dict(calib_size=16, batch_size=8, w_bits=4, a_bits=4, search_samples=8)
 
 
 @pytest.fixture(scope="module")
