@@ -107,10 +107,7 @@ def quantize(
         with progress("quantizing (samples calibrated)") as advance:
             result, written = quantize_file(model, output, spec, cfg, report=report,
                                             progress=advance, check_data=check_data)
-    for pattern in result.config.skip:
-        if not any(n.name and _match(n.name, pattern) for n in result.model.graph.node) and \
-                not any(_match(n, pattern) for n, _ in result.plan.skipped):
-            warn(f"--skip {pattern!r} matches no node: nothing was kept float by it")
+    _warn_unmatched_skips(result)
     if as_json:
         emit_json(quantization_dict(result, model, written))
     else:
@@ -122,6 +119,13 @@ def _warn_ignored(cfg, **given) -> None:
         if value != _DEFAULTS[flag] and cfg.method != _USES[flag]:
             warn(f"--{flag} {value:g} does nothing with --method {cfg.method} (only "
                  f"--method {_USES[flag]} uses it)")
+
+
+def _warn_unmatched_skips(result) -> None:
+    for pattern in result.config.skip:
+        if not any(n.name and _match(n.name, pattern) for n in result.model.graph.node) and \
+                not any(_match(n, pattern) for n, _ in result.plan.skipped):
+            warn(f"--skip {pattern!r} matches no node: nothing was kept float by it")
 
 
 def _match(name: str, pattern: str) -> bool:

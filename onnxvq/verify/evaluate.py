@@ -59,16 +59,10 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto,
     spec = DataSpec.coerce(data, preset=preset if isinstance(preset, str) else None,
                            preprocess=preset if isinstance(preset, Preprocess) else None,
                            samples=limit, batch_size=batch_size, seed=seed)
-    if spec.source is None:
-        raise UsageError("eval needs --data: an ImageFolder root <root>/<class>/<image>")
     preprocess = spec.resolve_preprocess(recorded_preprocess(model) or recorded_preprocess(ref))
     proto = as_model(model)
-    source = ImageFolder(spec.source, preprocess, spec.samples, spec.seed)
-    if not source.classes or (source.labels < 0).any():
-        raise CalibrationError(f"{spec.source}: expected an ImageFolder layout "
-                               "<root>/<class>/<image>")
-    name, shape = model_input(proto)
-    check_shape(source.sample_shape, shape, str(spec.source))
+    source = _labelled_images(spec, preprocess, proto)
+    name, _ = model_input(proto)
     sessions = [make_session(proto, threads=threads)]
     if ref is not None:
         sessions.append(make_session(as_model(ref), threads=threads))
@@ -82,13 +76,24 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto,
         if ref is not None:
             agree += top1_agreement(logits[1], logits[0])
     n = len(source)
-    result = Evaluation(n, len(source.classes), float(hits[0, 0] / n), float(hits[0, 1] / n),
+    result = Evaluation(n, len(source.classes), *(hits[0] / n).tolist(),  # top-1, top-5
                         float(hits[1, 0] / n) if ref is not None else None,
                         agree / n if ref is not None else None,
                         round(time.perf_counter() - started, 3),
                         preprocess=preprocess_to_dict(preprocess))
     log.info("evaluated %d images: top-1 %.4f", n, result.top1)
     return result
+
+
+def _labelled_images(spec: DataSpec, preprocess: Preprocess, model) -> ImageFolder:
+    if spec.source is None:
+        raise UsageError("eval needs --data: an ImageFolder root <root>/<class>/<image>")
+    source = ImageFolder(spec.source, preprocess, spec.samples, spec.seed)
+    if not source.classes or (source.labels < 0).any():
+        raise CalibrationError(f"{spec.source}: expected an ImageFolder layout "
+                               "<root>/<class>/<image>")
+    check_shape(source.sample_shape, model_input(model)[1], str(spec.source))
+    return source
 
 
 def _logits(sess, feeds: dict, classes: int) -> np.ndarray:
