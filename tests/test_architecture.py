@@ -165,3 +165,14 @@ def test_the_architecture_doc_names_every_declared_pass():
     for name in ("CANONICAL", "TENSORRT_CANONICAL", "W8A8", "PTS_W8A8", "LIS_W8A8",
                  "FULLY_QUANTIZED"):
         assert name in doc and isinstance(getattr(pipelines, name), pipelines.Pipeline)
+
+
+def test_every_pass_has_its_test_module():
+    missing = []
+    for path in sorted((ROOT / "passes").glob("*.py")):
+        classes = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef)]
+        is_pass = any(getattr(b, "id", None) in ("Pass", "RewritePass") for c in classes
+                      for b in c.bases)
+        if is_pass and not (ROOT / "tests" / "passes" / f"test_{path.name}").exists():
+            missing.append(path.name)
+    assert missing == []
