@@ -102,3 +102,12 @@ def test_inspect_and_sensitivity_canonicalise_on_one_graph(tiny, counts):
     counts.clear()
     canonical_structure(tiny)
     assert (counts["import"], counts["export"], counts["canonicalise"]) == (1, 1, 1)
+
+
+def test_public_quantize_adds_only_the_fidelity_gate(tiny, counts):
+    import onnxvq
+
+    result = onnxvq.quantize(tiny, None, QuantConfig(**NOISE))
+    assert result.fidelity is not None
+    assert (counts["import"], counts["export"], counts["checker"]) == (1, STAGES, STAGES)
+    assert counts["session"] == 2 + 2  # the gate runs the FP32 and the quantized model once each
