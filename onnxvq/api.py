@@ -55,10 +55,12 @@ def quantize(model, data=None, config=None, *, preprocess=None, progress=None, v
     the FP32 and the quantized model; a degenerate result raises FidelityError (exit 7).
     `config.fail_below` makes the SQNR threshold explicit. The report is `result.fidelity`."""
     from onnxvq.calibrate.budget import clamp_to_fixed, fixed_batch
+    from onnxvq.quantizer.flags import check_flags_applied
     from onnxvq.quantizer.run import quantize as run_quantize
     from onnxvq.verify.gate import SAMPLES, check_source, run_gate
 
     def judge(result, rebuild, replaced) -> dict:
+        check_flags_applied(result)  # --pts/--lis that did nothing: say so, refuse if all did
         canonical, cfg = result.canonical, result.config
         samples = max(SAMPLES, fixed_batch(canonical) or 1)
         source, where = check_source(canonical, result.data_spec, cfg.calib_size, check_data,

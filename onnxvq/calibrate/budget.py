@@ -55,6 +55,17 @@ def exact_batches(feeds: Iterable[dict], fixed: int | None) -> Iterator[dict]:
         yield f
 
 
+def sample_shape(spec) -> tuple[int, ...]:
+    """The shape (no batch axis) the calibration samples of DataSpec `spec` have: a tensor
+    file's own, else the preprocessing's (imagenet's 3x224x224 by default)."""
+    from onnxvq.calibrate.data import open_source
+
+    prep = spec.resolve_preprocess()
+    if spec.source is None:
+        return tuple(prep.sample_shape)
+    return tuple(open_source(spec.source, prep, 1, ["N", "C", "H", "W"]).sample_shape)
+
+
 def calibration_batch(model: onnx.ModelProto, requested: int, tensors: Sequence[str]) -> int:
     """The batch for calibrating `tensors`: clamped to a fixed batch, then to the memory budget."""
     batch = clamp_to_fixed(model, requested, "calibration")

@@ -27,7 +27,8 @@ import onnx
 
 from onnxvq.calibrate.collect import collect
 from onnxvq.calibrate.observers import MinMaxObserver, Observer
-from onnxvq.calibrate.pts import PtsErrorObserver, pts_layer_qparams
+from onnxvq.calibrate.pts import pts_layer_qparams
+from onnxvq.calibrate.rows import PtsRowObserver
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.core.params import (  # noqa: F401  (re-exported: the records calibration fills)
@@ -114,10 +115,15 @@ class FqCalibration:
             obs = observers[ln.input]
             exact = obs.exact if isinstance(obs, _Tee) else obs
             layer[ln.input] = pts_layer_qparams(*exact.range(), bits, signed=signed)
-        errors = collect(model, list(layer), feeds, lambda n: PtsErrorObserver(
+        errors = collect(model, list(layer), feeds, lambda n: PtsRowObserver(
             n, *layer[n], bits=bits, levels=PTS_LEVELS, signed=signed))
         for ln in self.norms:
             scale, zp = layer[ln.input]
+            thin = errors[ln.input].thin_rows()  # tokens PTS would erase (calibrate/rows.py)
+            if thin is not None:
+                params.refused[ln.node] = thin
+                log.warning("%s keeps a float LayerNorm: %s", ln.node, thin)
+                continue
             site = site_qparams.get(ln.output)
             if site is not None:
                 out = (site.scale, site.zero_point, site.dtype)

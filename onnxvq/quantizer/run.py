@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxvq.calibrate import batches, make_observer
-from onnxvq.calibrate.budget import calibration_batch, exact_batches, fixed_batch
+from onnxvq.calibrate.budget import calibration_batch, exact_batches, fixed_batch, sample_shape
 from onnxvq.calibrate.collect import collect
 from onnxvq.calibrate.fq import FqCalibration
 from onnxvq.calibrate.preprocess import Preprocess
@@ -28,6 +28,7 @@ from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
 from onnxvq.core.pipeline import PassContext, PipelineReport, Validate
 from onnxvq.passes.pipelines import canonical_pipeline, quantization_pipeline
+from onnxvq.passes.prepare import prepare_input, restore_input, symbolic_image_dims
 from onnxvq.quantizer.conv import resolve_shared
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
@@ -39,13 +40,20 @@ log = logging.getLogger(__name__)
 
 def prepare(proto: onnx.ModelProto, cfg: QuantConfig | None = None, *,
             validate: Validate | None = None, numeric: Literal["end", "each", "none"] = "none",
+            sample_shape: Callable[[], tuple[int, ...]] = lambda: (3, 224, 224),
             ) -> tuple[gs.Graph, onnx.ModelProto, PipelineReport, ViTStructure]:
     """The canonical stage on one graph: import `proto` once, canonicalise it in place (exported
     and checked once), recognise the structure on the same graph. Returns the graph (the next
-    stage edits it further), the canonical model, the stage's report and the structure."""
-    graph = to_graph(proto)
-    canonical, report = canonical_pipeline(cfg).run_graph(graph, like=proto, validate=validate,
-                                                          numeric=numeric)
+    stage edits it further), the canonical model, the stage's report and the structure.
+    An IR version above what folding runs is lowered and symbolic image dims are fixed at
+    `sample_shape()` for the import (`passes/prepare.py`); `proto` itself is left as it was."""
+    undo = prepare_input(proto, sample_shape)
+    try:
+        graph = to_graph(proto)
+        canonical, report = canonical_pipeline(cfg).run_graph(graph, like=proto,
+                                                              validate=validate, numeric=numeric)
+    finally:
+        undo()
     infer_shapes_into(graph, canonical)  # recognition reads head shapes off the graph
     return graph, canonical, report, recognise(graph)
 
@@ -71,7 +79,9 @@ def quantize(
     cfg = QuantConfig.coerce(config)
     spec = calibration_spec(calib, cfg, preprocess)
     spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
-    graph, canonical, canon_report, structure = prepare(model_proto(model), cfg, validate=validate)
+    proto = model_proto(model)
+    graph, canonical, canon_report, structure = prepare(proto, cfg, validate=validate,
+                                                        sample_shape=lambda: sample_shape(spec))
     canonical, structure, overrides, reparam_passes = _reparameterize(
         graph, canonical, structure, spec, cfg, validate)
     if not structure.is_vit and not structure.is_cnn:
@@ -98,6 +108,7 @@ def quantize(
     if gate is not None:
         result.fidelity = gate(result, _rebuilder(canonical, ctx, cfg),
                                _replaced(canonical, fq_params, report.passes))
+    restore_input(result.model, symbolic_image_dims(proto))  # folded at the calibration shape
     return result
 
 

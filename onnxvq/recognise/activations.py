@@ -3,6 +3,8 @@
     Relu / Gelu (opset 20)                     single node
     x ─Div(√2)─Erf─Add(1)─Mul(x)─Mul(0.5)      Erf GELU (TorchScript); the 0.5 may come first
     x ─Pow(3)─Mul(0.044715)─Add(x)─Mul(√(2/π))─Tanh─Add(1)─Mul(x)─Mul(0.5)   tanh GELU
+    x ─Sigmoid─Mul(x)                          SiLU / Swish (MobileViT, EVA-02's SwiGLU)
+    HardSwish (opset 14), x ─HardSigmoid─Mul(x)   Hardswish (LeViT)
 """
 
 from __future__ import annotations
@@ -24,7 +26,20 @@ def match_activation(node: gs.Node) -> Unit | None:
         return _gelu_erf(node)
     if node.op == "Tanh":
         return _gelu_tanh(node)
+    if node.op == "HardSwish":
+        return _unit("hardswish", [node], node.inputs[0], node.outputs[0])
+    if node.op in ("Sigmoid", "HardSigmoid"):
+        return _gated(node, "silu" if node.op == "Sigmoid" else "hardswish")
     return None
+
+
+def _gated(gate: gs.Node, kind: str) -> Unit | None:
+    """x · σ(x): the gate's only consumer is a Mul whose other input is the gate's input."""
+    x = gate.inputs[0]
+    mul = sole_data_consumer(gate.outputs[0], "Mul")
+    if mul is None or x not in mul.inputs:
+        return None
+    return _unit(kind, [gate, mul], x, mul.outputs[0])
 
 
 def _unit(kind: str, nodes: list[gs.Node], t_in: gs.Tensor, t_out: gs.Tensor) -> Unit:

@@ -111,16 +111,21 @@ def _out(nodes, name: str) -> str:
 
 
 def patch_embed(graph: gs.Graph, s: ViTStructure) -> list[str]:
-    """Convs with constant weights that run before the first attention's projection."""
-    if not s.attentions:
-        return [n.name for n in graph.nodes if n.op == "Conv" and weight_of(n) is not None]
-    first = s.attentions[0].projections[0].node
-    names = []
-    for n in graph.nodes:  # graph is topologically sorted
-        if n.name == first:
+    """The Convs with constant weights on the image's own chain: walking from the graph input
+    while each tensor has one data consumer (Shape reads do not count), up to the first linear.
+    A conv stem (CCT) is a chain; MobileViT's block convolutions come after the stem's output
+    branches (SiLU's x·σ(x), residual shortcuts), so they are not patch embeddings."""
+    first = s.attentions[0].projections[0].node if s.attentions else None
+    names: list[str] = []
+    t = graph.inputs[0] if graph.inputs else None
+    for _ in range(64):
+        users = [c for c in (t.outputs if t is not None else []) if c.op != "Shape"]
+        if len(users) != 1 or users[0].name == first or is_linear(users[0]):
             break
-        if n.op == "Conv" and weight_of(n) is not None:
-            names.append(n.name)
+        node = users[0]
+        if node.op == "Conv" and weight_of(node) is not None:
+            names.append(node.name)
+        t = node.outputs[0] if node.outputs else None
     return names
 
 
@@ -157,7 +162,9 @@ def _leads_to_output(t: gs.Tensor, outputs: set[str]) -> bool:
         if len(t.outputs) != 1:
             return False
         c = t.outputs[0]
-        if c.op not in LAYOUT_OPS and not (c.op == "Add" and len(data_inputs(c)) == 1):
+        # bias Adds, and distilled DeiT's (head + head_dist) / 2
+        averaging = c.op in ("Add", "Div", "Mul") and (c.op == "Add" or len(data_inputs(c)) == 1)
+        if c.op not in LAYOUT_OPS and not averaging:
             return False
         t = c.outputs[0]
     return False

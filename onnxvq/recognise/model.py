@@ -143,13 +143,26 @@ def _attention(softmax: gs.Node) -> Attention | None:
     projections = tuple(linear_info(x) for x in (lin[:1] if packed else lin))
     out_node = _consumer_through(context_mm.outputs[0], LAYOUT_OPS, None)
     out_proj = linear_info(out_node) if out_node is not None and is_linear(out_node) else None
-    head_dim = q.shape[-1] if q.shape and isinstance(q.shape[-1], int) else None
+    head_dim = _head_dim(q, v, scale)
     width = projections[0].out_features // (3 if packed else 1)
     heads = width // head_dim if head_dim else None
     return Attention(softmax.name, scores_mm.name, context_mm.name, softmax.inputs[0].name,
                      softmax.outputs[0].name, q.name, k.name, v.name, scale,
                      "packed" if packed else "separate", projections, out_proj, biased, heads,
                      head_dim, tuple(path))
+
+
+def _head_dim(q: gs.Tensor, v: gs.Tensor, scale: float) -> int | None:
+    """Q's (or V's) last dim; where shape inference lost it (BEiT's relative position bias),
+    the 1/sqrt(head_dim) scale on the scores gives it."""
+    for t in (q, v):
+        if t.shape and isinstance(t.shape[-1], int) and t.shape[-1] > 0:
+            return int(t.shape[-1])
+    if 0 < scale < 1:
+        d = round(scale ** -2)
+        if d > 1 and abs(scale - d ** -0.5) < 1e-6:
+            return d
+    return None
 
 
 def _consumer_through(t: gs.Tensor, through: frozenset[str], op: str | None) -> gs.Node | None:

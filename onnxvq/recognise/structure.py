@@ -25,7 +25,7 @@ class Linear:
 
 @dataclass(frozen=True)
 class Activation:
-    kind: Literal["gelu_erf", "gelu_tanh", "gelu", "relu", "other"]
+    kind: Literal["gelu_erf", "gelu_tanh", "gelu", "relu", "silu", "hardswish", "other"]
     nodes: tuple[str, ...]
     input: str
     output: str

@@ -1,0 +1,205 @@
+"""The grown export corpus: the families users bring, at their smallest configs (random weights).
+
+    python -m onnxvq.models.families --all        # export every family (cached in .corpus)
+
+Each entry is one timm / torchvision / Hugging Face model with fewer blocks where the library
+takes a depth override, exported once (TorchScript opset 17, or dynamo where named), checked
+against torch, and cached beside the main corpus (`corpus.corpus_dir()`). `counts` are the
+torch modules' own numbers (`family_counts`, checked by tests/models/test_families.py) and what
+`onnxvq inspect` must find; `unsupported` says why recognition does not cover a family yet (its
+quantization with --pts/--lis is then refused by name instead of written silently as W8/A8).
+Special exports: `external` writes the weights as external data, `dynamic_hw` keeps height and
+width symbolic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnxvq.models.corpus import CorpusError, corpus_dir
+
+log = logging.getLogger("onnxvq.models.families")
+
+
+@dataclass(frozen=True)
+class Counts:
+    blocks: int
+    attentions: int
+    layernorms: int
+    mlps: int
+    residual_adds: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(blocks=self.blocks, attentions=self.attentions, layernorms=self.layernorms,
+                    mlps=self.mlps, residual_adds=self.residual_adds)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    source: str  # "timm", "torchvision" or "huggingface"
+    arch: str  # timm model name, torchvision builder, or HF config kind
+    image: int
+    counts: Counts
+    kwargs: tuple[tuple[str, object], ...] = ()
+    exporter: str = "torchscript17"  # or "dynamo"
+    heads: int = 1  # classifier heads (distilled models have two)
+    external: bool = False
+    dynamic_hw: bool = False
+    unsupported: str | None = None  # why recognition misses it (counts are torch's)
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def path(self) -> Path:
+        return corpus_dir() / f"family_{self.name}.{self.exporter}.onnx"
+
+
+def _vit(depth: int, ln: int | None = None) -> Counts:
+    return Counts(depth, depth, ln if ln is not None else 2 * depth + 1, depth, 2 * depth)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("deit_tiny_distilled", "timm", "deit_tiny_distilled_patch16_224", 224, _vit(2),
+           (("depth", 2),), heads=2, tags=("ci",)),
+    Family("deit_tiny_distilled_dynamo", "timm", "deit_tiny_distilled_patch16_224", 224,
+           _vit(2), (("depth", 2),), exporter="dynamo", heads=2),
+    Family("deit3_small", "timm", "deit3_small_patch16_224", 224, _vit(2), (("depth", 2),)),
+    Family("beit_tiny", "timm", "beit_base_patch16_224", 224, _vit(2),
+           (("embed_dim", 192), ("depth", 2), ("num_heads", 3))),
+    Family("dinov2_reg4", "timm", "vit_small_patch14_reg4_dinov2", 518, _vit(2),
+           (("depth", 2),), heads=0, tags=("ci",)),
+    Family("mobilevit_xxs", "timm", "mobilevit_xxs", 256, Counts(9, 9, 21, 9, 18), tags=("ci",)),
+    Family("pit_ti", "timm", "pit_ti_224", 224, Counts(12, 12, 25, 12, 24)),
+    Family("deit_tiny_external", "timm", "deit_tiny_patch16_224", 224, _vit(2),
+           (("depth", 2),), external=True),
+    Family("deit_tiny_dynamic_hw", "timm", "deit_tiny_patch16_224", 224, _vit(2),
+           (("depth", 2), ("dynamic_img_size", True)), dynamic_hw=True, tags=("ci",)),
+    Family("swinv2_tiny", "timm", "swinv2_tiny_window8_256", 256, Counts(5, 5, 15, 5, 10),
+           (("embed_dim", 48), ("depths", (1, 1, 2, 1)), ("num_heads", (3, 6, 12, 24))),
+           unsupported="SwinV2's cosine attention (normalised q·kᵀ times a learned logit scale) "
+                       "is not recognised as attention", tags=("ci",)),
+    Family("levit_128s", "timm", "levit_128s", 224, Counts(11, 11, 0, 11, 20), heads=2,
+           unsupported="LeViT's attention (Linear+BatchNorm projections, attention bias, "
+                       "Hardswish) is not recognised", tags=("ci",)),
+    Family("cait_xxs", "timm", "cait_xxs24_224", 224, Counts(4, 4, 9, 4, 8), (("depth", 2),),
+           unsupported="CaiT's talking-heads and class attention are not recognised "
+                       "(2 of 4 attentions found)"),
+)}
+
+_BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
+           "SwinTransformerV2Block", "LevitBlock", "LevitDownsample"}
+_ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
+               "AttentionDownsample"}
+_MLPS = {"Mlp", "GluMlp", "LevitMlp"}
+
+
+def family_counts(module) -> Counts:
+    """Blocks, attention modules, nn.LayerNorm, MLP modules and two residual Adds per block,
+    read off the torch module (LeViT's downsample blocks have one residual: its MLP)."""
+    import torch
+
+    names = Counter(type(m).__name__ for m in module.modules())
+    blocks = sum(names[n] for n in _BLOCKS)
+    layernorms = sum(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
+    residual = 2 * blocks - names["LevitDownsample"]
+    return Counts(blocks, sum(names[n] for n in _ATTENTIONS), layernorms,
+                  sum(names[n] for n in _MLPS), residual)
+
+
+def build(family: Family):
+    """The seeded, eval-mode module with constant parameters spread (as export.py does)."""
+    import timm
+    import torch
+
+    from onnxvq.models.export import _spread_constant_parameters
+
+    torch.manual_seed(0)
+    if family.source != "timm":
+        raise CorpusError(f"{family.name}: unknown source {family.source!r}")
+    module = timm.create_model(family.arch, pretrained=False, **dict(family.kwargs)).eval()
+    _spread_constant_parameters(module)
+    return module
+
+
+def ensure(family: Family, *, force: bool = False) -> Path:
+    """The family's exported model, exporting it when missing."""
+    manifest = family.path.with_suffix(".json")
+    if not force and family.path.exists() and manifest.exists():
+        return family.path
+    export(family)
+    return family.path
+
+
+def export(family: Family) -> dict:
+    import numpy as np
+    import onnx
+    import torch
+
+    from onnxvq.core.graph import save_model
+    from onnxvq.core.runtime import make_session
+
+    module = build(family)
+    example = torch.randn(2, 3, family.image, family.image, generator=torch.Generator()
+                          .manual_seed(1))
+    family.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = family.path.with_name(f".{family.path.name}.export.onnx")
+    start = time.perf_counter()
+    axes = {0: "batch", 2: "height", 3: "width"} if family.dynamic_hw else {0: "batch"}
+    try:
+        if family.exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            torch.onnx.export(module, (example,), str(tmp), dynamo=True, external_data=False,
+                              dynamic_shapes=({0: batch},), input_names=["input"],
+                              output_names=["logits"])
+        else:
+            torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": axes, "logits": {0: "batch"}})
+        model = onnx.load(str(tmp))
+    except Exception as exc:  # the exporters raise anything from RuntimeError to their own types
+        raise CorpusError(f"{family.name} did not export: {type(exc).__name__}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    x = torch.randn(3, 3, family.image, family.image, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = module(x).numpy()
+    got = make_session(model).run(None, {model.graph.input[0].name: x.numpy()})[0]
+    diff = float(np.abs(got - want).max())
+    if not diff <= 1e-4:
+        raise CorpusError(f"{family.name}: ORT differs from torch by {diff:.3g}")
+    save_model(model, family.path, external_data=family.external)
+    record = {"name": family.name, "exporter": family.exporter, "export_seconds": round(seconds, 2),
+              "max_abs_diff": diff, "external_data": family.external}
+    family.path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    log.info("%s: exported in %.1f s, max |ORT - torch| %.1e", family.name, seconds, diff)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m onnxvq.models.families", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(FAMILIES))
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
+    failures = 0
+    for name in FAMILIES if args.all else args.names:
+        try:
+            ensure(FAMILIES[name], force=args.force)
+        except (CorpusError, KeyError) as exc:
+            failures += 1
+            log.error("%s: %s", name, exc)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

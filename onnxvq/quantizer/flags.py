@@ -1,0 +1,47 @@
+"""Did the flags the user gave do anything? `--pts` on a model without LayerNorm (LeViT) or
+`--lis` on one whose attention the recogniser does not find used to write a file byte-identical
+to W8/A8 and say nothing.
+
+Each integer-op flag that replaced nothing gets a warning naming the flag and why; when every
+such flag the user gave replaced nothing, the run is refused (UnsupportedModelError, exit 3)."""
+
+from __future__ import annotations
+
+import logging
+
+from onnxvq.core.errors import UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+_FLAGS = (("pts", "replace-layernorm", "LayerNormalization", "IntLayerNorm"),
+          ("lis", "replace-softmax", "attention Softmax", "LogIntSoftmax"))
+
+
+def unapplied_flags(result) -> dict[str, str]:
+    """{flag: why it replaced nothing} for each of --pts/--lis that was given and did nothing."""
+    done = {r.pass_id: r for r in result.passes}
+    found = {"pts": len(result.structure.layernorms), "lis": len(result.structure.attentions)}
+    missing = {}
+    for flag, pass_id, what, op in _FLAGS:
+        r = done.get(pass_id)
+        if not getattr(result.config, flag) or (r is not None and r.applied):
+            continue
+        if not found[flag]:
+            why = f"the model has no {what} onnxvq recognises, so there is nothing for {op}"
+        else:
+            reasons = sorted({why for _, why in (r.refused if r else [])}) or ["not planned"]
+            why = f"all {found[flag]} {what} nodes refused: {'; '.join(reasons)[:300]}"
+        missing[f"--{flag}"] = why
+    return missing
+
+
+def check_flags_applied(result) -> None:
+    """Warn per flag that did nothing; refuse when none of the given flags did anything."""
+    missing = unapplied_flags(result)
+    given = [f"--{flag}" for flag, *_ in _FLAGS if getattr(result.config, flag)]
+    for flag, why in missing.items():
+        log.warning("%s did nothing: %s", flag, why)
+    if given and len(missing) == len(given):
+        raise UnsupportedModelError(
+            "; ".join(f"{flag} cannot apply: {why}" for flag, why in missing.items())
+            + "; nothing written (drop the flag for plain W8/A8)")

@@ -1,0 +1,91 @@
+"""The grown corpus (models/families.py): exact recognition counts against the torch modules,
+and every recognised family quantizes with W8/A8, --pts --lis and --target trt through the
+fidelity gate. Families recognition does not cover yet refuse --pts --lis by name."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import onnx
+import pytest
+
+import onnxvq
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.errors import UnsupportedModelError
+from onnxvq.models.families import FAMILIES, ensure
+
+_HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
+needs_torch = pytest.mark.skipif(not _HAVE_TORCH, reason="needs torch and timm ([export] extra)")
+SUPPORTED = [n for n, f in FAMILIES.items() if f.unsupported is None]
+UNSUPPORTED = [n for n, f in FAMILIES.items() if f.unsupported is not None]
+# CI runs the representative subset (ci tag); benchmarks/run_families.py runs all of them.
+_FULL = pytest.mark.skipif(not os.environ.get("ONNXVQ_FULL_CORPUS"), reason="outside CI's "
+                           "representative subset; benchmarks/run_families.sh runs every family")
+CI = [pytest.param(n, marks=() if "ci" in FAMILIES[n].tags else _FULL) for n in SUPPORTED]
+NOISE = dict(calib_size=6, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def exported():
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = ensure(FAMILIES[name])
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.corpus
+@needs_torch
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items()
+                                  if f.exporter != "dynamo" and not f.external])
+def test_counts_are_the_torch_modules(name):
+    from onnxvq.models.families import build, family_counts
+
+    assert family_counts(build(FAMILIES[name])) == FAMILIES[name].counts
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_inspect_finds_exact_counts(exported, name):
+    family = FAMILIES[name]
+    result = onnxvq.inspect(exported(name))
+    assert result.structure.counts == family.counts.as_dict()
+    summary = result.structure.summary()
+    assert len(summary["head"]) == family.heads
+    assert summary["heads"] and summary["heads"] > 0  # attention heads found (BEiT: was null)
+    assert len(summary["patch_embed"]) == 1  # MobileViT's block convs are not patch embeddings
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+@pytest.mark.parametrize("name", CI)
+@pytest.mark.parametrize("flags", [{}, {"pts": True, "lis": True}, {"target": "trt"}],
+                         ids=["w8a8", "pts-lis", "trt"])
+def test_quantizes_through_the_gate(exported, name, flags):
+    result = onnxvq.quantize(exported(name), None, QuantConfig(**NOISE, **flags))
+    (out,) = result.fidelity["outputs"]
+    assert out["problem"] is None and out["sqnr_db"] > 1.0
+    if FAMILIES[name].dynamic_hw:  # folded at 224, the input stays symbolic
+        dims = result.model.graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims[2:]] == ["height", "width"]
+    if FAMILIES[name].external:  # the weights were read from the .data file beside it
+        path = exported(name)
+        assert path.with_name(path.name + ".data").stat().st_size > 20e6
+        assert all(i.data_location == onnx.TensorProto.EXTERNAL for i in onnx.load(
+            str(path), load_external_data=False).graph.initializer if i.dims and i.dims[0] > 64)
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+@pytest.mark.parametrize("name", UNSUPPORTED)
+def test_unsupported_families_refuse_integer_ops_by_name(exported, name):
+    with pytest.raises(UnsupportedModelError, match="--pts cannot apply.*--lis cannot apply"):
+        onnxvq.quantize(exported(name), None, QuantConfig(pts=True, lis=True, **NOISE))

@@ -1,0 +1,80 @@
+"""What canonicalisation needs first: an IR version ORT reads (refused clearly above), symbolic
+image dims folded at the calibration shape and kept symbolic on the output; PTS refused where it
+would erase tokens; --pts/--lis that apply nowhere refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxvq
+from onnxvq.calibrate.preprocess import Preprocess
+from onnxvq.calibrate.rows import PtsRowObserver
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.errors import UnsupportedModelError
+from onnxvq.core.runtime import make_session
+from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+from onnxvq.passes.prepare import newest_ort_ir
+
+NOISE = dict(calib_size=6, batch_size=3)
+
+
+@pytest.fixture
+def tiny() -> onnx.ModelProto:
+    return build_tiny_vit(TinyViTConfig(depth=2))
+
+
+def test_an_ir_version_ort_reads_is_lowered_for_folding(tiny):
+    tiny.ir_version = newest_ort_ir()
+    result = onnxvq.inspect(tiny)
+    assert result.structure.counts["blocks"] == 2
+    assert result.model.ir_version <= 10
+
+
+def test_an_ir_version_beyond_ort_is_refused_in_one_line(tiny):
+    tiny.ir_version = 99
+    for run in (onnxvq.inspect, lambda m: onnxvq.quantize(m, None, QuantConfig(**NOISE))):
+        with pytest.raises(UnsupportedModelError, match="IR version 99 is newer than onnxrun"):
+            run(tiny)
+
+
+def _symbolic_hw(model: onnx.ModelProto) -> onnx.ModelProto:
+    for axis, name in ((2, "height"), (3, "width")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    return model
+
+
+def test_dynamic_height_width_is_folded_at_the_calibration_shape(tiny):
+    model = _symbolic_hw(tiny)
+    # Before: canonicalisation probed 1x3x1x1 noise and ORT's Conv error came out raw.
+    result = onnxvq.quantize(model, None, QuantConfig(**NOISE),
+                             preprocess=Preprocess(size=32, crop=32))
+    assert result.structure.counts["blocks"] == 2
+    dims = result.model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims[2:]] == ["height", "width"]
+    assert result.fidelity["outputs"][0]["sqnr_db"] > 15
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert make_session(result.model).run(None, {"input": x})[0].shape == (2, 10)
+
+
+def test_pts_refuses_a_layernorm_whose_tokens_it_would_erase():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 10, 16)).astype(np.float32) * 3
+    obs = PtsRowObserver("t", 6 / 255, 128)
+    obs.update(x)
+    assert obs.thin_rows() is None
+    x[:, 0] = 1e-6 * rng.standard_normal((2, 16))  # a class token at timm's init scale
+    obs = PtsRowObserver("t", 6 / 255, 128)
+    obs.update(x)
+    assert "IntLayerNorm would output beta" in obs.thin_rows()
+
+
+def test_integer_flags_that_apply_nowhere_are_refused_by_name(caplog):
+    from onnxvq.models.tiny_cnn import build_tiny_cnn
+
+    cnn = build_tiny_cnn()  # no LayerNorm, no attention: before, written as plain W8/A8
+    with pytest.raises(UnsupportedModelError, match="--pts cannot apply: the model has no "
+                       "LayerNormalization.*--lis cannot apply"):
+        onnxvq.quantize(cnn, None, QuantConfig(pts=True, lis=True, **NOISE))
+    assert "--pts did nothing" in caplog.text
