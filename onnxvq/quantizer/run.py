@@ -87,16 +87,9 @@ def quantize(
     if not structure.is_vit and not structure.is_cnn:
         log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
                     "will be quantized")
-    the_plan = plan(graph, structure, cfg)
-    fq = FqCalibration(the_plan, structure, cfg)
-    qparams, calib_info, fq_params = calibrate(canonical, the_plan, spec, cfg, None,
-                                               progress, fq, structure, overrides)
-    twin = calib_info.pop("twin", {})  # twin-uniform sites: the twin-qdq pass quantizes them
-    the_plan = replace(the_plan, activations=tuple(s for s in the_plan.activations
-                                                   if s.tensor not in twin))
-    ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
-                      fq_params=fq_params, weight_scales=calib_info.pop("weight_scales", {}),
-                      twin_qparams=twin)
+    ctx, calib_info = _calibrated_context(graph, canonical, structure, spec, cfg, progress,
+                                          overrides)
+    the_plan, qparams, fq_params = ctx.plan, dict(ctx.activation_qparams), ctx.fq_params
     out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
                                                        validate=validate, numeric="none")
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
@@ -110,6 +103,23 @@ def quantize(
                                _replaced(canonical, fq_params, report.passes))
     restore_input(result.model, symbolic_image_dims(proto))  # folded at the calibration shape
     return result
+
+
+def _calibrated_context(graph, canonical, structure, spec, cfg: QuantConfig, progress,
+                        overrides) -> tuple[PassContext, dict]:
+    """Plan on the graph, calibrate on the canonical model: the quantization stage's context and
+    the calibration summary."""
+    the_plan = plan(graph, structure, cfg)
+    fq = FqCalibration(the_plan, structure, cfg)
+    qparams, calib_info, fq_params = calibrate(canonical, the_plan, spec, cfg, None,
+                                               progress, fq, structure, overrides)
+    twin = calib_info.pop("twin", {})  # twin-uniform sites: the twin-qdq pass quantizes them
+    the_plan = replace(the_plan, activations=tuple(s for s in the_plan.activations
+                                                   if s.tensor not in twin))
+    ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
+                      fq_params=fq_params, weight_scales=calib_info.pop("weight_scales", {}),
+                      twin_qparams=twin)
+    return ctx, calib_info
 
 
 def _rebuilder(canonical: onnx.ModelProto, ctx: PassContext, cfg: QuantConfig):
