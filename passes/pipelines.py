@@ -20,11 +20,17 @@ from onnxvq.core.pipeline import Pipeline, PipelineReport
 from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.passes.fold_constants import FoldConstants
 from onnxvq.passes.fold_requantize import FoldRequantize
+from onnxvq.passes.fold_scale_into_dequantize import FoldScaleIntoDequantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
 from onnxvq.passes.fold_static_shapes import FoldStaticShapes
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
+from onnxvq.passes.hoist_quantize_over_split import HoistQuantizeOverSplit
 from onnxvq.passes.insert_qdq import InsertActivationQDQ
 from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
+from onnxvq.passes.ort_fast_gelu import OrtFastGelu
+from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
+from onnxvq.passes.ort_mixed_qmatmul import OrtMixedQMatMul
+from onnxvq.passes.patch_conv_to_matmul import PatchConvToMatMul
 from onnxvq.passes.quantize_weights import QuantizeWeights
 from onnxvq.passes.remove_softmax_nan_guard import RemoveSoftmaxNanGuard
 from onnxvq.passes.reparameterize_activation import ReparameterizeActivation
@@ -59,19 +65,28 @@ FULLY_QUANTIZED = Pipeline((ReplaceLayerNorm(), ReplaceSoftmax())) + W8A8
 REPARAMETERIZE = Pipeline((ReparameterizeLayerNorm(), ReparameterizeActivation()))
 
 
+# Target ort only: the QDQ graph lowered into the fused kernels ONNX Runtime's CPU provider runs
+# fastest (FastGelu, bias and scale folded into its int8 GEMMs, the patch Conv as an int8 MatMul,
+# one quantizer per QKV tensor). Every pass but ort-fast-gelu is bit-exact; each is tested
+# against the graph before it. `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph.
+ORT_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
+                         HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul()))
+
+
 def canonical_pipeline(cfg: QuantConfig | None = None) -> Pipeline:
     return TENSORRT_CANONICAL if cfg is not None and cfg.target == "trt" else CANONICAL
 
 
 def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
     """--method twin adds PTQ4ViT's twin-uniform sites as two Q/DQ branches after the W8A8 Q/DQ
-    exist (the branches reuse the other operand's DQ), before the requantize folding."""
+    exist (the branches reuse the other operand's DQ), before the requantize folding; it is not
+    lowered for ORT (its two-branch Q/DQ is outside what the lowering passes match)."""
     base = {(False, False): W8A8, (True, False): PTS_W8A8, (False, True): LIS_W8A8,
             (True, True): FULLY_QUANTIZED}[(cfg.pts, cfg.lis)]
-    if cfg.method != "twin":
-        return base
-    *head, fold = base.passes
-    return Pipeline((*head, TwinQDQ(), fold))
+    if cfg.method == "twin":
+        *head, fold = base.passes
+        return Pipeline((*head, TwinQDQ(), fold))
+    return base + ORT_LOWERING if cfg.target == "ort" and cfg.ort_fusions else base
 
 
 def canonicalize(model: onnx.ModelProto, *, numeric: str = "end",

@@ -29,7 +29,8 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_q(tiny):
-    return quantize(tiny, None, QuantConfig(**NOISE))
+    # the plain QDQ placement (tests/test_ort_lowering.py covers the ORT-lowered default)
+    return quantize(tiny, None, QuantConfig(ort_fusions=False, **NOISE))
 
 
 def test_placement_counts(tiny_q):

@@ -42,6 +42,7 @@ class QuantConfig:
     seed: int = 0  # noise calibration inputs and the phase of the strided subsample
     search_samples: int = 32  # block-mse/similarity: calibration samples the search runs on
     fail_below: float | None = None  # fidelity gate: minimum SQNR in dB (None: collapse only)
+    ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
 
     def __post_init__(self) -> None:
         for name in ("method", "target"):  # an Enum from the CLI arrives as its value
@@ -98,7 +99,8 @@ class QuantConfig:
                          f"{config!r:.40}")
 
 
-_BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis")
+_BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis",
+          "ort_fusions")
 _INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed", "search_samples")
 
 
