@@ -5,10 +5,11 @@
                        └─Squeeze────────────Q(s_v)                     ├─Squeeze─Transpose─
                                                                        └─Squeeze──────────
 
-Matches: Split(X, axis a) whose every output reaches exactly one set of identical per-tensor
-         QuantizeLinears through single-reader layout ops (Squeeze, Unsqueeze, Transpose,
-         Reshape), with static piece sizes; X optionally the output of a Transpose read only by
-         the Split (the Q then goes above it, on axis perm[a]).
+Matches: Split(X, axis a), or X read only by Gathers of constant scalar indices on one axis a
+         (`qkv[0], qkv[1], qkv[2]`), whose every piece reaches exactly one set of identical
+         per-tensor QuantizeLinears through single-reader layout ops (Squeeze, Unsqueeze,
+         Transpose, Reshape), with static piece sizes; X optionally the output of a Transpose read
+         only by the slicers (the Q then goes above it, on axis perm[a]).
 Refuses: a piece read in float, per-axis or differing-type quantizers, unknown piece sizes.
 Emits:   one QuantizeLinear on the Split's (or Transpose's) input with per-axis scale and zero
          point (each piece's own, repeated over its size; per-tensor when all agree), the layout
@@ -32,7 +33,8 @@ _LAYOUT = ("Squeeze", "Unsqueeze", "Transpose", "Reshape")
 
 @dataclass
 class _Pieces:
-    split: gs.Node
+    split: gs.Node  # the Split, or the first of the Gathers
+    slicers: list[gs.Node]  # the Split alone, or every Gather reading X
     chains: list[list[gs.Tensor]]  # per output: the tensors from the Split output to the Q input
     quants: list[list[gs.Node]]  # per output: the QuantizeLinears reading the chain's end
     above: gs.Node | None  # the Transpose producing the Split's input, if the Q goes above it
@@ -42,11 +44,16 @@ class HoistQuantizeOverSplit(RewritePass):
     id = "hoist-quantize-over-split"
     matches = "Split whose pieces are each quantized after layout-only ops"
     emits = "one per-axis QuantizeLinear before the Split; layout ops on codes"
-    anchor_ops = ("Split",)
+    anchor_ops = ("Split", "Gather")
 
     def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _Pieces | None:
+        slicers = [node]
+        if node.op == "Gather":
+            slicers = list(node.inputs[0].outputs)
+            if slicers[0] is not node or _gather_indices(slicers) is None:
+                return None  # matched once, from the first Gather
         chains, quants = [], []
-        for out in node.outputs:
+        for out in (o for s in slicers for o in s.outputs):
             chain = [out]
             while len(chain[-1].outputs) == 1 and chain[-1].outputs[0].op in _LAYOUT:
                 chain.append(chain[-1].outputs[0].outputs[0])
@@ -56,9 +63,9 @@ class HoistQuantizeOverSplit(RewritePass):
             chains.append(chain)
             quants.append(readers)
         t = producer(node.inputs[0])
-        above = t if t is not None and t.op == "Transpose" and len(node.inputs[0].outputs) == 1 \
-            else None
-        return _Pieces(node, chains, quants, above)
+        above = t if t is not None and t.op == "Transpose" and len(node.inputs[0].outputs) == \
+            len(slicers) else None
+        return _Pieces(node, slicers, chains, quants, above)
 
     def check(self, graph: gs.Graph, m: _Pieces) -> str | None:
         params = [self._params(qs) for qs in m.quants]
@@ -85,7 +92,14 @@ class HoistQuantizeOverSplit(RewritePass):
 
     @staticmethod
     def _sizes(m: _Pieces) -> list[int] | None:
+        """Per piece, how many positions along the axis it covers (Gather: one each, in index
+        order; positions no Gather reads get the first piece's parameters, and are never read)."""
         split = m.split
+        if split.op == "Gather":
+            shape, axis = split.inputs[0].shape, split.attrs.get("axis", 0)
+            if shape is None or not isinstance(shape[axis], int):
+                return None
+            return [1] * len(m.slicers) if len(m.slicers) == shape[axis] else None
         if len(split.inputs) > 1:
             v = const_value(split.inputs[1])
             return None if v is None else [int(x) for x in v.reshape(-1)]
@@ -105,6 +119,9 @@ class HoistQuantizeOverSplit(RewritePass):
         if m.above is not None:
             axis = list(m.above.attrs["perm"])[axis] if "perm" in m.above.attrs else axis
             src = m.above.inputs[0]
+        if m.split.op == "Gather":  # order the pieces by their index
+            order = np.argsort(_gather_indices(m.slicers))
+            params = [params[i] for i in order]
         scale = np.repeat([p[0] for p in params], sizes).astype(np.float32)
         zp = np.repeat([p[1] for p in params], sizes).astype(params[0][1].dtype)
         per_tensor = np.all(scale == scale[0]) and np.all(zp == zp[0])
@@ -116,8 +133,8 @@ class HoistQuantizeOverSplit(RewritePass):
                                      else scale),
                     gs.Constant(f"{m.split.name}/zero_point", zp[:1].reshape(()) if per_tensor
                                 else zp)]))
-        reader = m.above if m.above is not None else m.split
-        reader.inputs[0] = q_out
+        for reader in [m.above] if m.above is not None else m.slicers:
+            reader.inputs[0] = q_out
         if m.above is not None:
             m.above.outputs[0].dtype = zp.dtype
         for chain, qs in zip(m.chains, m.quants, strict=True):
@@ -129,3 +146,19 @@ class HoistQuantizeOverSplit(RewritePass):
                         if t is q.outputs[0]:
                             c.inputs[i] = chain[-1]
                 q.outputs.clear()
+
+
+def _gather_indices(gathers: list[gs.Node]) -> list[int] | None:
+    """The scalar constant indices of Gathers on one axis, when they are distinct."""
+    if any(g.op != "Gather" for g in gathers):
+        return None
+    if len({g.attrs.get("axis", 0) for g in gathers}) != 1:
+        return None
+    idx = [const_value(g.inputs[1]) for g in gathers]
+    if any(i is None or i.ndim != 0 for i in idx):
+        return None
+    dim = gathers[0].inputs[0].shape
+    axis = gathers[0].attrs.get("axis", 0)
+    values = [int(i) % dim[axis] if dim is not None and isinstance(dim[axis], int) else int(i)
+              for i in idx]
+    return values if len(set(values)) == len(values) and min(values) >= 0 else None

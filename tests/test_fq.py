@@ -18,6 +18,7 @@ from onnxvq.core.config import QuantConfig
 from onnxvq.core.graph import to_graph
 from onnxvq.core.runtime import make_session
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+from onnxvq.passes.pipelines import ORT_LOWERING
 from onnxvq.plugins import native_available
 from onnxvq.plugins.reference import int_layer_norm, log_int_matmul, log_int_softmax, max_code
 from onnxvq.quantizer.placement import plan
@@ -197,7 +198,8 @@ def test_cifar10_pts_and_lis_accuracy(shared_data, name, preset, fp32_top1):
     assert 100 * (fp32 == labels).mean() == pytest.approx(fp32_top1, abs=0.01)
     for cfg, budget in ((QuantConfig(pts=True), 1.0), (QuantConfig(pts=True, lis=True), 2.0)):
         result = quantize(path, shared_data / "cifar10" / "calib", cfg, preprocess=prep)
-        assert all(not r.refused for r in result.passes)
+        lowering = {p.id for p in ORT_LOWERING.passes}  # these refuse what ORT runs well as it is
+        assert all(not r.refused for r in result.passes if r.pass_id not in lowering)
         ops = _ops(result.model)
         assert ops["LayerNormalization"] == 0 and ops["IntLayerNorm"] > 0
         assert ops["LogIntSoftmax"] == (len(result.structure.attentions) if cfg.lis else 0)
