@@ -135,11 +135,14 @@ class HoistQuantizeOverSplit(RewritePass):
                                 else zp)]))
         for reader in [m.above] if m.above is not None else m.slicers:
             reader.inputs[0] = q_out
-        if m.above is not None:
-            m.above.outputs[0].dtype = zp.dtype
+        # The layout ops now carry codes: new tensor and node names, so no FP32 name changes
+        # its type (sensitivity's keep_quantized restores FP32 nodes by those names).
+        moved = [t for c in m.chains for t in c] + ([m.above.outputs[0]] if m.above else [])
+        for t in moved:
+            t.dtype, t.name = zp.dtype, f"{t.name}/codes"
+            for n in t.inputs:
+                n.name = n.name if n.name.endswith("/codes") else f"{n.name}/codes"
         for chain, qs in zip(m.chains, m.quants, strict=True):
-            for t in chain:
-                t.dtype = zp.dtype
             for q in qs:
                 for c in list(q.outputs[0].outputs):
                     for i, t in enumerate(c.inputs):

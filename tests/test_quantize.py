@@ -107,7 +107,8 @@ def test_four_bit_graph_is_valid(tiny):
 
 def test_skip_keeps_matching_layers_float(tiny, tiny_q):
     fc2 = [m.fc2.node for m in tiny_q.structure.mlps]
-    r = quantize(tiny, None, QuantConfig(skip=tuple(fc2), quantize_head=False, **NOISE))
+    r = quantize(tiny, None, QuantConfig(skip=tuple(fc2), quantize_head=False, ort_fusions=False,
+                                         **NOISE))
     reasons = dict(r.plan.skipped)
     assert set(reasons) == {*fc2, tiny_q.structure.head[0].node}
     assert reasons[fc2[0]] == "matches --skip"
