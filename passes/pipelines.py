@@ -21,6 +21,7 @@ from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.passes.fold_constants import FoldConstants
 from onnxvq.passes.fold_requantize import FoldRequantize
 from onnxvq.passes.fold_scale_into_dequantize import FoldScaleIntoDequantize
+from onnxvq.passes.fold_scale_into_quantize import FoldScaleIntoQuantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
 from onnxvq.passes.fold_static_shapes import FoldStaticShapes
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
@@ -67,10 +68,12 @@ REPARAMETERIZE = Pipeline((ReparameterizeLayerNorm(), ReparameterizeActivation()
 
 # Target ort only: the QDQ graph lowered into the fused kernels ONNX Runtime's CPU provider runs
 # fastest (FastGelu, bias and scale folded into its int8 GEMMs, the patch Conv as an int8 MatMul,
-# one quantizer per QKV tensor). Every pass but ort-fast-gelu is bit-exact; each is tested
+# one quantizer per QKV tensor). Every pass but ort-fast-gelu and fold-scale-into-quantize (a
+# last-bit rounding difference) is bit-exact; each is tested
 # against the graph before it. `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph.
 ORT_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
-                         HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul()))
+                         HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul(),
+                         FoldScaleIntoQuantize()))
 
 
 def canonical_pipeline(cfg: QuantConfig | None = None) -> Pipeline:

@@ -7,7 +7,6 @@ report with the roofline plot.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -33,39 +32,50 @@ def profile_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Profile MODEL (and QUANT) in ONNX Runtime: time, FLOPs, bytes, roofline position."""
-    from rich.console import Console
-
+    from onnxvq.cli.common import errors
+    from onnxvq.core.errors import ModelLoadError
+    from onnxvq.core.graph import load_model
     from onnxvq.verify.profile_report import profile, render_html
 
-    out, err = Console(width=None if Console().is_terminal else 150), Console(stderr=True)
-    for p in (model, quant):
-        if p is not None and not p.is_file():
-            err.print(f"[bold red]error:[/] {p}: no such file", highlight=False)
-            raise typer.Exit(2)
-    try:
-        report = profile(model, quant, batch=batch, runs=runs, threads=threads)
-    except OnnxvqError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(exc.exit_code) from None
-    except Exception as exc:  # ORT refusing the model: one line, not a traceback
-        err.print(f"[bold red]error:[/] ONNX Runtime could not run the model: {exc}".split("\n")[0],
-                  highlight=False)
-        raise typer.Exit(2) from None
+    with errors():
+        protos = [None if p is None else load_model(p, check_opset=False) for p in (model, quant)]
+        try:
+            report = profile(*protos, batch=batch, runs=runs, threads=threads)
+        except OnnxvqError:
+            raise
+        except Exception as exc:  # ORT refusing the model: one line, not a traceback
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"ONNX Runtime could not run the model: {first}") from None
+    for label, path in (("fp32", model), ("quant", quant)):
+        if path is not None:
+            report.profiles[label].model = str(path)
     if html_out is not None:
         html_out.write_text(render_html(report))
     if as_json:
-        out.print_json(json.dumps(report.to_dict()))
+        from onnxvq.cli.common import emit_json
+
+        emit_json(report.to_dict())
         return
-    _render(out, report, nodes)
+    _render(report, nodes)
     if html_out is not None:
-        out.print(f"HTML report: {html_out}")
+        console().print(f"HTML report: {html_out}")
 
 
-def _render(out, report, top: int) -> None:
+def console():
+    from rich.console import Console
+
+    from onnxvq.cli.common import console as shared
+
+    # tables wider than a pipe's default 80 columns stay readable when redirected
+    return shared if shared.is_terminal else Console(width=150)
+
+
+def _render(report, top: int) -> None:
     from rich.table import Table
 
     from onnxvq.verify.profile_report import HEADER, table_rows
 
+    out = console()
     roof, d = report.roofline, report.to_dict()
     out.print(f"roofline ({roof.threads} threads, measured): fp32 {roof.fp32_gflops:.1f} GFLOP/s, "
               f"int8 {roof.int8_gops:.1f} GOP/s, memory {roof.bandwidth_gbs:.1f} GB/s; load "
