@@ -75,7 +75,7 @@ def quantize_nncf(fp32: Path, n: int, out: Path) -> Path:
     model = onnx.load(str(fp32))
     inp = model.graph.input[0]
     source = open_source(CALIB, resolve_preprocess("imagenet"), n, ["N", 3, 224, 224])
-    items = [f for f in batches(source, 16, inp.name)]
+    items = list(batches(source, 1, inp.name))  # one sample per item: subset_size counts items
     q = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
                       subset_size=n)
     onnx.save(q, str(out))

@@ -52,6 +52,9 @@ class HoistQuantizeOverSplit(RewritePass):
             slicers = list(node.inputs[0].outputs)
             if slicers[0] is not node or _gather_indices(slicers) is None:
                 return None  # matched once, from the first Gather
+            dim = node.inputs[0].shape[node.attrs.get("axis", 0)] if node.inputs[0].shape else None
+            if dim != len(slicers):
+                return None  # not a split into pieces (e.g. the class token x[:, 0])
         chains, quants = [], []
         for out in (o for s in slicers for o in s.outputs):
             chain = [out]

@@ -21,7 +21,6 @@ from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.passes.fold_constants import FoldConstants
 from onnxvq.passes.fold_requantize import FoldRequantize
 from onnxvq.passes.fold_scale_into_dequantize import FoldScaleIntoDequantize
-from onnxvq.passes.fold_scale_into_quantize import FoldScaleIntoQuantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
 from onnxvq.passes.fold_static_shapes import FoldStaticShapes
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
@@ -68,12 +67,11 @@ REPARAMETERIZE = Pipeline((ReparameterizeLayerNorm(), ReparameterizeActivation()
 
 # Target ort only: the QDQ graph lowered into the fused kernels ONNX Runtime's CPU provider runs
 # fastest (FastGelu, bias and scale folded into its int8 GEMMs, the patch Conv as an int8 MatMul,
-# one quantizer per QKV tensor). Every pass but ort-fast-gelu and fold-scale-into-quantize (a
-# last-bit rounding difference) is bit-exact; each is tested
+# one quantizer per QKV tensor). Every pass but ort-fast-gelu is bit-exact; each is tested
 # against the graph before it. `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph.
 ORT_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
-                         HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul(),
-                         FoldScaleIntoQuantize()))
+                         HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul()))
+LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 
 
 def canonical_pipeline(cfg: QuantConfig | None = None) -> Pipeline:
@@ -89,7 +87,7 @@ def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
     if cfg.method == "twin":
         *head, fold = base.passes
         return Pipeline((*head, TwinQDQ(), fold))
-    return base + ORT_LOWERING if cfg.target == "ort" and cfg.ort_fusions else base
+    return LOWERED[base] if cfg.target == "ort" and cfg.ort_fusions else base
 
 
 def canonicalize(model: onnx.ModelProto, *, numeric: str = "end",

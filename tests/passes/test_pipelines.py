@@ -68,10 +68,14 @@ def test_fold_removes_exporter_shape_noise_on_real_model(shared_data):
 
 def test_each_setting_picks_a_declared_pipeline():
     pick = pipelines.quantization_pipeline
-    assert pick(QuantConfig()) is pipelines.W8A8
-    assert pick(QuantConfig(pts=True)) is pipelines.PTS_W8A8
-    assert pick(QuantConfig(lis=True)) is pipelines.LIS_W8A8
-    assert pick(QuantConfig(pts=True, lis=True)) is pipelines.FULLY_QUANTIZED
+    plain = QuantConfig(ort_fusions=False)
+    assert pick(plain) is pipelines.W8A8 and pick(QuantConfig(target="trt")) is pipelines.W8A8
+    assert pick(plain.with_(pts=True)) is pipelines.PTS_W8A8
+    assert pick(plain.with_(lis=True)) is pipelines.LIS_W8A8
+    assert pick(plain.with_(pts=True, lis=True)) is pipelines.FULLY_QUANTIZED
+    assert pick(QuantConfig()) is pipelines.LOWERED[pipelines.W8A8]  # target ort: + ORT_LOWERING
+    assert pick(QuantConfig(pts=True, lis=True)).passes[-len(pipelines.ORT_LOWERING.passes):] \
+        == pipelines.ORT_LOWERING.passes
     assert [p.id for p in pipelines.FULLY_QUANTIZED.passes] == [
         "replace-layernorm", "replace-softmax", "quantize-weights", "insert-activation-qdq",
         "fold-requantize"]

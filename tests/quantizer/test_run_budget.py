@@ -78,7 +78,8 @@ def test_fully_quantized_trt_run_keeps_the_budget(tiny, counts):
 
 def test_validate_each_checks_after_every_pass(tiny, counts):
     quantize(tiny, None, QuantConfig(**NOISE), validate="each")
-    passes = len(pipelines.CANONICAL.passes) + len(pipelines.W8A8.passes)
+    passes = len(pipelines.CANONICAL.passes) + \
+        len(pipelines.quantization_pipeline(QuantConfig(**NOISE)).passes)
     assert counts["checker"] == passes + STAGES
     assert counts["import"] == 1
 
