@@ -68,7 +68,9 @@ def _corrupt(monkeypatch, index: int, factor: float) -> list[str]:
 def test_a_collapsed_replacement_is_refused_and_named(tiny, monkeypatch, index, problem):
     names = _corrupt(monkeypatch, index, 1e3 if index == 0 else 1e4)
     with pytest.raises(FidelityError, match=problem) as exc:
-        onnxvq.quantize(tiny, None, QuantConfig(pts=True, lis=True, **NOISE))
+        # plain QDQ: this corruption leaves the model at ~1.0 dB, on the gate's edge, where the
+        # ORT lowering's FastGelu noise (+0.03 dB here) decides the side
+        onnxvq.quantize(tiny, None, QuantConfig(pts=True, lis=True, ort_fusions=False, **NOISE))
     assert f"node {names[index]!r}" in str(exc.value) and exc.value.exit_code == 7
     assert "nothing was written" in str(exc.value)
 
