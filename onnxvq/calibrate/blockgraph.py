@@ -154,11 +154,8 @@ class QuantBlock:
                     t = (2 ** (a.bits - 1) - 0.5) * np.float32(s)
                     f[f"{a.tensor}/fq_split"] = np.array(t, np.float32)
                 continue
-            qmin, qmax = a.qrange
             f[f"{a.tensor}/fq_scale"] = np.array(s, np.float32)
-            f[f"{a.tensor}/fq_zp"] = np.array(z, np.int8 if a.signed else np.uint8)
-            f[f"{a.tensor}/fq_cmin"] = np.array((qmin - z) * s, np.float32)
-            f[f"{a.tensor}/fq_cmax"] = np.array((qmax - z) * s, np.float32)
+            f[f"{a.tensor}/fq_zp"] = np.array(z, np.float32)
         for w in self.weights:
             f[f"{w.node}/fq_weight"] = fake_quant_weight(self.float_weights[w.node], w.axis,
                                                          w.bits, weight_scales[w.node])
@@ -214,17 +211,9 @@ def _const(g: onnx.GraphProto, name: str, value: float) -> str:
 
 
 def _fake_quant_nodes(a: ActParam, out: list, g: onnx.GraphProto) -> str:
-    """Clip to the b-bit code range's real values, then the container's Q/DQ (ORT's vectorised
-    kernels: half the time of a Div/Round/Clip chain on the attention-sized tensors)."""
-    t = a.tensor
-    s, z, lo, hi = (f"{t}/fq_{k}" for k in ("scale", "zp", "cmin", "cmax"))
-    _scalar_inputs(g, s, lo, hi)
-    g.input.append(helper.make_tensor_value_info(
-        z, TensorProto.INT8 if a.signed else TensorProto.UINT8, []))
-    out += [helper.make_node("Clip", [t, lo, hi], [f"{t}/fq_clip"]),
-            helper.make_node("QuantizeLinear", [f"{t}/fq_clip", s, z], [f"{t}/fq_q"]),
-            helper.make_node("DequantizeLinear", [f"{t}/fq_q", s, z], [f"{t}/fq_dq"])]
-    return f"{t}/fq_dq"
+    s, z = f"{a.tensor}/fq_scale", f"{a.tensor}/fq_zp"
+    _scalar_inputs(g, s, z)
+    return _fq_chain(a.tensor, a.tensor, s, z, a.qrange, out, g)
 
 
 def _fq_chain(x: str, prefix: str, s: str, z: str | None, qrange, out: list,

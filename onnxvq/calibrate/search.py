@@ -38,8 +38,10 @@ from onnxvq.core.runtime import make_session
 from onnxvq.recognise.structure import ViTStructure
 
 log = logging.getLogger(__name__)
-ACT_FACTORS = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.22, 0.15)
-WEIGHT_FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+# The finer grids: the coarse (1, .8, .65, .5, .4, .3, .22, .15) / (1, .9, ..., .5) ones ran 30 %
+# faster but gave cct_cifar10 W4/A4 44.80 % instead of 46.80 %.
+ACT_FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2, 0.15)
+WEIGHT_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5)
 
 
 @dataclass

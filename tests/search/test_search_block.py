@@ -134,3 +134,13 @@ def test_pearson_and_ranking_loss():
     assert ranking_loss(a, a) == 0.0
     assert ranking_loss(a, -a) > 0.3
     assert pearson(np.zeros((2, 4)), np.zeros((2, 4))) == 1.0  # a dead attention is exact
+
+
+def test_search_combines_with_pts_and_lis(tiny, noise):
+    cfg = QuantConfig(method="block-mse", pts=True, lis=True, calib_size=8, batch_size=8,
+                      search_samples=8)
+    found = quantize(tiny, None, cfg)
+    ops = {n.op_type for n in found.model.graph.node}
+    assert {"IntLayerNorm", "LogIntSoftmax"} <= ops
+    assert found.calibration["search"]["search"] == "block-mse"
+    assert _rel_error(tiny, found, noise) < 0.5
