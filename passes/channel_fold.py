@@ -126,18 +126,24 @@ def fold_linear(graph: gs.Graph, node: gs.Node, rp: Reparam) -> None:
     w2 = w * rp.r[None, :] if trans else w * rp.r[:, None]
     shift = (w2 @ rp.b) if trans else (rp.b @ w2)
     node.inputs[1] = gs.Constant(f"{node.name}/reparam_W", w2.astype(np.float32))
+    add_bias(graph, node, shift, "reparam")
+
+
+def add_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray, tag: str) -> None:
+    """bias += shift on a MatMul/Gemm (its bias Add, the Gemm's C, or a new Add); `tag` names
+    the new constants (one call per tag and node)."""
     if node.op == "Gemm":
         bias = node.inputs[2].values if len(node.inputs) > 2 else np.zeros(shift.shape)
-        new = gs.Constant(f"{node.name}/reparam_bias", (bias + shift).astype(np.float32))
+        new = gs.Constant(f"{node.name}/{tag}_bias", (bias + shift).astype(np.float32))
         if len(node.inputs) > 2:
             node.inputs[2] = new
         else:
             node.inputs.append(new)
         return
-    _add_matmul_bias(graph, node, shift)
+    _add_matmul_bias(graph, node, shift, tag)
 
 
-def _add_matmul_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray) -> None:
+def _add_matmul_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray, tag: str) -> None:
     y = node.outputs[0]
     adds = [c for c in y.outputs if c.op == "Add"]
     if len(y.outputs) == 1 and adds and y not in graph.outputs:
@@ -146,12 +152,12 @@ def _add_matmul_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray) -> None:
         bias = add.inputs[k]
         if isinstance(bias, gs.Constant) and bias.values.size == shift.size:
             value = bias.values.astype(np.float64) + shift.reshape(bias.values.shape)
-            add.inputs[k] = gs.Constant(f"{add.name}/reparam_bias", value.astype(np.float32))
+            add.inputs[k] = gs.Constant(f"{add.name}/{tag}_bias", value.astype(np.float32))
             return
-    pre = gs.Variable(f"{y.name}/pre_reparam_bias", dtype=y.dtype, shape=y.shape)
+    pre = gs.Variable(f"{y.name}/pre_{tag}_bias", dtype=y.dtype, shape=y.shape)
     node.outputs[0] = pre
-    graph.nodes.append(gs.Node("Add", name=f"{node.name}/reparam_bias", outputs=[y], inputs=[
-        pre, gs.Constant(f"{node.name}/reparam_shift", shift.astype(np.float32))]))
+    graph.nodes.append(gs.Node("Add", name=f"{node.name}/{tag}_bias", outputs=[y], inputs=[
+        pre, gs.Constant(f"{node.name}/{tag}_shift", shift.astype(np.float32))]))
 
 
 def compensate(graph: gs.Graph, others: list[tuple[gs.Node, gs.Tensor]], rp: Reparam) -> int:

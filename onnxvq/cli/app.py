@@ -81,6 +81,18 @@ def quantize(
     head: Annotated[bool, typer.Option(help="Quantize the classifier head.")] = True,
     pts: Annotated[bool, typer.Option("--pts", help="IntLayerNorm, power-of-two scales.")] = False,
     lis: Annotated[bool, typer.Option("--lis", help="LogIntSoftmax, log2 codes.")] = False,
+    recipe: Annotated[str | None, typer.Option(
+        help="repq: the best low-bit settings (RepQ-ViT reparameterisation, GPTQ weights, omse, "
+             "8-bit patch embedding/head); fills the flags left at their defaults.")] = None,
+    reparam: Annotated[bool, typer.Option(
+        "--reparam", help="Per-channel LayerNorm-output quantizers folded (RepQ-ViT).")] = False,
+    reparam_mlp: Annotated[bool, typer.Option(
+        "--reparam-mlp", help="Per-channel MLP-activation quantizers, rescaled into fc2.")] = False,
+    weight_method: Annotated[str, typer.Option(
+        help="Weight quantizer: max, mse, output (clipping searches) or gptq.")] = "max",
+    bias_correction: Annotated[bool, typer.Option(
+        "--bias-correction", help="Fold the mean output shift of the quantized weights into "
+        "the bias.")] = False,
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
     as_json: o.Json = False,
@@ -102,7 +114,9 @@ def quantize(
                           attn_bits=attn_bits, momentum=momentum, percentile=percentile,
                           skip=tuple(skip or ()), quantize_patch_embed=patch_embed,
                           quantize_head=head, pts=pts, lis=lis, calib_size=samples,
-                          batch_size=batch_size, seed=seed, fail_below=fail_below)
+                          batch_size=batch_size, seed=seed, fail_below=fail_below,
+                          recipe=recipe, reparam=reparam, reparam_mlp=reparam_mlp,
+                          weight_method=weight_method, bias_correction=bias_correction)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
         with progress("quantizing (samples calibrated)") as advance:
             result, written = quantize_file(model, output, spec, cfg, report=report,

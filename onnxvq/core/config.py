@@ -9,6 +9,13 @@ from onnxvq.core.errors import UsageError
 
 METHODS = ("minmax", "ema", "percentile", "omse", "block-mse", "similarity", "twin")
 TARGETS = ("ort", "trt")
+WEIGHT_METHODS = ("max", "mse", "output", "gptq")  # onnxvq.calibrate.weights
+# One switch for the best low-bit result (README "Low bits"): each recipe fills the fields a user
+# left at their defaults, so `recipe="repq", weight_method="mse"` keeps the user's choice.
+RECIPES = {
+    "repq": {"method": "omse", "reparam": True, "reparam_mlp": True, "weight_method": "gptq",
+             "edge_bits": 8},
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,10 @@ class QuantConfig:
     lis: bool = False
     reparam: bool = False  # RepQ-ViT: per-channel LayerNorm-output quantizers folded (h4)
     reparam_mlp: bool = False  # per-channel MLP-activation quantizers via a rescale into fc2 (h4)
+    weight_method: str = "max"  # max, mse, output, gptq: scales/rounding of the weights (h4)
+    bias_correction: bool = False  # bias += E[x] (W - W^) (h4)
+    edge_bits: int | None = None  # patch embedding + head, weights and inputs; None: w/a_bits
+    recipe: str | None = None  # a RECIPES name (h4)
     calib_size: int = 256
     batch_size: int = 16
     seed: int = 0  # noise calibration inputs and the phase of the strided subsample
@@ -45,7 +56,7 @@ class QuantConfig:
     ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
 
     def __post_init__(self) -> None:
-        for name in ("method", "target"):  # an Enum from the CLI arrives as its value
+        for name in ("method", "target", "weight_method"):  # a CLI Enum arrives as its value
             value = getattr(self, name)
             object.__setattr__(self, name, getattr(value, "value", value))
         skip = self.skip
@@ -53,6 +64,9 @@ class QuantConfig:
             object.__setattr__(self, "skip", (skip,))
         elif isinstance(skip, list | tuple | set | frozenset):
             object.__setattr__(self, "skip", tuple(skip))
+        for name, value in RECIPES.get(self.recipe, {}).items():
+            if getattr(self, name) == _DEFAULTS[name]:
+                object.__setattr__(self, name, value)
         problems = _problems(self)
         if problems:
             raise UsageError("invalid QuantConfig: " + "; ".join(problems))
@@ -100,7 +114,7 @@ class QuantConfig:
 
 
 _BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis",
-          "ort_fusions")
+          "ort_fusions", "reparam", "reparam_mlp", "bias_correction")
 _INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed", "search_samples")
 
 
@@ -109,13 +123,18 @@ def _problems(cfg: QuantConfig) -> list[str]:
     out = []
     if cfg.method not in METHODS:
         out.append(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.recipe is not None and cfg.recipe not in RECIPES:
+        out.append(f"unknown recipe {cfg.recipe!r}; choose one of {', '.join(RECIPES)}")
+    if cfg.weight_method not in WEIGHT_METHODS:
+        out.append(f"unknown weight_method {cfg.weight_method!r}; choose one of "
+                   f"{', '.join(WEIGHT_METHODS)}")
     if cfg.target not in TARGETS:
         out.append(f"unknown target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
     out += [f"{n} must be true or false, got {getattr(cfg, n)!r}" for n in _BOOLS
             if not isinstance(getattr(cfg, n), bool)]
     ints = [n for n in _INTS if not _is_int(getattr(cfg, n))]
     out += [f"{n} must be an integer, got {getattr(cfg, n)!r}" for n in ints]
-    for name in ("w_bits", "a_bits", "attn_bits"):
+    for name in ("w_bits", "a_bits", "attn_bits", "edge_bits"):
         v = getattr(cfg, name)
         if name not in ints and v is not None and (not _is_int(v) or not 2 <= v <= 8):
             out.append(f"{name.replace('_', '-')} must be between 2 and 8, got {v!r}")
@@ -142,3 +161,6 @@ def _number_in(v, lo: float, hi: float, *, closed_low: bool = True,
     if isinstance(v, bool) or not isinstance(v, int | float) or v != v:
         return False
     return (lo <= v if closed_low else lo < v) and (v <= hi if closed_high else v < hi)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(QuantConfig)}

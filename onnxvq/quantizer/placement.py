@@ -46,8 +46,9 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
         if reason:
             skipped.append((node.name, reason))
             continue
-        add(node.inputs[0], node, "conv" if node.op == "Conv" else "linear", cfg.a_bits)
-        weights.append(WeightSite(node.name, node.op, w.name, _out_axis(node), cfg.w_bits))
+        w_bits, a_bits = _edge_bits(node, structure, cfg)
+        add(node.inputs[0], node, "conv" if node.op == "Conv" else "linear", a_bits)
+        weights.append(WeightSite(node.name, node.op, w.name, _out_axis(node), w_bits))
     nodes = {n.name: n for n in graph.nodes}
     norms = _layernorm_sites(nodes, structure, want, skipped) if cfg.pts else ()
     softmaxes = _softmax_sites(nodes, structure, want, skipped) if cfg.lis else ()
@@ -90,6 +91,14 @@ def _attention_matmuls(structure: ViTStructure, cfg: QuantConfig, softmaxes: tup
         yield att.scores_matmul, ("scores", "scores"), qk_bits
         if att.softmax not in softmaxes:
             yield att.context_matmul, ("probs", "values"), cfg.attention_bits
+
+
+def _edge_bits(node: gs.Node, structure: ViTStructure, cfg: QuantConfig) -> tuple[int, int]:
+    """(weight, input) bits; `edge_bits` applies to the patch embedding and the head (h4)."""
+    edges = {*structure.patch_embed, *(h.node for h in structure.head)}
+    if cfg.edge_bits is not None and node.name in edges:
+        return cfg.edge_bits, cfg.edge_bits
+    return cfg.w_bits, cfg.a_bits
 
 
 def _layernorm_sites(nodes, structure: ViTStructure, want, skipped: list) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from onnxvq.calibrate.fq import FqCalibration
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.searched import SEARCH_METHODS, base_method, refine
 from onnxvq.calibrate.spec import DataSpec
+from onnxvq.calibrate.weights import MomentCollector
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import UsageError
 from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
@@ -32,6 +33,7 @@ from onnxvq.passes.prepare import prepare_input, restore_input, symbolic_image_d
 from onnxvq.quantizer.conv import resolve_shared
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
+from onnxvq.quantizer.weights import moment_tensors, needs_moments, optimize_weights
 from onnxvq.recognise.model import recognise
 from onnxvq.recognise.structure import ViTStructure
 
@@ -111,13 +113,15 @@ def _calibrated_context(graph, canonical, structure, spec, cfg: QuantConfig, pro
     the calibration summary."""
     the_plan = plan(graph, structure, cfg)
     fq = FqCalibration(the_plan, structure, cfg)
+    moments = MomentCollector(moment_tensors(graph, the_plan) if needs_moments(cfg) else ())
     qparams, calib_info, fq_params = calibrate(canonical, the_plan, spec, cfg, None,
-                                               progress, fq, structure, overrides)
+                                               progress, fq, structure, overrides, moments)
     twin = calib_info.pop("twin", {})  # twin-uniform sites: the twin-qdq pass quantizes them
     the_plan = replace(the_plan, activations=tuple(s for s in the_plan.activations
                                                    if s.tensor not in twin))
     ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
-                      fq_params=fq_params, weight_scales=calib_info.pop("weight_scales", {}),
+                      fq_params=fq_params,
+                      weight_scales=_weight_scales(graph, the_plan, cfg, calib_info, moments),
                       twin_qparams=twin)
     return ctx, calib_info
 
@@ -182,11 +186,13 @@ def calibration_spec(calib, cfg: QuantConfig, preprocess: Preprocess | None) -> 
 def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConfig,
               preprocess: Preprocess | None, progress, fq: FqCalibration | None = None,
               structure=None, overrides: dict[str, tuple[float, int]] | None = None,
+              moments: MomentCollector | None = None,
               ) -> tuple[dict[str, ActivationQParams], dict, FqParams]:
     """One ORT run over the calibration data (two with PTS: its per-channel shifts need the
     range first); returns qparams per activation site, a summary, and the PTS/LIS parameters.
     `overrides` (tensor -> (scale, zero point)) replace the calibrated ones: the sites behind a
-    reparameterisation, whose per-tensor quantizer is the per-channel one folded."""
+    reparameterisation, whose per-tensor quantizer is the per-channel one folded. `moments`
+    gathers the second moments of its tensors in the same run (for the weight quantizers)."""
     spec = calib if isinstance(calib, DataSpec) else calibration_spec(calib, cfg, preprocess)
     inp = model.graph.input[0]
     prep = spec.resolve_preprocess()
@@ -202,7 +208,9 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     def feeds(report=None):  # clamped to a fixed batch dim and to the memory budget (budget.py)
         return exact_batches(batches(source, batch, inp.name, report), fixed)
 
-    observers = collect(model, observed, feeds(progress), _observer_factory(cfg, fq, set(sites)))
+    make = _observer_factory(cfg, fq, set(sites))
+    observers = collect(model, observed, feeds(progress),
+                        moments.wrap(make) if moments is not None else make)
     qparams = _site_qparams(the_plan, observers, cfg)
     overridden = {t: _fixed(s, z, cfg, qparams.get(t)) for t, (s, z) in (overrides or {}).items()}
     qparams.update((t, q) for t, q in overridden.items() if t in qparams)
@@ -217,6 +225,16 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     info = {**spec.record(prep, len(source)), "method": cfg.method, "batch_size": batch,
             "seconds": round(time.perf_counter() - t0, 3), **searched}
     return qparams, info, fq_params
+
+
+def _weight_scales(graph, the_plan: QuantPlan, cfg: QuantConfig, calib_info: dict,
+                   moments: MomentCollector) -> dict:
+    """Weight scales for quantize-weights: a search method's, then `weight_method`'s (which
+    also rewrites the weights to their dequantized values, quantizer/weights.py)."""
+    searched = calib_info.pop("weight_scales", {})
+    if cfg.weight_method == "max" and not cfg.bias_correction:
+        return searched
+    return {**searched, **optimize_weights(graph, the_plan, cfg, moments.stats)}
 
 
 def _observer_factory(cfg: QuantConfig, fq: FqCalibration | None, sites: set[str]):
