@@ -110,13 +110,15 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", default="plain,repq")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     rows = [r for m in args.models.split(",") for r in run_model(m, args.bits.split(","), args)]
-    old = json.loads(OUT.read_text())["rows"] if OUT.exists() else []
+    out = args.out
+    old = json.loads(out.read_text())["rows"] if out.exists() else []
     key = ("model", "w_bits", "a_bits", "config")
     merged = {tuple(r[k] for k in key): r for r in [*old, *rows]}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"recipe": RECIPES["repq"], "rows": list(merged.values())},
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"recipe": RECIPES["repq"], "rows": list(merged.values())},
                               indent=1))
     print(markdown(list(merged.values())))
 
