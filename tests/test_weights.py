@@ -83,3 +83,47 @@ def test_moment_collector_leaves_the_site_observer_unchanged():
         ref.update(x)
     assert wrapped.qparams(4) == ref.qparams(4) and wrapped.range() == ref.range()
     assert moments.stats["a"].rows == 30
+
+
+def test_recipe_fills_the_defaults_only():
+    from onnxvq.core.config import QuantConfig
+    from onnxvq.core.errors import UsageError
+
+    cfg = QuantConfig(recipe="repq", weight_method="mse")
+    assert (cfg.method, cfg.reparam, cfg.reparam_mlp, cfg.edge_bits) == ("omse", True, True, 8)
+    assert cfg.weight_method == "mse"  # the user's choice stays
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(UsageError, match="unknown recipe 'fast'"):
+        QuantConfig(recipe="fast")
+    with pytest.raises(UsageError, match="unknown weight_method"):
+        QuantConfig(weight_method="adaround")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+
+    return build_tiny_vit(TinyViTConfig(depth=2))
+
+
+def _cosine(a, b):
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_gptq_in_quantize_beats_max_scaling_at_4_bits(tiny):
+    from onnxvq.core.config import QuantConfig
+    from onnxvq.core.runtime import make_session, random_inputs
+    from onnxvq.quantizer.run import quantize
+
+    base = QuantConfig(calib_size=16, batch_size=8, w_bits=4, a_bits=8)
+    ref = make_session(tiny)
+    feeds = random_inputs(ref, batch=8, seed=5)
+    want = ref.run(None, feeds)[0]
+    cos = {}
+    for method in ("max", "gptq"):
+        result = quantize(tiny, None, base.with_(weight_method=method, edge_bits=8))
+        cos[method] = _cosine(want, make_session(result.model).run(None, feeds)[0])
+        bits = {r.node: r.bits for r in result.weight_qparams.values()}
+        assert sorted(set(bits.values())) == [4, 8]  # patch embedding and head at edge_bits
+        assert sum(b == 8 for b in bits.values()) == 2
+    assert 1 - cos["gptq"] < 0.8 * (1 - cos["max"])
