@@ -64,7 +64,10 @@ def register_references() -> None:
     from polygraphy.backend.pluginref.references import OP_REGISTRY
 
     OP_REGISTRY.update({"IntLayerNorm": _int_layer_norm, "LogIntSoftmax": _log_int_softmax,
-                        "LogIntMatMul": _log_int_matmul})
+                        "LogIntMatMul": _log_int_matmul,
+                        # the com.microsoft ops onnxvq's ORT lowering emits (target ort)
+                        "MatMulIntegerToFloat": _matmul_integer_to_float,
+                        "FastGelu": _fast_gelu})
     for schema in onnx.defs.get_all_schemas():
         if schema.domain in ("", "ai.onnx") and schema.name not in OP_REGISTRY:
             OP_REGISTRY[schema.name] = _standard_op
@@ -102,6 +105,28 @@ def _log_int_matmul(node, tensors: dict) -> dict:
 
     a, v = _inputs(node, tensors)
     return {node.outputs[0].name: log_int_matmul(a, v, **_ints(node, "bits", "zero_point"))}
+
+
+def _matmul_integer_to_float(node, tensors: dict) -> dict:
+    """ORT's contrib op: (A - a_zp)(B - b_zp)·a_scale·b_scale + bias, sums exact in int64."""
+    a, b, sa, sb, *rest = _inputs(node, tensors) + [None] * 3
+    za, zb, bias = rest[:3]
+    acc = np.matmul(a.astype(np.int64) - (0 if za is None else np.asarray(za, np.int64)),
+                    b.astype(np.int64) - (0 if zb is None else np.asarray(zb, np.int64)))
+    y = acc.astype(np.float32) * (np.asarray(sa, np.float32) * np.asarray(sb, np.float32))
+    if bias is not None:
+        y = y + np.asarray(bias, np.float32)
+    return {node.outputs[0].name: y.astype(np.float32)}
+
+
+def _fast_gelu(node, tensors: dict) -> dict:
+    """ORT's contrib op: the tanh GELU of x (+ bias)."""
+    x, *rest = _inputs(node, tensors)
+    if rest and rest[0] is not None:
+        x = x + rest[0]
+    x = x.astype(np.float32)
+    y = 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608) * (x + np.float32(0.044715) * x**3)))
+    return {node.outputs[0].name: y.astype(np.float32)}
 
 
 def _standard_op(node, tensors: dict) -> dict:
