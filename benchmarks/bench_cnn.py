@@ -62,6 +62,8 @@ def bench_model(name: str, runs: int, batch_sizes: list[int]) -> dict:
     row = {"model": name, "quantize_s": round(seconds, 1), "cosine": round(fid.cosine, 4),
            "sqnr_db": round(fid.sqnr_db, 2), "top1_agreement": fid.top1_agreement,
            "latency_ms": {}}
+    print(f"{name}: cosine {fid.cosine:.4f}, SQNR {fid.sqnr_db:.2f} dB, top-1 agreement "
+          f"{fid.top1_agreement:.3f}, quantized in {seconds:.0f} s", flush=True)
     for batch in batch_sizes:
         f, q = interleaved_ms(str(path), result.model, batch, runs)
         row["latency_ms"][batch] = {"fp32": round(f, 2), "int8": round(q, 2),
@@ -77,14 +79,21 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(CNN_ENTRIES))
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--batch", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument("--no-latency", action="store_true", help="fidelity only")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    rows = [bench_model(name, args.runs, args.batch) for name in args.models]
-    out = {"load_before": load_before, "load_after": os.getloadavg(), "runs": args.runs,
-           "rows": rows}
-    print(json.dumps(out, indent=1))
+    rows = [bench_model(name, args.runs, [] if args.no_latency else args.batch)
+            for name in args.models]
+    if args.no_latency:
+        return
+    run = {"load_before": load_before, "load_after": os.getloadavg(), "runs": args.runs}
+    print(json.dumps({**run, "rows": rows}, indent=1))
+    # rows of models not benchmarked this time are kept; each row carries its run's load
+    old = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
+    mine = {r["model"] for r in rows}
+    merged = [r for r in old if r["model"] not in mine] + [{**r, **run} for r in rows]
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
+    RESULTS.write_text(json.dumps({"rows": merged}, indent=1))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,16 @@ class CnnCounts:
     linears: int
 
 
+@dataclass(frozen=True)
+class DenoiserCounts:
+    """A diffusion denoiser of the corpus: sample channels, class count (None: unconditional) and
+    the transformer blocks the recogniser should find (DiT's; 0 for a UNet)."""
+
+    channels: int
+    classes: int | None
+    blocks: int
+
+
 class CorpusError(OnnxvqError):
     """An unknown corpus entry, or an export that failed or drifted from torch."""
 
@@ -50,5 +60,5 @@ class CorpusEntry:
     name: str
     source: str  # "timm", "huggingface" or "torchvision"
     image: int
-    counts: ArchitectureCounts | CnnCounts
+    counts: ArchitectureCounts | CnnCounts | DenoiserCounts
     options: tuple[tuple[str, str], ...] = ()  # e.g. (("attn_implementation", "sdpa"),)

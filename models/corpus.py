@@ -18,7 +18,13 @@ import logging
 import os
 from pathlib import Path
 
-from onnxvq.models.architecture import ArchitectureCounts, CnnCounts, CorpusEntry, CorpusError
+from onnxvq.models.architecture import (
+    ArchitectureCounts,
+    CnnCounts,
+    CorpusEntry,
+    CorpusError,
+    DenoiserCounts,
+)
 
 log = logging.getLogger("onnxvq.models.export")
 
@@ -90,10 +96,27 @@ CNN_ENTRIES: dict[str, CorpusEntry] = {
 }
 
 
+# --- Diffusion denoisers (issue 14: Q-Diffusion, DiT) ---------------------------------------
+# diffusers models, tiny configs, random weights (models/export_denoiser.py): a UNet2DModel
+# (16², 3 channels, blocks of 32/64 channels, attention in the low-resolution blocks, skip
+# Concats in the decoder) and a class-conditional DiTTransformer2DModel (adaLN-Zero, 8², 4
+# channels, patch 2, 2 blocks, 10 classes, learned variance).
+DENOISER_EXPORTERS = ("torchscript17", "dynamo")
+DENOISER_ENTRIES: dict[str, CorpusEntry] = {
+    e.name: e
+    for e in (
+        CorpusEntry("diffusers_unet2d_tiny", "diffusers", 16, DenoiserCounts(3, None, 0),
+                    (("arch", "unet2d"),)),
+        CorpusEntry("diffusers_dit_tiny", "diffusers", 8, DenoiserCounts(4, 10, 2),
+                    (("arch", "dit"),)),
+    )
+}
+
+
 def entry(name: str) -> CorpusEntry:
-    found = ENTRIES.get(name) or CNN_ENTRIES.get(name)
+    found = ENTRIES.get(name) or CNN_ENTRIES.get(name) or DENOISER_ENTRIES.get(name)
     if found is None:
-        known = ", ".join([*ENTRIES, *CNN_ENTRIES])
+        known = ", ".join([*ENTRIES, *CNN_ENTRIES, *DENOISER_ENTRIES])
         raise CorpusError(f"unknown corpus model {name!r}; known: {known}")
     return found
 
@@ -127,6 +150,11 @@ def ensure_export(name: str, exporter: str, *, force: bool = False) -> Path:
     if (name, exporter) in UNAVAILABLE:
         raise ExportUnavailable(f"{name} with {exporter}: {UNAVAILABLE[name, exporter]}")
     if not force and read_manifest(name, exporter) is not None:
+        return export_path(name, exporter)
+    if entry(name).source == "diffusers":
+        from onnxvq.models.export_denoiser import export_denoiser
+
+        export_denoiser(entry(name), exporter, export_path(name, exporter))
         return export_path(name, exporter)
     from onnxvq.models import export  # torch is imported only when something must be exported
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_SOURCE_PACKAGES = {"timm": "timm", "huggingface": "transformers", "torchvision": "torchvision"}
+_SOURCE_PACKAGES = {"timm": "timm", "huggingface": "transformers", "torchvision": "torchvision",
+                    "diffusers": "diffusers"}
 
 
 @pytest.fixture

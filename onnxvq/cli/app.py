@@ -15,7 +15,7 @@ import typer
 from onnxvq.cli import options as o
 from onnxvq.cli.common import console, emit_json, errors, fail, progress, warn
 from onnxvq.cli.validate import register
-from onnxvq.core.errors import CHECK_FAILED, UnsupportedModelError
+from onnxvq.core.errors import CHECK_FAILED, UnsupportedModelError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Post-training quantization of Vision Transformers on ONNX graphs.")
@@ -95,6 +95,24 @@ def quantize(
         "the bias.")] = False,
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
+    split_shortcut: Annotated[float | None, typer.Option(
+        help="Split a Conv/MatMul over a Concat whose parts' ranges differ by more than this "
+        "ratio, one scale per part (Q-Diffusion).")] = None,
+    calib_steps: Annotated[int | None, typer.Option(
+        help="Denoisers: calibrate on a DDIM run of the FP32 model, keeping the inputs of every "
+        "C-th step (Q-Diffusion; C = --ddim-steps keeps the last step only).",
+        rich_help_panel="Denoiser flags")] = None,
+    calib_per_step: Annotated[int, typer.Option(help="Samples kept per calibration step.",
+                                                rich_help_panel="Denoiser flags")] = 8,
+    ddim: Annotated[tuple[int, float, str], typer.Option(
+        "--ddim", help="DDIM steps, eta and beta schedule (linear, scaled_linear, cosine).",
+        rich_help_panel="Denoiser flags")] = (20, 0.0, "linear"),
+    classes: Annotated[int | None, typer.Option(help="Class count of a class-conditional "
+                                                "denoiser.", rich_help_panel="Denoiser flags")
+                       ] = None,
+    denoiser_inputs: Annotated[str | None, typer.Option(
+        help="sample=NAME,timestep=NAME[,class_label=NAME] when names do not tell.",
+        rich_help_panel="Denoiser flags")] = None,
     as_json: o.Json = False,
     check_data: Annotated[Path | None, typer.Option(
         "--check-data", help="Samples for the fidelity gate (default: held back from --data).",
@@ -116,8 +134,11 @@ def quantize(
                           quantize_head=head, pts=pts, lis=lis, calib_size=samples,
                           batch_size=batch_size, seed=seed, fail_below=fail_below,
                           recipe=recipe, reparam=reparam, reparam_mlp=reparam_mlp,
-                          weight_method=weight_method, bias_correction=bias_correction)
+                          weight_method=weight_method, bias_correction=bias_correction,
+                          split_shortcut=split_shortcut)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
+        spec = _denoiser_spec(spec, data, samples, seed, calib_steps, calib_per_step, ddim,
+                              classes, denoiser_inputs)
         with progress("quantizing (samples calibrated)") as advance:
             result, written = quantize_file(model, output, spec, cfg, report=report,
                                             progress=advance, check_data=check_data)
@@ -126,6 +147,22 @@ def quantize(
         emit_json(quantization_dict(result, model, written))
     else:
         render_quantization(console, result, model, written["model"])
+
+
+def _denoiser_spec(spec, data, samples, seed, calib_steps, per_step, ddim, classes, inputs):
+    """With --calib-steps, the denoiser's own DDIM run replaces the data spec (Q-Diffusion)."""
+    if calib_steps is None:
+        if inputs or classes or per_step != 8 or ddim != (20, 0.0, "linear"):
+            warn("denoiser flags do nothing without --calib-steps")
+        return spec
+    from onnxvq.calibrate.denoiser import trajectory_from_flags
+
+    if data is not None:
+        raise UsageError("--calib-steps calibrates on the model's own DDIM run; drop --data")
+    if samples != 256:
+        warn("--samples does nothing with --calib-steps (the count is --calib-per-step × the "
+             "kept steps)")
+    return trajectory_from_flags(calib_steps, per_step, ddim, seed, classes, inputs)
 
 
 def _warn_ignored(cfg, **given) -> None:

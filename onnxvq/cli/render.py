@@ -41,6 +41,11 @@ def render_inspection(console: Console, result: Inspection) -> None:
     if summ["unrecognised"]:
         ops = ", ".join(f"{op}×{n}" for op, n in summ["unrecognised"].items())
         console.print(f"[dim]not part of a recognised unit (shape arithmetic, layout): {ops}[/]")
+    if s.adaln is not None:
+        a = s.adaln.to_dict()
+        console.print(f"adaLN-Zero conditioning (DiT): {a['modulated_norms']} modulated "
+                      f"LayerNorms, {a['gates']} gates, {a['conditioning_linears']} "
+                      "conditioning linears")
     if s.is_cnn:
         console.print(_cnn_table(s.cnn))
     elif not s.is_vit:

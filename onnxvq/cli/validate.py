@@ -36,11 +36,19 @@ def compare_cmd(
     sqnr_min: Annotated[float, typer.Option(help="Minimum SQNR (dB), < 0: off.")] = 20.0,
     save_inputs: Annotated[OptPath, typer.Option(help="Inputs as Polygraphy JSON.")] = None,
     save_outputs: Annotated[OptPath, typer.Option(help="FP32 outputs as Polygraphy JSON.")] = None,
+    ddim_steps: Annotated[int | None, typer.Option(
+        help="Denoisers: run the same seeded DDIM loop with both models (per-step SQNR, final "
+        "MSE/PSNR) instead of comparing outputs.", rich_help_panel="Denoiser flags")] = None,
+    classes: Annotated[int | None, typer.Option(help="Class count of a class-conditional "
+                                                "denoiser.", rich_help_panel="Denoiser flags")
+                       ] = None,
     as_json: o.Json = False,
 ) -> None:
     """Run FP32 and QUANT on the same inputs with Polygraphy; exit 1 if any output fails."""
     from onnxvq.verify.compare import compare
 
+    if ddim_steps is not None:
+        return _compare_denoiser(fp32, quant, ddim_steps, samples or 8, seed, classes, as_json)
     with errors():
         spec = o.data_spec(data, preset, size, mean, std, preprocess_config, samples, batch_size,
                            seed)
@@ -155,6 +163,28 @@ def report_cmd(
         emit_json({"report": str(path), "bytes": path.stat().st_size})
     else:
         console.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+def _compare_denoiser(fp32: Path, quant: Path, steps: int, samples: int, seed: int,
+                      classes: int | None, as_json: bool) -> None:
+    from rich.table import Table
+
+    from onnxvq.verify.denoiser import compare_denoiser
+
+    with errors():
+        c = compare_denoiser(fp32, quant, steps=steps, samples=samples, seed=seed,
+                             classes=classes)
+    if as_json:
+        emit_json(c.to_dict())
+        return
+    table = Table(title=f"DDIM {steps} steps, {samples} samples: {quant.name} vs FP32",
+                  title_justify="left")
+    for col in ("step", "t", "noise-prediction SQNR (dB)"):
+        table.add_column(col, justify="right")
+    for k, (t, s) in enumerate(zip(c.timesteps, c.step_sqnr_db, strict=True), start=1):
+        table.add_row(str(k), str(t), f"{s:.2f}")
+    console.print(table)
+    console.print(f"final sample: MSE {c.final_mse:.4g}, PSNR {c.final_psnr_db:.2f} dB")
 
 
 def _render_comparison(result, quant: Path) -> None:

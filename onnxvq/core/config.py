@@ -54,6 +54,7 @@ class QuantConfig:
     search_samples: int = 32  # block-mse/similarity: calibration samples the search runs on
     fail_below: float | None = None  # fidelity gate: minimum SQNR in dB (None: collapse only)
     ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
+    split_shortcut: float | None = None  # split Conv/MatMul over Concats with ranges > this ratio
 
     def __post_init__(self) -> None:
         for name in ("method", "target", "weight_method"):  # a CLI Enum arrives as its value
@@ -147,6 +148,8 @@ def _problems(cfg: QuantConfig) -> list[str]:
     if not _number_in(cfg.percentile, 0.0, 0.5, closed_high=False):
         out.append(f"percentile is the tail mass clipped per side and must be in [0, 0.5), got "
                    f"{cfg.percentile!r} (1e-5 clips the top and bottom 0.001 %)")
+    if cfg.split_shortcut is not None and not _number_in(cfg.split_shortcut, 1.0, 1e9):
+        out.append(f"split-shortcut is a range ratio >= 1, got {cfg.split_shortcut!r}")
     if not isinstance(cfg.skip, tuple) or not all(isinstance(p, str) and p for p in cfg.skip):
         out.append(f"skip must be node-name glob strings, got {cfg.skip!r}")
     return out

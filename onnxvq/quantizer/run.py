@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Literal
 
 import onnx
@@ -18,13 +19,14 @@ import onnx_graphsurgeon as gs
 from onnxvq.calibrate import batches, make_observer
 from onnxvq.calibrate.budget import calibration_batch, exact_batches, fixed_batch, sample_shape
 from onnxvq.calibrate.collect import collect
+from onnxvq.calibrate.denoiser import TrajectoryCalibration
 from onnxvq.calibrate.fq import FqCalibration
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.searched import SEARCH_METHODS, base_method, refine
 from onnxvq.calibrate.spec import DataSpec
 from onnxvq.calibrate.weights import MomentCollector
 from onnxvq.core.config import QuantConfig
-from onnxvq.core.errors import UsageError
+from onnxvq.core.errors import CalibrationError, UsageError
 from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
 from onnxvq.core.pipeline import PassContext, PipelineReport, Validate
@@ -34,6 +36,7 @@ from onnxvq.quantizer.conv import resolve_shared
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
 from onnxvq.quantizer.weights import moment_tensors, needs_moments, optimize_weights
+from onnxvq.quantizer.shortcut import split_shortcuts
 from onnxvq.recognise.model import recognise
 from onnxvq.recognise.structure import ViTStructure
 
@@ -79,11 +82,16 @@ def quantize(
     `ONNXVQ_VALIDATE=each`, checks after every pass instead). `gate(result, rebuild, replaced)`
     judges the result at the end (`onnxvq.api.quantize` passes the fidelity gate)."""
     cfg = QuantConfig.coerce(config)
-    spec = calibration_spec(calib, cfg, preprocess)
-    spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
+    if isinstance(calib, TrajectoryCalibration):  # a denoiser's own DDIM run (calibrate/denoiser)
+        spec, shape = calib, _no_symbolic_sample
+    else:
+        spec = calibration_spec(calib, cfg, preprocess)
+        spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
+        shape = partial(sample_shape, spec)
     proto = model_proto(model)
     graph, canonical, canon_report, structure = prepare(proto, cfg, validate=validate,
-                                                        sample_shape=lambda: sample_shape(spec))
+                                                        sample_shape=shape)
+    canonical, structure, split = _split_shortcuts(graph, canonical, structure, spec, cfg)
     canonical, structure, overrides, reparam_passes = _reparameterize(
         graph, canonical, structure, spec, cfg, validate)
     if not structure.is_vit and not structure.is_cnn:
@@ -95,10 +103,10 @@ def quantize(
     out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
                                                        validate=validate, numeric="none")
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
-    passes = [*reparam_passes, *report.passes]
+    passes = [*split, *reparam_passes, *report.passes]
     result = QuantResult(out, cfg, structure, the_plan, qparams, weights, passes, calib_info,
                          fq_params, canonicalization=canon_report, canonical=canonical,
-                         data_spec=spec,
+                         data_spec=spec if isinstance(spec, DataSpec) else None,
                          source_path=None if isinstance(model, onnx.ModelProto) else str(model))
     if gate is not None:
         result.fidelity = gate(result, _rebuilder(canonical, ctx, cfg),
@@ -148,6 +156,24 @@ def _replaced(model: onnx.ModelProto, fq: FqParams, passes: list) -> list[str]:
     return [n.name for n in model.graph.node if n.name in names]
 
 
+def _no_symbolic_sample() -> tuple[int, ...]:
+    raise CalibrationError("a denoiser calibrated on its DDIM run needs a static sample shape "
+                           "(C, H, W) in the model")
+
+
+def _split_shortcuts(graph, canonical, structure, spec, cfg: QuantConfig):
+    """Q-Diffusion's shortcut splitting (`--split-shortcut RATIO`, ranges measured on the
+    calibration data), before planning so that each part gets its own activation site."""
+    if cfg.split_shortcut is None:
+        return canonical, structure, []
+    feeds = _calibration_feeds(canonical, spec, cfg, None, cfg.batch_size, None)[1]()
+    canonical, split = split_shortcuts(graph, canonical, feeds, cfg.split_shortcut)
+    if split.applied:
+        infer_shapes_into(graph, canonical)
+        structure = recognise(graph)
+    return canonical, structure, [split]
+
+
 def _reparameterize(graph, canonical, structure, spec, cfg, validate):
     """RepQ-ViT (`--reparam`/`--reparam-mlp`) on the same graph: the new FP32 model, its
     structure, the site qparams it fixes and its pass results; unchanged when off."""
@@ -193,21 +219,11 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     `overrides` (tensor -> (scale, zero point)) replace the calibrated ones: the sites behind a
     reparameterisation, whose per-tensor quantizer is the per-channel one folded. `moments`
     gathers the second moments of its tensors in the same run (for the weight quantizers)."""
-    spec = calib if isinstance(calib, DataSpec) else calibration_spec(calib, cfg, preprocess)
-    inp = model.graph.input[0]
-    prep = spec.resolve_preprocess()
-    source = spec.open(model)
-    if spec.source is None:
-        log.warning("NO CALIBRATION DATA: calibrating on %d samples of Gaussian noise. Accuracy "
-                    "will be lower than with real images; pass --data DIR.", len(source))
     t0 = time.perf_counter()
     sites = [s.tensor for s in the_plan.activations]
     observed = sites + (fq.tensors if fq else [])
     batch, fixed = calibration_batch(model, cfg.batch_size, observed), fixed_batch(model)
-
-    def feeds(report=None):  # clamped to a fixed batch dim and to the memory budget (budget.py)
-        return exact_batches(batches(source, batch, inp.name, report), fixed)
-
+    count, feeds, record = _calibration_feeds(model, calib, cfg, preprocess, batch, fixed)
     make = _observer_factory(cfg, fq, set(sites))
     observers = collect(model, observed, feeds(progress),
                         moments.wrap(make) if moments is not None else make)
@@ -218,11 +234,12 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     searched = {}
     if cfg.method in SEARCH_METHODS:  # block-wise refinement of the base ranges (searched.py)
         qparams, searched["weight_scales"], searched["twin"], searched["search"] = refine(
-            model, structure, the_plan, cfg, feeds(), len(source), inp.name, observers, qparams)
+            model, structure, the_plan, cfg, feeds(), count, model.graph.input[0].name,
+            observers, qparams)
         qparams.update((t, q) for t, q in overridden.items() if t in qparams)  # keep the folds
     fq_params = (fq.finish(model, observers, {**overridden, **qparams}, feeds())
                  if fq is not None else FqParams())
-    info = {**spec.record(prep, len(source)), "method": cfg.method, "batch_size": batch,
+    info = {**record(), "method": cfg.method, "batch_size": batch,
             "seconds": round(time.perf_counter() - t0, 3), **searched}
     return qparams, info, fq_params
 
@@ -235,6 +252,28 @@ def _weight_scales(graph, the_plan: QuantPlan, cfg: QuantConfig, calib_info: dic
     if cfg.weight_method == "max" and not cfg.bias_correction:
         return searched
     return {**searched, **optimize_weights(graph, the_plan, cfg, moments.stats)}
+
+
+def _calibration_feeds(model: onnx.ModelProto, calib, cfg: QuantConfig,
+                       preprocess: Preprocess | None, batch: int, fixed):
+    """(sample count, feeds(report) -> batches, record() -> summary) for `calib`: a data spec,
+    path or None (batches clamped to a fixed batch dim and the memory budget, budget.py), or a
+    denoiser's DDIM trajectory (held in memory, so PTS can take a second pass)."""
+    if isinstance(calib, TrajectoryCalibration):
+        kept = calib.feeds(model, batch)
+        return len(calib), lambda report=None: iter(kept), calib.record
+    spec = calib if isinstance(calib, DataSpec) else calibration_spec(calib, cfg, preprocess)
+    inp = model.graph.input[0]
+    prep = spec.resolve_preprocess()
+    source = spec.open(model)
+    if spec.source is None:
+        log.warning("NO CALIBRATION DATA: calibrating on %d samples of Gaussian noise. Accuracy "
+                    "will be lower than with real images; pass --data DIR.", len(source))
+
+    def feeds(report=None):
+        return exact_batches(batches(source, batch, inp.name, report), fixed)
+
+    return len(source), feeds, lambda: spec.record(prep, len(source))
 
 
 def _observer_factory(cfg: QuantConfig, fq: FqCalibration | None, sites: set[str]):

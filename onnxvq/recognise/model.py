@@ -34,6 +34,7 @@ from onnxvq.recognise.blocks import (
     unclaimed_ops,
 )
 from onnxvq.recognise.cnn import summarise_cnn
+from onnxvq.recognise.dit import summarise_adaln
 from onnxvq.recognise.structure import (
     Activation,
     Attention,
@@ -78,6 +79,7 @@ def recognise(graph: gs.Graph) -> ViTStructure:
     s.unrecognised = unclaimed_ops(graph, s)
     if not s.blocks:
         s.cnn = summarise_cnn(graph)
+    s.adaln = summarise_adaln(graph) if s.layernorms else None
     return s
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from onnxvq.recognise.cnn import CnnSummary
+from onnxvq.recognise.dit import AdaLnSummary
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class ViTStructure:
     unrecognised: Counter = field(default_factory=Counter)
     opset: int = 0
     cnn: CnnSummary | None = None  # set when no transformer block but Convs are found
+    adaln: AdaLnSummary | None = None  # DiT's adaLN-Zero conditioning, when found (dit.py)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -134,6 +136,7 @@ class ViTStructure:
             "unrecognised": dict(sorted(self.unrecognised.items())),
             "opset": self.opset,
             **({"cnn": self.cnn.to_dict()} if self.is_cnn else {}),
+            **({"adaln": self.adaln.to_dict()} if self.adaln is not None else {}),
         }
 
     def to_dict(self) -> dict:
@@ -141,5 +144,7 @@ class ViTStructure:
         d["unrecognised"] = dict(self.unrecognised)
         if self.cnn is not None:
             d["cnn"] = self.cnn.to_dict()
+        if self.adaln is not None:
+            d["adaln"] = self.adaln.to_dict()
         d["counts"] = self.counts
         return d
