@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from onnxvq.core.graph import load_model
 from onnxvq.core.pipeline import PipelineReport
 from onnxvq.passes.pipelines import canonicalize  # noqa: F401  (part of the API)
 from onnxvq.recognise.structure import ViTStructure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,6 +73,12 @@ def quantize(model, data=None, config=None, *, preprocess=None, progress=None, v
                           batch_size=clamp_to_fixed(canonical, samples, "the fidelity gate"))
         return {"source": where, **report}
 
+    from onnxvq.calibrate.denoiser import TrajectoryCalibration
+
+    if gate and isinstance(data, TrajectoryCalibration):  # its inputs are a DDIM run, not images
+        log.warning("the fidelity gate does not run on denoisers; check the result with "
+                    "`onnxvq compare FP32 QUANT --ddim-steps N`")
+        gate = False
     return run_quantize(model, data, config, preprocess=preprocess, progress=progress,
                         validate=validate, gate=judge if gate else None)
 
