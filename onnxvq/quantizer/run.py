@@ -35,8 +35,8 @@ from onnxvq.passes.prepare import prepare_input, restore_input, symbolic_image_d
 from onnxvq.quantizer.conv import resolve_shared
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
-from onnxvq.quantizer.weights import moment_tensors, needs_moments, optimize_weights
 from onnxvq.quantizer.shortcut import split_shortcuts
+from onnxvq.quantizer.weights import moment_tensors, needs_moments, optimize_weights
 from onnxvq.recognise.model import recognise
 from onnxvq.recognise.structure import ViTStructure
 
