@@ -43,8 +43,24 @@ _TYPE_NAMES = {"float32": "float", "float64": "double"}  # numpy names -> ORT tr
 _ALIASES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape"}
 
 
+class _Rates:
+    """Arithmetic intensity and achieved rate of anything with flops, bytes and ms."""
+
+    flops: int
+    bytes: int
+    ms: float
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes if self.bytes else 0.0
+
+    @property
+    def gflops_s(self) -> float:
+        return self.flops / (self.ms * 1e6) if self.ms > 0 else 0.0
+
+
 @dataclass
-class NodeProfile:
+class NodeProfile(_Rates):
     name: str
     op_type: str
     ms: float  # mean kernel time per run
@@ -52,31 +68,15 @@ class NodeProfile:
     bytes: int
     int8: bool  # its main inputs are 8-bit integers (the int8 compute ceiling applies)
 
-    @property
-    def intensity(self) -> float:
-        return self.flops / self.bytes if self.bytes else 0.0
-
-    @property
-    def gflops_s(self) -> float:
-        return self.flops / (self.ms * 1e6) if self.ms > 0 else 0.0
-
 
 @dataclass
-class OpTypeProfile:
+class OpTypeProfile(_Rates):
     op_type: str
     nodes: int
     ms: float
     flops: int
     bytes: int
     int8: bool
-
-    @property
-    def intensity(self) -> float:
-        return self.flops / self.bytes if self.bytes else 0.0
-
-    @property
-    def gflops_s(self) -> float:
-        return self.flops / (self.ms * 1e6) if self.ms > 0 else 0.0
 
 
 @dataclass
