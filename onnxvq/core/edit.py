@@ -86,3 +86,25 @@ def _output(out: gs.Variable | str | None, default: str, dtype, shape) -> gs.Var
 
 def _axis(axis: int | None) -> dict:
     return {} if axis is None else {"axis": axis}
+
+
+def name_nodes(graph: gs.Graph) -> int:
+    """Give every unnamed or duplicate-named node a unique name (`<op>_<i>`). Plans, refusals
+    and sidecars address nodes by name, and ONNX only requires names to be unique when present.
+    Returns how many nodes were renamed."""
+    seen = {n.name for n in graph.nodes if n.name}
+    taken: set[str] = set()
+    renamed = 0
+    for i, node in enumerate(graph.nodes):
+        if node.name and node.name not in taken:
+            taken.add(node.name)
+            continue
+        base = f"{node.name or node.op}_{i}"
+        name, k = base, 0
+        while name in seen or name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        node.name = name
+        taken.add(name)
+        renamed += 1
+    return renamed

@@ -26,6 +26,7 @@ from onnxvq.calibrate.searched import SEARCH_METHODS, base_method, refine
 from onnxvq.calibrate.spec import DataSpec
 from onnxvq.calibrate.weights import MomentCollector
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.edit import name_nodes
 from onnxvq.core.errors import CalibrationError, UsageError
 from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
@@ -55,6 +56,7 @@ def prepare(proto: onnx.ModelProto, cfg: QuantConfig | None = None, *,
     undo = prepare_input(proto, sample_shape)
     try:
         graph = to_graph(proto)
+        name_nodes(graph)  # the plan and the passes address nodes by (unique) name
         canonical, report = canonical_pipeline(cfg).run_graph(graph, like=proto,
                                                               validate=validate, numeric=numeric)
     finally:

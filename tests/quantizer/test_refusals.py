@@ -60,3 +60,16 @@ def test_inspect_json_on_the_command_line(tiny, tmp_path):
     assert done.exit_code == 0, done.output
     refusals = json.loads(done.stdout)["refusals"]
     assert [r["reason"] for r in refusals] == ["already canonical"] * 2
+
+
+def test_unnamed_nodes_are_named_and_quantized(no_block_model):
+    """A bare MatMul+Relu with unnamed nodes (as hand-built graphs often are) used to hit an
+    IndexError in quantize-weights: the plan addressed both nodes by the same empty name."""
+    import onnxvq
+
+    result = onnxvq.quantize(no_block_model, None, onnxvq.QuantConfig(calib_size=8,
+                                                                      batch_size=4))
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops.count("DequantizeLinear") >= 2 and "MatMul" in ops
+    names = [n.name for n in result.model.graph.node]
+    assert all(names) and len(set(names)) == len(names)
