@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -54,7 +55,7 @@ class SearchState:
     trace: list[dict] = field(default_factory=list)
 
 
-class Objective:
+class Objective(ABC):
     """What a search minimises. `outputs(qb)` names the tensors it reads; `loss(got, want, unit)`
     scores one candidate, `unit` being the layer node the candidate belongs to."""
 
@@ -62,12 +63,14 @@ class Objective:
     rounds = 1
     layerwise = False  # True: the block graph also exposes every parameter-owning layer's output
 
+    @abstractmethod
     def outputs(self, qb: QuantBlock, layers: list[str], node_out: Mapping[str, str]) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def loss(self, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
              unit: str) -> float:
-        raise NotImplementedError
+        ...
 
 
 def strided_subset(batches: Iterable[Mapping[str, np.ndarray]], total: int, n: int,
