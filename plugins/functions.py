@@ -18,7 +18,7 @@ from __future__ import annotations
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
-from onnxvq.plugins.reference.softmax import SUM_BITS
+from onnxvq.plugins.reference.softmax import SQRT2_NUM, SQRT2_SHIFT, SUM_BITS
 
 DOMAIN = "com.onnxvq"
 OPSET = 17  # the lowest opset the bodies are written for (LayerNormalization's, after fusing)
@@ -159,8 +159,14 @@ def _code_limits(f: _Body) -> tuple[str, str]:
     return m, f.op("Min", levels, f.const(255))
 
 
+def _octave_steps(f: _Body) -> tuple[str, str]:
+    """(steps, steps == 2 as bool) from the `octave_steps` attribute (1: log2, 2: log-sqrt(2))."""
+    steps = f.attr("octave_steps")
+    return steps, f.op("Equal", steps, f.const(2))
+
+
 def log_int_softmax_function(opset: int = OPSET) -> onnx.FunctionProto:
-    """LogIntSoftmax(X) -> Y uint8 log2 codes; README steps 1-7."""
+    """LogIntSoftmax(X) -> Y uint8 log codes; README steps 1-7 (and "Base sqrt(2)")."""
     f = _Body("lis", _checked(opset))
     x = f.i64("X")
     d = f.op("Sub", x, f.reduce_max_last(x))
@@ -171,32 +177,47 @@ def log_int_softmax_function(opset: int = OPSET) -> onnx.FunctionProto:
     p = f.op("Add", f.op("Mul", rb, rb), f.attr("c"))
     e = f.shr(f.op("Mul", p, f.pow2(f.attr("n"))), f.op("Min", q, f.const(63)))
     s = f.op("ReduceSum", e, f.const([-1], dims=(1,)), keepdims=1)
-    h = f.op("Max", f.op("Sub", _bit_length(f, s), f.const(SUM_BITS)), f.const(0))
+    steps, sqrt2 = _octave_steps(f)
+    sum_bits = f.op("Sub", f.op("Div", f.const(SUM_BITS + 1), steps), f.const(1))  # 31 or 15
+    h = f.op("Max", f.op("Sub", _bit_length(f, s), sum_bits), f.const(0))
     big, small = f.shr(s, h), f.shr(e, h)
-    big_sq, small_sq = f.op("Mul", big, big), f.op("Mul", small, small)
+    big_p, small_p = f.op("Mul", big, big), f.op("Mul", small, small)
+    one = f.const(1)  # log-sqrt(2) compares fourth powers (< 2^60 with S' < 2^15)
+    big_p = f.op("Mul", big_p, f.op("Where", sqrt2, big_p, one))
+    small_p = f.op("Mul", small_p, f.op("Where", sqrt2, small_p, one))
     m, z = _code_limits(f)
     cap = f.op("Add", m, f.const(1))
     k = f.op("Mul", small, f.const(0))
     for step in (32, 16, 8, 4, 2, 1):  # binary search of reference._rounded_log2_ratio
         t = f.op("Add", k, f.const(step))
         shift = f.op("Min", f.op("Sub", f.op("Mul", t, f.const(2)), f.const(1)), f.const(63))
-        above = f.op("GreaterOrEqual", f.shr(big_sq, shift), small_sq)
+        above = f.op("GreaterOrEqual", f.shr(big_p, shift), small_p)
         k = f.op("Where", f.op("And", f.op("LessOrEqual", t, cap), above), t, k)
     zero = f.op("Or", f.op("Equal", small, f.const(0)), f.op("Greater", k, m))
     out = f.op("Cast", f.op("Where", zero, z, k), to=TensorProto.UINT8)
-    return _function("LogIntSoftmax", f, ["X"], out, ("x0", "b", "c", "n", "bits"))
+    attrs = ("x0", "b", "c", "n", "bits", "octave_steps")
+    return _function("LogIntSoftmax", f, ["X"], out, attrs)
 
 
 def log_int_matmul_function(opset: int = OPSET) -> onnx.FunctionProto:
-    """LogIntMatMul(A, V) -> Y int64 = sum_k 2^(M - A) * (V - zero_point)."""
+    """LogIntMatMul(A, V) -> Y int64 = sum_k w(A) * (V - zero_point), w as in
+    reference.code_weights: mult(a) * 2^(ceil(M/s) - ceil(a/s)) for s = octave_steps, with
+    mult = 1 (s = 1) or 128 / 181 for even / odd codes (s = 2)."""
     f = _Body("lim", _checked(opset))
     a = f.i64("A")
     m, _ = _code_limits(f)
-    w = f.pow2(f.op("Max", f.op("Sub", m, a), f.const(0)))
+    steps, sqrt2 = _octave_steps(f)
+    below = f.op("Sub", steps, f.const(1))  # ceil(v / s) = (v + s - 1) // s, v >= 0
+    top = f.op("Div", f.op("Add", m, below), steps)
+    half = f.op("Div", f.op("Add", a, below), steps)
+    odd = f.op("Greater", f.op("Sub", f.op("Mul", half, steps), a), f.const(0))
+    even_mult = f.op("Where", sqrt2, f.const(1 << SQRT2_SHIFT), f.const(1))
+    mult = f.op("Where", odd, f.const(SQRT2_NUM), even_mult)
+    w = f.op("Mul", mult, f.pow2(f.op("Max", f.op("Sub", top, half), f.const(0))))
     w = f.op("Where", f.op("LessOrEqual", a, m), w, f.const(0))
     v = f.op("Sub", f.i64("V"), f.attr("zero_point"))
     out = f.op("MatMul", w, v)
-    return _function("LogIntMatMul", f, ["A", "V"], out, ("bits", "zero_point"))
+    return _function("LogIntMatMul", f, ["A", "V"], out, ("bits", "zero_point", "octave_steps"))
 
 
 def function_protos(opset: int = OPSET) -> list[onnx.FunctionProto]:

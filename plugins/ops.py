@@ -5,7 +5,7 @@ output tensor, so rewrites chain like graphsurgeon's own builders:
 
     codes = make_log_int_softmax_node(graph, scores_q, softmax_constants(s_scores), name=...)
     acc = make_log_int_matmul_node(graph, codes, v_q, bits=4, zero_point=0, name=...)
-    # acc is int64 with scale s_v * 2^-max_code(bits): follow with Cast(FLOAT) and Mul
+    # acc is int64 with scale s_v * 2^-acc_shift(bits, octave_steps): Cast(FLOAT) and Mul
 
 Every builder also registers the op's ONNX local function and the `com.onnxvq` opset import on the
 graph (`register_functions`), so the exported model runs in any ONNX Runtime.
@@ -22,7 +22,7 @@ from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.reference import LayerNormParams, SoftmaxConstants
-from onnxvq.plugins.reference.softmax import _check_bits
+from onnxvq.plugins.reference.softmax import _check_bits, _check_steps
 
 VERSION = 1
 # TensorRT's plugin registry refuses namespaces with a dot, so the plugin namespace is "onnxvq"
@@ -83,8 +83,9 @@ def make_log_int_softmax_node(
 ) -> gs.Variable:
     """LogIntSoftmax over the last axis of `x` (int8 or int32 score codes of scale S).
 
-    `constants` = `reference.softmax_constants(S, bits)`. Returns uint8 log2 codes, shape of `x`:
-    code k means 2^-k for k <= max_code(bits); zero_code(bits) means 0.
+    `constants` = `reference.softmax_constants(S, bits, octave_steps)`. Returns uint8 log codes,
+    shape of `x`: code k means 2^(-k/octave_steps) for k <= max_code(bits); zero_code(bits) means
+    0 (octave_steps 1: log2 codes, 2: log-sqrt(2) codes).
     """
     return _append(
         graph, "LogIntSoftmax", [x], constants.attributes(), np.uint8, x.shape, name
@@ -98,19 +99,22 @@ def make_log_int_matmul_node(
     *,
     bits: int = 4,
     zero_point: int = 0,
+    octave_steps: int = 1,
     name: str,
 ) -> gs.Variable:
     """codes [..., R, K] (uint8, from LogIntSoftmax with the same `bits`) times v [..., K, D]
     (int8/uint8 codes of V with zero point `zero_point`, same leading dims).
 
-    Returns the exact int64 accumulator [..., R, D]; its float value is `acc * s_v * 2^-M` with
-    `M = reference.max_code(bits)` (15 for 4 bits): Cast(to=FLOAT) then Mul(s_v * 2^-M).
+    Returns the exact int64 accumulator [..., R, D]; its float value is `acc * s_v * 2^-F` with
+    `F = reference.acc_shift(bits, octave_steps)` (15 for 4 bits, either base): Cast(to=FLOAT)
+    then Mul(s_v * 2^-F). `octave_steps` must be the producing LogIntSoftmax's.
     """
     _check_bits(bits)
+    _check_steps(octave_steps)
     shape = None
     if codes.shape is not None and v.shape is not None:
         shape = list(codes.shape[:-1]) + [v.shape[-1]]
-    attrs = {"bits": bits, "zero_point": zero_point}
+    attrs = {"bits": bits, "zero_point": zero_point, "octave_steps": octave_steps}
     return _append(graph, "LogIntMatMul", [codes, v], attrs, np.int64, shape, name)
 
 

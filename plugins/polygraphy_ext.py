@@ -97,14 +97,16 @@ def _log_int_softmax(node, tensors: dict) -> dict:
     from onnxvq.plugins.reference import log_int_softmax
 
     (x,) = _inputs(node, tensors)
-    return {node.outputs[0].name: log_int_softmax(x, **_ints(node, "x0", "b", "c", "n", "bits"))}
+    return {node.outputs[0].name: log_int_softmax(x, **_ints(node, "x0", "b", "c", "n", "bits",
+                                                                 "octave_steps"))}
 
 
 def _log_int_matmul(node, tensors: dict) -> dict:
     from onnxvq.plugins.reference import log_int_matmul
 
     a, v = _inputs(node, tensors)
-    return {node.outputs[0].name: log_int_matmul(a, v, **_ints(node, "bits", "zero_point"))}
+    return {node.outputs[0].name: log_int_matmul(a, v, **_ints(node, "bits", "zero_point",
+                                                                 "octave_steps"))}
 
 
 def _matmul_integer_to_float(node, tensors: dict) -> dict:

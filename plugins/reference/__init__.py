@@ -15,6 +15,8 @@ from onnxvq.plugins.reference.layernorm import (
 from onnxvq.plugins.reference.softmax import (
     MAX_ROW,
     SoftmaxConstants,
+    acc_shift,
+    code_weights,
     decode_log2_codes,
     decode_log_int_matmul,
     int_exp,
@@ -22,6 +24,7 @@ from onnxvq.plugins.reference.softmax import (
     log_int_softmax,
     max_code,
     softmax_constants,
+    sum_bits,
     zero_code,
 )
 
@@ -30,7 +33,9 @@ __all__ = [
     "MAX_ROW",
     "LayerNormParams",
     "SoftmaxConstants",
+    "acc_shift",
     "bit_length",
+    "code_weights",
     "decode_log2_codes",
     "decode_log_int_matmul",
     "dequantize_output",
@@ -43,5 +48,6 @@ __all__ = [
     "max_code",
     "rnd_shift",
     "softmax_constants",
+    "sum_bits",
     "zero_code",
 ]

@@ -209,3 +209,58 @@ def test_functions_are_stamped_with_the_model_opset(opset):
 def test_functions_refuse_opsets_they_are_not_written_for():
     with pytest.raises(ValueError, match="opsets 17-21"):
         function_protos(22)
+
+
+# ----------------------------------------------------------------- log-sqrt(2) (octave_steps=2)
+@pytest.mark.parametrize("dtype,scale", [(np.int8, 0.05), (np.int32, 0.004), (np.int32, 2e-7)])
+def test_log_sqrt2_softmax_function_is_bit_exact(dtype, scale):
+    rng = np.random.default_rng(77)
+    consts = [softmax_constants(scale, bits, octave_steps=2) for bits in (4, 8, 1)]
+    consts.append(softmax_constants(scale, 4))  # base 2 next to it: one function serves both
+    g = gs.Graph(opset=17)
+    x = gs.Variable("x", dtype, ["B", 2, 17, 17])
+    g.inputs = [x]
+    g.outputs = [make_log_int_softmax_node(g, x, k, name=f"sm{i}") for i, k in enumerate(consts)]
+    xv = _softmax_rows(rng, dtype, (8, 2, 17, 17))
+    got = _run(g, {"x": xv})
+    for k, out in zip(consts, got, strict=True):
+        np.testing.assert_array_equal(out, log_int_softmax(xv, **k.attributes()))
+    assert not np.array_equal(got[0], got[3])  # the two bases really differ
+    assert got[0].reshape(-1, 17)[1, 0] == 0  # the one-hot row's maximum
+
+
+@pytest.mark.parametrize("bits,vdtype,zp", [(4, np.int8, 0), (4, np.uint8, 128), (8, np.int8, 5),
+                                            (3, np.uint8, 255)])
+def test_log_sqrt2_matmul_function_is_bit_exact(bits, vdtype, zp):
+    rng = np.random.default_rng(bits + zp)
+    g = gs.Graph(opset=17)
+    a = gs.Variable("a", np.uint8, ["B", 2, 17, 19])
+    v = gs.Variable("v", vdtype, ["B", 2, 19, 8])
+    g.inputs = [a, v]
+    g.outputs = [make_log_int_matmul_node(g, a, v, bits=bits, zero_point=zp, octave_steps=2,
+                                          name="mm")]
+    av = rng.integers(0, 256 if bits == 8 else 17, (4, 2, 17, 19)).astype(np.uint8)
+    av[0, 0] = 0  # heaviest weights
+    av[0, 1] = 1  # heaviest odd weights
+    info = np.iinfo(vdtype)
+    vv = rng.integers(info.min, info.max, (4, 2, 19, 8), endpoint=True).astype(vdtype)
+    (got,) = _run(g, {"a": av, "v": vv})
+    np.testing.assert_array_equal(got, log_int_matmul(av, vv, bits=bits, zero_point=zp,
+                                                      octave_steps=2))
+
+
+def test_log_sqrt2_chain_long_rows():
+    rng = np.random.default_rng(3)
+    n, k = 4096, softmax_constants(0.02, 4, octave_steps=2)
+    g = gs.Graph(opset=17)
+    x = gs.Variable("x", np.int8, [1, 2, n])
+    v = gs.Variable("v", np.int8, [1, n, 4])
+    codes = make_log_int_softmax_node(g, x, k, name="sm")
+    g.inputs = [x, v]
+    g.outputs = [make_log_int_matmul_node(g, codes, v, octave_steps=2, name="mm"), codes]
+    xv = rng.integers(-128, 128, (1, 2, n)).astype(np.int8)
+    vv = np.full((1, n, 4), -128, np.int8)
+    got, got_codes = _run(g, {"x": xv, "v": vv})
+    want_codes = log_int_softmax(xv, **k.attributes())
+    np.testing.assert_array_equal(got_codes, want_codes)
+    np.testing.assert_array_equal(got, log_int_matmul(want_codes, vv, octave_steps=2))

@@ -11,8 +11,11 @@ from onnx import TensorProto
 
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.reference import (
+    acc_shift,
     bit_length,
+    code_weights,
     decode_log2_codes,
+    decode_log_int_matmul,
     dequantize_output,
     int_layer_norm,
     isqrt,
@@ -288,3 +291,116 @@ def test_log_int_matmul_worst_case_long_rows():
         v = np.full((4096, 2), -128, np.int8)
         got = log_int_matmul(a, v, bits=bits, zero_point=127)
         assert got.tolist() == [[-255 * 4096 * 2 ** max_code(bits)] * 2]
+
+
+# ----------------------------------------------------------------- log-sqrt(2) (octave_steps=2)
+def _big_log_sqrt2_row(x, x0, b, c, n, bits):
+    """README "Base sqrt(2)" in unbounded Python integers: S' < 2^15, and the quarter-octave
+    threshold S'/E >= 2^((2t-1)/4) stated as 2 S'^4 >= 2^(2t) E^4."""
+    m, zc = max_code(bits), zero_code(bits)
+    top = max(int(v) for v in x)
+    e = []
+    for v in x:
+        d = int(v) - top
+        q = (-d) // (-x0)
+        e.append(((((d - q * x0) + b) ** 2 + c) << n) >> min(q, 63))
+    s = sum(e)
+    h = max(s.bit_length() - 15, 0)
+    big = s >> h
+    codes = []
+    for ej in e:
+        small = ej >> h
+        k = sum(1 for t in range(1, m + 2) if 2 * big**4 >= small**4 << (2 * t))
+        codes.append(zc if small == 0 or k > m else k)
+    return codes
+
+
+@pytest.mark.parametrize("bits", [1, 4, 8])
+def test_log_sqrt2_softmax_equals_big_integer_statement(bits):
+    rng = np.random.default_rng(40 + bits)
+    n = 4096
+    sc = softmax_constants(0.004, bits, octave_steps=2)
+    rows32 = np.stack([
+        np.full(n, 7), np.r_[2**31 - 1, np.full(n - 1, -(2**31))], rng.integers(-400, 1, n),
+        np.tile([0, -1, -2, -3000], n // 4), rng.integers(-(2**31), 2**31 - 1, n),
+    ]).astype(np.int32)
+    rows8 = np.stack([np.full(n, 127), np.tile([127, -128], n // 2), rng.integers(-128, 128, n),
+                      np.r_[127, np.full(n - 1, -128)]])
+    for rows in (rows32, rows8.astype(np.int8)):
+        got = log_int_softmax(rows, **sc.attributes())
+        for row, out in zip(rows, got, strict=True):
+            assert out.tolist() == _big_log_sqrt2_row(row, sc.x0, sc.b, sc.c, sc.n, bits)
+        # all-equal rows of 4096: 2 log2(4096) = 24 exactly; the maximum gets the smallest code
+        assert np.all(got[0] == (24 if 24 <= max_code(bits) else zero_code(bits)))
+        assert got[1, 0] == got[1].min()
+    one_hot = log_int_softmax(rows32[1:2], **sc.attributes())[0]
+    assert one_hot[0] == 0 and np.all(one_hot[1:] == zero_code(bits))
+    assert decode_log2_codes(got, bits, 2).sum(-1).max() <= 2**0.25
+
+
+@pytest.mark.parametrize("scale", [0.02, 0.08])
+def test_log_sqrt2_softmax_tracks_float_softmax(scale):
+    rng = np.random.default_rng(int(scale * 1000))
+    x = rng.integers(-128, 128, (256, 197)).astype(np.int8)
+    sc = softmax_constants(scale, 4, octave_steps=2)
+    codes = log_int_softmax(x, **sc.attributes())
+    xf = scale * (x.astype(np.float64) - x.max(-1, keepdims=True))
+    p = np.exp(xf) / np.exp(xf).sum(-1, keepdims=True)
+    k_float = np.floor(-2 * np.log2(p) + 0.5)
+    k_float = np.where(k_float > 15, 16, k_float)
+    assert np.abs(codes.astype(np.int64) - k_float).max() <= 1
+    assert np.mean(codes == k_float) > 0.9
+    # half-octave codes halve the base-2 codes' worst error on the probabilities they keep
+    kept = codes < 16
+    err2 = np.abs(np.log2(decode_log2_codes(log_int_softmax(x, **softmax_constants(scale, 4)
+                                                            .attributes()))[kept] / p[kept]))
+    err = np.abs(np.log2(decode_log2_codes(codes, 4, 2)[kept] / p[kept]))
+    assert err.mean() < 0.6 * err2.mean()
+    sums = decode_log2_codes(codes, 4, 2).sum(-1)
+    assert sums.max() <= 2**0.25 and sums.min() >= 0.7
+
+
+def test_code_weights_are_the_dyadic_sqrt2_ladder():
+    w = code_weights(4, 2)
+    assert w[:4].tolist() == [2**15, 181 << 7, 2**14, 181 << 6] and w[15] == 181
+    assert np.all(w[16:] == 0) and acc_shift(4, 2) == 15 == acc_shift(4, 1)
+    true = 2.0 ** (15 - np.arange(16) / 2)
+    assert np.abs(w[:16] / true - 1).max() < 1.1e-4  # 181/128 = sqrt(2) (1 - 1.07e-4)
+    for bits in range(1, 9):  # the largest weight: int16-sized up to 4 bits, < 2^24 always
+        assert code_weights(bits, 2).max() == 2 ** acc_shift(bits, 2) <= 2**23
+    assert code_weights(8, 1)[31] == 1 and code_weights(8, 2)[31] == 181
+    with pytest.raises(OnnxvqError, match="octave_steps"):
+        code_weights(4, 3)
+    with pytest.raises(OnnxvqError, match="octave_steps"):
+        softmax_constants(0.1, 4, octave_steps=0)
+
+
+@pytest.mark.parametrize("bits,vdtype,zp", [(4, np.int8, 0), (4, np.uint8, 128), (8, np.int8, -3)])
+def test_log_sqrt2_matmul_equals_brute_force(bits, vdtype, zp):
+    rng = np.random.default_rng(bits + 50)
+    a = rng.integers(0, 256 if bits == 8 else 18, (2, 3, 5, 40)).astype(np.uint8)
+    info = np.iinfo(vdtype)
+    v = rng.integers(info.min, info.max + 1, (2, 3, 40, 6)).astype(vdtype)
+    got = log_int_matmul(a, v, bits=bits, zero_point=zp, octave_steps=2)
+    m, top = max_code(bits), (max_code(bits) + 1) // 2
+    want = np.zeros(got.shape, dtype=object)
+    for idx in np.ndindex(a.shape[:-1]):
+        for k, code in enumerate(a[idx].tolist()):
+            if code <= m:
+                mult = 181 if code % 2 else 128
+                w = mult * 2 ** (top - (code + 1) // 2)
+                want[idx] += (v[idx[:-1] + (k,)].astype(object) - zp) * w
+    assert got.tolist() == want.tolist()
+    # and the float value of the accumulator is the dequantized product
+    vf = v.astype(np.float64) - zp
+    ref = np.matmul(decode_log2_codes(a, bits, 2), vf)
+    bound = 1.1e-4 * np.matmul(decode_log2_codes(a, bits, 2), np.abs(vf))  # 181/128 vs sqrt(2)
+    assert np.all(np.abs(decode_log_int_matmul(got, 1.0, bits, 2) - ref) <= bound)
+
+
+def test_log_sqrt2_matmul_worst_case_long_rows():
+    for bits in (4, 8):
+        a = np.zeros((1, 4096), np.uint8)
+        v = np.full((4096, 2), -128, np.int8)
+        got = log_int_matmul(a, v, bits=bits, zero_point=127, octave_steps=2)
+        assert got.tolist() == [[-255 * 4096 * 2 ** acc_shift(bits, 2)] * 2]
