@@ -86,7 +86,7 @@ def log_int_softmax_kernel(
     x_ptr, n_rows, n_cols, y_ptr,
     BLOCK: tl.constexpr, ROWS: tl.constexpr,
     X0: tl.constexpr, B: tl.constexpr, C: tl.constexpr, N: tl.constexpr,
-    M: tl.constexpr, Z: tl.constexpr,
+    M: tl.constexpr, Z: tl.constexpr, STEPS: tl.constexpr, SUM_BITS: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
@@ -105,22 +105,28 @@ def log_int_softmax_kernel(
         x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0).to(tl.int64)
         e = _int_exp(x, row_max, X0, B, C, N)
         total += tl.sum(tl.where(mask, e, 0), axis=1)
-    h = tl.maximum(_bit_length(total) - 31, 0)
+    h = tl.maximum(_bit_length(total) - SUM_BITS, 0)
     big = total >> h
-    big_sq = big * big
+    big_p = big * big
+    if STEPS == 2:  # log-sqrt(2): fourth powers, S' < 2^15
+        big_p = big_p * big_p
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = row_ok[:, None] & (cols < n_cols)[None, :]
         x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0).to(tl.int64)
         small = _int_exp(x, row_max, X0, B, C, N) >> h[:, None]
-        k = _log2_code(big_sq[:, None], small * small, M + 1)
+        small_p = small * small
+        if STEPS == 2:
+            small_p = small_p * small_p
+        k = _log2_code(big_p[:, None], small_p, M + 1)
         code = tl.where((small == 0) | (k > M), Z, k)
         tl.store(y_ptr + base + cols[None, :], code.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _log2_code(big_sq, small_sq, CAP: tl.constexpr):
-    # #{t in 1..CAP : big^2 >> (2t-1) >= small^2}; monotone in t, so a 6-step binary search.
+    # #{t in 1..CAP : big^p >> (2t-1) >= small^p} (p = 2, or 4 for log-sqrt(2)); monotone in t,
+    # so a 6-step binary search.
     k = tl.zeros(small_sq.shape, tl.int64)
     for s in tl.static_range(6):
         t = k + (32 >> s)
@@ -134,7 +140,7 @@ def _log2_code(big_sq, small_sq, CAP: tl.constexpr):
 def log_int_matmul_kernel(
     a_ptr, v_ptr, n_batch, n_r, n_k, n_d, y_ptr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    M: tl.constexpr, ZERO_POINT: tl.constexpr,
+    M: tl.constexpr, ZERO_POINT: tl.constexpr, STEPS: tl.constexpr,
 ):
     # One program per (batch, row tile, column tile), flattened into grid axis 0.
     pid = tl.program_id(0).to(tl.int64)
@@ -153,7 +159,13 @@ def log_int_matmul_kernel(
         # Padding reads the zero code M + 1 (weight 0) and V's zero point (value 0).
         codes = tl.load(a_base + rows[:, None] * n_k + ks[None, :], mask=a_mask, other=M + 1)
         codes = codes.to(tl.int64)
-        w = tl.where(codes <= M, tl.full(codes.shape, 1, tl.int64) << tl.maximum(M - codes, 0), 0)
+        if STEPS == 1:
+            w = tl.full(codes.shape, 1, tl.int64) << tl.maximum(M - codes, 0)
+        else:  # log-sqrt(2): (odd ? 181 : 128) << (ceil(M/2) - ceil(a/2)), README LogIntMatMul
+            half = (codes + 1) >> 1
+            w = tl.where((codes & 1) == 1, 181, 128).to(tl.int64)
+            w = w << tl.maximum((M + 1) // 2 - half, 0)
+        w = tl.where(codes <= M, w, 0)
         v_mask = (ks < n_k)[:, None] & (cols < n_d)[None, :]
         v = tl.load(v_base + ks[:, None] * n_d + cols[None, :], mask=v_mask, other=ZERO_POINT)
         v = v.to(tl.int64) - ZERO_POINT

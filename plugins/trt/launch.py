@@ -13,7 +13,8 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxvq.core.errors import OnnxvqError
-from onnxvq.plugins.reference import MAX_CHANNELS, MAX_ROW, max_code, zero_code
+from onnxvq.plugins.reference import MAX_CHANNELS, MAX_ROW, max_code, sum_bits, zero_code
+from onnxvq.plugins.reference.softmax import _check_steps
 
 OUTPUT_RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}
 _NUMPY_OUT = {TensorProto.UINT8: np.uint8, TensorProto.INT8: np.int8}
@@ -46,18 +47,22 @@ def layer_norm_constexprs(
     }
 
 
-def softmax_constexprs(*, x0: int, b: int, c: int, n: int, bits: int, rows: int) -> dict[str, int]:
+def softmax_constexprs(*, x0: int, b: int, c: int, n: int, bits: int, rows: int,
+                       octave_steps: int = 1) -> dict[str, int]:
+    _check_steps(octave_steps)
     return {
         "BLOCK": SOFTMAX_BLOCK, "ROWS": next_pow2(rows), "X0": int(x0), "B": int(b), "C": int(c),
-        "N": int(n), "M": max_code(bits), "Z": zero_code(bits),
+        "N": int(n), "M": max_code(bits), "Z": zero_code(bits), "STEPS": int(octave_steps),
+        "SUM_BITS": sum_bits(octave_steps),
     }
 
 
-def matmul_constexprs(*, bits: int, zero_point: int) -> dict[str, int]:
+def matmul_constexprs(*, bits: int, zero_point: int, octave_steps: int = 1) -> dict[str, int]:
+    _check_steps(octave_steps)
     block_r, block_k, block_d = MATMUL_BLOCKS
     return {
         "BLOCK_R": block_r, "BLOCK_K": block_k, "BLOCK_D": block_d,
-        "M": max_code(bits), "ZERO_POINT": int(zero_point),
+        "M": max_code(bits), "ZERO_POINT": int(zero_point), "STEPS": int(octave_steps),
     }
 
 
@@ -84,7 +89,7 @@ def int_layer_norm(
 
 
 def log_int_softmax(
-    x: np.ndarray, *, x0: int, b: int, c: int, n: int, bits: int = 4,
+    x: np.ndarray, *, x0: int, b: int, c: int, n: int, bits: int = 4, octave_steps: int = 1,
     rows_per_program: int | None = None, device: str = "cpu",
 ) -> np.ndarray:
     """LogIntSoftmax through the Triton kernel; uint8 log2 codes like the reference."""
@@ -96,7 +101,7 @@ def log_int_softmax(
         raise OnnxvqError(f"LogIntSoftmax rows must have 1..{MAX_ROW} elements")
     n_rows = x.size // n_cols
     consts = softmax_constexprs(
-        x0=x0, b=b, c=c, n=n, bits=bits,
+        x0=x0, b=b, c=c, n=n, bits=bits, octave_steps=octave_steps,
         rows=rows_per_program or default_rows(min(next_pow2(n_cols), SOFTMAX_BLOCK)),
     )
     xt, yt = _to(torch, x, device), _to(torch, np.empty(x.shape, np.uint8), device)
@@ -105,7 +110,8 @@ def log_int_softmax(
 
 
 def log_int_matmul(
-    a: np.ndarray, v: np.ndarray, *, bits: int = 4, zero_point: int = 0, device: str = "cpu"
+    a: np.ndarray, v: np.ndarray, *, bits: int = 4, zero_point: int = 0, octave_steps: int = 1,
+    device: str = "cpu",
 ) -> np.ndarray:
     """LogIntMatMul through the Triton kernel; int64 accumulators like the reference."""
     from onnxvq.plugins.trt.kernels import log_int_matmul_kernel
@@ -115,7 +121,7 @@ def log_int_matmul(
         raise OnnxvqError(f"LogIntMatMul shapes {a.shape} and {v.shape} do not match")
     n_r, n_k, n_d = a.shape[-2], a.shape[-1], v.shape[-1]
     n_batch = int(np.prod(a.shape[:-2], dtype=np.int64))
-    consts = matmul_constexprs(bits=bits, zero_point=zero_point)
+    consts = matmul_constexprs(bits=bits, zero_point=zero_point, octave_steps=octave_steps)
     y = np.empty((*a.shape[:-1], n_d), np.int64)
     at, vt, yt = (_to(torch, arr, device) for arr in (a, v, y))
     tiles = _cdiv(n_r, consts["BLOCK_R"]) * _cdiv(n_d, consts["BLOCK_D"])

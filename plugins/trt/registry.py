@@ -79,14 +79,14 @@ def int_layer_norm_aot(
 
 @trtp.register(f"{NAMESPACE}::LogIntSoftmax")
 def log_int_softmax_desc(
-    x: trtp.TensorDesc, x0: int, b: int, c: int, n: int, bits: int
+    x: trtp.TensorDesc, x0: int, b: int, c: int, n: int, bits: int, octave_steps: int
 ) -> trtp.TensorDesc:
     return trtp.from_shape_expr(x.shape_expr, trt.uint8)
 
 
 @trtp.aot_impl(f"{NAMESPACE}::LogIntSoftmax")
 def log_int_softmax_aot(
-    x: trtp.TensorDesc, x0: int, b: int, c: int, n: int, bits: int,
+    x: trtp.TensorDesc, x0: int, b: int, c: int, n: int, bits: int, octave_steps: int,
     outputs: tuple[trtp.TensorDesc], tactic: int,
 ) -> _AotResult:
     n_cols = _last_dim(x)
@@ -94,7 +94,8 @@ def log_int_softmax_aot(
     if n_cols.is_constant:
         rows = launch.default_rows(min(launch.next_pow2(n_cols.constant_value()),
                                        launch.SOFTMAX_BLOCK))
-    consts = launch.softmax_constexprs(x0=x0, b=b, c=c, n=n, bits=bits, rows=rows)
+    consts = launch.softmax_constexprs(x0=x0, b=b, c=c, n=n, bits=bits, rows=rows,
+                                       octave_steps=octave_steps)
     kernel = compile_kernel("LogIntSoftmax", {"x": _triton_type(x, "LogIntSoftmax X")}, consts)
     n_rows = x.shape_expr.numel() // n_cols
     return _result(kernel, trtp.cdiv(n_rows, consts["ROWS"]), n_rows, n_cols)
@@ -102,7 +103,7 @@ def log_int_softmax_aot(
 
 @trtp.register(f"{NAMESPACE}::LogIntMatMul")
 def log_int_matmul_desc(
-    a: trtp.TensorDesc, v: trtp.TensorDesc, bits: int, zero_point: int
+    a: trtp.TensorDesc, v: trtp.TensorDesc, bits: int, zero_point: int, octave_steps: int
 ) -> trtp.TensorDesc:
     shape = [a.shape_expr[i] for i in range(a.ndim)]
     shape[-1] = _last_dim(v)
@@ -111,10 +112,11 @@ def log_int_matmul_desc(
 
 @trtp.aot_impl(f"{NAMESPACE}::LogIntMatMul")
 def log_int_matmul_aot(
-    a: trtp.TensorDesc, v: trtp.TensorDesc, bits: int, zero_point: int,
+    a: trtp.TensorDesc, v: trtp.TensorDesc, bits: int, zero_point: int, octave_steps: int,
     outputs: tuple[trtp.TensorDesc], tactic: int,
 ) -> _AotResult:
-    consts = launch.matmul_constexprs(bits=bits, zero_point=zero_point)
+    consts = launch.matmul_constexprs(bits=bits, zero_point=zero_point,
+                                      octave_steps=octave_steps)
     kernel = compile_kernel("LogIntMatMul", {"v": _triton_type(v, "LogIntMatMul V")}, consts)
     n_r, n_k, n_d = a.shape_expr[a.ndim - 2], _last_dim(a), _last_dim(v)
     n_batch = a.shape_expr.numel() // (n_r * n_k)

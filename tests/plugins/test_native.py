@@ -338,6 +338,132 @@ def test_softmax_then_matmul_chain(library):
     _check_all_backends(g, {"s": scores, "v": v}, [want], library)
 
 
+# ---------------------------------------------------------------- log-sqrt(2) (octave_steps=2)
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "scale", "bits"),
+    [
+        ((1, 6, 197), np.int8, 0.08, 4),
+        ((64, 50), np.int8, 0.02, 4),
+        ((64, 6, 31), np.int32, 1e-3, 4),
+        ((2, 4096), np.int32, 3e-4, 4),
+        ((3, 3, 77), np.int8, 0.3, 1),
+        ((4, 129), np.int32, 5e-3, 8),
+        ((4, 65), np.int8, 0.05, 6),
+        ((6, 1), np.int32, 0.01, 4),
+    ],
+)
+def test_log_sqrt2_softmax_kernel_is_bit_exact(library, shape, dtype, scale, bits):
+    rng = np.random.default_rng(shape[-1] + bits + 1)
+    consts = softmax_constants(scale, bits, octave_steps=2)
+    spread = 40.0 if dtype == np.int8 else 3.0 / scale
+    x = _scores(rng, shape, dtype, spread)  # all-equal, one-hot and extreme-code rows included
+    g = gs.Graph(opset=17)
+    xv = gs.Variable("x", dtype, list(shape))
+    g.inputs, g.outputs = [xv], [make_log_int_softmax_node(g, xv, consts, name="sm")]
+    want = log_int_softmax(x, **consts.attributes())
+    _check_all_backends(g, {"x": x}, [want], library)
+
+
+def test_log_sqrt2_softmax_int32_full_range_and_non_monotone(library):
+    rng = np.random.default_rng(31)
+    x = rng.integers(-(2**31), 2**31, (8, 300), dtype=np.int64).astype(np.int32)
+    x[:, :5] = 2**31 - 1 - rng.integers(0, 10**7, (8, 5))
+    x8 = rng.integers(-128, 128, (5, 7, 197)).astype(np.int8)
+    x8[0, 0] = np.resize(np.arange(-128, 128, dtype=np.int8), 197)
+    cases = [(x, softmax_constants(2e-7, 4, octave_steps=2)),
+             (x8, SoftmaxConstants(x0=-20, b=5, c=3, n=30, bits=4, octave_steps=2)),
+             (x8, SoftmaxConstants(x0=-20, b=5, c=3, n=30, bits=8, octave_steps=2))]
+    for xs, consts in cases:
+        g = gs.Graph(opset=17)
+        xv = gs.Variable("x", xs.dtype, list(xs.shape))
+        g.inputs, g.outputs = [xv], [make_log_int_softmax_node(g, xv, consts, name="sm")]
+        _check_all_backends(g, {"x": xs}, [log_int_softmax(xs, **consts.attributes())], library)
+
+
+def test_log_sqrt2_softmax_int8_fuzz(library):
+    # The three int8 row paths (key table, search fallback, per-value lookup) with sqrt(2) codes.
+    rng = np.random.default_rng(2025)
+    for i, base in enumerate(_fuzz_constants(rng)):
+        consts = SoftmaxConstants(**{**base.attributes(), "octave_steps": 2})
+        n = int(rng.choice([1, 5, 31, 32, 33, 127, 128, 129, 197, 300]))
+        spread = float(rng.choice([2.0, 20.0, 60.0, 200.0]))
+        x = np.clip(np.round(rng.normal(0, spread, (48, n))), -128, 127).astype(np.int8)
+        x[0] = rng.integers(-128, 128, n)
+        x[1, : n // 2] = 127
+        x[1, n // 2 :] = -128
+        g = gs.Graph(opset=17)
+        xv = gs.Variable("x", np.int8, list(x.shape))
+        g.inputs, g.outputs = [xv], [make_log_int_softmax_node(g, xv, consts, name="sm")]
+        got = _run(g, {"x": x}, library)[0]
+        want = log_int_softmax(x, **consts.attributes())
+        np.testing.assert_array_equal(got, want, err_msg=f"case {i}: {consts}")
+
+
+@pytest.mark.parametrize(
+    ("lead", "r", "k", "d", "vdtype", "bits", "zp"),
+    [
+        ((1, 6), 197, 197, 64, np.int8, 4, 0),
+        ((64,), 5, 33, 8, np.uint8, 4, 128),
+        ((2,), 3, 4096, 16, np.int8, 4, -7),
+        ((2, 2), 7, 300, 5, np.uint8, 8, 255),
+        ((3,), 4, 20, 9, np.int8, 3, 127),
+    ],
+)
+def test_log_sqrt2_matmul_kernel_is_bit_exact(library, lead, r, k, d, vdtype, bits, zp):
+    rng = np.random.default_rng(r * k + bits + 1)
+    codes = rng.integers(0, 256, (*lead, r, k)).astype(np.uint8)
+    codes.reshape(-1, k)[0] = 0  # the largest weights everywhere
+    codes.reshape(-1, k)[1] = 1  # the largest odd weights
+    info = np.iinfo(vdtype)
+    v = rng.integers(info.min, info.max + 1, (*lead, k, d)).astype(vdtype)
+    v.reshape(-1, d)[: min(k, 8)] = info.min if zp >= 0 else info.max
+    g = gs.Graph(opset=17)
+    a_var = gs.Variable("a", np.uint8, list(codes.shape))
+    v_var = gs.Variable("v", vdtype, list(v.shape))
+    g.inputs = [a_var, v_var]
+    g.outputs = [make_log_int_matmul_node(g, a_var, v_var, bits=bits, zero_point=zp,
+                                          octave_steps=2, name="mm")]
+    want = log_int_matmul(codes, v, bits=bits, zero_point=zp, octave_steps=2)
+    _check_all_backends(g, {"a": codes, "v": v}, [want], library, with_functions=k <= 300)
+
+
+def test_log_sqrt2_matmul_avx2_path_without_vnni(library):
+    script = _NO_VNNI_SCRIPT.replace("bits=bits, zero_point=zp", "bits=bits, zero_point=zp, "
+                                     "octave_steps=2")
+    assert script.count("octave_steps=2") == 2
+    env = {**os.environ, "ONNXVQ_NO_VNNI": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, library, "6", "197", "197", "64", "4",
+                           "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_log_sqrt2_softmax_then_matmul_chain(library):
+    rng = np.random.default_rng(13)
+    consts = softmax_constants(0.05, 4, octave_steps=2)
+    scores = rng.integers(-128, 128, (2, 6, 197, 197)).astype(np.int8)
+    v = rng.integers(-128, 128, (2, 6, 197, 64)).astype(np.int8)
+    g = gs.Graph(opset=17)
+    s_var = gs.Variable("s", np.int8, list(scores.shape))
+    v_var = gs.Variable("v", np.int8, list(v.shape))
+    g.inputs = [s_var, v_var]
+    codes = make_log_int_softmax_node(g, s_var, consts, name="sm")
+    g.outputs = [make_log_int_matmul_node(g, codes, v_var, bits=4, octave_steps=2, name="mm")]
+    want = log_int_matmul(log_int_softmax(scores, **consts.attributes()), v, bits=4,
+                          octave_steps=2)
+    _check_all_backends(g, {"s": scores, "v": v}, [want], library)
+
+
+def test_bad_octave_steps_is_an_error(library):
+    g = gs.Graph(opset=17)
+    xv = gs.Variable("x", np.int8, [2, 5])
+    consts = softmax_constants(0.05, 4)
+    g.inputs, g.outputs = [xv], [make_log_int_softmax_node(g, xv, consts, name="sm")]
+    g.nodes[0].attrs["octave_steps"] = 3
+    with pytest.raises(Exception, match="octave_steps"):
+        _run(g, {"x": np.zeros((2, 5), np.int8)}, library)
+
+
 # ---------------------------------------------------------------- build and lookup
 
 def test_library_exports_only_the_entry_point(library):

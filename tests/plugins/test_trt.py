@@ -181,6 +181,54 @@ def test_log_int_matmul_batch_64_uint8_values():
     _check_matmul(a, v, 4, 128)
 
 
+# ---------------------------------------------------------------- log-sqrt(2) (octave_steps=2)
+
+@pytest.mark.parametrize("bits", [1, 4, 5, 8])
+def test_log_sqrt2_softmax_random_int8(bits):
+    rng = np.random.default_rng(bits + 60)
+    x = rng.integers(-128, 128, (2, 3, 33, 33)).astype(np.int8)
+    rows = x.reshape(-1, 33)
+    rows[0] = 17  # all equal
+    rows[1] = -128
+    rows[1, 0] = 127  # one-hot at max-magnitude scores
+    y = _check_softmax(x, ref.softmax_constants(0.08, bits, octave_steps=2))
+    assert y.reshape(-1, 33)[1, 0] == 0
+
+
+@pytest.mark.parametrize("scale", [0.6, 1e-3, 3e-6])
+def test_log_sqrt2_softmax_int32_wide_range(scale):
+    rng = np.random.default_rng(70)
+    x = rng.integers(-(2**31), 2**31, (5, 64), dtype=np.int64).astype(np.int32)
+    x[:, 0] = 2**31 - 1
+    x[:, 1] = -(2**31)
+    y = _check_softmax(x, ref.softmax_constants(scale, 4, octave_steps=2))
+    assert np.all(y[:, 0] == 0)
+
+
+def test_log_sqrt2_softmax_long_rows_and_batch():
+    rng = np.random.default_rng(71)
+    n = 2 * launch.SOFTMAX_BLOCK + 37
+    _check_softmax(rng.integers(-128, 128, (3, n)).astype(np.int8),
+                   ref.softmax_constants(0.02, 4, octave_steps=2), rows_per_program=1)
+    _check_softmax(rng.integers(-128, 128, (64, 2, 17, 17)).astype(np.int8),
+                   ref.softmax_constants(0.1, 4, octave_steps=2), rows_per_program=64)
+
+
+@pytest.mark.parametrize("bits,zp", [(4, 0), (8, 7), (3, 128)])
+def test_log_sqrt2_matmul(bits, zp):
+    rng = np.random.default_rng(bits + 80)
+    k = ref.softmax_constants(0.08, bits, octave_steps=2)
+    a = ref.log_int_softmax(rng.integers(-128, 128, (2, 3, 37, 37)).astype(np.int8),
+                            **k.attributes())
+    a.reshape(-1, 37)[:2] = rng.choice(np.array([0, 1, ref.max_code(bits), 255], np.uint8),
+                                       (2, 37))  # extreme codes: w(0), w(1), 181, zero
+    v = rng.integers(0, 256, (2, 3, 37, 40)).astype(np.uint8)
+    got = launch.log_int_matmul(a, v, bits=bits, zero_point=zp, octave_steps=2)
+    want = ref.log_int_matmul(a, v, bits=bits, zero_point=zp, octave_steps=2)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+
+
 def test_strip_params_refuses_a_read_hidden_param():
     ptx = (".entry k(\n.param .u64 k_param_0,\n.param .u64 k_param_1\n)\n"
            "{ ld.param.b64 %r, [k_param_1]; }")
@@ -260,7 +308,7 @@ def _plugin_model(path, ln, sm, batch):
                          **tag, **ln.attributes()),
         helper.make_node("LogIntSoftmax", ["s"], ["codes"], **tag, **sm.attributes()),
         helper.make_node("LogIntMatMul", ["codes", "v"], ["y_mm"], **tag, bits=sm.bits,
-                         zero_point=0),
+                         zero_point=0, octave_steps=sm.octave_steps),
     ]
     init = [numpy_helper.from_array(a, n) for a, n in
             ((ln.alpha, "alpha"), (ln.gamma, "gamma"), (ln.beta, "beta"))]
@@ -278,14 +326,14 @@ def _plugin_model(path, ln, sm, batch):
 
 
 @pytest.mark.skipif(REASON is not None, reason=str(REASON))
-@pytest.mark.parametrize("batch", [1, 64])
-def test_engine_with_plugins_equals_reference(tmp_path, batch):
+@pytest.mark.parametrize("batch,steps", [(1, 1), (64, 1), (64, 2)])
+def test_engine_with_plugins_equals_reference(tmp_path, batch, steps):
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     from onnxvq.verify.trt import build_engine
 
     rng = np.random.default_rng(batch)
-    ln, sm = _ln_params(rng, 64), ref.softmax_constants(0.08, 4)
+    ln, sm = _ln_params(rng, 64), ref.softmax_constants(0.08, 4, octave_steps=steps)
     report = build_engine(_plugin_model(tmp_path / "p.onnx", ln, sm, batch), tmp_path / "p.engine")
     assert len(report.plugins) == 3
     feeds = {"x": rng.integers(0, 256, (batch, 9, 64)).astype(np.uint8),
@@ -295,6 +343,7 @@ def test_engine_with_plugins_equals_reference(tmp_path, batch):
         out = runner.infer(feeds)
     codes = ref.log_int_softmax(feeds["s"], **sm.attributes())
     np.testing.assert_array_equal(out["codes"], codes)
-    np.testing.assert_array_equal(out["y_mm"], ref.log_int_matmul(codes, feeds["v"], bits=4))
+    np.testing.assert_array_equal(out["y_mm"], ref.log_int_matmul(codes, feeds["v"], bits=4,
+                                                                  octave_steps=steps))
     np.testing.assert_array_equal(
         out["y_ln"], ref.int_layer_norm(feeds["x"], ln.alpha, ln.gamma, ln.beta, **ln.attributes()))

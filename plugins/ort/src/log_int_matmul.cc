@@ -1,8 +1,10 @@
-// LogIntMatMul (plugins/README.md): Y[r, d] = sum_k 2^(M - A[r, k]) * (V[k, d] - zero_point).
+// LogIntMatMul (plugins/README.md): Y[r, d] = sum_k w(A[r, k]) * (V[k, d] - zero_point), with
+// w(a) = 2^(M - a) for log2 codes and, for log-sqrt(2) codes (octave_steps = 2), the dyadic
+// ladder (a odd ? 181 : 128) << (ceil(M/2) - ceil(a/2)).
 //
-// A code multiplies by a power of two, so each term is a shift of the centred value. When the
-// codes and V's dtype bound a block of terms below 2^31 (bits <= 4: 256 terms), the block sums
-// in int32 lanes and spills into int64; otherwise every term is summed in (wrapping) 64 bits.
+// Each term is the centred value times a per-code integer weight (a table). When the weights
+// and V's dtype bound a block of terms below 2^31 (bits <= 4: 256 terms), the block sums in int32
+// lanes and spills into int64; otherwise every term is summed in (wrapping) 64 bits.
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
@@ -33,17 +35,30 @@ MatMulShape CheckShapes(const std::vector<int64_t>& a, const std::vector<int64_t
   return s;
 }
 
+// The weight of code a (README LogIntMatMul), 0 for codes above M.
+inline int64_t CodeWeight(int64_t a, int64_t m, int64_t steps) {
+  if (a > m) return 0;
+  if (steps == 1) return int64_t{1} << (m - a);
+  return (a % 2 ? int64_t{181} : int64_t{128}) << ((m + 1) / 2 - (a + 1) / 2);
+}
+
 template <class TV>
 struct LogIntMatMul {
-  int64_t bits, zero_point;
+  int64_t bits, zero_point, steps;
 
   LogIntMatMul(const OrtApi*, const OrtKernelInfo* info)
-      : bits(IntAttr(info, "bits", 4)), zero_point(IntAttr(info, "zero_point", 0)) {}
+      : bits(IntAttr(info, "bits", 4)),
+        zero_point(IntAttr(info, "zero_point", 0)),
+        steps(IntAttr(info, "octave_steps", 1)) {}
+
+  int64_t MaxCode() const { return std::min<int64_t>((int64_t{1} << bits) - 1, 31); }
+  int64_t MaxWeight() const { return CodeWeight(0, MaxCode(), steps); }  // w(0) is the largest
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<uint8_t>& a,
                       const Ort::Custom::Tensor<TV>& v, Ort::Custom::Tensor<int64_t>& y) {
     return Guard("LogIntMatMul", [&] {
       Require(bits >= 1 && bits <= 8, "bits must lie in 1..8");
+      Require(steps == 1 || steps == 2, "octave_steps must be 1 or 2");
       const MatMulShape s = CheckShapes(a.Shape(), v.Shape());
       std::vector<int64_t> out_shape = a.Shape();
       out_shape.back() = s.cols;
@@ -64,9 +79,9 @@ struct LogIntMatMul {
   // The int16 GEMM (log_int_matmul_avx2.h) when every weight and centred value fits int16.
   bool FastInt16(const MatMulShape& s, int64_t* out, const uint8_t* codes, const TV* values,
                  OrtKernelContext* ctx) const {
-    const int64_t m = std::min<int64_t>((int64_t{1} << bits) - 1, 31);
+    const int64_t m = MaxCode(), wmax = MaxWeight();
     const int64_t vmax = MaxCentred();
-    if (m > 15 || vmax > 32767 || s.rows == 0 || s.cols == 0) return false;
+    if (m > 15 || wmax > 32768 || vmax > 32767 || s.rows == 0 || s.cols == 0) return false;
     auto plan = std::make_unique<avx2::Plan>();
     avx2::Plan& p = *plan;
     p.rows = s.rows;
@@ -74,13 +89,13 @@ struct LogIntMatMul {
     p.cols = s.cols;
     p.pairs = (s.inner + 1) / 2;
     p.dpad = (s.cols + avx2::kTileCols - 1) / avx2::kTileCols * avx2::kTileCols;
-    p.block_pairs = std::min<int64_t>(INT32_MAX / (2 * (int64_t{1} << m) * std::max<int64_t>(vmax, 1)),
+    p.block_pairs = std::min<int64_t>(INT32_MAX / (2 * wmax * std::max<int64_t>(vmax, 1)),
                                       avx2::kMaxBlockPairs);
     if (p.block_pairs < 1) return false;
     p.max_code = static_cast<int>(m);
     p.vnni = avx2::HasVnni();
     for (int a = 0; a < 256; ++a) {
-      p.weight[a] = a <= m ? static_cast<int16_t>(-(int32_t{1} << (m - a))) : 0;
+      p.weight[a] = static_cast<int16_t>(-CodeWeight(a, m, steps));  // -2^15 fits int16
       if (a < 16) {
         p.weight_lo[a] = static_cast<uint8_t>(static_cast<uint16_t>(p.weight[a]) & 0xff);
         p.weight_hi[a] = static_cast<uint8_t>(static_cast<uint16_t>(p.weight[a]) >> 8);
@@ -119,17 +134,19 @@ struct LogIntMatMul {
     return std::max(std::llabs(lo - zero_point), std::llabs(hi - zero_point));
   }
 
-  // Terms per int32 block: each |term| <= 2^M * max|V - zp|; 0 means use 64 bits throughout.
+  // Terms per int32 block: each |term| <= w(0) * max|V - zp|; 0 means use 64 bits throughout.
   int64_t Int32Block() const {
-    const int64_t m = std::min<int64_t>((int64_t{1} << bits) - 1, 31);
+    const int64_t wmax = MaxWeight();
     const int64_t vmax = MaxCentred();
-    if (m > 20 || vmax > (int64_t{1} << 20)) return 0;
-    return std::min<int64_t>(INT32_MAX / ((int64_t{1} << m) * std::max<int64_t>(vmax, 1)), 4096);
+    if (wmax > (int64_t{1} << 20) || vmax > (int64_t{1} << 20)) return 0;
+    return std::min<int64_t>(INT32_MAX / (wmax * std::max<int64_t>(vmax, 1)), 4096);
   }
 
   void Rows(const uint8_t* codes, const TV* values, int64_t* out, const MatMulShape& s,
             int64_t begin, int64_t end, int64_t block) const {
-    const int m = static_cast<int>(std::min<int64_t>((int64_t{1} << bits) - 1, 31));
+    const int64_t m = MaxCode();
+    int64_t weight[256];
+    for (int a = 0; a < 256; ++a) weight[a] = CodeWeight(a, m, steps);
     std::vector<uint64_t> acc64(static_cast<size_t>(s.cols));
     std::vector<int32_t> acc32(static_cast<size_t>(s.cols));
     for (int64_t row = begin; row < end; ++row) {
@@ -142,14 +159,14 @@ struct LogIntMatMul {
           std::fill(acc32.begin(), acc32.end(), 0);
           for (int64_t k = k0; k < k1; ++k) {
             if (ar[k] > m) continue;  // the zero code
-            AddShifted32(acc32.data(), vb + k * s.cols, s.cols, m - ar[k]);
+            AddScaled32(acc32.data(), vb + k * s.cols, s.cols, weight[ar[k]]);
           }
           for (int64_t d = 0; d < s.cols; ++d) acc64[d] += static_cast<uint64_t>(int64_t{acc32[d]});
         }
       } else {
         for (int64_t k = 0; k < s.inner; ++k) {
           if (ar[k] > m) continue;
-          AddShifted64(acc64.data(), vb + k * s.cols, s.cols, m - ar[k]);
+          AddScaled64(acc64.data(), vb + k * s.cols, s.cols, weight[ar[k]]);
         }
       }
       int64_t* yr = out + row * s.cols;
@@ -157,15 +174,17 @@ struct LogIntMatMul {
     }
   }
 
-  // acc += (v - zp) * 2^shift; a multiply, not a shift, because v - zp may be negative.
-  void AddShifted32(int32_t* __restrict acc, const TV* __restrict v, int64_t n, int shift) const {
-    const int32_t w = int32_t{1} << shift, zp = static_cast<int32_t>(zero_point);
+  // acc += (v - zp) * w, w the code's weight (a power of two for log2 codes).
+  void AddScaled32(int32_t* __restrict acc, const TV* __restrict v, int64_t n,
+                   int64_t weight) const {
+    const auto w = static_cast<int32_t>(weight), zp = static_cast<int32_t>(zero_point);
     for (int64_t d = 0; d < n; ++d) acc[d] += (static_cast<int32_t>(v[d]) - zp) * w;
   }
 
   // Unsigned arithmetic wraps like numpy's int64 matmul instead of being undefined.
-  void AddShifted64(uint64_t* __restrict acc, const TV* __restrict v, int64_t n, int shift) const {
-    const uint64_t w = uint64_t{1} << shift;
+  void AddScaled64(uint64_t* __restrict acc, const TV* __restrict v, int64_t n,
+                   int64_t weight) const {
+    const auto w = static_cast<uint64_t>(weight);
     const int64_t zp = zero_point;
     for (int64_t d = 0; d < n; ++d) {
       acc[d] += static_cast<uint64_t>(static_cast<int64_t>(v[d]) - zp) * w;

@@ -1,9 +1,10 @@
 // LogIntMatMul fast path for bits <= 4 (M <= 15) on AVX2: an int16 GEMM with int32 accumulators.
 //
-// Every weight 2^(M - a) is stored negated, -2^(M - a) >= -2^15, so it fits int16 even for a = 0;
+// Every weight w(a) <= 2^15 (2^(M - a), or the log-sqrt(2) ladder whose w(0) is 2^15 too) is
+// stored negated, -w(a) >= -2^15, so it fits int16 even for a = 0;
 // V - zp fits int16 too, and vpmaddwd multiplies pairs of k exactly into int32 (its one overflow
 // case, both pairs -2^15 * -2^15, cannot happen since |V - zp| <= 255). A block of P pairs sums
-// 2P terms of magnitude <= 2^M * vmax, so choosing 2P * 2^M * vmax < 2^31 keeps the int32
+// 2P terms of magnitude <= w(0) * vmax, so choosing 2P * w(0) * vmax < 2^31 keeps the int32
 // accumulators exact; blocks are summed (and negated back) in int64 in the output itself.
 #pragma once
 
@@ -28,7 +29,7 @@ struct Plan {
   int64_t block_pairs;        // pairs per int32 block
   int max_code;               // M <= 15
   bool vnni;                  // the CPU has AVX-VNNI
-  int16_t weight[256];        // -2^(M - a), 0 for the zero codes
+  int16_t weight[256];        // -w(a), 0 for the zero codes
   uint8_t weight_lo[16], weight_hi[16];  // bytes of weight[0..16)
 };
 

@@ -3,6 +3,11 @@
 // Per row: max, e_j = ((r_j + b)^2 + c) << n >> q_j, the sum normalised below 2^31, and the code
 // k_j = #{t : E_j^2 <= S'^2 >> (2t-1)}, from one integer square root per row and two bit
 // lengths and one comparison per element: no division, no float.
+//
+// octave_steps = 2 (log-sqrt(2) codes, README "Base sqrt(2)"): the sum is normalised below 2^15
+// and k_j = #{t : E_j^4 <= S'^4 >> (2t-1)} = #{t : E_j <= U_t}, where the row's thresholds U_t
+// come from two exact fourth roots (RowThresholds); the int8 step-function path takes them as
+// they are, the other paths count them by binary search.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -17,6 +22,7 @@ namespace {
 
 constexpr int64_t kMaxRow = int64_t{1} << 16;
 constexpr int kSumBits = 31;
+constexpr int kSumBitsSqrt2 = 15;
 constexpr int kMaxKeyBits = 7;  // the threshold key table has 64 << key_bits entries
 
 // A monotone bucket index of L in [0, 2^63): 0 for L = 0, else (bit length << m) + the m bits
@@ -34,7 +40,50 @@ struct ExpParams {
   int64_t limit;   // 63 * period (saturated): from there on e_j = 0
   double inv_period;
   int bits, max_code, zero_code;
+  int steps, sum_bits;  // octave_steps (1: log2 codes, 2: log-sqrt(2)) and S' < 2^sum_bits
 };
+
+inline uint64_t Iroot4(uint64_t v) { return IsqrtU64(IsqrtU64(v)); }  // floor(v^(1/4)), exact
+
+// U[t] for t in 1..full (U[0] unused): E <= U[t] is README step 7's test for threshold t.
+// log2: U_t = isqrt(2 S'^2) >> t. log-sqrt(2): U_{2m+1} = R1 >> m, U_{2m} = R3 >> m with
+// R1 = iroot4(S'^4 >> 1), R3 = iroot4(2 S'^4) (S' < 2^15, so 2 S'^4 < 2^61).
+inline void RowThresholds(uint64_t big, int steps, int full, uint32_t* u) {
+  if (steps == 1) {
+    const uint64_t root = IsqrtU64(2 * big * big);
+    for (int t = 1; t <= full; ++t) u[t] = static_cast<uint32_t>(root >> t);
+    return;
+  }
+  const uint64_t p4 = big * big * big * big;
+  const uint64_t r1 = Iroot4(p4 >> 1), r3 = Iroot4(2 * p4);
+  for (int t = 1; t <= full; ++t) u[t] = static_cast<uint32_t>((t % 2 ? r1 : r3) >> (t / 2));
+}
+
+// #{t in 1..full : e <= u[t]} for a non-increasing u: a binary search (full <= 32).
+inline int CountThresholds(uint32_t e, const uint32_t* u, int full) {
+  int k = 0;
+  for (int step = 32; step > 0; step >>= 1) {
+    if (k + step <= full && e <= u[k + step]) k += step;
+  }
+  return k;
+}
+
+inline uint8_t CodeOf(uint32_t e, const uint32_t* u, const ExpParams& p) {
+  const int k = CountThresholds(e, u, p.max_code + 1);
+  return static_cast<uint8_t>(e == 0 || k > p.max_code ? p.zero_code : k);
+}
+
+// Codes of a log-sqrt(2) row from its exps (README "Base sqrt(2)" steps 6-7).
+void CodesFromExpsSqrt2(const int64_t* __restrict e, int64_t n, uint8_t* __restrict y,
+                        const ExpParams& p) {
+  uint64_t s = 0;
+  for (int64_t j = 0; j < n; ++j) s += static_cast<uint64_t>(e[j]);
+  const int bits = s == 0 ? 0 : 64 - __builtin_clzll(s);
+  const int h = std::max(bits - kSumBitsSqrt2, 0);
+  uint32_t u[33];
+  RowThresholds(s >> h, 2, p.max_code + 1, u);
+  for (int64_t j = 0; j < n; ++j) y[j] = CodeOf(static_cast<uint32_t>(e[j] >> h), u, p);
+}
 
 // e for u = max - x >= 0 (README steps 2-4); q >= 63 shifts every bit of p << n < 2^63 out.
 inline int64_t IntExp(int64_t u, const ExpParams& p) {
@@ -103,12 +152,14 @@ struct LogIntSoftmax {
     p.c = IntAttr(info, "c", 0, &missing);
     p.n = IntAttr(info, "n", 0, &missing);
     p.bits = static_cast<int>(IntAttr(info, "bits", 4));
+    p.steps = static_cast<int>(IntAttr(info, "octave_steps", 1));
     if (Valid()) Prepare();
   }
 
   // The reference's constant checks (plugins/reference/softmax.py); overflow-safe in __int128.
   bool Valid() const {
-    if (p.bits < 1 || p.bits > 8 || p.x0 >= 0 || p.b < 0 || p.c < 0 || p.n < 0 || p.n > 62) {
+    if (p.bits < 1 || p.bits > 8 || p.x0 >= 0 || p.b < 0 || p.c < 0 || p.n < 0 || p.n > 62 ||
+        (p.steps != 1 && p.steps != 2)) {
       return false;
     }
     const __int128 b = p.b, e = static_cast<__int128>(p.x0) + 1 + p.b;
@@ -125,6 +176,7 @@ struct LogIntSoftmax {
     p.inv_period = 1.0 / static_cast<double>(p.period);
     p.max_code = std::min((1 << p.bits) - 1, 31);
     p.zero_code = std::min(1 << p.bits, 255);
+    p.sum_bits = p.steps == 1 ? kSumBits : kSumBitsSqrt2;
     for (int u = 0; u < 256; ++u) lut[u] = IntExp(u, p);
     for (int u = 0; u < 256; ++u) lut_rev[255 - u] = lut[u];
     for (int i = 0; i < 16; ++i) coarse[i] = lut[16 * i + 15];
@@ -173,7 +225,7 @@ struct LogIntSoftmax {
                       Ort::Custom::Tensor<uint8_t>& y) {
     return Guard("LogIntSoftmax", [&] {
       Require(missing.empty(), "missing attribute(s) " + missing);
-      Require(Valid(), "constants x0, b, c, n, bits out of range");
+      Require(Valid(), "constants x0, b, c, n, bits, octave_steps out of range");
       int64_t rows = 0, n = 0;
       RowsOf(x.Shape(), rows, n);
       Require(n >= 1 && n <= kMaxRow, "rows must have 1..65536 elements");
@@ -191,7 +243,11 @@ struct LogIntSoftmax {
         std::vector<int64_t> e(static_cast<size_t>(n));
         for (int64_t row = begin; row < end; ++row) {
           Exps(in + row * n, n, e.data());
-          CodesFromExps(e.data(), n, out + row * n, p);
+          if (p.steps == 1) {
+            CodesFromExps(e.data(), n, out + row * n, p);
+          } else {
+            CodesFromExpsSqrt2(e.data(), n, out + row * n, p);
+          }
         }
       });
     });
@@ -206,25 +262,35 @@ struct LogIntSoftmax {
     avx2::MaxMin(x, n, mx, mn);
     const uint64_t s = RowSum(x, n, lut_rev + 255 - mx);
     const int bits = s == 0 ? 0 : 64 - __builtin_clzll(s);
-    const int h = std::max(bits - kSumBits, 0);
+    const int h = std::max(bits - p.sum_bits, 0);
     const uint64_t big = s >> h;
-    const auto root = static_cast<uint32_t>(IsqrtU64(2 * big * big));
+    uint32_t thresholds[33];
+    RowThresholds(big, p.steps, p.max_code + 1, thresholds);
     if (monotone) {
-      avx2::StepRow(x, n, Steps(mx, mx - mn, h, root), y);
+      avx2::StepRow(x, n, Steps(mx, mx - mn, h, thresholds), y);
       return;
     }
+    uint8_t bytes[256];
+    if (p.steps == 2) {  // per distinct u, by binary search over the row's thresholds
+      for (int u = 0; u <= mx - mn; ++u) {
+        bytes[u] = CodeOf(static_cast<uint32_t>(lut[u] >> h), thresholds, p);
+      }
+      Lookup(x, n, bytes + mx, y);
+      return;
+    }
+    const auto root = static_cast<uint32_t>(IsqrtU64(2 * big * big));
     const int32_t root_log = root == 0 ? -1 : 31 - __builtin_clz(root);
     alignas(32) int32_t code[256 + 8];
     avx2::CodeTable(lut, mx - mn + 1, h,
                     avx2::MakeCodeConsts(root, root_log, p.max_code, p.zero_code), code);
-    uint8_t bytes[256];
     for (int u = 0; u <= mx - mn; ++u) bytes[u] = static_cast<uint8_t>(code[u]);
     Lookup(x, n, bytes + mx, y);
   }
 
-  // Step 7 per t: E <= root >> t  <=>  lut[u] <= ((root >> t) + 1) * 2^h - 1 (< 2^63), a suffix
-  // u >= u_t of the table; u_t = 0 counts for every element, u_t > range for none.
-  avx2::StepCodes Steps(int32_t mx, int32_t range, int h, uint64_t root) const {
+  // Step 7 per t: E <= U_t  <=>  lut[u] <= (U_t + 1) * 2^h - 1 (< 2^63: U_t < 2^31 for log2,
+  // < 2^15 for log-sqrt(2)), a suffix u >= u_t of the table; u_t = 0 counts for every element,
+  // u_t > range for none.
+  avx2::StepCodes Steps(int32_t mx, int32_t range, int h, const uint32_t* thresholds) const {
     avx2::StepCodes c{};
     c.full = p.max_code + 1;
     c.zero_code = p.zero_code;
@@ -232,12 +298,14 @@ struct LogIntSoftmax {
     if (key_bits > 0) {
       // The key table brackets u_t within 4 entries: one window count per t, all t independent.
       for (int t = 1; t <= c.full; ++t) {
-        const uint64_t limit = (((root >> t) + 1) << h) - 1;
+        const uint64_t limit = ((uint64_t{thresholds[t]} + 1) << h) - 1;
         const int u = start[LimitKey(limit, key_bits)];
         above[t - 1] = u + avx2::CountAbove4(lut + u, static_cast<int64_t>(limit));
       }
     } else {
-      for (int t = 1; t <= c.full; ++t) above[t - 1] = SearchAbove((((root >> t) + 1) << h) - 1);
+      for (int t = 1; t <= c.full; ++t) {
+        above[t - 1] = SearchAbove(((uint64_t{thresholds[t]} + 1) << h) - 1);
+      }
     }
     // u_t only grows with t: the t with u_t = 0 come first, those with u_t > range last, so the
     // thresholds are the contiguous run between them (counted without branches).
