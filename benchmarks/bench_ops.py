@@ -6,7 +6,8 @@ For each op three single-node models run on the same tensor shape: ORT's float o
 (LayerNormalization / Softmax / MatMul on float32), onnxvq's native kernel (libonnxvq_ort.so) and
 the same onnxvq node without the library, i.e. its inlined ONNX local function. Median wall time of
 `session.run` per call, after warm-up. The issue's target: native IntLayerNorm and LogIntSoftmax
-within 2x of the float op.
+within 2x of the float op. The "sqrt2" rows are the same ops with log-sqrt(2) codes
+(octave_steps=2, `--lis-base sqrt2`), next to their log2 rows of the same run.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def _cases(rng: np.random.Generator) -> list[_CaseModels]:
     mm_float = _float_model("MatMul", {"a": scores, "v": v_float})
     matmul = lambda g, i: make_log_int_matmul_node(g, i[0], i[1], bits=4, name="mm")  # noqa: E731
 
+    sqrt2 = _sqrt2_cases(scores, q8, q32, v_float, v8, sm_float, mm_float)
     return [
         ("IntLayerNorm", ln_float, {"x": x_ln, "g": np.ones(c, np.float32),
                                     "b": np.zeros(c, np.float32)}, ln_int, {"x": q_ln}),
@@ -127,7 +129,24 @@ def _cases(rng: np.random.Generator) -> list[_CaseModels]:
          {"x": q32}),
         ("LogIntMatMul", mm_float, {"a": scores, "v": v_float},
          _int_model(matmul, {"a": codes, "v": v8}), {"a": codes, "v": v8}),
+        *sqrt2,
     ]
+
+
+def _sqrt2_cases(scores, q8, q32, v_float, v8, sm_float, mm_float) -> list[_CaseModels]:
+    out = []
+    for name, q, scale in (("int8", q8, 0.05), ("int32", q32, 1e-3)):
+        k = softmax_constants(scale, 4, octave_steps=2)
+        model = _int_model(lambda g, i, k=k: make_log_int_softmax_node(g, i[0], k, name="sm"),
+                           {"x": q})
+        out.append((f"LogIntSoftmax {name} sqrt2", sm_float, {"x": scores}, model, {"x": q}))
+    codes = log_int_softmax(q8, **softmax_constants(0.05, 4, octave_steps=2).attributes())
+    model = _int_model(lambda g, i: make_log_int_matmul_node(g, i[0], i[1], bits=4,
+                                                             octave_steps=2, name="mm"),
+                       {"a": codes, "v": v8})
+    out.append(("LogIntMatMul sqrt2", mm_float, {"a": scores, "v": v_float}, model,
+                {"a": codes, "v": v8}))
+    return out
 
 
 def run(repeat: int = 50, threads: int = 0) -> list[Case]:
@@ -146,13 +165,13 @@ def run(repeat: int = 50, threads: int = 0) -> list[Case]:
 
 
 def _table(results: list[Case]) -> str:
-    head = (f"{'op':<20} {'shape':<34} {'float ms':>9} {'native ms':>10} {'x float':>8} "
+    head = (f"{'op':<26} {'shape':<34} {'float ms':>9} {'native ms':>10} {'x float':>8} "
             f"{'function ms':>12}")
     rows = [head, "-" * len(head)]
     for r in results:
         nat = "-" if r.native_ms is None else f"{r.native_ms:.3f}"
         ratio = "-" if r.native_ratio is None else f"{r.native_ratio:.2f}"
-        rows.append(f"{r.op:<20} {r.shape:<34} {r.float_ms:>9.3f} {nat:>10} {ratio:>8} "
+        rows.append(f"{r.op:<26} {r.shape:<34} {r.float_ms:>9.3f} {nat:>10} {ratio:>8} "
                     f"{r.function_ms:>12.3f}")
     return "\n".join(rows)
 

@@ -7,10 +7,11 @@ Refuses: A·V not found; the calibration's own refusal; a Softmax not over the l
          operands of unknown or different rank (`refuse`: placement asks it before planning); no
          calibrated parameters; a probs path with other ops or other consumers.
 Emits:
-         scores --QuantizeLinear(S, 0) int8--> LogIntSoftmax(x0, b, c, n, bits) --> uint8 log2
-           codes [--Reshape as on the probs path] --+
-         V --QuantizeLinear(s_v, zp_v)-------------+--> LogIntMatMul(bits, zp_v) int64
-           --Cast(FLOAT)--Mul(s_v * 2^-M)--> the A·V MatMul's own output tensor (consumers kept)
+         scores --QuantizeLinear(S, 0) int8--> LogIntSoftmax(x0, b, c, n, bits, octave_steps)
+           --> uint8 log2 / log-sqrt2 codes [--Reshape as on the probs path] --+
+         V --QuantizeLinear(s_v, zp_v)---------------------------------------+--> LogIntMatMul(
+           bits, zp_v, octave_steps) int64 --Cast(FLOAT)--Mul(s_v * 2^-acc_shift)--> the A·V
+           MatMul's own output tensor (consumers kept)
          Scores too wide for an int8 step below ln 2 (see fq_calib) are coded as int32 by
          Div(S)-Round-Clip-Cast: QuantizeLinear has no int32 output before opset 21, and Round
          rounds half to even as QuantizeLinear does.
@@ -28,7 +29,7 @@ from onnxvq.core.edit import qparam_constants, quantize_linear
 from onnxvq.core.params import WIDE_SCORE_LEVELS, SoftmaxQuant
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.plugins.ops import make_log_int_matmul_node, make_log_int_softmax_node
-from onnxvq.plugins.reference import max_code
+from onnxvq.plugins.reference import acc_shift
 
 _PASS_THROUGH = frozenset({"Identity", "Dropout", "Cast"})  # value-preserving on probabilities
 _MAX_PATH = 8
@@ -105,7 +106,7 @@ def probs_path(softmax: gs.Node | None, context: gs.Node | None) -> list[gs.Node
 def rewrite(graph: gs.Graph, softmax: gs.Node, context: gs.Node, q: SoftmaxQuant,
             path: list[gs.Node]) -> None:
     scores, v, out = softmax.inputs[0], context.inputs[1], context.outputs[0]
-    bits = q.constants.bits
+    bits, steps = q.constants.bits, q.constants.octave_steps
     if q.scores_dtype == "int32":
         sq = _quantize_wide(graph, scores, q.scores_scale, f"{softmax.name}/scores")
     else:
@@ -117,12 +118,12 @@ def rewrite(graph: gs.Graph, softmax: gs.Node, context: gs.Node, q: SoftmaxQuant
     vq = _quantize(graph, v, q.values_scale, q.values_zero_point, np.dtype(q.values_dtype),
                    f"{context.name}/values")
     acc = make_log_int_matmul_node(graph, codes, vq, bits=bits, zero_point=q.values_zero_point,
-                                   name=f"{context.name}/LogIntMatMul")
+                                   octave_steps=steps, name=f"{context.name}/LogIntMatMul")
     as_float = gs.Variable(f"{context.name}/acc_float", dtype=np.float32, shape=acc.shape)
     graph.nodes.append(gs.Node("Cast", name=f"{context.name}/cast", attrs={"to": TensorProto.FLOAT},
                                inputs=[acc], outputs=[as_float]))
-    # acc * s_v * 2^-M is exact in float32 for bits <= 4 (|acc| < 2^24, README LogIntMatMul).
-    step = np.array(q.values_scale * 2.0 ** -max_code(bits), np.float32)
+    # acc * s_v * 2^-F is exact in float32 for bits <= 4 (|acc| < 2^24, README LogIntMatMul).
+    step = np.array(q.values_scale * 2.0 ** -acc_shift(bits, steps), np.float32)
     context.outputs.clear()  # the Mul now produces A·V's output tensor; cleanup drops the rest
     graph.nodes.append(gs.Node("Mul", name=f"{context.name}/rescale",
                                inputs=[as_float, gs.Constant(f"{context.name}/step", step)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
@@ -90,7 +91,8 @@ def test_quantize_bad_calibration_folder_leaves_nothing(tmp_path):
 @pytest.mark.parametrize("flag,value,text", [("--method", "magic", "'magic' is not one of"),
                                              ("--target", "tpu", "'tpu' is not one of"),
                                              ("--preset", "coco", "'coco' is not one of"),
-                                             ("--w-bits", "9", "w-bits must be between")])
+                                             ("--w-bits", "9", "w-bits must be between"),
+                                             ("--lis-base", "3", "unknown lis_base '3'")])
 def test_quantize_rejects_bad_options(tmp_path, flag, value, text):
     src = save_model(build_tiny_vit(), tmp_path / "v.onnx")
     assert_clean_error(run("quantize", src, flag, value), 2, text)
@@ -106,3 +108,18 @@ def test_build_engine_without_tensorrt_says_why(tmp_path):
         pass
     path = save_model(build_tiny_vit(), tmp_path / "v.onnx")
     assert_clean_error(run("build-engine", path), 8, "tensorrt package is not importable")
+
+
+def test_lis_base_sqrt2_is_recorded_and_warns_without_lis(tmp_path):
+    src = save_model(build_tiny_vit(TinyViTConfig(depth=2)), tmp_path / "v.onnx")
+    out = tmp_path / "q.onnx"
+    common = ("--calib-size", "8", "--batch-size", "4", "--lis-base", "sqrt2")
+    result = run("quantize", src, "-o", out, "--lis", *common)
+    assert result.exit_code == 0, result.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["config"]["lis_base"] == "sqrt2"
+    steps = {n.op_type: [a.i for a in n.attribute if a.name == "octave_steps"]
+             for n in onnx.load(out).graph.node if n.domain == "com.onnxvq"}
+    assert steps == {"LogIntSoftmax": [2], "LogIntMatMul": [2]}
+    plain = run("quantize", src, "-o", tmp_path / "p.onnx", *common)
+    assert plain.exit_code == 0 and "--lis-base sqrt2 does nothing without --lis" in plain.output

@@ -97,6 +97,9 @@ def test_recipe_fills_the_defaults_only():
         QuantConfig(recipe="fast")
     with pytest.raises(UsageError, match="unknown weight_method"):
         QuantConfig(weight_method="adaround")
+    with pytest.raises(UsageError, match="unknown lis_base 'e'"):
+        QuantConfig(lis=True, lis_base="e")
+    assert QuantConfig(lis_base="sqrt2").lis_octave_steps == 2 == 2 * QuantConfig().lis_octave_steps
 
 
 @pytest.fixture(scope="module")

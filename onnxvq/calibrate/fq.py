@@ -147,7 +147,8 @@ class FqCalibration:
             s_scores, dtype = s_scores * levels / WIDE_SCORE_LEVELS, "int32"
             log.info("%s: scores span +-%.0f, int32 codes", att.softmax,
                      s_scores * WIDE_SCORE_LEVELS)
-        consts = softmax_constants(float(s_scores), self.cfg.attention_bits)
+        consts = softmax_constants(float(s_scores), self.cfg.attention_bits,
+                                   self.cfg.lis_octave_steps)
         v_scale, v_zp, v_dtype = self._act_qparams(observers[att.v])
         return SoftmaxQuant(att.softmax, att.scores, att.v, float(s_scores), dtype, v_scale, v_zp,
                             v_dtype, consts)

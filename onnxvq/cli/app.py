@@ -81,6 +81,9 @@ def quantize(
     head: Annotated[bool, typer.Option(help="Quantize the classifier head.")] = True,
     pts: Annotated[bool, typer.Option("--pts", help="IntLayerNorm, power-of-two scales.")] = False,
     lis: Annotated[bool, typer.Option("--lis", help="LogIntSoftmax, log2 codes.")] = False,
+    lis_base: Annotated[str, typer.Option(
+        help="LogIntSoftmax code base with --lis: 2 (FQ-ViT log2) or sqrt2 (RepQ-ViT "
+             "half-octave codes).")] = "2",
     recipe: Annotated[str | None, typer.Option(
         help="repq: the best low-bit settings (RepQ-ViT reparameterisation, GPTQ weights, omse, "
              "8-bit patch embedding/head); fills the flags left at their defaults.")] = None,
@@ -131,12 +134,15 @@ def quantize(
         cfg = QuantConfig(method=method.value, target=target.value, w_bits=w_bits, a_bits=a_bits,
                           attn_bits=attn_bits, momentum=momentum, percentile=percentile,
                           skip=tuple(skip or ()), quantize_patch_embed=patch_embed,
-                          quantize_head=head, pts=pts, lis=lis, calib_size=samples,
+                          quantize_head=head, pts=pts, lis=lis, lis_base=lis_base,
+                          calib_size=samples,
                           batch_size=batch_size, seed=seed, fail_below=fail_below,
                           recipe=recipe, reparam=reparam, reparam_mlp=reparam_mlp,
                           weight_method=weight_method, bias_correction=bias_correction,
                           split_shortcut=split_shortcut)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
+        if lis_base != "2" and not lis:
+            warn(f"--lis-base {lis_base} does nothing without --lis")
         spec = _denoiser_spec(spec, data, samples, seed, calib_steps, calib_per_step, ddim,
                               classes, denoiser_inputs)
         with progress("quantizing (samples calibrated)") as advance:

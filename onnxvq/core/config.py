@@ -10,6 +10,7 @@ from onnxvq.core.errors import UsageError
 METHODS = ("minmax", "ema", "percentile", "omse", "block-mse", "similarity", "twin")
 TARGETS = ("ort", "trt")
 WEIGHT_METHODS = ("max", "mse", "output", "gptq")  # onnxvq.calibrate.weights
+LIS_BASES = {"2": 1, "sqrt2": 2}  # --lis-base -> LogIntSoftmax octave_steps (codes per octave)
 # One switch for the best low-bit result (README "Low bits"): each recipe fills the fields a user
 # left at their defaults, so `recipe="repq", weight_method="mse"` keeps the user's choice.
 RECIPES = {
@@ -42,6 +43,7 @@ class QuantConfig:
     quantize_attention: bool = True  # the Q·Kᵀ and A·V MatMuls
     pts: bool = False
     lis: bool = False
+    lis_base: str = "2"  # LogIntSoftmax codes: "2" (FQ-ViT log2) or "sqrt2" (RepQ-ViT log-sqrt2)
     reparam: bool = False  # RepQ-ViT: per-channel LayerNorm-output quantizers folded (h4)
     reparam_mlp: bool = False  # per-channel MLP-activation quantizers via a rescale into fc2 (h4)
     weight_method: str = "max"  # max, mse, output, gptq: scales/rounding of the weights (h4)
@@ -81,6 +83,10 @@ class QuantConfig:
         if self.attn_bits is not None:
             return self.attn_bits
         return 4 if self.lis else self.a_bits
+
+    @property
+    def lis_octave_steps(self) -> int:
+        return LIS_BASES[self.lis_base]
 
     def with_(self, **changes) -> QuantConfig:
         return replace(self, **changes)
@@ -129,6 +135,8 @@ def _problems(cfg: QuantConfig) -> list[str]:
     if cfg.weight_method not in WEIGHT_METHODS:
         out.append(f"unknown weight_method {cfg.weight_method!r}; choose one of "
                    f"{', '.join(WEIGHT_METHODS)}")
+    if cfg.lis_base not in LIS_BASES:
+        out.append(f"unknown lis_base {cfg.lis_base!r}; choose one of {', '.join(LIS_BASES)}")
     if cfg.target not in TARGETS:
         out.append(f"unknown target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
     out += [f"{n} must be true or false, got {getattr(cfg, n)!r}" for n in _BOOLS
