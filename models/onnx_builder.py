@@ -7,15 +7,48 @@ Names are numbered per op type (`MatMul_3`), the way the TorchScript exporter na
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxvq.core.external import external_ref
+
+
+class ExternalWeights:
+    """Writes weights straight to one external data file as they are made, so a model far over
+    protobuf's 2 GB limit is built with one weight in memory at a time beyond the weights dict
+    (the initializers only point into the file). Use as a context manager around the build."""
+
+    def __init__(self, path: str | Path, *, threshold: int = 1024):
+        self.path = Path(path)
+        self.threshold = threshold
+        self._file: BinaryIO | None = None
+
+    def __enter__(self) -> ExternalWeights:
+        self._file = open(self.path, "wb")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._file is not None
+        self._file.close()
+
+    def tensor(self, name: str, array: np.ndarray) -> onnx.TensorProto:
+        array = np.asarray(array, order="C")  # (ascontiguousarray makes scalars 1-D)
+        if array.nbytes < self.threshold or self._file is None:
+            return numpy_helper.from_array(array, name)
+        offset = self._file.tell()
+        self._file.write(memoryview(array).cast("B"))
+        return external_ref(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape,
+                            self.path.name, offset, array.nbytes)
+
 
 class GraphBuilder:
-    def __init__(self, opset: int):
+    def __init__(self, opset: int, *, external: ExternalWeights | None = None):
         self.opset = opset
+        self.external = external
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._counts: Counter[str] = Counter()
@@ -27,7 +60,10 @@ class GraphBuilder:
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """A named initializer (model parameters keep their module-path names)."""
-        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
+        if self.external is not None:
+            self.initializers.append(self.external.tensor(name, array))
+        else:
+            self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def const(self, value: float | int | list | np.ndarray, dtype: type = np.float32) -> str:

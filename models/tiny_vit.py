@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.models.architecture import ArchitectureCounts
-from onnxvq.models.onnx_builder import GraphBuilder, float_input
+from onnxvq.models.onnx_builder import ExternalWeights, GraphBuilder, float_input
 
 _CHOICES = {
     "norm": ("pre", "post"),
@@ -90,9 +91,12 @@ def describe(config: TinyViTConfig = TinyViTConfig()) -> ArchitectureCounts:
     )
 
 
-def build_tiny_vit(config: TinyViTConfig = TinyViTConfig()) -> onnx.ModelProto:
+def build_tiny_vit(config: TinyViTConfig = TinyViTConfig(), *,
+                   external: ExternalWeights | None = None) -> onnx.ModelProto:
+    """The model; with `external`, its weights go to that file as they are made (models over
+    2 GB: the returned proto holds only references, `save_tiny_vit` writes both)."""
     weights = make_weights(config)
-    b = GraphBuilder(config.opset)
+    b = GraphBuilder(config.opset, external=external)
     x = _patch_embed(b, config, weights)
     for i in range(config.depth):
         x = _block(b, config, weights, i, x)
@@ -100,6 +104,18 @@ def build_tiny_vit(config: TinyViTConfig = TinyViTConfig()) -> onnx.ModelProto:
     inputs = [float_input("input", ["batch", config.channels, config.image, config.image])]
     outputs = [float_input("logits", ["batch", config.classes])]
     return b.build(inputs, outputs, name="tiny_vit")
+
+
+def save_tiny_vit(config: TinyViTConfig, path: str | Path) -> Path:
+    """Build `config` with its weights written to `<path>.data` as they are made, and the graph
+    to `path` (the layout `onnxvq.core.graph.save_model` writes for models over 2 GB). Peak
+    memory is the weights dict, never a second copy in a proto."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ExternalWeights(path.with_name(path.name + ".data")) as sink:
+        model = build_tiny_vit(config, external=sink)
+    onnx.save_model(model, str(path))
+    return path
 
 
 # ---------------------------------------------------------------- weights

@@ -69,14 +69,12 @@ def _probe(model: onnx.ModelProto, names: list[str]) -> list[dict[str, np.ndarra
     """The Shape outputs `names` at each probe batch, run on the stage's input model: the passes
     before this one are numerically neutral and keep Shape outputs' names, so their values there
     are the values here (and the in-memory graph need not be exported for the probe)."""
-    from onnxvq.core.runtime import make_session, random_inputs
+    from onnxvq.core.runtime import output_session, random_inputs
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]  # only the shapes: ORT prunes everything they do not need
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, None)
-                              for n in names)
-    sess = make_session(probe, custom_ops=False, optimize=False)
+    # only the shapes as outputs: ORT prunes everything they do not need (and a model over 2 GB
+    # is written with only those nodes and weights, not copied)
+    sess = output_session(model, [onnx.helper.make_tensor_value_info(
+        n, onnx.TensorProto.INT64, None) for n in names], custom_ops=False, optimize=False)
     runs = []
     for b in _PROBE_BATCHES:
         feeds = random_inputs(sess, batch=b, seed=b)

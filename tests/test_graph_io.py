@@ -34,3 +34,21 @@ def test_ir_version_is_clamped_for_onnxruntime(tmp_path):
 def test_save_leaves_no_temporary_files(tmp_path):
     save_model(build_tiny_vit(), tmp_path / "m.onnx")
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_compatible_ir_leaves_the_callers_model_alone(tmp_path):
+    """compatible_ir (used by every session, save and shape inference) once lowered the IR of the
+    model it was given in place: the caller's proto changed under it."""
+    from onnxvq.core.graph import compatible_ir, infer_shapes_into, to_graph
+
+    model = build_tiny_vit(TinyViTConfig())
+    model.ir_version = 11
+    before = model.SerializeToString()
+    lowered = compatible_ir(model)
+    assert lowered.ir_version == 10 and lowered is not model
+    make_session(model)
+    save_model(model, tmp_path / "m.onnx")
+    assert infer_shapes_into(to_graph(model), model)
+    assert model.ir_version == 11 and model.SerializeToString() == before
+    model.ir_version = 10
+    assert compatible_ir(model) is model  # nothing to lower: no copy

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import onnx
 
+from onnxvq.core.external import skeleton
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET = 4 << 30  # bytes of observed activations per batch, before the safety factor
@@ -101,8 +103,7 @@ def activation_bytes(model: onnx.ModelProto, tensors: Sequence[str]) -> float:
     known = _bytes(model, names)
     if known is not None:
         return known
-    skeleton = _skeleton(model)
-    inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model, batch1=True), data_prop=True)
     return _bytes(inferred, names, strict=False) or 0.0
 
 
@@ -122,32 +123,3 @@ def _bytes(model: onnx.ModelProto, names: list[str], strict: bool = True) -> flo
             t is not None and t.elem_type) else 4
         total += int(np.prod([d.dim_value for d in dims])) * itemsize
     return total
-
-
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` at batch 1 without its large weights (shape inference needs their shapes, not
-    their values), so a model over 2 GB is never copied or serialised whole."""
-    out = onnx.ModelProto()
-    out.ir_version = min(model.ir_version, 10)
-    out.opset_import.extend(model.opset_import)
-    out.functions.extend(model.functions)
-    g = out.graph
-    g.name = model.graph.name
-    g.node.extend(model.graph.node)
-    g.input.extend(model.graph.input)
-    g.output.extend(model.graph.output)
-    for inp in g.input[:1]:
-        dims = inp.type.tensor_type.shape.dim
-        if dims:
-            dims[0].dim_value = 1  # data propagation then folds the batch-dependent Reshapes
-    for init in model.graph.initializer:
-        if _nbytes(init) <= 4096:
-            g.initializer.append(init)
-        else:  # a graph input of the same type stands in for the weight
-            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
-                                                              list(init.dims)))
-    return out
-
-
-def _nbytes(init: onnx.TensorProto) -> int:
-    return int(np.prod(init.dims, dtype=np.int64)) * 4

@@ -42,9 +42,7 @@ def collect(
     observers = {n: make_obs(n) for n in names}
     sess = None
     if from_session:
-        if session_factory is None:
-            from onnxvq.core.runtime import make_session as session_factory
-        sess = session_factory(expose(model, from_session))
+        sess = exposed_session(model, from_session, session_factory)
     count, started = 0, time.perf_counter()
     for index, feeds in enumerate(batches):
         values = dict(zip(from_session, _run(sess, from_session, feeds, index), strict=True))
@@ -59,27 +57,50 @@ def collect(
     return observers
 
 
+def exposed_session(model: onnx.ModelProto, names: Sequence[str],
+                    session_factory: Callable[[onnx.ModelProto], object] | None = None):
+    """A session whose outputs are exactly `names`. A model over 2 GB is not copied: its session
+    is opened from an external-data copy on disk with those outputs (`core.external`)."""
+    from onnxvq.core.runtime import output_session
+
+    if session_factory is None:
+        return output_session(model, exposed_outputs(model, names))
+    return session_factory(expose(model, names))
+
+
 def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     """A copy of `model` whose graph outputs are exactly `names`, typed from shape inference."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.output[:]
+    copy.graph.output.extend(exposed_outputs(model, names))
+    return copy
+
+
+def exposed_outputs(model: onnx.ModelProto, names: Sequence[str],
+                    ) -> list[onnx.ValueInfoProto]:
+    """Value infos for `names`, typed from shape inference (on the weightless skeleton of a
+    model over 2 GB); untyped ones fall back to float."""
+    from onnxvq.core.external import infer_shapes
+
     produced = {o for node in model.graph.node for o in node.output if o}
     missing = [n for n in names if n not in produced]
     if missing:
         raise CalibrationError(f"tensors not in the model: {', '.join(missing[:10])}"
                                + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
     try:
-        copy = onnx.shape_inference.infer_shapes(model)
+        g = infer_shapes(model).graph
     except Exception as exc:  # inference is only for types; an untyped output falls back to float
         log.warning("shape inference failed (%s); untyped outputs are assumed float", exc)
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-    known = {v.name: v for v in (*copy.graph.value_info, *copy.graph.output, *copy.graph.input)}
-    del copy.graph.output[:]
+        g = model.graph
+    known = {v.name: v for v in (*g.value_info, *g.output, *g.input)}
+    outputs = []
     for name in names:
         info = known.get(name)
         if info is None or not info.type.tensor_type.elem_type:
             info = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        copy.graph.output.append(info)
-    return copy
+        outputs.append(info)
+    return outputs
 
 
 def _run(sess, names: list[str], feeds: Mapping[str, np.ndarray], index: int) -> list:

@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxvq.core import external
 from onnxvq.core.errors import ModelLoadError, UnsupportedModelError, UsageError
 from onnxvq.core.files import temp_beside, umask
 
@@ -21,7 +22,6 @@ from onnxvq.core.files import temp_beside, umask
 MAX_IR_VERSION = 10
 MIN_OPSET = 13
 MAX_OPSET = 21
-_PROTOBUF_LIMIT = 2**31 - 1
 
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.WARNING)
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.WARNING
@@ -64,46 +64,57 @@ def check_supported_opset(model: onnx.ModelProto, where: str = "model") -> None:
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
                external_data: bool | None = None) -> Path:
     """Write `model` to `path` atomically. Weights go to `<name>.data` beside it when the model is
-    over protobuf's 2 GB limit (or when `external_data=True`)."""
+    over protobuf's 2 GB limit (`core.external.is_large`) or when `external_data=True`; they are
+    written tensor by tensor from `model`, which is neither copied nor changed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = compatible_ir(model)
-    large = external_data if external_data is not None else (
-        model.ByteSize() > _PROTOBUF_LIMIT if _fits_bytesize(model) else True)
-    data_name = f"{path.name}.data"
-    with temp_beside(path) as tmp:  # the one atomic writer (core.files): unique temp, replace
-        if large:
-            # onnx.save_model moves the weights out of the proto it is given: save a copy so the
-            # caller's model keeps its data.
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            onnx.save_model(
-                copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                location=data_name, size_threshold=1024,
-            )
-            # External data was written under the final name already; only the graph file moves.
+    large = external_data if external_data is not None else external.is_large(model)
+    data = path.with_name(f"{path.name}.data")
+    with temp_beside(path) as tmp, temp_beside(data) as tmp_data:
+        if large:  # the graph file names the final data file; both move into place below
+            external.write_external(model, tmp, data_file=tmp_data, location=data.name,
+                                    ir_version=min(model.ir_version, MAX_IR_VERSION))
         else:
-            onnx.save_model(model, str(tmp))
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; give the file normal permissions
+            onnx.save_model(compatible_ir(model), str(tmp))
+        for t in (tmp, tmp_data):
+            if t.exists():
+                os.chmod(t, 0o666 & ~umask())  # mkstemp creates 0600: normal permissions
+        if large:
+            os.replace(tmp_data, data)
         os.replace(tmp, path)
     return path
 
 
 def compatible_ir(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Clamp the IR version to one onnxruntime loads; the opset decides the semantics, not IR."""
-    if model.ir_version > MAX_IR_VERSION:
-        model.ir_version = MAX_IR_VERSION
-    return model
+    """`model` at an IR version onnxruntime loads (the opset decides the semantics, not IR):
+    `model` itself when it is one already, else a copy (the caller's model is never changed)."""
+    if model.ir_version <= MAX_IR_VERSION:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.ir_version = MAX_IR_VERSION
+    return copy
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
+    """Import `model`. graphsurgeon keeps the model's own `opset_import` field as the graph's
+    `import_domains` (and appends to it on export): that one reference kept the whole input
+    model alive (a second 2.5 GB for a ViT-H) and changed the caller's model. Plain copies."""
+    graph = gs.import_onnx(model)
+    for g in (graph, *graph.functions):
+        if g.import_domains is not None:
+            g.import_domains = [_opset_copy(d) for d in g.import_domains]
+    return graph
+
+
+def _opset_copy(d: onnx.OperatorSetIdProto) -> onnx.OperatorSetIdProto:
+    return onnx.helper.make_opsetid(d.domain, d.version)
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export a graphsurgeon graph, keeping the metadata, IR and functions of `like`."""
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = _export(graph)
     if like is not None:
         model.ir_version = like.ir_version
         model.producer_name = like.producer_name
@@ -112,7 +123,50 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
         model.metadata_props.extend(like.metadata_props)
         known = {f.domain + "::" + f.name for f in model.functions}
         model.functions.extend(f for f in like.functions if f.domain + "::" + f.name not in known)
-    return compatible_ir(model)
+    if model.ir_version > MAX_IR_VERSION:  # our own export: lowered in place, no copy
+        model.ir_version = MAX_IR_VERSION
+    return model
+
+
+def _export(graph: gs.Graph) -> onnx.ModelProto:
+    """`gs.export_onnx`, with each weight not yet loaded from its proto copied once, straight into
+    the exported model: graphsurgeon's export copies every initializer twice (`make_graph`, then
+    `make_model`), three copies of a model over 2 GB alive at once. The weights travel as
+    weightless stand-ins through the export and are filled in after it."""
+    lazy = gs.ir.tensor.LazyValues
+    held = {t.name: t for t in graph.tensors().values()
+            if isinstance(t, gs.Constant) and isinstance(t._values, lazy)
+            and external.tensor_bytes(t._values.tensor) > external.KEEP_INLINE}
+    real = {name: t._values for name, t in held.items()}
+    try:
+        for name, t in held.items():
+            src = real[name].tensor
+            t._values = lazy(onnx.TensorProto(name=name, data_type=src.data_type,
+                                              dims=src.dims))
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for name, t in held.items():
+            t._values = real[name]
+    for init in model.graph.initializer:
+        if init.name in real:
+            init.CopyFrom(real[init.name].tensor)
+            init.name = held[init.name].name
+    return model
+
+
+def adopt_weights(graph: gs.Graph, model: onnx.ModelProto) -> int:
+    """Point `graph`'s not-yet-loaded constants at `model`'s initializers of the same name (the
+    model `graph` was just exported to), so the proto `graph` was imported from can be freed: a
+    model over 2 GB is then held once, not twice. Returns how many were re-pointed."""
+    inits = {t.name: t for t in model.graph.initializer}
+    moved = 0
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and isinstance(t._values, gs.ir.tensor.LazyValues):
+            init = inits.get(t.name)
+            if init is not None:
+                t._values = gs.ir.tensor.LazyValues(init)
+                moved += 1
+    return moved
 
 
 def infer_shapes_into(graph: gs.Graph, model: onnx.ModelProto) -> bool:
@@ -121,7 +175,7 @@ def infer_shapes_into(graph: gs.Graph, model: onnx.ModelProto) -> bool:
     folding Shape ops or counting heads needs them. Reads the inferred protos' value infos
     directly (no second import). False when inference fails (the graph keeps what it had)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(compatible_ir(model), data_prop=True)
+        inferred = external.infer_shapes(model, max_ir=MAX_IR_VERSION, data_prop=True)
     except Exception:
         return False
     infos = {vi.name: vi.type.tensor_type for vi in (*inferred.graph.value_info,
@@ -135,14 +189,6 @@ def infer_shapes_into(graph: gs.Graph, model: onnx.ModelProto) -> bool:
         if t.dtype is None and tt.elem_type:
             t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
     return True
-
-
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
-    try:
-        model.ByteSize()
-        return True
-    except Exception:
-        return False
 
 
 def _short(exc: BaseException) -> str:

@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxvq.core.graph import compatible_ir
+from onnxvq.core import external
+from onnxvq.core.graph import MAX_IR_VERSION, compatible_ir
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -52,14 +53,37 @@ def make_session(
     threads: int | None = None,
     custom_ops: bool = True,
     optimize: bool = True,
+    outputs: Sequence[onnx.ValueInfoProto] | None = None,
 ) -> ort.InferenceSession:
-    """An InferenceSession on the CPU provider with onnxvq's settings."""
+    """An InferenceSession on the CPU provider with onnxvq's settings. A ModelProto over 2 GB
+    (`core.external`) is opened from a temporary external-data copy on disk, never serialised;
+    `outputs` (a large model only) replaces its graph outputs in that copy."""
     so = session_options(threads=threads, custom_ops=custom_ops, optimize=optimize)
+    if isinstance(model, onnx.ModelProto) and external.is_large(model):
+        with external.on_disk(model, outputs=outputs,
+                              ir_version=min(model.ir_version, MAX_IR_VERSION)) as path:
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    if outputs is not None:
+        raise ValueError("make_session(outputs=...) is for models over 2 GB; use expose()")
     if isinstance(model, onnx.ModelProto):
         source: str | bytes = compatible_ir(model).SerializeToString()
     else:
         source = str(model)
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+def output_session(model: onnx.ModelProto, outputs: Sequence[onnx.ValueInfoProto],
+                   **kwargs) -> ort.InferenceSession:
+    """A session on `model` whose graph outputs are `outputs` (ORT then prunes what they do not
+    need). A model over 2 GB is not copied: the session opens from an external-data file with
+    only what those outputs need (`core.external`)."""
+    if external.is_large(model):
+        return make_session(model, outputs=outputs, **kwargs)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.output[:]
+    copy.graph.output.extend(outputs)
+    return make_session(copy, **kwargs)
 
 
 def random_inputs(

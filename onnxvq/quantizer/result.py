@@ -37,6 +37,7 @@ class QuantResult:
     data_spec: DataSpec | None = None  # the calibration data (source, preprocessing, seed)
     fidelity: dict = field(default_factory=dict)  # the fidelity gate's report (verify/gate.py)
     source_path: str | None = None  # the FP32 file quantized, which save() refuses to overwrite
+    external_data: bool = False  # save() writes the weights to `<name>.data` (input over 2 GB)
 
     @property
     def refusals(self) -> list[dict]:
@@ -72,7 +73,8 @@ class QuantResult:
         try:
             text = json.dumps(self.sidecar(), indent=1)
             with temp_dir_beside(path) as tmp:
-                save_model(self.model, tmp / path.name)
+                save_model(self.model, tmp / path.name,
+                           external_data=True if self.external_data else None)
                 (tmp / side.name).write_text(text, encoding="utf-8")
                 data = tmp / f"{path.name}.data"
                 if data.exists():

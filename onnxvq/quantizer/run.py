@@ -28,7 +28,8 @@ from onnxvq.calibrate.weights import MomentCollector
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.edit import name_nodes
 from onnxvq.core.errors import CalibrationError, UsageError
-from onnxvq.core.graph import infer_shapes_into, load_model, to_graph
+from onnxvq.core.external import is_large, release_freed
+from onnxvq.core.graph import adopt_weights, infer_shapes_into, load_model, to_graph
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
 from onnxvq.core.pipeline import PassContext, PipelineReport, Validate
 from onnxvq.passes.pipelines import canonical_pipeline, quantization_pipeline
@@ -61,6 +62,8 @@ def prepare(proto: onnx.ModelProto, cfg: QuantConfig | None = None, *,
                                                               validate=validate, numeric=numeric)
     finally:
         undo()
+    if is_large(canonical):  # hold the weights once: the graph reads them from `canonical` now
+        adopt_weights(graph, canonical)
     infer_shapes_into(graph, canonical)  # recognition reads head shapes off the graph
     return graph, canonical, report, recognise(graph)
 
@@ -93,6 +96,10 @@ def quantize(
     proto = model_proto(model)
     graph, canonical, canon_report, structure = prepare(proto, cfg, validate=validate,
                                                         sample_shape=shape)
+    symbolic, large = symbolic_image_dims(proto), is_large(proto)
+    del proto  # loaded here, it is freed now (a model over 2 GB is not held twice)
+    if large:
+        release_freed()
     canonical, structure, split = _split_shortcuts(graph, canonical, structure, spec, cfg)
     canonical, structure, overrides, reparam_passes = _reparameterize(
         graph, canonical, structure, spec, cfg, validate)
@@ -101,6 +108,8 @@ def quantize(
                     "will be quantized")
     ctx, calib_info = _calibrated_context(graph, canonical, structure, spec, cfg, progress,
                                           overrides)
+    if large:  # the calibration sessions are gone
+        release_freed()
     the_plan, qparams, fq_params = ctx.plan, dict(ctx.activation_qparams), ctx.fq_params
     out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
                                                        validate=validate, numeric="none")
@@ -113,7 +122,8 @@ def quantize(
     if gate is not None:
         result.fidelity = gate(result, _rebuilder(canonical, ctx, cfg),
                                _replaced(canonical, fq_params, report.passes))
-    restore_input(result.model, symbolic_image_dims(proto))  # folded at the calibration shape
+    result.external_data = large  # written with its weights beside it, as it came
+    restore_input(result.model, symbolic)  # folded at the calibration shape
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.walk import (
@@ -129,15 +130,21 @@ def patch_embed(graph: gs.Graph, s: ViTStructure) -> list[str]:
     return names
 
 
+def _const_size(t: gs.Tensor) -> int | None:
+    if isinstance(t, gs.Constant):
+        return int(np.prod(t.shape))
+    v = const_value(t)
+    return None if v is None else v.size
+
+
 def linear_info(node: gs.Node) -> Linear:
     w = weight_of(node)
-    shape = w.values.shape
+    shape = w.shape  # from the proto's dims: reading `values` would load (and keep) the weight
     transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
     k, n = (shape[1], shape[0]) if transposed else (shape[0], shape[-1])
     out, bias_add = node.outputs[0], None
     nxt = sole_data_consumer(out, "Add")
-    if nxt is not None and any(const_value(i) is not None and const_value(i).size == n
-                               for i in nxt.inputs):
+    if nxt is not None and any(_const_size(i) == n for i in nxt.inputs):
         bias_add, out = nxt.name, nxt.outputs[0]
     return Linear(node.name, w.name, bias_add, out.name, int(k), int(n))
 

@@ -48,7 +48,7 @@ class CnnSummary:
 def is_depthwise(node: gs.Node) -> bool:
     group = int(node.attrs.get("group", 1))
     w = weight_of(node)
-    return group > 1 and w is not None and w.values.shape[1] == 1
+    return group > 1 and w is not None and w.shape[1] == 1
 
 
 def summarise_cnn(graph: gs.Graph) -> CnnSummary | None:

@@ -50,13 +50,18 @@ _PROBS_PATH = frozenset({"Cast", "Dropout", "Identity", "Reshape"})
 
 def recognise_model(model: onnx.ModelProto) -> ViTStructure:
     """Shape-infer a (canonicalised) model and recognise its structure."""
-    from onnxvq.core.graph import compatible_ir
+    from onnxvq.core.external import infer_shapes, is_large
+    from onnxvq.core.graph import MAX_IR_VERSION, infer_shapes_into, to_graph
 
+    if is_large(model):  # shapes from the weightless skeleton, onto the graph of the model
+        graph = to_graph(model)
+        infer_shapes_into(graph, model)
+        return recognise(graph)
     try:
-        model = onnx.shape_inference.infer_shapes(compatible_ir(model), data_prop=True)
+        model = infer_shapes(model, max_ir=MAX_IR_VERSION, data_prop=True)
     except Exception:
         pass  # shapes only refine head counts; recognition works without them
-    return recognise(gs.import_onnx(model))
+    return recognise(to_graph(model))
 
 
 def recognise(graph: gs.Graph) -> ViTStructure:
