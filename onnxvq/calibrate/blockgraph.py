@@ -3,11 +3,12 @@
 The search calibrators (block-mse, similarity, twin) evaluate many candidate scales on the same
 block. The block is sliced out once (`slice_block`: the nodes between the block's input tensor and
 its output tensor) and fake-quantized once (`QuantBlock`): every activation site of the plan inside
-the block gets `x -> Div(s) -> Round -> Add(zp) -> Clip(qmin, qmax) -> Sub(zp) -> Mul(s)` with `s`
-and `zp` graph inputs, and every weight of a weighted node becomes a graph input that the caller
-feeds already fake-quantized (`fake_quant_weight`, the formula of the quantize-weights pass).
-One ORT session then serves every candidate. The clip is the true b-bit code range (not the
-8-bit container's), so a 4-bit candidate is judged as a 4-bit quantizer.
+the block gets `x -> Div(s) -> Round -> Clip(qmin - zp, qmax - zp) -> Mul(s)` (the Q/DQ formula:
+zp is an integer) with `s` and both bounds graph inputs, and every weight of a weighted node
+becomes a graph input that the caller feeds already fake-quantized (`fake_quant_weight`, the
+formula of the quantize-weights pass). One ORT session then serves every candidate. The clip is
+the true b-bit code range (not the 8-bit container's), so a 4-bit candidate is judged as a 4-bit
+quantizer.
 """
 
 from __future__ import annotations
@@ -141,11 +142,15 @@ class QuantBlock:
         self.model = _build(block, self.acts, self.weights, self.extra)
 
     def feeds(self, act_qparams: Mapping[str, tuple[float, float]],
-              weight_scales: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+              weight_scales: Mapping[str, np.ndarray],
+              only: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Parameter feeds: `(scale, zero_point)` per activation tensor ((low, high) steps for a
-        twin site), scales per weight node."""
+        twin site), scales per weight node; `only`: just the parameters of these tensors/nodes."""
         f = {}
+        keep = None if only is None else set(only)
         for a in self.acts:
+            if keep is not None and a.tensor not in keep:
+                continue
             s, z = act_qparams[a.tensor]
             if isinstance(a, TwinParam):
                 f[f"{a.tensor}/fq_low"] = np.array(s, np.float32)
@@ -154,9 +159,13 @@ class QuantBlock:
                     t = (2 ** (a.bits - 1) - 0.5) * np.float32(s)
                     f[f"{a.tensor}/fq_split"] = np.array(t, np.float32)
                 continue
+            lo, hi = a.qrange  # clip(round(x/s) + z, lo, hi) - z == clip(round(x/s), lo-z, hi-z)
             f[f"{a.tensor}/fq_scale"] = np.array(s, np.float32)
-            f[f"{a.tensor}/fq_zp"] = np.array(z, np.float32)
+            f[f"{a.tensor}/fq_lo"] = np.array(lo - z, np.float32)
+            f[f"{a.tensor}/fq_hi"] = np.array(hi - z, np.float32)
         for w in self.weights:
+            if keep is not None and w.node not in keep:
+                continue
             f[f"{w.node}/fq_weight"] = fake_quant_weight(self.float_weights[w.node], w.axis,
                                                          w.bits, weight_scales[w.node])
         return f
@@ -211,19 +220,16 @@ def _const(g: onnx.GraphProto, name: str, value: float) -> str:
 
 
 def _fake_quant_nodes(a: ActParam, out: list, g: onnx.GraphProto) -> str:
-    s, z = f"{a.tensor}/fq_scale", f"{a.tensor}/fq_zp"
-    _scalar_inputs(g, s, z)
-    return _fq_chain(a.tensor, a.tensor, s, z, a.qrange, out, g)
+    """Div(s) -> Round -> Clip(qmin - zp, qmax - zp) -> Mul(s): the zero point is an integer, so
+    this equals the Q/DQ formula with two elementwise passes fewer (bounds are graph inputs)."""
+    s, lo, hi = (f"{a.tensor}/fq_{k}" for k in ("scale", "lo", "hi"))
+    _scalar_inputs(g, s, lo, hi)
+    return _fq_chain(a.tensor, a.tensor, s, (lo, hi), out, g)
 
 
-def _fq_chain(x: str, prefix: str, s: str, z: str | None, qrange, out: list,
+def _fq_chain(x: str, prefix: str, s: str, bounds: tuple[str, str], out: list,
               g: onnx.GraphProto) -> str:
-    lo = _const(g, f"{prefix}/fq_qmin", qrange[0])
-    hi = _const(g, f"{prefix}/fq_qmax", qrange[1])
-    steps = [("Div", [x, s]), ("Round", None), ("Clip", [None, lo, hi]), ("Mul", [None, s])]
-    if z is not None:
-        steps[2:2] = [("Add", [None, z])]
-        steps[4:4] = [("Sub", [None, z])]
+    steps = [("Div", [x, s]), ("Round", None), ("Clip", [None, *bounds]), ("Mul", [None, s])]
     prev = x
     for i, (op, ins) in enumerate(steps):
         inputs = [prev] if ins is None else [prev if v is None else v for v in ins]
@@ -251,10 +257,14 @@ def _twin_nodes(a: TwinParam, out: list, g: onnx.GraphProto) -> str:
         zero = _const(g, f"{t}/twin_zero", 0.0)
         out += [helper.make_node("Min", [t, zero], [x1]), helper.make_node("Max", [t, zero], [x2])]
         ranges = ((-k, 0), (0, k))
-    q1 = _fq_chain(x1, f"{t}/twin_low", low, None, ranges[0], out, g)
-    q2 = _fq_chain(x2, f"{t}/twin_high", high, None, ranges[1], out, g)
+    q1 = _fq_chain(x1, f"{t}/twin_low", low, _bounds(g, f"{t}/twin_low", ranges[0]), out, g)
+    q2 = _fq_chain(x2, f"{t}/twin_high", high, _bounds(g, f"{t}/twin_high", ranges[1]), out, g)
     out.append(helper.make_node("Add", [q1, q2], [f"{t}/twin_out"]))
     return f"{t}/twin_out"
+
+
+def _bounds(g: onnx.GraphProto, prefix: str, qrange) -> tuple[str, str]:
+    return (_const(g, f"{prefix}/fq_qmin", qrange[0]), _const(g, f"{prefix}/fq_qmax", qrange[1]))
 
 
 def _toposort(g: onnx.GraphProto) -> None:

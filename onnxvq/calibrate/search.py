@@ -29,20 +29,17 @@ from onnxvq.calibrate.blockgraph import (
     WeightParam,
     block_bounds,
     slice_block,
-    weight_amax,
 )
 from onnxvq.calibrate.collect import expose
 from onnxvq.calibrate.data import strided
 from onnxvq.calibrate.quant import qparams_from_range
+from onnxvq.calibrate.search_walk import search_param, wscale
+from onnxvq.calibrate.subgraph import Tail, run_batched
 from onnxvq.calibrate.twin import gelu_candidates, softmax_candidates
 from onnxvq.core.runtime import make_session
 from onnxvq.recognise.structure import ViTStructure
 
 log = logging.getLogger(__name__)
-# The finer grids: the coarse (1, .8, .65, .5, .4, .3, .22, .15) / (1, .9, ..., .5) ones ran 30 %
-# faster but gave cct_cifar10 W4/A4 44.80 % instead of 46.80 %.
-ACT_FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2, 0.15)
-WEIGHT_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5)
 
 
 @dataclass
@@ -66,6 +63,10 @@ class Objective(ABC):
     @abstractmethod
     def outputs(self, qb: QuantBlock, layers: list[str], node_out: Mapping[str, str]) -> list[str]:
         ...
+
+    def reads(self, unit: str, names: list[str]) -> list[str]:
+        """The outputs `loss(.., unit)` reads (all of `outputs` unless narrower)."""
+        return names
 
     @abstractmethod
     def loss(self, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
@@ -123,7 +124,7 @@ def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, im
         names = objective.outputs(qb, layers, node_out)
         sess = make_session(qb.model)
         want = {n: ref[n] for n in names if n in ref}
-        _search_block(sess, qb, x, names, want, layers, state, full, objective, cfg)
+        _search_block(qb, x, names, want, layers, state, full, objective, cfg)
         x_q = run_chunks(sess, [qb.output], _feeds(qb, state), qb.input, x,
                          cfg.batch_size)[qb.output]
         prev_out = b_out
@@ -174,9 +175,10 @@ def _layers(qb: QuantBlock, nodes) -> list[str]:
     return [n for n in nodes if n in owners]
 
 
-def _feeds(qb: QuantBlock, state: SearchState) -> dict[str, np.ndarray]:
+def _feeds(qb: QuantBlock, state: SearchState, only=None) -> dict[str, np.ndarray]:
     return qb.feeds({a.tensor: state.twins[a.tensor] if isinstance(a, TwinParam)
-                     else _qp(a, state.ranges[a.tensor]) for a in qb.acts}, state.weight_scales)
+                     else _qp(a, state.ranges[a.tensor]) for a in qb.acts}, state.weight_scales,
+                    only)
 
 
 def _qp(a: ActParam, rng: tuple[float, float]) -> tuple[float, float]:
@@ -184,9 +186,9 @@ def _qp(a: ActParam, rng: tuple[float, float]) -> tuple[float, float]:
     return float(s), float(z)
 
 
-def _search_block(sess, qb, x, names, want, layers, state, full, objective, cfg) -> None:
+def _search_block(qb, x, names, want, layers, state, full, objective, cfg) -> None:
     for w in qb.weights:
-        state.weight_scales.setdefault(w.node, _wscale(qb, w, 1.0))
+        state.weight_scales.setdefault(w.node, wscale(qb, w, 1.0))
     for a in qb.acts:  # twin sites start as the base observer's range, uniformly coded
         if isinstance(a, TwinParam) and a.tensor not in state.twins:
             lo, hi = state.ranges[a.tensor]
@@ -194,68 +196,46 @@ def _search_block(sess, qb, x, names, want, layers, state, full, objective, cfg)
                                      else gelu_candidates(full[a.tensor][0], hi, a.bits, (1,))[0])
     owned = {layer: ([a for a in qb.acts if a.consumers[0] == layer],
                      [w for w in qb.weights if w.node == layer]) for layer in layers}
-
-    def score(unit: str) -> float:
-        got = run_chunks(sess, names, _feeds(qb, state), qb.input, x, cfg.batch_size)
-        return objective.loss(got, want, unit)
-
+    typed = onnx.shape_inference.infer_shapes(qb.model)
+    inputs = [i.name for i in typed.graph.input]
+    tails = {}
+    for layer in layers:
+        for p in (*owned[layer][0], *owned[layer][1]):
+            tail = Tail(typed, _param_inputs(p), objective.reads(layer, names))
+            # the frontier from the nodes upstream of it only (not the whole block)
+            head = Tail(typed, inputs, tail.frontier) if tail.frontier else None
+            tails[layer, p] = (tail, head)
     for _ in range(objective.rounds):
         for layer in layers:
-            acts, ws = owned[layer]
-            for a in acts:
-                if isinstance(a, TwinParam):
-                    _search_twin(a, state, full[a.tensor], score, layer)
-                    continue
-                lo, hi = full[a.tensor]
-                cands = [state.ranges[a.tensor]] + [(lo * f, hi * f) for f in ACT_FACTORS]
-                state.ranges[a.tensor] = _best(cands, lambda c, t=a.tensor: _set_range(
-                    state, t, c), score, layer)
-            for w in ws:
-                cands = [state.weight_scales[w.node]] + [_wscale(qb, w, f)
-                                                         for f in WEIGHT_FACTORS]
-                state.weight_scales[w.node] = _best(cands, lambda c, n=w.node: _set_w(
-                    state, n, c), score, layer)
+            for p in (*owned[layer][0], *owned[layer][1]):
+                score = _scorer(*tails[layer, p], qb, x, want, state, objective, cfg)
+                search_param(p, qb, state, full, score, layer)
 
 
-def _search_twin(a: TwinParam, state: SearchState, rng, score, layer) -> None:
-    if a.kind == "softmax":  # m = 0 .. 8 shifts between the two steps
-        cands = softmax_candidates(rng[1], a.bits)
-    else:
-        cands = gelu_candidates(rng[0], rng[1], a.bits, ACT_FACTORS)
-    cands = [state.twins[a.tensor], *cands]
-    state.twins[a.tensor] = _best(cands, lambda c: state.twins.__setitem__(a.tensor, c), score,
-                                  layer, patience=len(cands) if a.kind == "softmax" else 2)
+def _run_part(part: Tail, qb, x, state, front, cfg) -> dict[str, np.ndarray]:
+    params = [f for f in part.feeds if f != qb.input]
+    feeds = _feeds(qb, state, {f.rsplit("/", 1)[0] for f in params})  # "<owner>/fq_..."
+    batched = {**front, qb.input: x} if qb.input in part.feeds else front
+    return run_batched(part.session, part.outputs, {k: feeds[k] for k in params}, batched,
+                       len(x), cfg.batch_size)
 
 
-def _best(cands, apply, score, unit, patience: int = 2):
-    """The lowest-loss candidate. cands[0] is the current choice, the rest run from the widest
-    range to the narrowest; the loss is close to unimodal along them, so the scan stops after
-    `patience` candidates in a row worse than their predecessor and than the best."""
-    apply(cands[0])
-    best, best_loss = cands[0], score(unit)
-    prev, worse = np.inf, 0
-    for c in cands[1:]:
-        apply(c)
-        loss = score(unit)
-        worse = worse + 1 if (loss > prev and loss >= best_loss) else 0
-        if loss < best_loss:
-            best, best_loss = c, loss
-        if worse >= patience:
-            break
-        prev = loss
-    apply(best)
-    return best
+def _scorer(tail: Tail, head: Tail | None, qb, x, want, state, objective,
+            cfg) -> Callable[[str], float]:
+    """loss(unit) of the current state, running only `tail` on a frontier computed once now
+    (with the current choice of every other parameter: the same for all of this one's
+    candidates)."""
+    front = _run_part(head, qb, x, state, {}, cfg) if head is not None else {}
+
+    def score(unit: str) -> float:
+        return objective.loss(_run_part(tail, qb, x, state, front, cfg), want, unit)
+    return score
 
 
-def _set_range(state: SearchState, tensor: str, rng) -> None:
-    state.ranges[tensor] = rng
-
-
-def _set_w(state: SearchState, node: str, scale) -> None:
-    state.weight_scales[node] = scale
-
-
-def _wscale(qb: QuantBlock, w: WeightParam, factor: float) -> np.ndarray:
-    qmax = 2 ** (w.bits - 1) - 1
-    return np.maximum(weight_amax(qb.float_weights[w.node], w.axis) * np.float32(factor)
-                      / np.float32(qmax), np.float32(1e-12)).astype(np.float32)
+def _param_inputs(p) -> list[str]:
+    """The QuantBlock graph inputs one parameter feeds (`blockgraph.QuantBlock.feeds`)."""
+    if isinstance(p, WeightParam):
+        return [f"{p.node}/fq_weight"]
+    if isinstance(p, TwinParam):
+        return [f"{p.tensor}/fq_low", f"{p.tensor}/fq_high", f"{p.tensor}/fq_split"]
+    return [f"{p.tensor}/fq_scale", f"{p.tensor}/fq_lo", f"{p.tensor}/fq_hi"]

@@ -33,6 +33,9 @@ class Similarity(Objective):
         self.node_out.update((n, node_out[n]) for n in layers)
         return [node_out[n] for n in layers]
 
+    def reads(self, unit: str, names: list[str]) -> list[str]:
+        return [self.node_out[unit]]
+
     def loss(self, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
              unit: str) -> float:
         name = self.node_out[unit]
