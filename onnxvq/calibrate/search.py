@@ -32,6 +32,7 @@ from onnxvq.calibrate.blockgraph import (
 )
 from onnxvq.calibrate.collect import expose
 from onnxvq.calibrate.data import strided
+from onnxvq.calibrate.fisher import fisher_weights, normalised
 from onnxvq.calibrate.quant import qparams_from_range
 from onnxvq.calibrate.search_walk import search_param, wscale
 from onnxvq.calibrate.subgraph import Tail, run_batched
@@ -50,6 +51,7 @@ class SearchState:
     weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
     twins: dict[str, tuple[float, float]] = field(default_factory=dict)  # (low, high) steps
     trace: list[dict] = field(default_factory=list)
+    fisher: dict[str, dict] = field(default_factory=dict)  # per weighted tensor: a summary
 
 
 class Objective(ABC):
@@ -59,6 +61,11 @@ class Objective(ABC):
     name = "?"
     rounds = 1
     layerwise = False  # True: the block graph also exposes every parameter-owning layer's output
+    weights: Mapping[str, np.ndarray] | None = None  # Fisher weights per output (`fisher.py`)
+
+    def fisher_targets(self, qb: QuantBlock, node_out: Mapping[str, str]) -> list[str]:
+        """The outputs whose error `fisher=True` weights (none: the option does nothing)."""
+        return []
 
     @abstractmethod
     def outputs(self, qb: QuantBlock, layers: list[str], node_out: Mapping[str, str]) -> list[str]:
@@ -116,6 +123,8 @@ def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, im
     ref = run_chunks(make_session(expose(model, wanted)), wanted, {}, inp, images,
                      cfg.batch_size)
     ref[inp] = images
+    if cfg.fisher:
+        _fisher(model, units, objective, ref, node_out, state)
     x_q, prev_out = None, None
     for k, (b_in, b_out, qb) in enumerate(units):
         t0 = time.perf_counter()
@@ -136,6 +145,19 @@ def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, im
         if progress is not None:
             progress(f"block {k + 1}/{len(units)}")
     return state
+
+
+def _fisher(model, units, objective: Objective, ref, node_out, state: SearchState) -> None:
+    """Set `objective.weights` from the float model's output sensitivity (`fisher.py`)."""
+    t0 = time.perf_counter()
+    targets = [t for u in units for t in objective.fisher_targets(u[2], node_out)]
+    raw = fisher_weights(model, targets, ref)
+    objective.weights = normalised(raw, {t: ref[t].shape for t in raw})
+    for t, f in raw.items():
+        w = objective.weights.get(t)
+        state.fisher[t] = {"raw_mean": float(np.mean(f)), "min_weight": float(w.min()),
+                           "max_weight": float(w.max())} if w is not None else {"raw_mean": 0.0}
+    log.info("Fisher weights of %d tensors (%.1f s)", len(raw), time.perf_counter() - t0)
 
 
 def _block_units(model, structure, plan, cfg, objective, nodes, node_out, twins,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from onnxvq.calibrate.blockgraph import TwinParam
 from onnxvq.calibrate.search import Objective
 
 
@@ -30,12 +31,16 @@ class BlockMse(Objective):
     def loss(self, got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
              unit: str) -> float:
         (name,) = want
-        return mse(got[name], want[name])
+        return mse(got[name], want[name], (self.weights or {}).get(name))
+
+    def fisher_targets(self, qb, node_out) -> list[str]:
+        return [qb.output]
 
 
 class LayerMse(Objective):
-    """Mean squared error of the output of the layer a parameter belongs to (PTQ4ViT's metric
-    without its Hessian weighting; the twin method's objective)."""
+    """Mean squared error of the output of the layer a parameter belongs to (the twin method's
+    objective); with `fisher=True` the twin sites' layers weight it by the Fisher estimate
+    (PTQ4ViT's Hessian-guided metric, with weights that are not ~0)."""
 
     name = "twin"
     layerwise = True
@@ -53,11 +58,18 @@ class LayerMse(Objective):
 
     def loss(self, got, want, unit: str) -> float:
         name = self.node_out[unit]
-        return mse(got[name], want[name])
+        return mse(got[name], want[name], (self.weights or {}).get(name))
+
+    def fisher_targets(self, qb, node_out) -> list[str]:
+        """The twin sites' consuming layers (A·V, fc2): PTQ4ViT's Hessian-guided outputs."""
+        return [node_out[c] for a in qb.acts if isinstance(a, TwinParam) for c in a.consumers]
 
 
-def mse(got: np.ndarray, want: np.ndarray) -> float:
-    """Mean squared difference; one float32 pass and a BLAS dot (the float64 copy of a 32-image
-    block output cost as much as a third of the candidate's ORT run)."""
-    d = (got - want).ravel()
+def mse(got: np.ndarray, want: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Mean (weighted) squared difference; float32 and a BLAS dot (the float64 copy of a
+    32-image block output cost as much as a third of the candidate's ORT run)."""
+    d = got - want
+    if weight is not None:
+        d = d * np.sqrt(weight)
+    d = d.ravel()
     return float(np.dot(d, d)) / max(d.size, 1)

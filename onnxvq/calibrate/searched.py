@@ -32,6 +32,7 @@ def _objectives() -> dict[str, Callable[[], Objective]]:
 
 
 SEARCH_METHODS = ("block-mse", "similarity", "twin")
+FISHER_METHODS = ("block-mse", "twin")  # output-MSE metrics (similarity is a correlation)
 
 
 def base_method(method: str) -> str:
@@ -49,6 +50,9 @@ def refine(model: onnx.ModelProto, structure, plan, cfg, batches, total: int, in
     ranges = {t: tuple(q.range) for t, q in qparams.items()}
     full = {t: _full_range(observers[t]) for t in qparams}
     objective = _objectives()[cfg.method]()
+    if cfg.fisher and cfg.method not in FISHER_METHODS:
+        log.warning("fisher did nothing: it weights the %s metrics, not %s",
+                    " and ".join(FISHER_METHODS), cfg.method)
     objective.scores_nodes = {a.scores_matmul for a in structure.attentions}
     twins = twin_sites(structure, plan) if cfg.method == "twin" else {}
     state = search_scales(model, structure, plan, cfg, images, ranges, full, objective,
@@ -65,7 +69,7 @@ def refine(model: onnx.ModelProto, structure, plan, cfg, batches, total: int, in
         out[t] = replace(q, scale=float(s), zero_point=int(z), range=(float(lo), float(hi)))
     info = {"search": cfg.method, "search_samples": len(images), "blocks": state.trace,
             "search_seconds": round(time.perf_counter() - t0, 3),
-            "twin": {t: r.to_dict() for t, r in twin.items()}}
+            "twin": {t: r.to_dict() for t, r in twin.items()}, "fisher": state.fisher}
     weights = {k: np.asarray(v, np.float32) for k, v in state.weight_scales.items()}
     return out, weights, twin, info
 

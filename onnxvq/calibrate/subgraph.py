@@ -24,10 +24,11 @@ from onnxvq.core.runtime import make_session
 
 def _affected(g: onnx.GraphProto, params: set[str], outputs: set[str]) -> list[onnx.NodeProto]:
     producer = {o: n for n in g.node for o in n.output}
-    down, reach = set(params), set()
+    down, reach, below = set(params), set(), set()
     for n in g.node:  # graph order is topological: one forward sweep finds all descendants
         if any(t in down for t in n.input):
             down.update(n.output)
+            below.add(id(n))
     stack = list(outputs)
     while stack:
         t = stack.pop()
@@ -36,7 +37,7 @@ def _affected(g: onnx.GraphProto, params: set[str], outputs: set[str]) -> list[o
             continue
         reach.add(t)
         stack.extend(node.input)
-    return [n for n in g.node if any(o in down and o in reach for o in n.output)]
+    return [n for n in g.node if id(n) in below and any(o in reach for o in n.output)]
 
 
 def _pull_shapes(g: onnx.GraphProto, nodes: list[onnx.NodeProto], consts: set[str]) -> list:

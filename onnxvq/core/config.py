@@ -54,6 +54,7 @@ class QuantConfig:
     batch_size: int = 16
     seed: int = 0  # noise calibration inputs and the phase of the strided subsample
     search_samples: int = 32  # block-mse/similarity: calibration samples the search runs on
+    fisher: bool = False  # block-mse/twin: weight the output error by a Fisher estimate
     fail_below: float | None = None  # fidelity gate: minimum SQNR in dB (None: collapse only)
     ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
     split_shortcut: float | None = None  # split Conv/MatMul over Concats with ranges > this ratio
@@ -121,7 +122,7 @@ class QuantConfig:
 
 
 _BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis",
-          "ort_fusions", "reparam", "reparam_mlp", "bias_correction")
+          "ort_fusions", "reparam", "reparam_mlp", "bias_correction", "fisher")
 _INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed", "search_samples")
 
 

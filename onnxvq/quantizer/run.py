@@ -244,6 +244,9 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     qparams.update((t, q) for t, q in overridden.items() if t in qparams)
     resolve_shared(qparams, the_plan.shared)
     searched = {}
+    if cfg.fisher and cfg.method not in SEARCH_METHODS:
+        log.warning("fisher did nothing: it weights the search methods' metrics, not %s",
+                    cfg.method)
     if cfg.method in SEARCH_METHODS:  # block-wise refinement of the base ranges (searched.py)
         qparams, searched["weight_scales"], searched["twin"], searched["search"] = refine(
             model, structure, the_plan, cfg, feeds(), count, model.graph.input[0].name,
