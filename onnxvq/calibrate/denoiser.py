@@ -166,7 +166,7 @@ class TrajectoryCalibration:
         return {"source": "ddim-trajectory", "samples": len(self), "interval": self.interval,
                 "per_step": self.per_step, "ddim_steps": self.steps, "eta": self.eta,
                 "schedule": self.schedule.schedule, "seed": self.seed,
-                "collected_steps": [k for k, _ in self.collected],
+                "classes": self.classes, "collected_steps": [k for k, _ in self.collected],
                 "timesteps": [t for _, t in self.collected]}
 
 

@@ -149,16 +149,20 @@ def report_cmd(
     size: o.Size = None, mean: o.Mean = None, std: o.Std = None,
     preprocess_config: o.PreprocessConfig = None,
     output: Annotated[OptPath, typer.Option("-o", "--output", help="Default: QUANT.html")] = None,
+    classes: Annotated[int | None, typer.Option(
+        help="Class count of a class-conditional denoiser (default: the sidecar's).",
+        rich_help_panel="Denoiser flags")] = None,
     as_json: o.Json = False,
 ) -> None:
-    """Write a self-contained HTML report: SQNR per layer, LayerNorm ranges, Softmax bins."""
+    """Write a self-contained HTML report: SQNR per layer, LayerNorm ranges, Softmax bins (a
+    denoiser: noise-prediction SQNR per DDIM step)."""
     from onnxvq.api import report
 
     with errors():
         spec = o.data_spec(data, preset, size, mean, std, preprocess_config, samples, batch_size,
                            seed)
         with progress("report"):
-            path = report(fp32, quant, spec, output)
+            path = report(fp32, quant, spec, output, samples=samples, classes=classes)
     if as_json:
         emit_json({"report": str(path), "bytes": path.stat().st_size})
     else:

@@ -18,6 +18,7 @@ import onnx
 
 from onnxvq.calibrate.denoiser import OnnxDenoiser, find_roles, initial_noise, sample_shape
 from onnxvq.calibrate.diffusion import DDIMSampler, DDIMSchedule
+from onnxvq.core.errors import CalibrationError
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,27 @@ def compare_denoiser(fp32: onnx.ModelProto | str | os.PathLike,
     return DenoiserComparison(steps, samples, tuple(ts),
                               tuple(_sqnr(a, b) for a, b in zip(eps_ref, eps_q, strict=True)),
                               mse, psnr)
+
+
+def is_denoiser(model: onnx.ModelProto, sidecar: Mapping | None = None) -> bool:
+    """Calibrated on a DDIM trajectory, or inputs that name a sample and a time step."""
+    if (sidecar or {}).get("calibration", {}).get("source") == "ddim-trajectory":
+        return True
+    if len(model.graph.input) < 2:
+        return False
+    try:
+        find_roles(model)
+    except CalibrationError:
+        return False
+    return True
+
+
+def compare_from_sidecar(fp32, quant, sidecar: Mapping, *, steps: int | None = None,
+                         samples: int = 8, classes: int | None = None) -> DenoiserComparison:
+    """`compare_denoiser` with the sampler settings the calibration recorded (DDIM steps, eta,
+    schedule, class count) unless given."""
+    cal = sidecar.get("calibration", {}) if sidecar else {}
+    return compare_denoiser(
+        fp32, quant, steps=steps or cal.get("ddim_steps", 20), eta=cal.get("eta", 0.0),
+        schedule=DDIMSchedule(schedule=cal.get("schedule", "linear")), samples=samples,
+        classes=classes if classes is not None else cal.get("classes"))

@@ -1,5 +1,7 @@
 """A self-contained HTML report of one quantization: plots embedded as base64 PNG, no other files.
 
+A denoiser's report (`verify.denoiser`) instead plots the noise-prediction SQNR per DDIM step of
+the same seeded sampling loop run with both models, with the final sample's PSNR.
 Sections: per-point SQNR of the quantized model, the per-channel ranges of LayerNorm inputs on the
 calibration data (FQ-ViT Fig. 2: why PTS is needed), the post-Softmax distribution of one attention
 against uniform and log2 4-bit levels (FQ-ViT Fig. 3: why LIS is needed), and the settings and
@@ -29,6 +31,7 @@ from onnxvq.core.metrics import format_db
 from onnxvq.core.runtime import make_session
 from onnxvq.verify import report_plots as plots
 from onnxvq.verify.compare import as_model
+from onnxvq.verify.denoiser import DenoiserComparison, compare_from_sidecar, is_denoiser
 from onnxvq.verify.sensitivity import PointError, canonical_structure, layer_sqnr
 
 log = logging.getLogger(__name__)
@@ -44,17 +47,26 @@ class ReportData:
     ln_ranges: dict[str, tuple[np.ndarray, np.ndarray]]  # LayerNorm input -> per-channel lo, hi
     probs_tensor: str | None
     probs: np.ndarray | None
+    denoiser: DenoiserComparison | None = None  # a denoiser: the DDIM-loop comparison instead
 
 
 def write_report(fp32_model, quant, data: DataSpec | str | os.PathLike | None,
                  path: str | os.PathLike, *, preprocess: Preprocess | None = None,
                  samples: int | None = None, batch_size: int | None = None,
-                 seed: int | None = None) -> Path:
+                 seed: int | None = None, classes: int | None = None) -> Path:
     """Write the report for `fp32_model` quantized as `quant` (a QuantResult, a quantized .onnx
     with its `<name>.json` sidecar beside it, or a sidecar dict: then no SQNR section) on `data`
     (a DataSpec or the calibration images/tensors, None for noise; default 32 samples, with the
-    sidecar's preprocessing unless given). Returns the path written."""
+    sidecar's preprocessing unless given). A denoiser gets the DDIM-loop comparison with the
+    recorded sampler settings (`classes`: its class count when the sidecar has none). Returns the
+    path written."""
     q_model, sidecar = _quant_parts(quant)
+    fp32 = as_model(fp32_model)
+    if q_model is not None and is_denoiser(fp32, sidecar):  # its inputs are not images
+        comparison = compare_from_sidecar(fp32, q_model, sidecar, samples=samples or 8,
+                                          classes=classes)
+        report = ReportData(sidecar, None, {}, None, None, comparison)
+        return write_atomic(Path(path), render_html(report), what="report")
     spec = DataSpec.coerce(data, preprocess=preprocess, samples=samples, batch_size=batch_size,
                            seed=seed)
     spec = spec.with_(preprocess=spec.resolve_preprocess(recorded_preprocess(sidecar)),
@@ -106,12 +118,27 @@ def _statistics(canonical: onnx.ModelProto, ln_inputs: list[str], probs: str | N
 
 def render_html(report: ReportData) -> str:
     parts = [_HEAD, "<h1>onnxvq quantization report</h1>"]
-    parts += _sqnr_section(report.points)
-    parts += _ln_section(report.ln_ranges)
-    parts += _softmax_section(report.probs_tensor, report.probs)
+    if report.denoiser is not None:
+        parts += _denoiser_section(report.denoiser)
+    else:
+        parts += _sqnr_section(report.points)
+        parts += _ln_section(report.ln_ranges)
+        parts += _softmax_section(report.probs_tensor, report.probs)
     parts += _settings_section(report.sidecar)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _denoiser_section(c: DenoiserComparison) -> list[str]:
+    png = plots.step_sqnr(c.timesteps, c.step_sqnr_db, c.final_psnr_db)
+    rows = [(str(k), str(t), format_db(v)) for k, (t, v) in
+            enumerate(zip(c.timesteps, c.step_sqnr_db, strict=True), start=1)]
+    return ["<h2>Denoising trajectory</h2>",
+            f"<p>The same seeded {c.steps}-step DDIM loop on {c.samples} samples with the FP32 "
+            "and the quantized model, each on its own trajectory. Final sample: MSE "
+            f"{c.final_mse:.4g}, PSNR {format_db(c.final_psnr_db)} (range [-1, 1]).</p>",
+            _img(png, "noise-prediction SQNR per DDIM step"),
+            _table(("step", "time step", "noise-prediction SQNR (dB)"), rows)]
 
 
 def _sqnr_section(points: list[PointError] | None) -> list[str]:

@@ -111,3 +111,21 @@ def softmax_bins(probs: np.ndarray, title: str, bits: int = 4) -> bytes:
         ax.set_title(f"{bits}-bit {name}: {zero:.0%} of values -> 0, MSE {mse:.2e}", fontsize=9)
     fig.suptitle(title, fontsize=9)
     return _png(fig)
+
+
+def step_sqnr(timesteps: Sequence[int], sqnr: Sequence[float], psnr: float) -> bytes:
+    """Noise-prediction SQNR per DDIM step, in sampling order (Q-Diffusion's error accumulation:
+    each model runs on its own trajectory, so a falling curve is error carried over steps)."""
+    fig, ax = _figure(height=3.8)
+    finite = [v for v in sqnr if math.isfinite(v)]
+    cap = (max(finite) + 10.0) if finite else 100.0
+    steps = np.arange(1, len(sqnr) + 1)
+    ax.plot(steps, [min(v, cap) for v in sqnr], marker="o", color="#1f77b4")
+    ax.set_xticks(steps, [f"{k}\nt={t}" for k, t in zip(steps, timesteps, strict=True)],
+                  fontsize=6)
+    ax.set_xlabel("DDIM step (time step)")
+    ax.set_ylabel("noise-prediction SQNR (dB)")
+    ax.set_title(f"quantized vs FP32 along the sampling loop; final sample PSNR {psnr:.2f} dB",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    return _png(fig)
