@@ -54,3 +54,33 @@ def test_denoiser_quantizes_and_samples_close_to_fp32(corpus_model, name: str,
     # the trajectories drift apart as the error accumulates (random weights): the first step is
     # the cleanest comparison of the noise predictions
     assert len(c.step_sqnr_db) == 10 and c.step_sqnr_db[0] > 12 and c.final_psnr_db > 8
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", DENOISER_EXPORTERS)
+def test_dit_pts_on_both_exports(corpus_model, exporter: str) -> None:
+    """--pts on the DiT, TorchScript (opset 17) and dynamo (opset 20): every LayerNorm without
+    affine becomes an IntLayerNorm whose local function imports the model's opset, the adaLN
+    modulation (1 + scale, shift) stays float after it, the model passes the full ONNX check and
+    samples as close to FP32 as plain W8/A8 does."""
+    import onnx
+
+    path = corpus_model("diffusers_dit_tiny", exporter)
+    counts = DENOISER_ENTRIES["diffusers_dit_tiny"].counts
+    calib = TrajectoryCalibration(interval=4, per_step=4, classes=counts.classes)
+    result = quantize(path, calib, QuantConfig(batch_size=8, pts=True))
+    model = result.model
+    onnx.checker.check_model(model, full_check=True)
+    opset = next(o.version for o in model.opset_import if o.domain == "")
+    assert opset == (20 if exporter == "dynamo" else 17)
+    assert [f.name for f in model.functions if f.name == "IntLayerNorm"]
+    assert all(o.version == opset for f in model.functions for o in f.opset_import
+               if o.domain == "")
+    lns = [n for n in model.graph.node if n.op_type == "IntLayerNorm"]
+    assert len(lns) == 2 * counts.blocks + 1
+    consumers = {i: n.op_type for n in model.graph.node for i in n.input}
+    # each IntLayerNorm's float output feeds the modulation's Mul (x * (1 + scale))
+    assert all(consumers.get(n.output[0]) in ("DequantizeLinear", "Mul") for n in lns)
+    c = compare_denoiser(path, model, steps=10, samples=4, classes=counts.classes)
+    assert c.step_sqnr_db[0] > 12 and c.final_psnr_db > 8
