@@ -1,12 +1,14 @@
-"""Search calibrators (block-mse, similarity) against OMSE: accuracy and calibration cost.
+"""Search calibrators (block-mse, similarity, twin) against OMSE: accuracy and calibration cost.
 
     python benchmarks/bench_search.py [--only accuracy|cost] [--bits 6 4] [--methods ...]
 
+A method `NAME+fisher` runs NAME with `fisher=True` (Fisher-weighted metric).
+
 - accuracy: both shared CIFAR-10 models, 256 images of cifar10/calib, top-1 on the 2,000 images of
   cifar10/val and top-1 agreement with FP32, at each W/A bit width, per method.
-- cost: 256 calibration images on DeiT-S (timm vit_small_patch16_224, random weights, CIFAR-10
-  images resized to 224 with the `imagenet` preset): wall time of the quantize call and peak RSS
-  (`VmHWM` of a fresh subprocess per method).
+- cost: 256 calibration images on DeiT-S (timm vit_small_patch16_224: DeiT-S's architecture,
+  random weights; CIFAR-10 images resized to 224 with the `imagenet` preset): wall time of the
+  quantize call and peak RSS (`VmHWM` of a fresh subprocess per method).
 Every run is its own subprocess (peak RSS is per run); rows are merged into
 benchmarks/results/search.json as they finish, with the load average at the time.
 """
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data").resolve()
 OUT = Path(__file__).parent / "results" / "search.json"
 REAL = {"cct_cifar10": "cifar10", "vit_cifar10": "cifar10-vit"}
-METHODS = ("omse", "block-mse", "similarity")
+METHODS = ("omse", "block-mse", "similarity", "twin")
 
 
 def vm_kib(field: str) -> int:
@@ -52,8 +54,9 @@ def worker(spec: str) -> None:
 
     job = json.loads(spec)
     prep = resolve_preprocess(REAL.get(job["model"], "imagenet"))
-    cfg = QuantConfig(method=job["method"], w_bits=job["bits"], a_bits=job["bits"],
-                      calib_size=job.get("calib", 256))
+    method, _, option = job["method"].partition("+")  # "twin+fisher": fisher=True
+    cfg = QuantConfig(method=method, w_bits=job["bits"], a_bits=job["bits"],
+                      calib_size=job.get("calib", 256), fisher=option == "fisher")
     path = model_path(job["model"])
     t0 = time.perf_counter()
     result = quantize(path, job.get("data", str(DATA / "cifar10" / "calib")), cfg,
