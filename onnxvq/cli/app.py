@@ -93,6 +93,9 @@ def quantize(
         "--reparam-mlp", help="Per-channel MLP-activation quantizers, rescaled into fc2.")] = False,
     weight_method: Annotated[str, typer.Option(
         help="Weight quantizer: max, mse, output (clipping searches) or gptq.")] = "max",
+    fisher: Annotated[bool, typer.Option(
+        "--fisher", help="block-mse/twin: weight the output error by a Fisher estimate of the "
+        "model's output sensitivity.")] = False,
     bias_correction: Annotated[bool, typer.Option(
         "--bias-correction", help="Fold the mean output shift of the quantized weights into "
         "the bias.")] = False,
@@ -139,7 +142,7 @@ def quantize(
                           batch_size=batch_size, seed=seed, fail_below=fail_below,
                           recipe=recipe, reparam=reparam, reparam_mlp=reparam_mlp,
                           weight_method=weight_method, bias_correction=bias_correction,
-                          split_shortcut=split_shortcut)
+                          split_shortcut=split_shortcut, fisher=fisher)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
         if lis_base != "2" and not lis:
             warn(f"--lis-base {lis_base} does nothing without --lis")
