@@ -74,3 +74,76 @@ def test_refuses_a_consumer_that_is_not_a_matmul():
     res = TwinQDQ().run(graph, PassContext(twin_qparams={"a": _params("softmax")}))
     assert res.applied == 0 and reasons(res) == ["consumer av is not a MatMul"]
     assert sorted(n.op for n in graph.nodes) == ["Relu", "Softmax"]
+
+
+def _adversarial(p: TwinQParams) -> np.ndarray:
+    """Values where a twin quantizer can go wrong: zero, the split and its float32 neighbours,
+    every rounding midpoint of both steps, the top code, past the top (clipped)."""
+    f = np.float32
+    k = 2 ** (p.bits - 1) - 1
+    lo, hi = f(p.low_scale), f(p.high_scale)
+    if p.kind == "softmax":
+        t = f(p.threshold)
+        edge = [0.0, np.nextafter(t, f(0)), t, np.nextafter(t, f(1)), k * hi, 1.0, 1.5]
+        mids = [(j + 0.5) * lo for j in range(k)] + [(j + 0.5) * hi for j in range(k)]
+    else:
+        edge = [0.0, -0.0, np.nextafter(f(0), f(-1)), -k * lo, -(k + 3) * lo, k * hi, 2 * k * hi]
+        mids = [-(j + 0.5) * lo for j in range(k)] + [(j + 0.5) * hi for j in range(k)]
+    vals = np.array(edge + mids, np.float32)
+    n = -(-len(vals) // 16)
+    return np.resize(vals, n * 16).reshape(n, 4, 4)  # every value at least once
+
+
+def _codes(x: np.ndarray, p: TwinQParams) -> tuple[np.ndarray, np.ndarray]:
+    """The two branches' uint8 codes as ONNX QuantizeLinear computes them (float32 x / scale,
+    round half to even, + zero point, saturate), written independently of the pass."""
+    f = np.float32
+    k = 2 ** (p.bits - 1) - 1
+    if p.kind == "softmax":
+        x1 = np.where(x < f(p.threshold), x, f(0))
+        x2 = np.minimum(x - x1, f(p.high_scale) * f(k))
+    else:
+        x1, x2 = np.minimum(x, f(0)), np.clip(x, f(0), f(p.high_scale) * f(k))
+
+    def q(v, s, z):
+        return np.clip(np.rint(v / f(s)) + z, 0, 255).astype(np.uint8)
+    return q(x1, p.low_scale, p.low_zero_point), q(x2, p.high_scale, p.high_zero_point)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "gelu"])
+def test_codes_are_bit_exact_on_adversarial_inputs(kind):
+    """ORT's codes of both branches equal the reference's bit for bit on the adversarial values;
+    the dequantized sum equals twin(x) (a coarse value comes back within half a coarse step,
+    never shifted by the split); the fused (integer MatMul) session agrees with the plain one."""
+    import onnx
+
+    p = _params(kind)
+    x = gs.Variable("x", np.float32, ["n", 4, 4])
+    a = gs.Variable("a", np.float32, ["n", 4, 4])
+    y = gs.Variable("y", np.float32, ["n", 4, 8])
+    graph = gs.Graph(nodes=[gs.Node("Identity", name="id", inputs=[x], outputs=[a]),
+                            gs.Node("MatMul", name="av", inputs=[a, gs.Constant("v", V[0])],
+                                    outputs=[y])], inputs=[x], outputs=[y], opset=20)
+    assert TwinQDQ().run(graph, PassContext(twin_qparams={"a": p})).applied == 1
+    model = to_model(graph)
+    qs = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(q, onnx.TensorProto.UINT8, None)
+                              for q in qs)
+    xs = _adversarial(p)
+    got = make_session(probe, optimize=False).run(None, {"x": xs})
+    want = _codes(xs, p)
+    by_branch = {("low" if "/low/" in q else "high"): c for q, c in zip(qs, got[1:], strict=True)}
+    np.testing.assert_array_equal(by_branch["low"], want[0])
+    np.testing.assert_array_equal(by_branch["high"], want[1])
+    deq = ((want[0].astype(np.float64) - p.low_zero_point) * np.float32(p.low_scale)
+           + (want[1].astype(np.float64) - p.high_zero_point) * np.float32(p.high_scale))
+    k = 2 ** (p.bits - 1) - 1
+    inside = (xs <= k * p.high_scale) & (xs >= (-k * p.low_scale if kind == "gelu" else 0))
+    step = np.where(xs < (p.threshold if kind == "softmax" else 0), p.low_scale, p.high_scale)
+    slack = 1e-6 * np.abs(xs) + 1e-12  # a float32 midpoint is rounded itself
+    assert np.all((np.abs(deq - xs) <= step / 2 + slack)[inside])
+    np.testing.assert_allclose(got[0], deq.astype(np.float32) @ V[0], rtol=1e-5, atol=1e-5)
+    fused = make_session(model).run(None, {"x": xs})[0]
+    np.testing.assert_allclose(fused, got[0], rtol=1e-5, atol=1e-5)
