@@ -9,7 +9,9 @@ A method `NAME+fisher` runs NAME with `fisher=True` (Fisher-weighted metric).
 - cost: 256 calibration images on DeiT-S (timm vit_small_patch16_224: DeiT-S's architecture,
   random weights; CIFAR-10 images resized to 224 with the `imagenet` preset): wall time of the
   quantize call and peak RSS (`VmHWM` of a fresh subprocess per method).
-Every run is its own subprocess (peak RSS is per run); rows are merged into
+Every run is its own subprocess (peak RSS is per run), timed in wall and in CPU seconds (user +
+system of all its threads: on a shared machine the wall time mostly measures the others'
+load); rows are merged into
 benchmarks/results/search.json as they finish, with the load average at the time.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -59,9 +62,12 @@ def worker(spec: str) -> None:
                       calib_size=job.get("calib", 256), fisher=option == "fisher")
     path = model_path(job["model"])
     t0 = time.perf_counter()
+    cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     result = quantize(path, job.get("data", str(DATA / "cifar10" / "calib")), cfg,
                       preprocess=prep)
+    use = resource.getrusage(resource.RUSAGE_SELF)  # every ORT thread of this process
     row = {**job, "seconds": round(time.perf_counter() - t0, 2),
+           "cpu_seconds": round(use.ru_utime + use.ru_stime - cpu0, 1),
            "search_seconds": result.calibration.get("search", {}).get("search_seconds"),
            "peak_rss_mb": round(vm_kib("VmHWM") / 1024, 1), "load": os.getloadavg()[0]}
     if job.get("evaluate", True):

@@ -1,4 +1,11 @@
-"""The search calibrators on the shared CIFAR-10 CCT at W4/A4 (slow; skipped without the data)."""
+"""The search calibrators on the shared CIFAR-10 CCT at W4/A4 (slow; skipped without the data).
+
+Measured with `benchmarks/bench_search.py` (256 calibration images, the 2,000 images of
+cifar10/val; results/search.json): OMSE 40.45 %, block-mse 46.30 %, similarity 45.85 %, twin
+71.55 %. The test re-measures the ordering for OMSE, block-mse and twin on all 2,000 images (the
+calibrations, not the evaluation, are the test's cost); similarity is left to the benchmark: its
+two rounds of per-layer search cost about three times block-mse's, and it ties with block-mse.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +19,19 @@ from onnxvq.verify.evaluate import evaluate
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 
-def test_block_mse_beats_omse_by_five_points_at_w4a4(shared_data):
-    """Measured (256 calibration images, 2,000 val): OMSE 40.45 %, block-mse 46.30 % with the
-    walk from OMSE's choice (46.80 % with the earlier full scan, 44.80 % with a coarser grid:
-    the grid and the walk are what this test guards)."""
+def test_measured_ordering_at_w4a4_on_the_cct(shared_data):
+    """twin > block-mse > OMSE, each by its measured margin (less about a point of slack): the best
+    beats OMSE by >= 5 points (the acceptance), block-mse does too (46.30 vs 40.45: the candidate
+    grid and the walk from OMSE's choice are what this guards; the earlier full scan gave 46.80,
+    a coarser grid 44.80)."""
     model = shared_data / "models" / "cct_cifar10.onnx"
     prep = resolve_preprocess("cifar10")
     top1 = {}
-    for method in ("omse", "block-mse"):
+    for method in ("omse", "block-mse", "twin"):
         result = quantize(model, shared_data / "cifar10" / "calib",
                           QuantConfig(method=method, w_bits=4, a_bits=4), preprocess=prep)
         top1[method] = evaluate(result.model, shared_data / "cifar10" / "val", prep).top1
-    assert top1["omse"] == pytest.approx(0.405, abs=0.01)
+    assert top1["omse"] == pytest.approx(0.4045, abs=0.01)
     assert top1["block-mse"] >= top1["omse"] + 0.05
+    assert top1["twin"] >= top1["block-mse"] + 0.20
+    assert max(top1.values()) >= top1["omse"] + 0.05
