@@ -30,6 +30,7 @@ from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
 from onnxvq.passes.ort_fast_gelu import OrtFastGelu
 from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
 from onnxvq.passes.ort_mixed_qmatmul import OrtMixedQMatMul
+from onnxvq.passes.pack_int4_weights import PackInt4Weights
 from onnxvq.passes.patch_conv_to_matmul import PatchConvToMatMul
 from onnxvq.passes.quantize_weights import QuantizeWeights
 from onnxvq.passes.remove_softmax_nan_guard import RemoveSoftmaxNanGuard
@@ -73,6 +74,10 @@ ORT_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMa
                          HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 
+# Weights of 4 bits or fewer stored as INT4 (opset 21) behind a Cast to int8 that ORT folds at
+# load, last, after every pass that reads the int8 codes; W8 models keep their opset.
+PACK_INT4 = Pipeline((PackInt4Weights(),))
+
 
 def canonical_pipeline(cfg: QuantConfig | None = None) -> Pipeline:
     return TENSORRT_CANONICAL if cfg is not None and cfg.target == "trt" else CANONICAL
@@ -86,8 +91,14 @@ def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
             (True, True): FULLY_QUANTIZED}[(cfg.pts, cfg.lis)]
     if cfg.method == "twin":
         *head, fold = base.passes
-        return Pipeline((*head, TwinQDQ(), fold))
-    return LOWERED[base] if cfg.target == "ort" and cfg.ort_fusions else base
+        base = Pipeline((*head, TwinQDQ(), fold))
+    elif cfg.target == "ort" and cfg.ort_fusions:
+        base = LOWERED[base]
+    return base + PACK_INT4 if _four_bit_weights(cfg) else base
+
+
+def _four_bit_weights(cfg: QuantConfig) -> bool:
+    return min(cfg.w_bits, cfg.edge_bits or 8) <= 4
 
 
 def canonicalize(model: onnx.ModelProto, *, numeric: str = "end",

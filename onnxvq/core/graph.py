@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from onnxvq.core import external
 from onnxvq.core.errors import ModelLoadError, UnsupportedModelError, UsageError
@@ -115,8 +116,9 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
     """Export a graphsurgeon graph, keeping the metadata, IR and functions of `like`."""
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = _export(graph)
-    if like is not None:
-        model.ir_version = like.ir_version
+    if like is not None:  # at least the IR its opsets need (opset 21 / INT4 weights: IR 10)
+        model.ir_version = max(like.ir_version, helper.find_min_ir_version_for(
+            list(model.opset_import), ignore_unknown=True))
         model.producer_name = like.producer_name
         model.producer_version = like.producer_version
         del model.metadata_props[:]
