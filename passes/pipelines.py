@@ -29,6 +29,7 @@ from onnxvq.passes.insert_qdq import InsertActivationQDQ
 from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
 from onnxvq.passes.ort_fast_gelu import OrtFastGelu
 from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
+from onnxvq.passes.ort_matmul_nbits import OrtMatMulNBits
 from onnxvq.passes.ort_mixed_qmatmul import OrtMixedQMatMul
 from onnxvq.passes.pack_int4_weights import PackInt4Weights
 from onnxvq.passes.patch_conv_to_matmul import PatchConvToMatMul
@@ -68,10 +69,12 @@ REPARAMETERIZE = Pipeline((ReparameterizeLayerNorm(), ReparameterizeActivation()
 
 # Target ort only: the QDQ graph lowered into the fused kernels ONNX Runtime's CPU provider runs
 # fastest (FastGelu, bias and scale folded into its int8 GEMMs, the patch Conv as an int8 MatMul,
-# one quantizer per QKV tensor). Every pass but ort-fast-gelu is bit-exact; each is tested
-# against the graph before it. `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph.
+# one quantizer per QKV tensor; weight-only 4-bit Linears as MatMulNBits). Every pass but
+# ort-fast-gelu is bit-exact; each is tested against the graph before it.
+# `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph.
 ORT_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
-                         HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul()))
+                         HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul(),
+                         OrtMatMulNBits()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 
 # Weights of 4 bits or fewer stored as INT4 (opset 21) behind a Cast to int8 that ORT folds at

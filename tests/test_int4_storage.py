@@ -66,6 +66,30 @@ def test_w4_weights_are_int4_and_bit_exact(tiny, flags, monkeypatch):
     assert container.ByteSize() - packed.ByteSize() > 0.9 * int4_bytes
 
 
+def _optimized_ops(model: onnx.ModelProto, path) -> list[str]:
+    """The op types ONNX Runtime runs after its graph optimisations (Cast folding included)."""
+    import onnxruntime as ort
+
+    from onnxvq.core.runtime import session_options
+
+    so = session_options(custom_ops=False)
+    so.optimized_model_filepath = str(path)
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sorted(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_int4_model_runs_the_int8_kernels(tiny, monkeypatch, tmp_path):
+    """ORT folds the Casts when the session is built: the W4 file runs the very kernels of the
+    int8-container model (hence its speed), none of them on 4-bit data."""
+    cfg = QuantConfig(w_bits=4, a_bits=8, calib_size=8, batch_size=8)
+    packed = quantize(tiny, None, cfg).model
+    monkeypatch.setattr("onnxvq.passes.pipelines._four_bit_weights", lambda cfg: False)
+    container = quantize(tiny, None, cfg).model
+    ops = _optimized_ops(packed, tmp_path / "p.onnx")
+    assert ops == _optimized_ops(container, tmp_path / "c.onnx") and "Cast" not in ops
+    assert ops.count("MatMulIntegerToFloat") == 11  # 4 Linears a block, patch embedding, Q·Kᵀ
+
+
 def test_w8_and_trt_keep_int8_containers(tiny):
     for cfg in (QuantConfig(calib_size=8), QuantConfig(w_bits=4, target="trt", calib_size=8)):
         result = quantize(tiny, None, cfg)

@@ -99,6 +99,9 @@ def quantize(
     bias_correction: Annotated[bool, typer.Option(
         "--bias-correction", help="Fold the mean output shift of the quantized weights into "
         "the bias.")] = False,
+    weight_only: Annotated[bool, typer.Option(
+        "--weight-only", help="Quantize only the Linear weights (to --w-bits; 4 bits run as "
+        "MatMulNBits); activations stay float.")] = False,
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
     split_shortcut: Annotated[float | None, typer.Option(
@@ -142,7 +145,8 @@ def quantize(
                           batch_size=batch_size, seed=seed, fail_below=fail_below,
                           recipe=recipe, reparam=reparam, reparam_mlp=reparam_mlp,
                           weight_method=weight_method, bias_correction=bias_correction,
-                          split_shortcut=split_shortcut, fisher=fisher)
+                          split_shortcut=split_shortcut, fisher=fisher,
+                          weight_only=weight_only)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
         if lis_base != "2" and not lis:
             warn(f"--lis-base {lis_base} does nothing without --lis")

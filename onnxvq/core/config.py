@@ -58,6 +58,7 @@ class QuantConfig:
     fail_below: float | None = None  # fidelity gate: minimum SQNR in dB (None: collapse only)
     ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
     split_shortcut: float | None = None  # split Conv/MatMul over Concats with ranges > this ratio
+    weight_only: bool = False  # Linear weights at w_bits, activations float (MatMulNBits) (h9)
 
     def __post_init__(self) -> None:
         for name in ("method", "target", "weight_method"):  # a CLI Enum arrives as its value
@@ -69,6 +70,8 @@ class QuantConfig:
         elif isinstance(skip, list | tuple | set | frozenset):
             object.__setattr__(self, "skip", tuple(skip))
         for name, value in RECIPES.get(self.recipe, {}).items():
+            if self.weight_only and name in _ACTIVATION_SETTINGS:
+                continue  # a recipe's activation parts do not apply without activations
             if getattr(self, name) == _DEFAULTS[name]:
                 object.__setattr__(self, name, value)
         problems = _problems(self)
@@ -122,7 +125,9 @@ class QuantConfig:
 
 
 _BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis",
-          "ort_fusions", "reparam", "reparam_mlp", "bias_correction", "fisher")
+          "ort_fusions", "reparam", "reparam_mlp", "bias_correction", "fisher",
+          "weight_only")
+_ACTIVATION_SETTINGS = ("method", "pts", "lis", "reparam", "reparam_mlp")
 _INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed", "search_samples")
 
 
@@ -159,8 +164,23 @@ def _problems(cfg: QuantConfig) -> list[str]:
                    f"{cfg.percentile!r} (1e-5 clips the top and bottom 0.001 %)")
     if cfg.split_shortcut is not None and not _number_in(cfg.split_shortcut, 1.0, 1e9):
         out.append(f"split-shortcut is a range ratio >= 1, got {cfg.split_shortcut!r}")
+    out += _weight_only_problems(cfg)
     if not isinstance(cfg.skip, tuple) or not all(isinstance(p, str) and p for p in cfg.skip):
         out.append(f"skip must be node-name glob strings, got {cfg.skip!r}")
+    return out
+
+
+def _weight_only_problems(cfg: QuantConfig) -> list[str]:
+    """weight_only keeps every activation float: the activation settings contradict it."""
+    if cfg.weight_only is not True:
+        return []
+    out = [f"weight-only keeps activations float; drop {n.replace('_', '-')}"
+           for n in _ACTIVATION_SETTINGS[1:] if getattr(cfg, n) is True]
+    if cfg.target == "trt":
+        out.append("weight-only is for target ort (MatMulNBits); TensorRT takes int8 or "
+                   "block-quantized int4 Q/DQ")
+    if cfg.a_bits != 8 or cfg.attn_bits is not None:
+        out.append("weight-only keeps activations float; drop a-bits/attn-bits")
     return out
 
 

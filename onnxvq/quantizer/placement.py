@@ -77,6 +77,8 @@ def _wanted(structure: ViTStructure, cfg: QuantConfig):
             return "patch embedding kept float"
         if node.name in heads and not cfg.quantize_head:
             return "head kept float"
+        if cfg.weight_only and node.op == "Conv":
+            return "weight-only: Linear weights only"
         return None
 
     return want
@@ -84,7 +86,7 @@ def _wanted(structure: ViTStructure, cfg: QuantConfig):
 
 def _attention_matmuls(structure: ViTStructure, cfg: QuantConfig, softmaxes: tuple[str, ...]):
     """(MatMul, input roles, bits) of Q·Kᵀ and, unless LIS replaces it, A·V per attention."""
-    if not cfg.quantize_attention:
+    if not cfg.quantize_attention or cfg.weight_only:
         return
     qk_bits = cfg.a_bits if cfg.lis else cfg.attention_bits
     for att in structure.attentions:

@@ -139,6 +139,8 @@ def _calibrated_context(graph, canonical, structure, spec, cfg: QuantConfig, pro
     twin = calib_info.pop("twin", {})  # twin-uniform sites: the twin-qdq pass quantizes them
     the_plan = replace(the_plan, activations=tuple(s for s in the_plan.activations
                                                    if s.tensor not in twin))
+    if cfg.weight_only:  # the Linear inputs were observed for the weight methods' moments only
+        the_plan, qparams = replace(the_plan, activations=()), {}
     ctx = PassContext(config=cfg, structure=structure, plan=the_plan, activation_qparams=qparams,
                       fq_params=fq_params,
                       weight_scales=_weight_scales(graph, the_plan, cfg, calib_info, moments),
