@@ -9,6 +9,13 @@ dim 384, depth 12, 6 heads; untrained weights: size and speed only). Calibration
 images (imagenet preset) or, without it, 16 noise samples. Each config is quantized once; the
 sessions' runs are interleaved (median of `--runs`) so load from other processes hits all alike.
 Output correlation with FP32 is the mean over the batch's images. JSON in results/int4.json.
+
+    python benchmarks/bench_int4.py --cifar [--val-limit N]
+
+instead measures weight-only int4 (max, gptq, `--recipe repq`) against W4/A8 `--recipe repq` on
+the two trained CIFAR-10 models of ../shared/data (256 calibration images, 2,000 val images): top-1,
+top-1 agreement with FP32 and the per-image correlation of the logits with FP32 (mean and min).
+JSON in results/int4_cifar.json.
 """
 
 from __future__ import annotations
@@ -38,8 +45,48 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
                           for x, y in zip(a, b, strict=True)]))
 
 
+CIFAR = {"wo4-max": {"weight_only": True, "w_bits": 4},
+         "wo4-gptq": {"weight_only": True, "w_bits": 4, "weight_method": "gptq"},
+         "wo4-repq": {"weight_only": True, "w_bits": 4, "recipe": "repq"},
+         "w4a8-repq": {"w_bits": 4, "recipe": "repq"}}
+
+
+def cifar(limit: int | None) -> None:
+    from bench_lowbit import DATA, PRESETS, load_val, logits
+
+    from onnxvq.calibrate import resolve_preprocess
+
+    rows = []
+    for name, preset in PRESETS.items():
+        path = DATA / "models" / f"{name}.onnx"
+        x, y = load_val(preset, limit)
+        ref = logits(make_session(onnx.load(path), threads=2), x)
+        for kind, flags in CIFAR.items():
+            result = quantize(path, DATA / "cifar10" / "calib", QuantConfig(**flags),
+                              preprocess=resolve_preprocess(preset))
+            z = logits(make_session(result.model, threads=2), x)
+            c = [np.corrcoef(a, b)[0, 1] for a, b in zip(ref, z, strict=True)]
+            rows.append({"model": name, "config": kind,
+                         "fp32_top1": float((ref.argmax(1) == y).mean()),
+                         "top1": float((z.argmax(1) == y).mean()),
+                         "agreement": float((z.argmax(1) == ref.argmax(1)).mean()),
+                         "corr_mean": float(np.mean(c)), "corr_min": float(np.min(c)),
+                         "bytes": len(result.model.SerializeToString()), "images": len(y)})
+            print(json.dumps(rows[-1]), flush=True)
+    print("| model | config | FP32 top-1 | top-1 | agreement | corr mean | corr min | KB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| `{r['model']}` | {r['config']} | {100 * r['fp32_top1']:.2f} | "
+              f"{100 * r['top1']:.2f} | {100 * r['agreement']:.2f} | {r['corr_mean']:.4f} | "
+              f"{r['corr_min']:.4f} | {r['bytes'] / 1e3:.0f} |")
+    print("load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+    (OUT.parent / "int4_cifar.json").write_text(json.dumps({"rows": rows}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--cifar", action="store_true")
+    ap.add_argument("--val-limit", type=int, default=None)
     ap.add_argument("--model", default=str(ROOT / ".corpus" / VITS))
     ap.add_argument("--configs", default="w8a8,w4a8,w4-weight-only")
     ap.add_argument("--batch", type=int, default=4)
@@ -47,6 +94,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib", default=None)
     args = ap.parse_args()
+    if args.cifar:
+        return cifar(args.val_limit)
     fp32 = onnx.load(args.model)
     models = {"fp32": fp32}
     for name in args.configs.split(","):

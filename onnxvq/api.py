@@ -79,7 +79,17 @@ def quantize(model, data=None, config=None, *, preprocess=None, progress=None, v
         log.warning("the fidelity gate does not run on denoisers; check the result with "
                     "`onnxvq compare FP32 QUANT --ddim-steps N`")
         gate = False
-    return run_quantize(model, data, config, preprocess=preprocess, progress=progress,
+    from onnxvq.core.config import QuantConfig
+
+    cfg = QuantConfig.coerce(config)
+    if cfg.target_sqnr is not None or cfg.max_drop is not None:  # accuracy-aware mixed precision
+        from onnxvq.verify.mixed import mixed_precision
+
+        return mixed_precision(
+            lambda c: run_quantize(model, data, c, preprocess=preprocess, progress=progress,
+                                   validate=validate, gate=judge if gate else None),
+            cfg, check_data)
+    return run_quantize(model, data, cfg, preprocess=preprocess, progress=progress,
                         validate=validate, gate=judge if gate else None)
 
 

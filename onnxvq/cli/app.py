@@ -102,6 +102,15 @@ def quantize(
     weight_only: Annotated[bool, typer.Option(
         "--weight-only", help="Quantize only the Linear weights (to --w-bits; 4 bits run as "
         "MatMulNBits); activations stay float.")] = False,
+    target_sqnr: Annotated[float | None, typer.Option(
+        "--target-sqnr", help="Mixed precision: raise the most sensitive Linears to 8 bits (float "
+        "last) until the output SQNR vs FP32 reaches this many dB.")] = None,
+    max_drop: Annotated[float | None, typer.Option(
+        "--max-drop", help="Mixed precision: the same until top-1 disagreement with FP32 is at "
+        "most this many percent.")] = None,
+    rank_by: Annotated[str, typer.Option(
+        help="Mixed precision ranking: sensitivity (measured) or nuclear (PTQ-for-ViT's "
+        "nuclear-norm prior).")] = "sensitivity",
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
     split_shortcut: Annotated[float | None, typer.Option(
@@ -146,10 +155,13 @@ def quantize(
                           recipe=recipe, reparam=reparam, reparam_mlp=reparam_mlp,
                           weight_method=weight_method, bias_correction=bias_correction,
                           split_shortcut=split_shortcut, fisher=fisher,
-                          weight_only=weight_only)
+                          weight_only=weight_only, target_sqnr=target_sqnr,
+                          max_drop=max_drop, rank_by=rank_by)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
         if lis_base != "2" and not lis:
             warn(f"--lis-base {lis_base} does nothing without --lis")
+        if rank_by != "sensitivity" and target_sqnr is None and max_drop is None:
+            warn("--rank-by does nothing without --target-sqnr or --max-drop")
         spec = _denoiser_spec(spec, data, samples, seed, calib_steps, calib_per_step, ddim,
                               classes, denoiser_inputs)
         with progress("quantizing (samples calibrated)") as advance:

@@ -88,7 +88,8 @@ def quantization_dict(result, model_path, written: dict) -> dict:
             "passes": [{"pass": r.pass_id, "applied": r.applied, **r.counts}
                        for r in result.passes],
             "skipped": [{"node": n, "reason": why} for n, why in result.plan.skipped],
-            "fidelity": result.fidelity}
+            "fidelity": result.fidelity,
+            **({"mixed_precision": result.mixed_precision} if result.mixed_precision else {})}
 
 
 def demo_dict(demo) -> dict:
@@ -120,6 +121,12 @@ def render_quantization(console: Console, result, model_path, out_path) -> None:
     for o in result.fidelity.get("outputs", []):  # the fidelity gate (verify/gate.py)
         t.add_row(f"fidelity {o['output']}", f"SQNR {o['sqnr_db']:.1f} dB, cosine "
                   f"{o['cosine']:.4f} on {result.fidelity['source']}")
+    mp = result.mixed_precision
+    if mp:  # accuracy-aware mixed precision: the bits chosen per Linear
+        t.add_row("mixed precision", f"{len(mp['raised'])} Linears raised ("
+                  + ", ".join(f"{n} {mp['layers'][n]}" for n in mp["raised"][:8])
+                  + f"); output SQNR {mp['sqnr_db']:.1f} dB, agreement "
+                  f"{100 * mp['agreement']:.1f} %, target {'met' if mp['met'] else 'NOT met'}")
     if result.plan.skipped:
         t.add_row("kept float", "; ".join(f"{n} ({why})" for n, why in result.plan.skipped[:6]))
     size_in, size_out = model_bytes(model_path), model_bytes(out_path)

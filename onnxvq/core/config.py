@@ -11,6 +11,7 @@ METHODS = ("minmax", "ema", "percentile", "omse", "block-mse", "similarity", "tw
 TARGETS = ("ort", "trt")
 WEIGHT_METHODS = ("max", "mse", "output", "gptq")  # onnxvq.calibrate.weights
 LIS_BASES = {"2": 1, "sqrt2": 2}  # --lis-base -> LogIntSoftmax octave_steps (codes per octave)
+RANKINGS = ("sensitivity", "nuclear")  # onnxvq.verify.mixed: which Linears to raise first
 # One switch for the best low-bit result (README "Low bits"): each recipe fills the fields a user
 # left at their defaults, so `recipe="repq", weight_method="mse"` keeps the user's choice.
 RECIPES = {
@@ -59,8 +60,16 @@ class QuantConfig:
     ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
     split_shortcut: float | None = None  # split Conv/MatMul over Concats with ranges > this ratio
     weight_only: bool = False  # Linear weights at w_bits, activations float (MatMulNBits) (h9)
+    layer_bits: tuple[tuple[str, int], ...] = ()  # (node glob, bits): a Linear's weight + input
+    target_sqnr: float | None = None  # mixed precision: output SQNR (dB) to reach (h9)
+    max_drop: float | None = None  # mixed precision: top-1 disagreement with FP32 allowed, %
+    rank_by: str = "sensitivity"  # mixed precision: RANKINGS
 
     def __post_init__(self) -> None:
+        pairs = self.layer_bits.items() if isinstance(self.layer_bits, dict) else self.layer_bits
+        if isinstance(pairs, list | tuple | type({}.items())):  # JSON gives lists of lists
+            object.__setattr__(self, "layer_bits", tuple(
+                tuple(p) if isinstance(p, list | tuple) else p for p in pairs))
         for name in ("method", "target", "weight_method"):  # a CLI Enum arrives as its value
             value = getattr(self, name)
             object.__setattr__(self, name, getattr(value, "value", value))
@@ -98,6 +107,7 @@ class QuantConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["skip"] = list(self.skip)
+        d["layer_bits"] = [list(p) for p in self.layer_bits]
         d["attention_bits"] = self.attention_bits
         return d
 
@@ -164,7 +174,7 @@ def _problems(cfg: QuantConfig) -> list[str]:
                    f"{cfg.percentile!r} (1e-5 clips the top and bottom 0.001 %)")
     if cfg.split_shortcut is not None and not _number_in(cfg.split_shortcut, 1.0, 1e9):
         out.append(f"split-shortcut is a range ratio >= 1, got {cfg.split_shortcut!r}")
-    out += _weight_only_problems(cfg)
+    out += _weight_only_problems(cfg) + _mixed_problems(cfg)
     if not isinstance(cfg.skip, tuple) or not all(isinstance(p, str) and p for p in cfg.skip):
         out.append(f"skip must be node-name glob strings, got {cfg.skip!r}")
     return out
@@ -181,6 +191,22 @@ def _weight_only_problems(cfg: QuantConfig) -> list[str]:
                    "block-quantized int4 Q/DQ")
     if cfg.a_bits != 8 or cfg.attn_bits is not None:
         out.append("weight-only keeps activations float; drop a-bits/attn-bits")
+    return out
+
+
+def _mixed_problems(cfg: QuantConfig) -> list[str]:
+    out = []
+    if cfg.target_sqnr is not None and not _number_in(cfg.target_sqnr, 0.0, 200.0):
+        out.append(f"target-sqnr is in dB, 0 to 200, got {cfg.target_sqnr!r}")
+    if cfg.max_drop is not None and not _number_in(cfg.max_drop, 0.0, 100.0):
+        out.append(f"max-drop is a top-1 disagreement in percent, 0 to 100, got {cfg.max_drop!r}")
+    if cfg.rank_by not in RANKINGS:
+        out.append(f"unknown rank_by {cfg.rank_by!r}; choose one of {', '.join(RANKINGS)}")
+    ok = isinstance(cfg.layer_bits, tuple) and all(
+        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and p[0]
+        and _is_int(p[1]) and 2 <= p[1] <= 8 for p in cfg.layer_bits)
+    if not ok:
+        out.append(f"layer_bits must be (node glob, bits 2-8) pairs, got {cfg.layer_bits!r}")
     return out
 
 

@@ -35,6 +35,8 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
 
     def add(tensor: gs.Tensor, node: gs.Node, role: str, bits: int) -> None:
         entry = acts.setdefault(tensor.name, ([], role, bits))
+        if bits > entry[2]:  # a shared input takes the widest of its consumers' bits
+            entry = acts[tensor.name] = (entry[0], entry[1], bits)
         if node.name not in entry[0]:
             entry[0].append(node.name)
 
@@ -96,7 +98,11 @@ def _attention_matmuls(structure: ViTStructure, cfg: QuantConfig, softmaxes: tup
 
 
 def _edge_bits(node: gs.Node, structure: ViTStructure, cfg: QuantConfig) -> tuple[int, int]:
-    """(weight, input) bits; `edge_bits` applies to the patch embedding and the head (h4)."""
+    """(weight, input) bits; `layer_bits` (mixed precision) first, then `edge_bits` for the
+    patch embedding and the head (h4)."""
+    for pattern, bits in cfg.layer_bits:
+        if fnmatch(node.name, pattern):
+            return bits, bits
     edges = {*structure.patch_embed, *(h.node for h in structure.head)}
     if cfg.edge_bits is not None and node.name in edges:
         return cfg.edge_bits, cfg.edge_bits

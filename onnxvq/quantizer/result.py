@@ -38,6 +38,7 @@ class QuantResult:
     fidelity: dict = field(default_factory=dict)  # the fidelity gate's report (verify/gate.py)
     source_path: str | None = None  # the FP32 file quantized, which save() refuses to overwrite
     external_data: bool = False  # save() writes the weights to `<name>.data` (input over 2 GB)
+    mixed_precision: dict = field(default_factory=dict)  # bits per Linear chosen (verify/mixed)
 
     @property
     def refusals(self) -> list[dict]:
@@ -59,6 +60,7 @@ class QuantResult:
             "weights": {k: v.to_dict() for k, v in self.weight_qparams.items()},
             "fq": self.fq_params.to_dict(),
             "fidelity": self.fidelity,
+            **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {}),
         }
 
     def save(self, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:

@@ -124,6 +124,7 @@ def render_html(report: ReportData) -> str:
         parts += _sqnr_section(report.points)
         parts += _ln_section(report.ln_ranges)
         parts += _softmax_section(report.probs_tensor, report.probs)
+    parts += _mixed_section(report.sidecar.get("mixed_precision") if report.sidecar else None)
     parts += _settings_section(report.sidecar)
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -180,6 +181,24 @@ def _softmax_section(tensor: str | None, probs: np.ndarray | None) -> list[str]:
     return out + ["<p>Attention probabilities crowd near 0; 4-bit uniform levels send most of "
                   "them to 0, log2 levels (Log-Int-Softmax) keep them apart.</p>",
                   _img(png, "softmax distribution")]
+
+
+def _mixed_section(mp: dict | None) -> list[str]:
+    """Accuracy-aware mixed precision (verify/mixed.py): bits per Linear and the search."""
+    if not mp:
+        return []
+    target = ", ".join(f"{k} {v}" for k, v in mp["target"].items() if v is not None)
+    score = {r["node"]: r["score"] for r in mp["ranking"]}
+    return ["<h2>Mixed precision</h2>",
+            f"<p>Target {html.escape(target)} on {html.escape(str(mp['check']))}, ranked by "
+            f"{html.escape(mp['rank_by'])}: {len(mp['raised'])} Linears raised; output SQNR "
+            f"{mp['sqnr_db']:.1f} dB, top-1 agreement {100 * mp['agreement']:.1f} % "
+            f"({'met' if mp['met'] else 'NOT met'}).</p>",
+            _table(("Linear", "bits", "rank score"),
+                   [(n, str(b), score.get(n, "")) for n, b in mp["layers"].items()]),
+            _table(("search step", "Linears", "SQNR (dB)", "agreement"),
+                   [(s["raised"], s["layers"], s["sqnr_db"], s["agreement"])
+                    for s in mp["steps"]])]
 
 
 def _settings_section(sidecar: dict) -> list[str]:
