@@ -97,3 +97,20 @@ def test_w8_and_trt_keep_int8_containers(tiny):
         packs = [p for p in result.passes if p.pass_id == "pack-int4-weights"]
         assert (packs[0].refused[0][1].startswith("target trt") if cfg.target == "trt"
                 else not packs)
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_deit_small_w4_file_is_under_015_of_fp32(corpus_model, tmp_path):
+    """Issue 11's criterion on timm's ViT-S/16 (DeiT-S's architecture): the W4 file written to
+    disk is <= 0.15x the FP32 file and runs in ORT (measured 0.135x; 0.141x with the recipe's
+    8-bit patch embedding and head)."""
+    from onnxvq.core.graph import save_model
+
+    path = corpus_model("vit_small_patch16_224", "torchscript17")
+    result = quantize(path, None, QuantConfig(w_bits=4, a_bits=8, edge_bits=8, calib_size=8,
+                                              batch_size=4))
+    out = save_model(result.model, tmp_path / "w4.onnx")
+    assert out.stat().st_size <= 0.15 * path.stat().st_size
+    feeds = random_inputs(make_session(result.model), batch=1, seed=0)
+    assert np.isfinite(make_session(out).run(None, feeds)[0]).all()
