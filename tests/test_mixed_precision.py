@@ -89,3 +89,20 @@ def test_layer_bits_raise_weights_and_input(sensitive):
     site = next(s for s in result.plan.activations if SENSITIVE in s.consumers)
     assert site.bits == 8 and result.weight_qparams[SENSITIVE].bits == 8
     assert np.isclose(result.activation_qparams[site.tensor].bits, 8)
+
+
+def test_attention_units_at_4_bit_activations(sensitive):
+    from onnxvq.quantizer.run import quantize
+    from onnxvq.verify.mixed import units
+
+    cfg = QuantConfig(**{**BASE, "a_bits": 4})
+    result = quantize(sensitive, None, cfg)
+    found = {u.name: u for u in units(result)}
+    att = result.structure.attentions[1]
+    assert len(found) == 10 + 2 and found[att.scores_matmul].raise_nodes == (
+        att.scores_matmul, att.context_matmul)
+    raised = quantize(sensitive, None, cfg.with_(layer_bits=((att.scores_matmul, 8),
+                                                             (att.context_matmul, 8))))
+    bits = {c: s.bits for s in raised.plan.activations for c in s.consumers}
+    assert bits[att.scores_matmul] == bits[att.context_matmul] == 8
+    assert bits[result.structure.attentions[0].scores_matmul] == 4

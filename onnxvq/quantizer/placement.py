@@ -92,9 +92,16 @@ def _attention_matmuls(structure: ViTStructure, cfg: QuantConfig, softmaxes: tup
         return
     qk_bits = cfg.a_bits if cfg.lis else cfg.attention_bits
     for att in structure.attentions:
-        yield att.scores_matmul, ("scores", "scores"), qk_bits
+        yield att.scores_matmul, ("scores", "scores"), _layer_bits(att.scores_matmul, cfg,
+                                                                   qk_bits)
         if att.softmax not in softmaxes:
-            yield att.context_matmul, ("probs", "values"), cfg.attention_bits
+            yield att.context_matmul, ("probs", "values"), _layer_bits(
+                att.context_matmul, cfg, cfg.attention_bits)
+
+
+def _layer_bits(node: str, cfg: QuantConfig, default: int) -> int:
+    """`layer_bits` (mixed precision) for an attention MatMul's inputs, else `default`."""
+    return next((b for pattern, b in cfg.layer_bits if fnmatch(node, pattern)), default)
 
 
 def _edge_bits(node: gs.Node, structure: ViTStructure, cfg: QuantConfig) -> tuple[int, int]:

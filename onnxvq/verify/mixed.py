@@ -12,7 +12,9 @@ make `onnxvq.api.quantize` run this loop around the plain quantizer:
    over a few samples; no quantized runs);
 3. raise the first k of the ranking to 8 bits (weights and input, `QuantConfig.layer_bits`) with
    the smallest k that meets the target, found by bisection on k (each probe a full quantize);
-   if all at 8 bits still miss, keep the first k float (`skip`) the same way.
+   if all at 8 bits still miss, keep the first k float (`skip`) the same way. The units ranked
+   are the Linears below 8 bits and the attentions whose Q·Kᵀ/A·V inputs are (both MatMuls
+   raised together; their nuclear-norm prior is that of the attention probabilities).
 
 The chosen bit-width per Linear, the ranking and every probe are returned in
 `QuantResult.mixed_precision` (the sidecar's "mixed_precision", the CLI's output, the report).
@@ -70,23 +72,52 @@ class _Checker:
         return Fidelity(float(error_stats(self.ref, got)["sqnr_db"]), float(agree))
 
 
+@dataclass(frozen=True)
+class Unit:
+    """What one step raises: a Linear (weights + input), or an attention's two MatMuls."""
+
+    name: str  # the Linear's node, or the attention's Q·Kᵀ MatMul
+    raise_nodes: tuple[str, ...]  # the nodes `layer_bits` / `skip` name
+    revert: frozenset[str]  # the canonical nodes put back to FP32 to measure its sensitivity
+    probe: str  # the FP32 tensor its nuclear norm is taken of
+
+
+def units(result) -> list[Unit]:
+    """The Linears and attention MatMuls that are below 8 bits in `result`'s plan."""
+    canonical, out = result.canonical, {}
+    produced = {n.name: n.output[0] for n in canonical.graph.node}
+    for w in result.plan.weights:
+        if w.bits < 8:
+            out[w.node] = Unit(w.node, (w.node,), frozenset(_linear_nodes(canonical, w.node)),
+                               produced[w.node])
+    site_bits = {c: s.bits for s in result.plan.activations for c in s.consumers}
+    for att in result.structure.attentions:
+        if min(site_bits.get(att.scores_matmul, 8), site_bits.get(att.context_matmul, 8)) < 8:
+            nodes = (att.scores_matmul, att.context_matmul)
+            out[att.scores_matmul] = Unit(att.scores_matmul, nodes, frozenset(
+                {*nodes, att.softmax, *att.score_nodes}), att.probs)
+    return list(out.values())
+
+
 def mixed_precision(quantize: Quantize, cfg: QuantConfig, check_data=None):
-    """The QuantResult of the lowest-precision assignment found that meets `cfg`'s target."""
-    plain = replace(cfg, target_sqnr=None, max_drop=None)
-    result = quantize(plain)
+    """The QuantResult of the lowest-precision assignment found that meets `cfg`'s target (the
+    most accurate one tried when none does)."""
+    result = quantize(replace(cfg, target_sqnr=None, max_drop=None))
     source, where = check_source(result.canonical, result.data_spec or _noise_spec(cfg),
                                  cfg.calib_size, check_data, CHECK_SAMPLES)
     checker = _Checker(result.canonical, list(batches(source, 8, input_shape_name(
         result.canonical))))
     first = checker.fidelity(result.model)
+    tried = [(first, result)]
     steps = [_step("none", 0, first)]
-    low = [w.node for w in result.plan.weights if w.bits < 8]
-    ranking: list[tuple[str, float]] = []
+    ranking: list[tuple[Unit, float]] = []
+    low = units(result)
     if not first.meets(cfg) and low:
         ranking = rank(result, low, checker, cfg.rank_by)
-        order = [n for n, _ in ranking]
-        result = _search(quantize, cfg, order, checker, steps, "8") or \
-            _search(quantize, cfg, order, checker, steps, "float") or result
+        order = [u for u, _ in ranking]
+        found = _search(quantize, cfg, order, checker, steps, "8", tried) or \
+            _search(quantize, cfg, order, checker, steps, "float", tried)
+        result = found or max(tried, key=lambda t: t[0].sqnr_db)[1]
     final = checker.fidelity(result.model)
     # the sidecar's config: the chosen layer_bits/skip with the target that chose them
     result.config = replace(result.config, target_sqnr=cfg.target_sqnr, max_drop=cfg.max_drop)
@@ -95,22 +126,24 @@ def mixed_precision(quantize: Quantize, cfg: QuantConfig, check_data=None):
     return result
 
 
-def _search(quantize: Quantize, cfg: QuantConfig, order: list[str], checker: _Checker,
-            steps: list, how: str):
-    """Bisection on k: the first k Linears of `order` at 8 bits (`how` "8"), or all at 8 and the
+def _search(quantize: Quantize, cfg: QuantConfig, order: list[Unit], checker: _Checker,
+            steps: list, how: str, tried: list):
+    """Bisection on k: the first k units of `order` at 8 bits (`how` "8"), or all at 8 and the
     first k float ("float"); the result of the smallest k meeting `cfg`, None if even all miss."""
     plain = replace(cfg, target_sqnr=None, max_drop=None)
 
+    def globs(us):
+        return tuple(_glob(n) for u in us for n in u.raise_nodes)
+
     def build(k: int):
-        names = tuple(_glob(n) for n in order[:k])
-        if how == "8":
-            probe = replace(plain, layer_bits=tuple((n, 8) for n in names) + plain.layer_bits)
-        else:
-            probe = replace(plain, layer_bits=tuple((_glob(n), 8) for n in order)
-                            + plain.layer_bits, skip=plain.skip + names)
+        raised = order[:k] if how == "8" else order
+        probe = replace(plain, layer_bits=tuple((g, 8) for g in globs(raised))
+                        + plain.layer_bits,
+                        skip=plain.skip + (globs(order[:k]) if how == "float" else ()))
         result = quantize(probe)
         fid = checker.fidelity(result.model)
         steps.append(_step(how, k, fid))
+        tried.append((fid, result))
         return result, fid.meets(cfg)
 
     best, ok = build(len(order))
@@ -127,19 +160,16 @@ def _search(quantize: Quantize, cfg: QuantConfig, order: list[str], checker: _Ch
     return best
 
 
-def rank(result, layers: list[str], checker: _Checker, how: str) -> list[tuple[str, float]]:
-    """(Linear, score) most sensitive first: output SQNR with it alone put back to FP32
-    (higher is more sensitive), or the nuclear norm of its FP32 output."""
+def rank(result, low: list[Unit], checker: _Checker, how: str) -> list[tuple[Unit, float]]:
+    """(unit, score) most sensitive first: output SQNR with it alone put back to FP32 (higher
+    is more sensitive), or the nuclear norm of its FP32 output (attention: the probabilities)."""
     if how == "nuclear":
-        scores = _nuclear(result.canonical, layers, checker.feeds)
+        scores = _nuclear(result.canonical, low, checker.feeds)
     else:
         every = {n.name for n in result.canonical.graph.node}
-        scores = {}
-        for node in layers:
-            reverted = keep_quantized(result.model, result.canonical,
-                                      every - _linear_nodes(result.canonical, node))
-            scores[node] = checker.fidelity(reverted).sqnr_db
-    return sorted(scores.items(), key=lambda kv: -kv[1])
+        scores = [checker.fidelity(keep_quantized(result.model, result.canonical,
+                                                  every - u.revert)).sqnr_db for u in low]
+    return sorted(zip(low, scores, strict=True), key=lambda us: -us[1])
 
 
 def _linear_nodes(canonical: onnx.ModelProto, node: str) -> set[str]:
@@ -148,16 +178,15 @@ def _linear_nodes(canonical: onnx.ModelProto, node: str) -> set[str]:
     return {node} | {n.name for n in canonical.graph.node if n.op_type == "Add" and out in n.input}
 
 
-def _nuclear(canonical: onnx.ModelProto, layers: list[str], feeds: list[dict]) -> dict:
-    outs = {n.name: n.output[0] for n in canonical.graph.node if n.name in layers}
-    sess = make_session(expose(canonical, list(outs.values())))
-    names = list(outs.values())
-    got = sess.run(names, feeds[0])
-    scores = {}
-    for (node, _), y in zip(outs.items(), got, strict=True):
-        y = np.asarray(y, np.float64)
-        per = y.reshape(y.shape[0], -1, y.shape[-1])[:NUCLEAR_SAMPLES]
-        scores[node] = float(np.mean([np.linalg.svd(m, compute_uv=False).sum() for m in per]))
+def _nuclear(canonical: onnx.ModelProto, low: list[Unit], feeds: list[dict]) -> list[float]:
+    names = list(dict.fromkeys(u.probe for u in low))
+    got = dict(zip(names, make_session(expose(canonical, names)).run(names, feeds[0]),
+                   strict=True))
+    scores = []
+    for u in low:
+        y = np.asarray(got[u.probe], np.float64)[:NUCLEAR_SAMPLES]
+        mats = y.reshape(-1, y.shape[-2], y.shape[-1]) if y.ndim >= 3 else y[None]
+        scores.append(float(np.mean([np.linalg.svd(m, compute_uv=False).sum() for m in mats])))
     return scores
 
 
@@ -179,13 +208,17 @@ def _noise_spec(cfg: QuantConfig):
 
 def _record(cfg: QuantConfig, result, ranking, steps, final: Fidelity, where: str) -> dict:
     bits = {w.node: w.bits for w in result.plan.weights}
+    site_bits = {c: s.bits for s in result.plan.activations for c in s.consumers}
     skipped = dict(result.plan.skipped)
-    layers = {n: bits.get(n, "float" if n in skipped else None) for n, _ in ranking} or bits
+    layers = dict(bits)
+    for u, _ in ranking:
+        layers[u.name] = ("float" if u.name in skipped else
+                          bits.get(u.name, site_bits.get(u.name)))
     return {"target": {"sqnr_db": cfg.target_sqnr, "max_drop": cfg.max_drop},
             "rank_by": cfg.rank_by, "check": where,
-            "ranking": [{"node": n, "score": round(s, 4)} for n, s in ranking],
-            "layers": {**bits, **{n: v for n, v in layers.items() if v is not None}},
-            "raised": [n for n, _ in ranking if layers.get(n) in (8, "float")],
+            "ranking": [{"node": u.name, "score": round(float(sc), 4)} for u, sc in ranking],
+            "layers": layers,
+            "raised": [u.name for u, _ in ranking if layers.get(u.name) in (8, "float")],
             "steps": steps, "sqnr_db": round(final.sqnr_db, 3),
             "agreement": round(final.agreement, 4), "met": final.meets(cfg)}
 
