@@ -19,7 +19,7 @@ from onnxvq.quantizer.run import quantize
 
 NOISE = dict(calib_size=8, batch_size=4)
 LOWERING = ("ort-fast-gelu", "fold-scale-into-dequantize", "patch-conv-to-matmul",
-            "hoist-quantize-over-split", "ort-matmul-bias", "ort-mixed-qmatmul")
+            "hoist-quantize-over-split", "ort-matmul-bias", "ort-mixed-qmatmul", "ort-matmul-nbits")
 
 
 def _ort_ops(model: onnx.ModelProto, tmp_path) -> Counter:
