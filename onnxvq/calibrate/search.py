@@ -97,6 +97,8 @@ def strided_subset(batches: Iterable[Mapping[str, np.ndarray]], total: int, n: i
 
 def run_chunks(sess, names: list[str], feeds: Mapping[str, np.ndarray], inp: str, x: np.ndarray,
                batch: int) -> dict[str, np.ndarray]:
+    if batch >= len(x):  # one run: outputs need not have the batch on axis 0
+        return dict(zip(names, sess.run(names, {**feeds, inp: x}), strict=True))
     parts: dict[str, list] = {n: [] for n in names}
     for i in range(0, len(x), batch):
         outs = sess.run(names, {**feeds, inp: x[i:i + batch]})
@@ -120,8 +122,9 @@ def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, im
     targets = sorted({t for u in units
                       for t in objective.outputs(u[2], _layers(u[2], nodes), node_out) + [u[1]]})
     wanted = [t for t in dict.fromkeys([*targets, *(u[0] for u in units)]) if t != inp]
-    ref = run_chunks(make_session(expose(model, wanted)), wanted, {}, inp, images,
-                     cfg.batch_size)
+    # one run of the whole search subset (32 samples): an export may keep tokens first
+    # ([T, N, C], torch.nn.TransformerEncoderLayer), so tensors cannot be chunked on axis 0
+    ref = run_chunks(make_session(expose(model, wanted)), wanted, {}, inp, images, len(images))
     ref[inp] = images
     if cfg.fisher:
         _fisher(model, units, objective, ref, node_out, state)
@@ -134,8 +137,7 @@ def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, im
         sess = make_session(qb.model)
         want = {n: ref[n] for n in names if n in ref}
         _search_block(qb, x, names, want, layers, state, full, objective, cfg)
-        x_q = run_chunks(sess, [qb.output], _feeds(qb, state), qb.input, x,
-                         cfg.batch_size)[qb.output]
+        x_q = run_chunks(sess, [qb.output], _feeds(qb, state), qb.input, x, len(x))[qb.output]
         prev_out = b_out
         err = float(np.mean((x_q - ref[b_out]) ** 2) / max(np.mean(ref[b_out] ** 2), 1e-30))
         state.trace.append({"block": k, "relative_mse": err,
@@ -152,10 +154,10 @@ def _fisher(model, units, objective: Objective, ref, node_out, state: SearchStat
     t0 = time.perf_counter()
     targets = [t for u in units for t in objective.fisher_targets(u[2], node_out)]
     raw = fisher_weights(model, targets, ref)
-    objective.weights = normalised(raw, {t: ref[t].shape for t in raw})
+    objective.weights = normalised(raw)
     for t, f in raw.items():
         w = objective.weights.get(t)
-        state.fisher[t] = {"raw_mean": float(np.mean(f)), "min_weight": float(w.min()),
+        state.fisher[t] = {"raw_mean": float(np.mean(f.raw)), "min_weight": float(w.min()),
                            "max_weight": float(w.max())} if w is not None else {"raw_mean": 0.0}
     log.info("Fisher weights of %d tensors (%.1f s)", len(raw), time.perf_counter() - t0)
 
@@ -239,7 +241,7 @@ def _run_part(part: Tail, qb, x, state, front, cfg) -> dict[str, np.ndarray]:
     feeds = _feeds(qb, state, {f.rsplit("/", 1)[0] for f in params})  # "<owner>/fq_..."
     batched = {**front, qb.input: x} if qb.input in part.feeds else front
     return run_batched(part.session, part.outputs, {k: feeds[k] for k in params}, batched,
-                       len(x), cfg.batch_size)
+                       len(x), len(x))  # one batch: see search_scales
 
 
 def _scorer(tail: Tail, head: Tail | None, qb, x, want, state, objective,

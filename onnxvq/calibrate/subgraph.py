@@ -91,7 +91,9 @@ class Tail:
 def run_batched(sess, names: list[str], feeds: Mapping[str, np.ndarray],
                 batched: Mapping[str, np.ndarray], n: int, batch: int) -> dict[str, np.ndarray]:
     """`names` of `sess` over `n` samples in chunks of `batch`: `batched` arrays are sliced on
-    axis 0, `feeds` are passed whole."""
+    axis 0, `feeds` are passed whole (`batch >= n`: one run, nothing sliced)."""
+    if batch >= n:  # one run, arrays whole: their batch need not be on axis 0 ([T, N, C])
+        return dict(zip(names, sess.run(names, {**feeds, **batched}), strict=True))
     parts: dict[str, list] = {k: [] for k in names}
     for i in range(0, n, batch):
         chunk = {k: v[i:i + batch] for k, v in batched.items()}

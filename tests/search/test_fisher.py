@@ -36,7 +36,9 @@ def test_fisher_matches_the_analytic_value():
     x = np.abs(rng.standard_normal((2, T, C))).astype(np.float32) + 0.5  # Relu is the identity
     model = _pooled_linear(w)
     o = x
-    raw = fisher_weights(model, ["o"], {"x": x, "o": o}, samples=2, groups=T, probes=256)["o"]
+    found = fisher_weights(model, ["o"], {"x": x, "o": o}, samples=2, groups=T, probes=256)["o"]
+    raw = found.raw
+    assert found.axis == 1 and found.size == T
     want = []
     for s in range(2):
         z = (o[s] @ w).mean(0)
@@ -66,9 +68,9 @@ def test_sensitivity_weights_are_not_all_zero(tiny):
     b = fisher_weights(model, names, ref, samples=4, probes=4, eps=0.025)
     assert set(a) == set(names)
     for t in names:
-        assert np.all(a[t] > 0), t
-        np.testing.assert_allclose(a[t], b[t], rtol=0.1)
-    w = normalised(a, {t: ref[t].shape for t in a})
+        assert np.all(a[t].raw > 0), t
+        np.testing.assert_allclose(a[t].raw, b[t].raw, rtol=0.1)
+    w = normalised(a)
     assert all(abs(float(v.mean()) - 1) < 1e-5 for v in w.values())
     assert max(float(v.max() / v.min()) for v in w.values()) > 2
 

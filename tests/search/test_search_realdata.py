@@ -35,3 +35,23 @@ def test_measured_ordering_at_w4a4_on_the_cct(shared_data):
     assert top1["block-mse"] >= top1["omse"] + 0.05
     assert top1["twin"] >= top1["block-mse"] + 0.20
     assert max(top1.values()) >= top1["omse"] + 0.05
+
+
+def test_search_on_a_tokens_first_export(shared_data):
+    """vit_cifar10 (torch.nn.TransformerEncoderLayer) keeps its tokens first, [T, N, C], and its
+    attention merges batch and heads ([N·H, T, d]): the search runs the subset unchunked and the
+    Fisher probes find each tensor's batch axis (both failed on axis-0 slicing before)."""
+    model = shared_data / "models" / "vit_cifar10.onnx"
+    prep = resolve_preprocess("cifar10-vit")
+    small = dict(w_bits=4, a_bits=4, calib_size=32, search_samples=8)
+    for method, fisher in (("block-mse", False), ("twin", True)):
+        result = quantize(model, shared_data / "cifar10" / "calib",
+                          QuantConfig(method=method, fisher=fisher, **small), preprocess=prep)
+        search = result.calibration["search"]
+        assert len(search["blocks"]) == 8  # stem, 6 blocks, head
+        assert all(0 < b["relative_mse"] < 1 for b in search["blocks"])
+        if fisher:  # ReLU MLPs: the twin sites are the 6 attention probabilities (A·V)
+            assert len(search["fisher"]) == 6
+            assert all(f["raw_mean"] > 0 and f["max_weight"] > f["min_weight"]
+                       for f in search["fisher"].values())
+        assert evaluate(result.model, shared_data / "cifar10" / "val", prep, limit=200).top1 > 0.5
