@@ -39,6 +39,7 @@ from onnxvq.passes.reparameterize_activation import ReparameterizeActivation
 from onnxvq.passes.reparameterize_layernorm import ReparameterizeLayerNorm
 from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
 from onnxvq.passes.replace_softmax import ReplaceSoftmax
+from onnxvq.passes.smooth_linear_inputs import SmoothLinearInputs
 from onnxvq.passes.twin_qdq import TwinQDQ
 
 # Every command starts here: constants and shape noise folded, BatchNorm folded into Convs,
@@ -65,6 +66,10 @@ FULLY_QUANTIZED = Pipeline((ReplaceLayerNorm(), ReplaceSoftmax())) + W8A8
 # RepQ-ViT (--reparam / --reparam-mlp), between recognition and the main calibration: fold the
 # per-channel quantizers in `ctx.channel_qparams` into LayerNorms/Linears (numerically neutral).
 REPARAMETERIZE = Pipeline((ReparameterizeLayerNorm(), ReparameterizeActivation()))
+
+# SmoothQuant (--smooth), before REPARAMETERIZE: the factors in `ctx.smooth_factors` folded into
+# the producing LayerNorms / Linears and the consuming Linears (numerically neutral).
+SMOOTH = Pipeline((SmoothLinearInputs(),))
 
 
 # Target ort only: the QDQ graph lowered into the fused kernels ONNX Runtime's CPU provider runs

@@ -86,7 +86,8 @@ def quantize(
              "half-octave codes).")] = "2",
     recipe: Annotated[str | None, typer.Option(
         help="repq: the best low-bit settings (RepQ-ViT reparameterisation, GPTQ weights, omse, "
-             "8-bit patch embedding/head); fills the flags left at their defaults.")] = None,
+             "8-bit patch embedding/head); smooth: the best 8-bit settings (SmoothQuant + bias "
+             "correction); fills the flags left at their defaults.")] = None,
     reparam: Annotated[bool, typer.Option(
         "--reparam", help="Per-channel LayerNorm-output quantizers folded (RepQ-ViT).")] = False,
     reparam_mlp: Annotated[bool, typer.Option(
@@ -111,6 +112,9 @@ def quantize(
     rank_by: Annotated[str, typer.Option(
         help="Mixed precision ranking: sensitivity (measured) or nuclear (PTQ-for-ViT's "
         "nuclear-norm prior).")] = "sensitivity",
+    smooth: Annotated[bool, typer.Option(
+        "--smooth", help="SmoothQuant: per-channel factors (alpha searched per layer) moved from "
+        "Linear inputs into their weights.")] = False,
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
     split_shortcut: Annotated[float | None, typer.Option(
@@ -156,7 +160,7 @@ def quantize(
                           weight_method=weight_method, bias_correction=bias_correction,
                           split_shortcut=split_shortcut, fisher=fisher,
                           weight_only=weight_only, target_sqnr=target_sqnr,
-                          max_drop=max_drop, rank_by=rank_by)
+                          max_drop=max_drop, rank_by=rank_by, smooth=smooth)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
         if lis_base != "2" and not lis:
             warn(f"--lis-base {lis_base} does nothing without --lis")

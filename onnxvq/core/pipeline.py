@@ -85,6 +85,8 @@ class PassContext:
     # per-channel (scale[C], zero_point[C]) of activation tensors, for the reparameterise passes
     channel_qparams: Mapping[str, tuple] = field(default_factory=dict)
     twin_qparams: Mapping[str, object] = field(default_factory=dict)  # tensor -> TwinQParams
+    # SmoothQuant factors s[C] of Linear input activations, for smooth-linear-inputs
+    smooth_factors: Mapping[str, object] = field(default_factory=dict)
 
 
 class Pass(ABC):

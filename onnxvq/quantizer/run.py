@@ -101,8 +101,11 @@ def quantize(
     if large:
         release_freed()
     canonical, structure, split = _split_shortcuts(graph, canonical, structure, spec, cfg)
+    canonical, structure, smooth_passes = _smooth(graph, canonical, structure, spec, cfg,
+                                                  validate)
     canonical, structure, overrides, reparam_passes = _reparameterize(
         graph, canonical, structure, spec, cfg, validate)
+    reparam_passes = [*smooth_passes, *reparam_passes]
     if not structure.is_vit and not structure.is_cnn:
         log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
                     "will be quantized")
@@ -186,6 +189,20 @@ def _split_shortcuts(graph, canonical, structure, spec, cfg: QuantConfig):
         infer_shapes_into(graph, canonical)
         structure = recognise(graph)
     return canonical, structure, [split]
+
+
+def _smooth(graph, canonical, structure, spec, cfg, validate):
+    """SmoothQuant (`--smooth`) on the same graph: the new FP32 model, its structure, the pass
+    results; unchanged when off."""
+    if not (cfg.smooth and structure.is_vit):
+        if cfg.smooth:
+            log.warning("--smooth did nothing: no transformer blocks recognised")
+        return canonical, structure, []
+    from onnxvq.quantizer.smooth import smooth
+
+    done = smooth(graph, canonical, structure, spec, cfg, validate)
+    infer_shapes_into(graph, done.model)
+    return done.model, recognise(graph), done.passes
 
 
 def _reparameterize(graph, canonical, structure, spec, cfg, validate):
