@@ -36,12 +36,27 @@ class Reparam:
     zero_point: int
 
 
-def reparam_factors(scale: np.ndarray, zero_point: np.ndarray) -> Reparam:
+def reparam_factors(scale: np.ndarray, zero_point: np.ndarray, zero: int | None = None,
+                    ) -> Reparam:
+    """`zero` fixes z~ (0 for TensorRT's symmetric int8: the per-channel asymmetric codes then
+    sit in [-128, 127] around 0, their offsets all in b)."""
     s = np.asarray(scale, dtype=np.float64)
     z = np.asarray(zero_point, dtype=np.float64)
     s_t = float(np.float32(s.mean()))  # the stored float32 scale is what the codes are taken with
-    z_t = int(np.round(z.mean()))
+    z_t = int(np.round(z.mean())) if zero is None else zero
     return Reparam(s / s_t, s_t * (z_t - z), s_t, z_t)
+
+
+def centering(lo: np.ndarray, hi: np.ndarray) -> Reparam:
+    """x' = x - c, c the centre of each channel's range: the offset a symmetric quantizer cannot
+    represent moves into the fold (r = 1; the scale is calibrated afterwards on x')."""
+    c = (np.asarray(lo, np.float64) + np.asarray(hi, np.float64)) / 2
+    return Reparam(np.ones_like(c), c, float("nan"), 0)
+
+
+def as_reparam(qp) -> Reparam:
+    """`ctx.channel_qparams` values: a ready `Reparam`, or per-channel (scale, zero_point[, z~])."""
+    return qp if isinstance(qp, Reparam) else reparam_factors(*qp)
 
 
 @dataclass(frozen=True)
@@ -174,11 +189,11 @@ def compensate(graph: gs.Graph, others: list[tuple[gs.Node, gs.Tensor]], rp: Rep
 
 def restore(graph: gs.Graph, t: gs.Tensor, rp: Reparam) -> gs.Variable:
     mid = gs.Variable(f"{t.name}/unshift", dtype=t.dtype, shape=t.shape)
+    graph.nodes.append(gs.Node("Add", name=f"{t.name}/reparam_unshift", outputs=[mid], inputs=[
+        t, gs.Constant(f"{t.name}/reparam_b", rp.b.astype(np.float32))]))
+    if np.all(rp.r == 1):  # a centring: the Add alone restores x
+        return mid
     out = gs.Variable(f"{t.name}/unscaled", dtype=t.dtype, shape=t.shape)
-    graph.nodes += [
-        gs.Node("Add", name=f"{t.name}/reparam_unshift", outputs=[mid], inputs=[
-            t, gs.Constant(f"{t.name}/reparam_b", rp.b.astype(np.float32))]),
-        gs.Node("Mul", name=f"{t.name}/reparam_unscale", outputs=[out], inputs=[
-            mid, gs.Constant(f"{t.name}/reparam_r", rp.r.astype(np.float32))]),
-    ]
+    graph.nodes.append(gs.Node("Mul", name=f"{t.name}/reparam_unscale", outputs=[out], inputs=[
+        mid, gs.Constant(f"{t.name}/reparam_r", rp.r.astype(np.float32))]))
     return out

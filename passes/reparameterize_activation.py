@@ -25,9 +25,9 @@ from onnxvq.passes.channel_fold import (
     Reparam,
     ReparamRecord,
     Targets,
+    as_reparam,
     find_targets,
     fold_linear,
-    reparam_factors,
 )
 
 
@@ -44,12 +44,12 @@ class ReparameterizeActivation(Pass):
             x = tensors.get(name)
             if x is not None and x.inputs and x.inputs[0].op == "LayerNormalization":
                 continue  # reparameterize-layernorm's
-            targets = find_targets(x, len(qp[0]), outputs) if x is not None else Targets()
-            reason = self.check(x, qp, targets)
+            rp = as_reparam(qp)
+            targets = find_targets(x, rp.r.size, outputs) if x is not None else Targets()
+            reason = self.check(x, rp, targets)
             if reason is not None:
                 result.refuse(name, reason)
                 continue
-            rp = reparam_factors(*qp)
             scaled = self.rewrite(graph, x, rp, targets)
             result.records.append(ReparamRecord(name, (scaled.name,), rp.scale, rp.zero_point,
                                                 tuple(n.name for n, _ in targets.linears), 0))
@@ -58,11 +58,11 @@ class ReparameterizeActivation(Pass):
         graph.cleanup().toposort()
         return result
 
-    def check(self, x: gs.Tensor | None, qp, targets: Targets) -> str | None:
+    def check(self, x: gs.Tensor | None, rp: Reparam, targets: Targets) -> str | None:
         if x is None:
             return "tensor not in the graph"
-        if not x.shape or x.shape[-1] != len(qp[0]):
-            return f"channel count unknown or not {len(qp[0])}"
+        if not x.shape or x.shape[-1] != rp.r.size:
+            return f"channel count unknown or not {rp.r.size}"
         if targets.escapes:
             return "tensor is a graph output"
         if not targets.linears:
@@ -73,10 +73,12 @@ class ReparameterizeActivation(Pass):
 
     def rewrite(self, graph: gs.Graph, x: gs.Tensor, rp: Reparam, targets: Targets,
                 ) -> gs.Variable:
-        out = gs.Variable(f"{x.name}/reparam_scaled", dtype=x.dtype, shape=x.shape)
-        graph.nodes.append(gs.Node("Mul", name=f"{x.name}/reparam_scale", inputs=[
-            x, gs.Constant(f"{x.name}/reparam_inv_r", (1.0 / rp.r).astype(np.float32))],
-            outputs=[out]))
+        out = x
+        if np.any(rp.r != 1):  # a centring alone (target trt) has r = 1
+            out = gs.Variable(f"{x.name}/reparam_scaled", dtype=x.dtype, shape=x.shape)
+            graph.nodes.append(gs.Node("Mul", name=f"{x.name}/reparam_scale", inputs=[
+                x, gs.Constant(f"{x.name}/reparam_inv_r", (1.0 / rp.r).astype(np.float32))],
+                outputs=[out]))
         if np.any(rp.b != 0):
             shifted = gs.Variable(f"{x.name}/reparam_shifted", dtype=x.dtype, shape=x.shape)
             graph.nodes.append(gs.Node("Add", name=f"{x.name}/reparam_shift", inputs=[

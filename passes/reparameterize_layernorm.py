@@ -24,10 +24,10 @@ from onnxvq.passes.channel_fold import (
     Reparam,
     ReparamRecord,
     Targets,
+    as_reparam,
     compensate,
     find_targets,
     fold_linear,
-    reparam_factors,
 )
 
 
@@ -46,25 +46,26 @@ class ReparameterizeLayerNorm(Pass):
             qp = ctx.channel_qparams.get(node.outputs[0].name)
             if qp is None:
                 continue
-            targets = find_targets(node.outputs[0], len(qp[0]), outputs)
-            reason = self.check(node, qp, targets)
+            rp = as_reparam(qp)
+            targets = find_targets(node.outputs[0], rp.r.size, outputs)
+            reason = self.check(node, rp, targets)
             if reason is not None:
                 result.refuse(node.name, reason)
                 continue
-            result.records.append(self.rewrite(graph, node, reparam_factors(*qp), targets))
+            result.records.append(self.rewrite(graph, node, rp, targets))
             result.applied += 1
             result.count("linears", len(targets.linears))
             result.count("compensated", result.records[-1].compensated)
         graph.cleanup().toposort()
         return result
 
-    def check(self, node: gs.Node, qp, targets: Targets) -> str | None:
+    def check(self, node: gs.Node, rp: Reparam, targets: Targets) -> str | None:
         x = node.inputs[0]
         rank = len(x.shape) if x.shape else None
         if rank is None or node.attrs.get("axis", -1) % rank != rank - 1:
             return "LayerNorm not over the last axis (or rank unknown)"
-        if x.shape[-1] != len(qp[0]):
-            return f"{x.shape[-1]} channels but {len(qp[0])} calibrated"
+        if x.shape[-1] != rp.r.size:
+            return f"{x.shape[-1]} channels but {rp.r.size} calibrated"
         if not all(isinstance(t, gs.Constant) for t in node.inputs[1:]):
             return "LayerNorm gamma/beta not constant"
         if targets.escapes:

@@ -16,9 +16,9 @@ RANKINGS = ("sensitivity", "nuclear")  # onnxvq.verify.mixed: which Linears to r
 # left at their defaults, so `recipe="repq", weight_method="mse"` keeps the user's choice.
 RECIPES = {
     "repq": {"method": "omse", "reparam": True, "reparam_mlp": True, "weight_method": "gptq",
-             "edge_bits": 8},
+             "edge_bits": 8, "center": True},
     # 8 bits (README "SmoothQuant"): migration into the weights plus bias correction
-    "smooth": {"smooth": True, "bias_correction": True},
+    "smooth": {"smooth": True, "bias_correction": True, "center": True},
 }
 
 
@@ -52,6 +52,7 @@ class QuantConfig:
     weight_method: str = "max"  # max, mse, output, gptq: scales/rounding of the weights (h4)
     bias_correction: bool = False  # bias += E[x] (W - W^) (h4)
     smooth: bool = False  # SmoothQuant: Linear-input factors (alpha searched) folded (h10)
+    center: bool = False  # target trt: activation offsets folded into beta/biases (h10)
     edge_bits: int | None = None  # patch embedding + head, weights and inputs; None: w/a_bits
     recipe: str | None = None  # a RECIPES name (h4)
     calib_size: int = 256
@@ -139,7 +140,7 @@ class QuantConfig:
 
 _BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis",
           "ort_fusions", "reparam", "reparam_mlp", "bias_correction", "fisher",
-          "weight_only", "smooth")
+          "weight_only", "smooth", "center")
 _ACTIVATION_SETTINGS = ("method", "pts", "lis", "reparam", "reparam_mlp")
 _INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed", "search_samples")
 

@@ -208,7 +208,8 @@ def _smooth(graph, canonical, structure, spec, cfg, validate):
 def _reparameterize(graph, canonical, structure, spec, cfg, validate):
     """RepQ-ViT (`--reparam`/`--reparam-mlp`) on the same graph: the new FP32 model, its
     structure, the site qparams it fixes and its pass results; unchanged when off."""
-    if not ((cfg.reparam or cfg.reparam_mlp) and structure.is_vit):
+    if not ((cfg.reparam or cfg.reparam_mlp or cfg.center and cfg.symmetric)
+            and structure.is_vit):
         return canonical, structure, {}, []
     from onnxvq.quantizer.reparam import reparameterize
 
