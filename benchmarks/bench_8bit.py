@@ -41,6 +41,9 @@ CONFIGS = {
     "bias-correction": {"bias_correction": True},
     "smooth": {"recipe": "smooth"},
     "repq": {"recipe": "repq"},
+    "trt": {"target": "trt"},
+    "trt-smooth": {"target": "trt", "recipe": "smooth"},
+    "trt-repq": {"target": "trt", "recipe": "repq"},
 }
 
 

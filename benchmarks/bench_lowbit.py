@@ -1,12 +1,13 @@
-"""Low-bit accuracy of onnxvq on the two trained CIFAR-10 models, without and with `--recipe repq`.
+"""Low-bit accuracy of onnxvq on the two trained CIFAR-10 models, without and with a recipe.
 
     python benchmarks/bench_lowbit.py [--models vit_cifar10,cct_cifar10] [--bits 88,66,48,44]
-                                      [--val-limit N] [--threads 2]
+                                      [--configs plain,repq,smooth] [--val-limit N] [--threads 2]
 
-For each model and W/A bit pair: quantize (omse, 256 images of cifar10/calib) plainly and with the
-recipe, then top-1 on cifar10/val (2,000 images) and top-1 agreement with FP32 (FP32 logits
-computed once per model), the file size and the latency ratio to FP32 (batch 64, median of 5 runs
-each, the two models' runs interleaved so load from other processes hits them alike; ORT CPU).
+For each model and W/A bit pair: quantize (omse, 256 images of cifar10/calib) plainly and with each
+recipe named in --configs (`--recipe repq`, `--recipe smooth`), then top-1 on cifar10/val (2,000
+images) and top-1 agreement with FP32 (FP32 logits computed once per model), the file size and the
+latency ratio to FP32 (batch 64, median of 5 runs each, the two models' runs interleaved so load
+from other processes hits them alike; ORT CPU).
 Results: a Markdown table on stdout, JSON in benchmarks/results/lowbit.json (merged per entry).
 """
 
@@ -61,8 +62,9 @@ def latency_ratio(fp32: onnx.ModelProto, q: onnx.ModelProto, x: np.ndarray, thre
 
 
 def configs(w: int, a: int, kinds: list[str]) -> dict[str, QuantConfig]:
+    """"plain" (omse) and every recipe name (`RECIPES`) on top of it."""
     base = QuantConfig(method="omse", w_bits=w, a_bits=a)
-    return {k: v for k, v in (("plain", base), ("repq", base.with_(recipe="repq"))) if k in kinds}
+    return {k: base if k == "plain" else base.with_(recipe=k) for k in kinds}
 
 
 def run_model(name: str, bits: list[str], args) -> list[dict]:
@@ -118,8 +120,7 @@ def main() -> None:
     key = ("model", "w_bits", "a_bits", "config")
     merged = {tuple(r[k] for k in key): r for r in [*old, *rows]}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"recipe": RECIPES["repq"], "rows": list(merged.values())},
-                              indent=1))
+    out.write_text(json.dumps({"recipes": RECIPES, "rows": list(merged.values())}, indent=1))
     print(markdown(list(merged.values())))
 
 
