@@ -17,6 +17,7 @@ import onnx
 
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.pipeline import Pipeline, PipelineReport
+from onnxvq.passes.center_attention_probs import CenterAttentionProbs
 from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.passes.fold_constants import FoldConstants
 from onnxvq.passes.fold_requantize import FoldRequantize
@@ -94,12 +95,16 @@ def canonical_pipeline(cfg: QuantConfig | None = None) -> Pipeline:
 def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
     """--method twin adds PTQ4ViT's twin-uniform sites as two Q/DQ branches after the W8A8 Q/DQ
     exist (the branches reuse the other operand's DQ), before the requantize folding; it is not
-    lowered for ORT (its two-branch Q/DQ is outside what the lowering passes match)."""
+    lowered for ORT (its two-branch Q/DQ is outside what the lowering passes match). Target trt
+    with `center` adds center-attention-probs after the Q/DQ exist."""
     base = {(False, False): W8A8, (True, False): PTS_W8A8, (False, True): LIS_W8A8,
             (True, True): FULLY_QUANTIZED}[(cfg.pts, cfg.lis)]
     if cfg.method == "twin":
         *head, fold = base.passes
         base = Pipeline((*head, TwinQDQ(), fold))
+    elif cfg.target == "trt" and cfg.center:  # symmetric int8: the probabilities centred
+        *head, fold = base.passes
+        base = Pipeline((*head, CenterAttentionProbs(), fold))
     elif cfg.target == "ort" and cfg.ort_fusions:
         base = LOWERED[base]
     return base + PACK_INT4 if _four_bit_weights(cfg) else base
