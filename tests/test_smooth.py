@@ -66,3 +66,9 @@ def test_smooth_quantize_folds_and_stays_close(target):
     feeds = random_inputs(a, batch=2)
     ref, out = a.run(None, feeds)[0], b.run(None, feeds)[0]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
+
+
+def test_recipe_smooth_is_one_switch():
+    cfg = QuantConfig(recipe="smooth")
+    assert (cfg.smooth, cfg.bias_correction, cfg.center, cfg.method) == (True, True, True, "minmax")
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg  # the sidecar round trip
