@@ -141,7 +141,7 @@ class QuantConfig:
 _BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis",
           "ort_fusions", "reparam", "reparam_mlp", "bias_correction", "fisher",
           "weight_only", "smooth", "center")
-_ACTIVATION_SETTINGS = ("method", "pts", "lis", "reparam", "reparam_mlp")
+_ACTIVATION_SETTINGS = ("method", "pts", "lis", "reparam", "reparam_mlp", "smooth", "center")
 _INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed", "search_samples")
 
 
