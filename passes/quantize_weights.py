@@ -66,7 +66,7 @@ class QuantizeWeights(Pass):
             if reason is not None:
                 result.refuse(site.node, reason)
                 continue
-            w = np.asarray(node.inputs[1].values, dtype=np.float32)
+            w = np.asarray(_read(node.inputs[1]), dtype=np.float32)
             q, scale = quantize_weight(w, site.axis, site.bits,
                                        ctx.weight_scales.get(site.node))  # searched clipping
             node.inputs[1] = _dequantize(graph, f"{site.node}/W", q, scale, site.axis)
@@ -81,6 +81,13 @@ class QuantizeWeights(Pass):
                 result.count("int32_bias")
             result.applied += 1
         return result
+
+
+def _read(t: gs.Constant) -> np.ndarray:
+    """A weight's values without keeping them loaded in the constant the rewrite drops (reading
+    `values` caches them there until cleanup: every float weight of the model held twice)."""
+    v = t._values
+    return v.load() if isinstance(v, gs.ir.tensor.LazyValues) else v
 
 
 def _dequantize(graph: gs.Graph, name: str, q: np.ndarray, scale: np.ndarray, axis: int,

@@ -116,6 +116,8 @@ def quantize(
     the_plan, qparams, fq_params = ctx.plan, dict(ctx.activation_qparams), ctx.fq_params
     out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
                                                        validate=validate, numeric="none")
+    if large:  # the float weights quantize-weights read are gone
+        release_freed()
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
     passes = [*split, *reparam_passes, *report.passes]
     result = QuantResult(out, cfg, structure, the_plan, qparams, weights, passes, calib_info,
