@@ -64,6 +64,8 @@ def _vit(depth: int, ln: int | None = None) -> Counts:
     return Counts(depth, depth, ln if ln is not None else 2 * depth + 1, depth, 2 * depth)
 
 
+_SWIN_SMALL = (("embed_dim", 48), ("depths", (1, 1, 2, 1)), ("num_heads", (3, 6, 12, 24)))
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("deit_tiny_distilled", "timm", "deit_tiny_distilled_patch16_224", 224, _vit(2),
            (("depth", 2),), heads=2, tags=("ci",)),
@@ -90,13 +92,28 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("cait_xxs", "timm", "cait_xxs24_224", 224, Counts(4, 4, 9, 4, 8), (("depth", 2),),
            unsupported="CaiT's talking-heads and class attention are not recognised "
                        "(2 of 4 attentions found)"),
+    Family("eva02_tiny", "timm", "eva02_tiny_patch14_224", 224, _vit(2), (("depth", 2),),
+           exporter="dynamo",  # TorchScript fails on timm's `is_causal` tensor
+           unsupported="EVA-02's rotary embedding (q and k rebuilt by Slice/Concat around the "
+                       "rotation) and SwiGLU MLP are not recognised"),
+    Family("tv_swin_v2_t", "torchvision", "swin_v2", 256, Counts(5, 5, 15, 5, 10),
+           _SWIN_SMALL + (("window_size", (8, 8)),),
+           unsupported="Swin-v2's cosine attention (normalised q·kᵀ times a learned logit "
+                       "scale) is not recognised as attention"),
+    Family("hf_dinov2", "huggingface", "dinov2", 224, _vit(2),
+           (("hidden_size", 192), ("num_hidden_layers", 2), ("num_attention_heads", 3),
+            ("intermediate_size", 768), ("patch_size", 14)), tags=("ci",)),
+    Family("hf_swin", "huggingface", "swin", 224, Counts(5, 5, 15, 5, 10),
+           _SWIN_SMALL + (("window_size", 7),)),
 )}
 
 _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
-           "SwinTransformerV2Block", "LevitBlock", "LevitDownsample"}
+           "SwinTransformerV2Block", "LevitBlock", "LevitDownsample", "SwinTransformerBlockV2",
+           "Dinov2Layer", "SwinLayer"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
-               "AttentionDownsample"}
-_MLPS = {"Mlp", "GluMlp", "LevitMlp"}
+               "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
+               "SwinAttention"}
+_MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP"}
 
 
 def family_counts(module) -> Counts:
@@ -120,11 +137,41 @@ def build(family: Family):
     from onnxvq.models.export import _spread_constant_parameters
 
     torch.manual_seed(0)
-    if family.source != "timm":
+    if family.source == "timm":
+        module = timm.create_model(family.arch, pretrained=False, **dict(family.kwargs)).eval()
+    elif family.source == "huggingface":
+        module = _huggingface(family)
+    elif family.source == "torchvision":
+        module = _torchvision(family)
+    else:
         raise CorpusError(f"{family.name}: unknown source {family.source!r}")
-    module = timm.create_model(family.arch, pretrained=False, **dict(family.kwargs)).eval()
     _spread_constant_parameters(module)
     return module
+
+
+def _huggingface(family: Family):
+    """A Hugging Face image classifier from its config kind and sizes, returning logits."""
+    import transformers
+
+    from onnxvq.models.export import _Logits
+
+    kinds = {"dinov2": ("Dinov2Config", "Dinov2ForImageClassification"),
+             "swin": ("SwinConfig", "SwinForImageClassification")}
+    config_cls, model_cls = (getattr(transformers, n) for n in kinds[family.arch])
+    config = config_cls(image_size=family.image, num_labels=10, **dict(family.kwargs))
+    return _Logits(model_cls(config)).eval()
+
+
+def _torchvision(family: Family):
+    """torchvision's Swin-v2 at the family's sizes (the builders take no depth override)."""
+    from torchvision.models import swin_transformer as st
+
+    kw = dict(family.kwargs)
+    return st.SwinTransformer(patch_size=[4, 4], embed_dim=kw["embed_dim"],
+                              depths=list(kw["depths"]), num_heads=list(kw["num_heads"]),
+                              window_size=list(kw["window_size"]), stochastic_depth_prob=0.0,
+                              block=st.SwinTransformerBlockV2,
+                              downsample_layer=st.PatchMergingV2, num_classes=10).eval()
 
 
 def ensure(family: Family, *, force: bool = False) -> Path:

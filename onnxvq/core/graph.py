@@ -150,9 +150,10 @@ def _export(graph: gs.Graph) -> onnx.ModelProto:
         for name, t in held.items():
             t._values = real[name]
     for init in model.graph.initializer:
-        if init.name in real:
-            init.CopyFrom(real[init.name].tensor)
-            init.name = held[init.name].name
+        name = init.name
+        if name in real:  # the source proto may name it differently (or not at all)
+            init.CopyFrom(real[name].tensor)
+            init.name = name
     return model
 
 

@@ -98,10 +98,11 @@ def test_levit_refuses_integer_ops_by_name(exported):
 @pytest.mark.corpus
 @pytest.mark.slow
 @needs_torch
-def test_swinv2_says_lis_did_nothing(exported, caplog):
-    """Its LayerNorms take PTS; its cosine attention is not recognised, so --lis does nothing."""
-    result = onnxvq.quantize(exported("swinv2_tiny"), None,
-                             QuantConfig(pts=True, lis=True, **NOISE))
+@pytest.mark.parametrize("name", ["swinv2_tiny", "tv_swin_v2_t"])
+def test_swinv2_says_lis_did_nothing(exported, caplog, name):
+    """Its LayerNorms take PTS; its cosine attention is not recognised, so --lis does nothing
+    (timm's and torchvision's Swin-v2 alike)."""
+    result = onnxvq.quantize(exported(name), None, QuantConfig(pts=True, lis=True, **NOISE))
     assert "--lis did nothing: the model has no attention Softmax" in caplog.text
     assert result.fidelity["outputs"][0]["problem"] is None
 
@@ -124,3 +125,18 @@ def test_pts_on_dinov2_registers_is_refused_not_written_constant(exported):
     with pytest.raises(UnsupportedModelError, match="--pts cannot apply: all 5 "
                        "LayerNormalization nodes refused: PTS: the narrowest token spans"):
         onnxvq.quantize(exported("dinov2_reg4"), None, QuantConfig(pts=True, **NOISE))
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+def test_eva02_quantizes_w8a8_and_its_final_norm_is_caught_by_the_gate(exported, caplog):
+    """EVA-02 (dynamo; rotary attention and SwiGLU not recognised): W8/A8 and --target trt pass
+    the gate on its linears; with --pts --lis, --lis does nothing and the final LayerNorm's
+    IntLayerNorm (19 dB against 40 dB for W8/A8) is named by the gate, nothing written."""
+    for flags in ({}, {"target": "trt"}):
+        result = onnxvq.quantize(exported("eva02_tiny"), None, QuantConfig(**NOISE, **flags))
+        assert result.fidelity["outputs"][0]["sqnr_db"] > 30
+    with pytest.raises(FidelityError, match="below the W8/A8 variant.*'node_layer_norm_4'"):
+        onnxvq.quantize(exported("eva02_tiny"), None, QuantConfig(pts=True, lis=True, **NOISE))
+    assert "--lis did nothing" in caplog.text
