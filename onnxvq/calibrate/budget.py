@@ -26,6 +26,7 @@ ENV_BUDGET = "ONNXVQ_CALIB_MEMORY_GB"
 # ORT's own arena holds the outputs and intermediates while numpy's observers copy a tensor at a
 # time: peak memory is about twice the exposed bytes (measured: DeiT-T at 224 px, see README).
 SAFETY = 2.0
+LIVE = 4  # tensors of a forward pass alive at once, in units of its largest
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
@@ -68,12 +69,17 @@ def sample_shape(spec) -> tuple[int, ...]:
     return tuple(open_source(spec.source, prep, 1, ["N", "C", "H", "W"]).sample_shape)
 
 
-def calibration_batch(model: onnx.ModelProto, requested: int, tensors: Sequence[str]) -> int:
-    """The batch for calibrating `tensors`: clamped to a fixed batch, then to the memory budget."""
+def calibration_batch(model: onnx.ModelProto, requested: int, tensors: Sequence[str],
+                      reduced: Sequence[str] = ()) -> int:
+    """The batch for calibrating `tensors`: clamped to a fixed batch, then to the memory budget.
+    `reduced` tensors are observed by in-graph reductions (`collect`): never held, they count as
+    the run's working set, a few of them alive at once (`LIVE` times the largest)."""
     batch = clamp_to_fixed(model, requested, "calibration")
     if fixed_batch(model) is not None:
         return batch
     per_sample = activation_bytes(model, tensors)
+    if reduced:
+        per_sample += LIVE * max(activation_bytes(model, [t]) for t in dict.fromkeys(reduced))
     budget = memory_budget()
     fits = max(1, int(budget // max(per_sample * SAFETY, 1)))
     if fits < batch:

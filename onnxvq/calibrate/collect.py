@@ -4,13 +4,22 @@ The model is copied with shape inference (ONNX Runtime needs an element type on 
 and its outputs replaced by exactly the requested tensors, so ORT prunes nodes that feed none of
 them. Each batch runs once; observers keep statistics only, so memory is flat in the number of
 images. Requested graph inputs are observed from the feeds directly.
+
+A range-only observer (MinMax, EMA: `Observer.range_only`) of a float tensor gets its batch
+statistics from the graph itself: ReduceMin, ReduceMax and ReduceL1 (finite exactly when every
+value is, barring a float32 overflow of the sum) appended to the copy, three scalar outputs in place
+of the tensor. The tensor then never becomes a graph output: ORT reuses its buffer, nothing is
+copied into numpy, and the reductions run on ORT's threads. On DeiT-S that is most of the
+calibration's memory (each of the ~60 observed tensors held at batch size, twice).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -40,15 +49,24 @@ def collect(
     from_feeds = [n for n in names if n in graph_inputs]
     from_session = [n for n in names if n not in graph_inputs]
     observers = {n: make_obs(n) for n in names}
-    sess = None
+    sess, reduced = None, []
     if from_session:
-        sess = exposed_session(model, from_session, session_factory)
+        reduced = [n for n in from_session if getattr(observers[n], "range_only", False)]
+        whole = [n for n in from_session if n not in set(reduced)]
+        sess, reduced = exposed_session(model, whole, session_factory, reduced)
+    outputs = [o for n in from_session for o in (
+        [_reduced(n, k) for k in _REDUCTIONS] if n in set(reduced) else [n])]
     count, started = 0, time.perf_counter()
     for index, feeds in enumerate(batches):
-        values = dict(zip(from_session, _run(sess, from_session, feeds, index), strict=True))
+        values = dict(zip(outputs, _run(sess, outputs, feeds, index), strict=True))
         values.update((n, np.asarray(feeds[n])) for n in from_feeds)
         for name in names:
-            _observe(observers[name], name, values[name], index)
+            if name in values:
+                _observe(observers[name], name, values[name], index)
+            else:
+                _observe_range(observers[name], name, *(values[_reduced(name, k)]
+                                                        for k in _REDUCTIONS), index)
+        del values  # before the next run allocates its outputs
         count = index + 1
     if count == 0:
         raise CalibrationError("no calibration batches (the data source is empty)")
@@ -57,23 +75,59 @@ def collect(
     return observers
 
 
+_REDUCTIONS = {"min": "ReduceMin", "max": "ReduceMax", "l1": "ReduceL1"}
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)  # ORT's CPU ReduceL1 types
+
+
+def _reduced(name: str, kind: str) -> str:
+    return f"{name}::onnxvq_{kind}"
+
+
 def exposed_session(model: onnx.ModelProto, names: Sequence[str],
-                    session_factory: Callable[[onnx.ModelProto], object] | None = None):
-    """A session whose outputs are exactly `names`. A model over 2 GB is not copied: its session
-    is opened from an external-data copy on disk with those outputs (`core.external`)."""
-    from onnxvq.core.runtime import output_session
+                    session_factory: Callable[[onnx.ModelProto], object] | None = None,
+                    reduced: Sequence[str] = ()) -> tuple[object, list[str]]:
+    """A session whose outputs are `names` and the in-graph reductions of `reduced` (`expose`),
+    and the tensors of `reduced` that really are reduced. A model over 2 GB is not copied: its
+    session is opened from an external-data copy on disk with those outputs (`core.external`),
+    every tensor exposed whole (its graph cannot take the reductions without a copy)."""
+    from onnxvq.core.external import is_large
+    from onnxvq.core.runtime import make_session, output_session
 
-    if session_factory is None:
-        return output_session(model, exposed_outputs(model, names))
-    return session_factory(expose(model, names))
+    if session_factory is None and is_large(model):
+        return output_session(model, exposed_outputs(model, [*names, *reduced]), lean=True), []
+    exposed = expose(model, names, reduced)
+    outs = {o.name for o in exposed.graph.output}
+    factory = session_factory or partial(make_session, lean=True)
+    return factory(exposed), [n for n in reduced if _reduced(n, "min") in outs]
 
 
-def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of `model` whose graph outputs are exactly `names`, typed from shape inference."""
+def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] = (),
+           ) -> onnx.ModelProto:
+    """A copy of `model` whose graph outputs are exactly `names`, typed from shape inference,
+    then, for each float tensor of `reduced`, its scalar `::onnxvq_{min,max,l1}` reductions,
+    each node right after the tensor's producer, so that ORT runs it before freeing the tensor
+    (a tensor of `reduced` that is not float is exposed whole instead)."""
+    typed = {o.name: o for o in exposed_outputs(model, [*names, *reduced])}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     del copy.graph.output[:]
-    copy.graph.output.extend(exposed_outputs(model, names))
+    whole, after = list(names), {}
+    for name in reduced:
+        elem = typed[name].type.tensor_type.elem_type
+        if elem not in _FLOATS:
+            whole.append(name)
+            continue
+        for kind, op in _REDUCTIONS.items():
+            out = _reduced(name, kind)
+            after.setdefault(name, []).append(onnx.helper.make_node(
+                op, [name], [out], keepdims=0, name=f"{out}/node"))
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(out, elem, []))
+    if after:
+        nodes = list(copy.graph.node)
+        del copy.graph.node[:]
+        for node in nodes:
+            copy.graph.node.extend([node, *(r for o in node.output for r in after.get(o, ()))])
+    copy.graph.output.extend(typed[n] for n in whole)
     return copy
 
 
@@ -110,6 +164,16 @@ def _run(sess, names: list[str], feeds: Mapping[str, np.ndarray], index: int) ->
         return sess.run(names, dict(feeds))
     except Exception as exc:  # ORT raises its own exception types for bad feeds
         raise CalibrationError(f"calibration batch {index} failed to run: {exc}") from exc
+
+
+def _observe_range(observer, name: str, lo, hi, l1, index: int) -> None:
+    lo, hi, l1 = float(lo), float(hi), float(l1)
+    if lo > hi and l1 == 0:  # an empty tensor: min/max are the reductions' identities
+        return
+    try:
+        observer.update_range(lo, hi, finite=math.isfinite(l1))
+    except CalibrationError as exc:
+        raise CalibrationError(f"{exc} (calibration batch {index})") from exc
 
 
 def _observe(observer: SupportsUpdate, name: str, value: np.ndarray, index: int) -> None:

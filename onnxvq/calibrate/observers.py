@@ -26,7 +26,12 @@ def finite_range(x: np.ndarray, name: str) -> tuple[float, float]:
 
 
 class Observer(ABC):
-    """Statistics of one tensor; subclasses implement `_update` and `range`."""
+    """Statistics of one tensor; subclasses implement `_update` and `range`.
+
+    `range_only` observers read nothing of a batch but its (min, max): `collect` then computes
+    those inside the ONNX Runtime graph (`update_range`), so the tensor itself never leaves it."""
+
+    range_only = False
 
     def __init__(self, name: str = "?"):
         self.name = name
@@ -37,6 +42,14 @@ class Observer(ABC):
         if x.size == 0:
             return
         self._update(x, *finite_range(x, self.name))
+        self.batches += 1
+
+    def update_range(self, lo: float, hi: float, finite: bool = True) -> None:
+        """One batch given by its min and max (range-only observers); `finite` False when the
+        batch held a NaN or an Inf that the min/max themselves may not show."""
+        if not (finite and math.isfinite(lo) and math.isfinite(hi)):
+            raise CalibrationError(f"tensor '{self.name}' contains NaN or Inf during calibration")
+        self._update(None, lo, hi)
         self.batches += 1
 
     @abstractmethod
@@ -60,6 +73,8 @@ class Observer(ABC):
 class MinMaxObserver(Observer):
     """Running min and max over all batches."""
 
+    range_only = True
+
     def __init__(self, name: str = "?"):
         super().__init__(name)
         self.lo, self.hi = math.inf, -math.inf
@@ -75,6 +90,8 @@ class MinMaxObserver(Observer):
 class EmaObserver(Observer):
     """Moving average of per-batch min/max (FQ-ViT): the first batch initialises, then
     `m <- m + momentum * (cur - m)`. With momentum 0.01 and 10 batches it is mostly batch one."""
+
+    range_only = True
 
     def __init__(self, name: str = "?", momentum: float = 0.01):
         super().__init__(name)

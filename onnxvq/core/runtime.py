@@ -30,9 +30,18 @@ _ORT_TYPES = {
 
 
 def session_options(
-    *, threads: int | None = None, custom_ops: bool = True, optimize: bool = True
+    *, threads: int | None = None, custom_ops: bool = True, optimize: bool = True,
+    lean: bool = False,
 ) -> ort.SessionOptions:
+    """`lean`: for sessions whose graph has many side outputs (calibration's in-graph
+    reductions). ORT's default order can run a tensor's reader long after its producer, keeping
+    every observed tensor alive to the end of the run; priority order frees each as soon as it
+    is read. ORT's memory pattern, planned from the first run, would then keep a second arena
+    of the same size. Measured on DeiT-S at batch 16: 1.09 GB -> 0.14 GB per run."""
     so = ort.SessionOptions()
+    if lean:
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        so.enable_mem_pattern = False
     so.add_session_config_entry("session.set_denormal_as_zero", "1")
     so.log_severity_level = 3
     if threads:
@@ -54,11 +63,12 @@ def make_session(
     custom_ops: bool = True,
     optimize: bool = True,
     outputs: Sequence[onnx.ValueInfoProto] | None = None,
+    lean: bool = False,
 ) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider with onnxvq's settings. A ModelProto over 2 GB
     (`core.external`) is opened from a temporary external-data copy on disk, never serialised;
     `outputs` (a large model only) replaces its graph outputs in that copy."""
-    so = session_options(threads=threads, custom_ops=custom_ops, optimize=optimize)
+    so = session_options(threads=threads, custom_ops=custom_ops, optimize=optimize, lean=lean)
     if isinstance(model, onnx.ModelProto) and external.is_large(model):
         with external.on_disk(model, outputs=outputs,
                               ir_version=min(model.ir_version, MAX_IR_VERSION)) as path:

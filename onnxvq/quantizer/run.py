@@ -256,11 +256,14 @@ def calibrate(model: onnx.ModelProto, the_plan: QuantPlan, calib, cfg: QuantConf
     t0 = time.perf_counter()
     sites = [s.tensor for s in the_plan.activations]
     observed = sites + (fq.tensors if fq else [])
-    batch, fixed = calibration_batch(model, cfg.batch_size, observed), fixed_batch(model)
-    count, feeds, record = _calibration_feeds(model, calib, cfg, preprocess, batch, fixed)
     make = _observer_factory(cfg, fq, set(sites))
-    observers = collect(model, observed, feeds(progress),
-                        moments.wrap(make) if moments is not None else make)
+    make = moments.wrap(make) if moments is not None else make
+    reduced = {t for t in observed if getattr(make(t), "range_only", False)}  # never held
+    batch = calibration_batch(model, cfg.batch_size, [t for t in observed if t not in reduced],
+                              sorted(reduced))
+    fixed = fixed_batch(model)
+    count, feeds, record = _calibration_feeds(model, calib, cfg, preprocess, batch, fixed)
+    observers = collect(model, observed, feeds(progress), make)
     qparams = _site_qparams(the_plan, observers, cfg)
     overridden = {t: _fixed(s, z, cfg, qparams.get(t)) for t, (s, z) in (overrides or {}).items()}
     qparams.update((t, q) for t, q in overridden.items() if t in qparams)

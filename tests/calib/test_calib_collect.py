@@ -110,3 +110,55 @@ def test_expose_leaves_original_untouched():
     exposed = expose(model, ["r"])
     assert [o.name for o in model.graph.output] == ["p"]
     assert [o.name for o in exposed.graph.output] == ["r"]
+
+
+def test_range_only_observers_reduce_inside_the_graph():
+    """MinMax/EMA observers get each batch's min and max from ReduceMin/ReduceMax in the session:
+    the tensors are not graph outputs, the ranges equal numpy's over the same batches."""
+    sessions = []
+
+    def factory(model):
+        sessions.append(model)
+        return make_session(model)
+
+    data = _batches(5)
+    obs = collect(_model(), ["h", "r", "x"], data, MinMaxObserver, session_factory=factory)
+    outs = [o.name for o in sessions[0].graph.output]
+    assert "h" not in outs and "r" not in outs
+    assert sorted(outs) == sorted(f"{t}::onnxvq_{k}" for t in "hr" for k in ("min", "max", "l1"))
+    allx = np.concatenate([b["x"] for b in data])
+    allh = allx @ W
+    assert obs["h"].range() == pytest.approx((allh.min(), allh.max()), rel=1e-5)
+    assert obs["r"].range() == pytest.approx((0.0, allh.max()), rel=1e-5)
+    assert obs["x"].range() == (allx.min(), allx.max())  # a graph input: from the feeds
+    assert obs["h"].batches == 5
+
+
+def test_ema_in_graph_matches_numpy_updates():
+    from onnxvq.calibrate.observers import EmaObserver
+
+    data = _batches(4)
+    got = collect(_model(), ["h"], data, lambda n: EmaObserver(n, momentum=0.5))["h"]
+    ref = EmaObserver("h", momentum=0.5)
+    for b in data:
+        ref.update(b["x"] @ W)
+    assert got.range() == pytest.approx(ref.range(), rel=1e-5)
+
+
+def test_in_graph_reduction_catches_inf_that_min_max_hide():
+    """ORT's ReduceMin/ReduceMax drop a NaN that is not the first element; the L1 reduction
+    still names the tensor and batch."""
+    ones = np.ones((2, 4), np.float32)
+    x = np.stack([ones[0], -ones[0]])  # row 1 gives negative h, NaN after Sqrt
+    with pytest.raises(CalibrationError, match=r"tensor 's'.*NaN or Inf.*batch 1"):
+        collect(_with_positive_weights(), ["s"], [{"x": ones}, {"x": x}], MinMaxObserver)
+
+
+def test_non_float_tensor_is_exposed_whole():
+    model = _model()
+    model.graph.node.append(helper.make_node("Cast", ["h"], ["hi"], to=TensorProto.INT32))
+    exposed = expose(model, [], ["hi", "h"])
+    assert sorted(o.name for o in exposed.graph.output) == sorted(
+        ["hi"] + [f"h::onnxvq_{k}" for k in ("min", "max", "l1")])
+    obs = collect(model, ["hi"], _batches(2), MinMaxObserver)
+    assert obs["hi"].batches == 2
