@@ -1,6 +1,7 @@
 """Compare onnxvq's int8 models with ONNX Runtime's quantize_static: speed, memory, size, accuracy.
 
-    python benchmarks/bench_quantize.py [--quick] [--only latency|calib|accuracy] [--threads 2]
+    python benchmarks/bench_quantize.py [--quick] [--only latency|calib|memory|accuracy]
+                                        [--threads 2]
 
 Sections (all by default; `--only` runs one and merges it into the existing JSON):
 - latency: FP32, onnxvq int8 (W8/A8 MinMax, target ort) and quantize_static (QDQ, per-channel,
@@ -8,7 +9,9 @@ Sections (all by default; `--only` runs one and merges it into the existing JSON
   and the two trained CIFAR-10 models; median `session.run` time, the models' runs interleaved so
   that load from other processes hits them alike. Also the model file sizes and Q/DQ node counts.
 - calib: calibration wall time and peak RSS of each tool, MinMax and Percentile, on vit_cifar10,
-  each run in a fresh subprocess (peak RSS = the worker's own ru_maxrss).
+  each run in a fresh subprocess (peak RSS = the worker's own VmHWM).
+- memory: peak RSS and wall time of quantizing DeiT-S (224 px, MinMax) with onnxvq at 16, 64
+  and 128 images, quantize_static and NNCF (the `[bench]` extra) at 64, fresh subprocess each.
 - accuracy: top-1 on cifar10/val and top-1 agreement with FP32 for every onnxvq method and
   quantize_static.
 Results: rich tables on stdout, JSON in benchmarks/results/quantize.json.
@@ -126,7 +129,22 @@ def quantize_ort(name: str, method: str, n: int, out: Path, tmp: Path) -> Path:
     return out
 
 
-TOOLS = {"onnxvq": quantize_onnxvq, "ort": quantize_ort}
+def quantize_nncf(name: str, method: str, n: int, out: Path, tmp: Path) -> Path:
+    """NNCF's ONNX PTQ, transformer preset (the `[bench]` extra); `method` is NNCF's own."""
+    import nncf
+
+    model = onnx.load(str(model_path(name)))
+    inp = model.graph.input[0]
+    shape = [d.dim_value or "N" for d in inp.type.tensor_type.shape.dim]
+    source = open_source(calib_dir(n, tmp), resolve_preprocess(preset_of(name)), n, shape)
+    items = list(batches(source, 1, inp.name))  # one sample per item: subset_size counts items
+    q = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                      subset_size=n)
+    onnx.save(q, str(out))
+    return out
+
+
+TOOLS = {"onnxvq": quantize_onnxvq, "ort": quantize_ort, "nncf": quantize_nncf}
 
 
 class Models:
@@ -252,25 +270,36 @@ def worker(spec: str) -> None:
                       "peak_rss_mb": vm_kib("VmHWM") / 1024}))
 
 
+def calib_row(model: str, tool: str, method: str, n: int) -> dict:
+    """One quantization in a fresh subprocess: its wall time and peak RSS."""
+    spec = json.dumps({"model": model, "tool": tool, "method": method, "n": n})
+    proc = subprocess.run([sys.executable, __file__, "--_worker", spec],
+                          capture_output=True, text=True)
+    if proc.returncode == 0:
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:  # e.g. killed for memory, or NNCF not installed: keep the other rows
+        err = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        row = {**json.loads(spec), "error": err}
+    secs = row.get("seconds")
+    console.log(f"calibrated {model} {tool} {method} {n}: "
+                + ("failed" if secs is None else f"{secs:.1f} s, {row['peak_rss_mb']:.0f} MiB"))
+    return row
+
+
 def run_calib(args) -> dict:
-    rows = []
-    for n in args.calib_sizes:
-        for method in ("minmax", "percentile"):
-            for tool in TOOLS:
-                spec = json.dumps({"model": "vit_cifar10", "tool": tool, "method": method,
-                                   "n": n})
-                proc = subprocess.run([sys.executable, __file__, "--_worker", spec],
-                                      capture_output=True, text=True)
-                if proc.returncode == 0:
-                    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                else:  # e.g. killed for memory: keep the other rows
-                    err = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-                    rows.append({**json.loads(spec), "error": err})
-                secs = rows[-1].get("seconds")
-                console.log(f"calibrated vit_cifar10 {tool} {method} {n}: "
-                            + ("failed" if secs is None else f"{secs:.1f} s"))
+    rows = [calib_row("vit_cifar10", tool, method, n) for n in args.calib_sizes
+            for method in ("minmax", "percentile") for tool in ("onnxvq", "ort")]
     return {"model": "vit_cifar10", "rows": rows,
             "note": "1,024 = all 1,000 calib images + 24 of them repeated (evenly strided)"}
+
+
+def run_memory(args) -> dict:
+    """Peak RSS of a whole DeiT-S quantization (224 px, minmax): every tool at `deit_calib`
+    images, onnxvq also at a quarter and twice that (flat in the number of images)."""
+    n = args.deit_calib
+    runs = [("onnxvq", n // 4), ("onnxvq", n), ("onnxvq", 2 * n), ("ort", n), ("nncf", n)]
+    return {"model": "deit_s", "rows": [calib_row("deit_s", tool, "minmax", k)
+                                        for tool, k in runs]}
 
 
 def show_calib(res: dict) -> None:
@@ -283,6 +312,18 @@ def show_calib(res: dict) -> None:
             continue
         t.add_row(tool, r["method"], str(r["n"]), f"{r['seconds']:.2f}",
                   f"{r['peak_rss_mb']:.0f}", f"{r['base_rss_mb']:.0f}")
+    console.print(t)
+
+
+def show_memory(res: dict) -> None:
+    t = table(f"Quantizing {res['model']} (minmax, fresh process per run)", "tool", "images",
+              "wall s", "s / image", "peak RSS MiB")
+    for r in res["rows"]:
+        if "error" in r:
+            t.add_row(r["tool"], str(r["n"]), "failed", r["error"][:40], "")
+            continue
+        t.add_row(r["tool"], str(r["n"]), f"{r['seconds']:.1f}", f"{r['seconds'] / r['n']:.2f}",
+                  f"{r['peak_rss_mb']:.0f}")
     console.print(t)
 
 
@@ -336,7 +377,7 @@ def prime_denormals() -> None:
 
 
 SECTIONS = {"latency": (run_latency, show_latency), "calib": (run_calib, show_calib),
-            "accuracy": (run_accuracy, show_accuracy)}
+            "memory": (run_memory, show_memory), "accuracy": (run_accuracy, show_accuracy)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -371,7 +412,7 @@ def main() -> None:
             if args.only not in (None, name):
                 continue
             load0, t0 = os.getloadavg()[0], time.perf_counter()
-            res = run(args) if name == "calib" else run(models, args)
+            res = run(args) if name in ("calib", "memory") else run(models, args)
             res.update(quick=args.quick, seconds=round(time.perf_counter() - t0, 1),
                        loadavg_1min=[load0, os.getloadavg()[0]])
             show(res)

@@ -34,12 +34,13 @@ from bench_quantize import (  # noqa: E402
     console,
     model_path,
     prime_denormals,
+    quantize_nncf,
     quantize_ort,
     real_batch,
     table,
 )
 
-from onnxvq.calibrate import batches, open_source, resolve_preprocess  # noqa: E402
+from onnxvq.calibrate import resolve_preprocess  # noqa: E402
 from onnxvq.core.config import QuantConfig  # noqa: E402
 from onnxvq.core.runtime import make_session  # noqa: E402
 
@@ -62,24 +63,10 @@ def build(tmp: Path, n: int) -> tuple[dict[str, Path], list[str]]:
         console.log(f"{label}: {time.perf_counter() - t0:.1f} s")
     paths["quantize_static"] = quantize_ort("deit_s", "minmax", n, tmp / "ort.onnx", tmp)
     try:
-        paths["NNCF"] = quantize_nncf(fp32, n, tmp / "nncf.onnx")
+        paths["NNCF"] = quantize_nncf("deit_s", "minmax", n, tmp / "nncf.onnx", tmp)
     except ImportError as exc:
         notes.append(f"NNCF skipped: {exc}")
     return paths, notes
-
-
-def quantize_nncf(fp32: Path, n: int, out: Path) -> Path:
-    import nncf
-    import onnx
-
-    model = onnx.load(str(fp32))
-    inp = model.graph.input[0]
-    source = open_source(CALIB, resolve_preprocess("imagenet"), n, ["N", 3, 224, 224])
-    items = list(batches(source, 1, inp.name))  # one sample per item: subset_size counts items
-    q = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                      subset_size=n)
-    onnx.save(q, str(out))
-    return out
 
 
 def latency(paths: dict[str, Path], batch: int, runs: int, threads: int) -> dict[str, float]:
