@@ -4,8 +4,9 @@
                                         [--bases none,2,sqrt2] [--val-limit N] [--threads 2]
 
 For each model, W/A pair and base (`none`: the recipe without --lis, the attention's A.V a plain
-QDQ MatMul): quantize (256 images of cifar10/calib), then top-1 on cifar10/val (2,000 images) and
-top-1 agreement with FP32. RepQ-ViT's ablation (DeiT-S W4/A4): log2 67.71 -> log-sqrt(2) 69.03.
+QDQ MatMul; `qdq-2`, `qdq-sqrt2`: --lis-qdq, the log codes emulated in standard ops): quantize
+(256 images of cifar10/calib), then top-1 on cifar10/val (2,000 images) and top-1 agreement with
+FP32. RepQ-ViT's ablation (DeiT-S W4/A4): log2 67.71 -> log-sqrt(2) 69.03.
 Results: a Markdown table on stdout, JSON in benchmarks/results/logsqrt2.json (merged per entry).
 """
 
@@ -30,6 +31,8 @@ OUT = Path(__file__).parent / "results" / "logsqrt2.json"
 
 def config(w: int, a: int, base: str) -> QuantConfig:
     cfg = QuantConfig(recipe="repq", w_bits=w, a_bits=a)
+    if base.startswith("qdq-"):
+        return cfg.with_(lis_qdq=True, lis_base=base[4:])
     return cfg if base == "none" else cfg.with_(lis=True, lis_base=base)
 
 
@@ -63,7 +66,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| model | W/A | LIS base | LogIntSoftmax nodes | FP32 top-1 | top-1 | agreement | "
              "load |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["model"], -r["w_bits"], -r["a_bits"], r["lis_base"])):
-        base = {"none": "no --lis", "2": "2", "sqrt2": "√2"}[r["lis_base"]]
+        base = {"none": "no --lis", "2": "2", "sqrt2": "√2", "qdq-2": "2, `--lis-qdq`",
+                "qdq-sqrt2": "√2, `--lis-qdq`"}[r["lis_base"]]
         lines.append(f"| `{r['model']}` | W{r['w_bits']}/A{r['a_bits']} | {base} | "
                      f"{r['lis_nodes']} | {100 * r['fp32_top1']:.2f} | {100 * r['top1']:.2f} | "
                      f"{100 * r['agreement']:.2f} | {r['load']:.0f} |")

@@ -27,6 +27,7 @@ from onnxvq.passes.fold_static_shapes import FoldStaticShapes
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
 from onnxvq.passes.hoist_quantize_over_split import HoistQuantizeOverSplit
 from onnxvq.passes.insert_qdq import InsertActivationQDQ
+from onnxvq.passes.log_softmax_qdq import LogSoftmaxQDQ
 from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
 from onnxvq.passes.ort_fast_gelu import OrtFastGelu
 from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
@@ -82,6 +83,9 @@ ORT_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMa
                          HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul(),
                          OrtMatMulNBits()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
+# --lis-qdq: LIS's log codes (base --lis-base) on the attention probabilities in standard ops,
+# for runtimes without the custom ops (float emulation; passes/log_softmax_qdq.py).
+LOG_SOFTMAX_QDQ = Pipeline((LogSoftmaxQDQ(),))
 
 # Weights of 4 bits or fewer stored as INT4 (opset 21) behind a Cast to int8 that ORT folds at
 # load, last, after every pass that reads the int8 codes; W8 models keep their opset.
@@ -102,6 +106,10 @@ def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
     if cfg.method == "twin":
         *head, fold = base.passes
         base = Pipeline((*head, TwinQDQ(), fold))
+    elif cfg.lis_qdq:  # the probs' uniform Q/DQ becomes log codes before the ORT lowering
+        base = base + LOG_SOFTMAX_QDQ
+        if cfg.target == "ort" and cfg.ort_fusions:
+            base = base + ORT_LOWERING
     elif cfg.target == "trt" and cfg.center:  # symmetric int8: the probabilities centred
         *head, fold = base.passes
         base = Pipeline((*head, CenterAttentionProbs(), fold))

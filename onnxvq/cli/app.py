@@ -84,6 +84,9 @@ def quantize(
     lis_base: Annotated[str, typer.Option(
         help="LogIntSoftmax code base with --lis: 2 (FQ-ViT log2) or sqrt2 (RepQ-ViT "
              "half-octave codes).")] = "2",
+    lis_qdq: Annotated[bool, typer.Option(
+        "--lis-qdq", help="The --lis log codes emulated with standard ops (Log, QuantizeLinear, "
+        "Exp) for runtimes without onnxvq's custom ops.")] = False,
     recipe: Annotated[str | None, typer.Option(
         help="repq: the best low-bit settings (RepQ-ViT reparameterisation, GPTQ weights, omse, "
              "8-bit patch embedding/head); smooth: the best 8-bit settings (SmoothQuant + bias "
@@ -154,6 +157,7 @@ def quantize(
                           attn_bits=attn_bits, momentum=momentum, percentile=percentile,
                           skip=tuple(skip or ()), quantize_patch_embed=patch_embed,
                           quantize_head=head, pts=pts, lis=lis, lis_base=lis_base,
+                          lis_qdq=lis_qdq,
                           calib_size=samples,
                           batch_size=batch_size, seed=seed, fail_below=fail_below,
                           recipe=recipe, reparam=reparam, reparam_mlp=reparam_mlp,
@@ -162,8 +166,8 @@ def quantize(
                           weight_only=weight_only, target_sqnr=target_sqnr,
                           max_drop=max_drop, rank_by=rank_by, smooth=smooth)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
-        if lis_base != "2" and not lis:
-            warn(f"--lis-base {lis_base} does nothing without --lis")
+        if lis_base != "2" and not (lis or lis_qdq):
+            warn(f"--lis-base {lis_base} does nothing without --lis or --lis-qdq")
         if rank_by != "sensitivity" and target_sqnr is None and max_drop is None:
             warn("--rank-by does nothing without --target-sqnr or --max-drop")
         spec = _denoiser_spec(spec, data, samples, seed, calib_steps, calib_per_step, ddim,

@@ -37,7 +37,7 @@ class QuantConfig:
     target: Literal["ort", "trt"] = "ort"
     w_bits: int = 8
     a_bits: int = 8
-    attn_bits: int | None = None  # attention MatMul inputs; None: a_bits, or 4 with --lis
+    attn_bits: int | None = None  # attention MatMul inputs; None: a_bits, or 4 with --lis(-qdq)
     momentum: float = 0.01  # ema
     percentile: float = 1e-5  # tail mass clipped on each side
     skip: tuple[str, ...] = ()  # fnmatch patterns on node names kept float
@@ -47,6 +47,7 @@ class QuantConfig:
     pts: bool = False
     lis: bool = False
     lis_base: str = "2"  # LogIntSoftmax codes: "2" (FQ-ViT log2) or "sqrt2" (RepQ-ViT log-sqrt2)
+    lis_qdq: bool = False  # LIS's log codes emulated with standard ops (no custom ops; h13)
     reparam: bool = False  # RepQ-ViT: per-channel LayerNorm-output quantizers folded (h4)
     reparam_mlp: bool = False  # per-channel MLP-activation quantizers via a rescale into fc2 (h4)
     weight_method: str = "max"  # max, mse, output, gptq: scales/rounding of the weights (h4)
@@ -99,7 +100,7 @@ class QuantConfig:
     def attention_bits(self) -> int:
         if self.attn_bits is not None:
             return self.attn_bits
-        return 4 if self.lis else self.a_bits
+        return 4 if self.lis or self.lis_qdq else self.a_bits
 
     @property
     def lis_octave_steps(self) -> int:
@@ -138,10 +139,11 @@ class QuantConfig:
                          f"{config!r:.40}")
 
 
-_BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis",
+_BOOLS = ("quantize_patch_embed", "quantize_head", "quantize_attention", "pts", "lis", "lis_qdq",
           "ort_fusions", "reparam", "reparam_mlp", "bias_correction", "fisher",
           "weight_only", "smooth", "center")
-_ACTIVATION_SETTINGS = ("method", "pts", "lis", "reparam", "reparam_mlp", "smooth", "center")
+_ACTIVATION_SETTINGS = ("method", "pts", "lis", "lis_qdq", "reparam", "reparam_mlp", "smooth",
+                        "center")
 _INTS = ("w_bits", "a_bits", "calib_size", "batch_size", "seed", "search_samples")
 
 
@@ -155,6 +157,8 @@ def _problems(cfg: QuantConfig) -> list[str]:
     if cfg.weight_method not in WEIGHT_METHODS:
         out.append(f"unknown weight_method {cfg.weight_method!r}; choose one of "
                    f"{', '.join(WEIGHT_METHODS)}")
+    if cfg.lis is True and cfg.lis_qdq is True:
+        out.append("lis and lis_qdq exclude each other (integer ops or their float emulation)")
     if cfg.lis_base not in LIS_BASES:
         out.append(f"unknown lis_base {cfg.lis_base!r}; choose one of {', '.join(LIS_BASES)}")
     if cfg.target not in TARGETS:

@@ -90,13 +90,15 @@ def _attention_matmuls(structure: ViTStructure, cfg: QuantConfig, softmaxes: tup
     """(MatMul, input roles, bits) of Q·Kᵀ and, unless LIS replaces it, A·V per attention."""
     if not cfg.quantize_attention or cfg.weight_only:
         return
-    qk_bits = cfg.a_bits if cfg.lis else cfg.attention_bits
+    log_codes = cfg.lis or cfg.lis_qdq  # attention bits: the log code width, as in FQ-ViT
+    qk_bits = cfg.a_bits if log_codes else cfg.attention_bits
     for att in structure.attentions:
         yield att.scores_matmul, ("scores", "scores"), _layer_bits(att.scores_matmul, cfg,
                                                                    qk_bits)
-        if att.softmax not in softmaxes:
+        if att.softmax not in softmaxes:  # --lis-qdq: V at a_bits as LogIntMatMul's (the probs
+            av_bits = cfg.a_bits if cfg.lis_qdq else cfg.attention_bits  # site: log codes)
             yield att.context_matmul, ("probs", "values"), _layer_bits(
-                att.context_matmul, cfg, cfg.attention_bits)
+                att.context_matmul, cfg, av_bits)
 
 
 def _layer_bits(node: str, cfg: QuantConfig, default: int) -> int:

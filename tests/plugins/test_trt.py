@@ -247,6 +247,10 @@ PTX_SCRIPT = textwrap.dedent("""
         ("LogIntSoftmax", {"x": "i32"}, launch.softmax_constexprs(
             x0=-14, b=27, c=1000, n=30, bits=4, rows=4)),
         ("LogIntMatMul", {"v": "u8"}, launch.matmul_constexprs(bits=4, zero_point=0)),
+        ("LogIntSoftmax", {"x": "i8"}, launch.softmax_constexprs(
+            x0=-14, b=27, c=1000, n=30, bits=4, rows=4, octave_steps=2)),
+        ("LogIntMatMul", {"v": "i8"}, launch.matmul_constexprs(bits=4, zero_point=0,
+                                                               octave_steps=2)),
     ]
     for op, dtypes, consts in cases:
         k = aot.compile_kernel(op, dtypes, consts, target=target)
@@ -264,7 +268,8 @@ def test_kernels_compile_to_ptx_with_tensorrts_parameter_list():
                           text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line.split() for line in proc.stdout.strip().splitlines()]
-    assert [line[0] for line in lines] == ["IntLayerNorm", "LogIntSoftmax", "LogIntMatMul"]
+    assert [line[0] for line in lines] == ["IntLayerNorm", "LogIntSoftmax", "LogIntMatMul",
+                                           "LogIntSoftmax", "LogIntMatMul"]
     for _, _, block_x, declared, expected, sm90 in lines:
         assert block_x == "128" and declared == expected and sm90 == "True"
 
