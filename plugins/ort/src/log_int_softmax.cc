@@ -7,7 +7,7 @@
 // octave_steps = 2 (log-sqrt(2) codes, README "Base sqrt(2)"): the sum is normalised below 2^15
 // and k_j = #{t : E_j^4 <= S'^4 >> (2t-1)} = #{t : E_j <= U_t}, where the row's thresholds U_t
 // come from two exact fourth roots (RowThresholds); the int8 step-function path takes them as
-// they are, the other paths count them by binary search.
+// they are, the other paths bracket each code by bit lengths and test four thresholds.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -59,30 +59,52 @@ inline void RowThresholds(uint64_t big, int steps, int full, uint32_t* u) {
   for (int t = 1; t <= full; ++t) u[t] = static_cast<uint32_t>((t % 2 ? r1 : r3) >> (t / 2));
 }
 
-// #{t in 1..full : e <= u[t]} for a non-increasing u: a binary search (full <= 32).
-inline int CountThresholds(uint32_t e, const uint32_t* u, int full) {
-  int k = 0;
-  for (int step = 32; step > 0; step >>= 1) {
-    if (k + step <= full && e <= u[k + step]) k += step;
-  }
-  return k;
+// The log-sqrt(2) code of 1 <= E <= S' < 2^15 without a search: with 2^a <= S' < 2^(a+1) and
+// 2^b <= E < 2^(b+1), 2 log2(S'/E) lies in (2(a-b) - 2, 2(a-b) + 2), so every t <= lo =
+// 2(a-b) - 2 passes its test and none beyond lo + 4 does; four exact tests settle the rest.
+// u[] is zero past `full` (no E >= 1 passes there) and has room up to index 31.
+inline int SqrtCode(uint32_t e, int a, const uint32_t* u, int full) {
+  const int b = 31 - __builtin_clz(e);
+  const int lo = std::max(2 * (a - b) - 2, 0);
+  const int k = lo + (e <= u[lo + 1]) + (e <= u[lo + 2]) + (e <= u[lo + 3]) + (e <= u[lo + 4]);
+  return std::min(k, full);
 }
 
-inline uint8_t CodeOf(uint32_t e, const uint32_t* u, const ExpParams& p) {
-  const int k = CountThresholds(e, u, p.max_code + 1);
-  return static_cast<uint8_t>(e == 0 || k > p.max_code ? p.zero_code : k);
+inline uint8_t CodeOf(uint32_t e, int a, const uint32_t* u, const ExpParams& p) {
+  if (e == 0) return static_cast<uint8_t>(p.zero_code);
+  const int k = SqrtCode(e, a, u, p.max_code + 1);
+  return static_cast<uint8_t>(k > p.max_code ? p.zero_code : k);
 }
 
-// Codes of a log-sqrt(2) row from its exps (README "Base sqrt(2)" steps 6-7).
+// Codes of a log-sqrt(2) row from its exps (README "Base sqrt(2)" steps 6-7). The per-element
+// loop is SqrtCode written without tables or branches so that GCC vectorises it: the bit length
+// of E from its float exponent (exact, E < 2^15) and U_t = (t odd ? R1 : R3) >> (t / 2).
 void CodesFromExpsSqrt2(const int64_t* __restrict e, int64_t n, uint8_t* __restrict y,
                         const ExpParams& p) {
   uint64_t s = 0;
   for (int64_t j = 0; j < n; ++j) s += static_cast<uint64_t>(e[j]);
   const int bits = s == 0 ? 0 : 64 - __builtin_clzll(s);
   const int h = std::max(bits - kSumBitsSqrt2, 0);
-  uint32_t u[33];
-  RowThresholds(s >> h, 2, p.max_code + 1, u);
-  for (int64_t j = 0; j < n; ++j) y[j] = CodeOf(static_cast<uint32_t>(e[j] >> h), u, p);
+  const uint64_t big = s >> h, p4 = big * big * big * big;
+  const auto r1 = static_cast<uint32_t>(Iroot4(p4 >> 1));  // U_{2m+1} = r1 >> m
+  const auto r3 = static_cast<uint32_t>(Iroot4(2 * p4));  // U_{2m} = r3 >> m
+  const int32_t a = bits - h - 1, full = p.max_code + 1, max_code = p.max_code;
+  const int32_t zero_code = p.zero_code;
+  for (int64_t j = 0; j < n; ++j) {
+    const auto ej = static_cast<int32_t>(e[j] >> h);
+    const float ef = static_cast<float>(ej);
+    int32_t fbits;
+    std::memcpy(&fbits, &ef, sizeof fbits);
+    const int32_t lo = std::max(2 * (a - ((fbits >> 23) - 127)) - 2, 0);
+    int32_t k = lo;
+    for (int32_t i = 1; i <= 4; ++i) {
+      const int32_t t = lo + i;
+      const uint32_t u = t > full ? 0u : ((t & 1) ? r1 : r3) >> (t >> 1);
+      k += static_cast<uint32_t>(ej) <= u;
+    }
+    k = std::min(k, full);
+    y[j] = static_cast<uint8_t>(ej == 0 || k > max_code ? zero_code : k);
+  }
 }
 
 // e for u = max - x >= 0 (README steps 2-4); q >= 63 shifts every bit of p << n < 2^63 out.
@@ -264,16 +286,17 @@ struct LogIntSoftmax {
     const int bits = s == 0 ? 0 : 64 - __builtin_clzll(s);
     const int h = std::max(bits - p.sum_bits, 0);
     const uint64_t big = s >> h;
-    uint32_t thresholds[33];
+    uint32_t thresholds[40] = {};  // zero past M + 1 (SqrtCode reads up to index 31)
     RowThresholds(big, p.steps, p.max_code + 1, thresholds);
     if (monotone) {
       avx2::StepRow(x, n, Steps(mx, mx - mn, h, thresholds), y);
       return;
     }
     uint8_t bytes[256];
-    if (p.steps == 2) {  // per distinct u, by binary search over the row's thresholds
+    if (p.steps == 2) {  // per distinct u, bracketed by bit lengths (SqrtCode)
+      const int a = bits - h - 1;
       for (int u = 0; u <= mx - mn; ++u) {
-        bytes[u] = CodeOf(static_cast<uint32_t>(lut[u] >> h), thresholds, p);
+        bytes[u] = CodeOf(static_cast<uint32_t>(lut[u] >> h), a, thresholds, p);
       }
       Lookup(x, n, bytes + mx, y);
       return;
