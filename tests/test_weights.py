@@ -100,6 +100,7 @@ def test_recipe_fills_the_defaults_only():
     with pytest.raises(UsageError, match="unknown lis_base 'e'"):
         QuantConfig(lis=True, lis_base="e")
     assert QuantConfig(lis_base="sqrt2").lis_octave_steps == 2 == 2 * QuantConfig().lis_octave_steps
+    assert QuantConfig(recipe="repq", lis=True).lis_base == "sqrt2"  # the recipe's LIS codes
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ RANKINGS = ("sensitivity", "nuclear")  # onnxvq.verify.mixed: which Linears to r
 # left at their defaults, so `recipe="repq", weight_method="mse"` keeps the user's choice.
 RECIPES = {
     "repq": {"method": "omse", "reparam": True, "reparam_mlp": True, "weight_method": "gptq",
-             "edge_bits": 8, "center": True},
+             "edge_bits": 8, "center": True,
+             "lis_base": "sqrt2"},  # log-sqrt2 >= log2 on both CIFAR models (h13)
     # 8 bits (README "SmoothQuant"): migration into the weights plus bias correction
     "smooth": {"smooth": True, "bias_correction": True, "center": True},
 }
