@@ -84,8 +84,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            (("depth", 2), ("dynamic_img_size", True)), dynamic_hw=True, tags=("ci",)),
     Family("swinv2_tiny", "timm", "swinv2_tiny_window8_256", 256, Counts(5, 5, 15, 5, 10),
            (("embed_dim", 48), ("depths", (1, 1, 2, 1)), ("num_heads", (3, 6, 12, 24))),
-           unsupported="SwinV2's cosine attention (normalised q·kᵀ times a learned logit scale) "
-                       "is not recognised as attention", tags=("ci",)),
+           tags=("ci",)),  # cosine attention, res-post-norm blocks
     Family("levit_128s", "timm", "levit_128s", 224, Counts(11, 11, 0, 11, 20), heads=2,
            unsupported="LeViT's attention (Linear+BatchNorm projections, attention bias, "
                        "Hardswish) is not recognised", tags=("ci",)),
@@ -94,12 +93,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                        "(2 of 4 attentions found)"),
     Family("eva02_tiny", "timm", "eva02_tiny_patch14_224", 224, _vit(2), (("depth", 2),),
            exporter="dynamo",  # TorchScript fails on timm's `is_causal` tensor
-           unsupported="EVA-02's rotary embedding (q and k rebuilt by Slice/Concat around the "
-                       "rotation) and SwiGLU MLP are not recognised"),
+           heads=0),  # rotary q/k, SwiGLU MLP; no classifier (the fc_norm'd pooled features)
     Family("tv_swin_v2_t", "torchvision", "swin_v2", 256, Counts(5, 5, 15, 5, 10),
-           _SWIN_SMALL + (("window_size", (8, 8)),),
-           unsupported="Swin-v2's cosine attention (normalised q·kᵀ times a learned logit "
-                       "scale) is not recognised as attention"),
+           _SWIN_SMALL + (("window_size", (8, 8)),)),
     Family("hf_dinov2", "huggingface", "dinov2", 224, _vit(2),
            (("hidden_size", 192), ("num_hidden_layers", 2), ("num_attention_heads", 3),
             ("intermediate_size", 768), ("patch_size", 14)), tags=("ci",)),

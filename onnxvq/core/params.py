@@ -21,7 +21,7 @@ WIDE_SCORE_LEVELS = 2**15 - 1  # int32 score codes per side when an int8 step wo
 class ActivationSite:
     tensor: str
     consumers: tuple[str, ...]  # node names whose input `tensor` is replaced by DQ(Q(tensor))
-    role: str  # "linear", "conv", "scores", "probs", "values"
+    role: str  # "linear", "conv", "scores", "probs", "values", "gate"
     bits: int
 
 

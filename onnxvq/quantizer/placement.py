@@ -1,9 +1,10 @@
 """Where Q/DQ goes (FQ-ViT's placement, restricted to what runs fast).
 
-Activations are quantized at the inputs of every MatMul/Gemm/Conv with a constant weight and at
-both inputs of the two attention MatMuls (Q·Kᵀ and A·V). LayerNorm, Softmax, GELU and the residual
-Adds stay float unless PTS/LIS replace them: Q/DQ around them only makes ONNX Runtime run slower
-(its int8 kernels are GEMMs) and TensorRT fuses through them anyway.
+Activations are quantized at the inputs of every MatMul/Gemm/Conv with a constant weight, at
+both inputs of the two attention MatMuls (Q·Kᵀ and A·V) and of a gated MLP's act(x₁)·x₂
+product. LayerNorm, Softmax, GELU and the residual Adds stay float unless PTS/LIS replace them:
+Q/DQ around them only makes ONNX Runtime run slower (its int8 kernels are GEMMs) and TensorRT
+fuses through them anyway.
 
 With `pts`, every LayerNormalization with constant gamma/beta becomes IntLayerNorm (`layernorms`).
 With `lis`, every attention Softmax becomes LogIntSoftmax and its A·V product LogIntMatMul
@@ -54,7 +55,8 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
     nodes = {n.name: n for n in graph.nodes}
     norms = _layernorm_sites(nodes, structure, want, skipped) if cfg.pts else ()
     softmaxes = _softmax_sites(nodes, structure, want, skipped) if cfg.lis else ()
-    for mm, roles, bits in _attention_matmuls(structure, cfg, softmaxes):
+    products = (*_attention_matmuls(structure, cfg, softmaxes), *_gate_products(structure, cfg))
+    for mm, roles, bits in products:
         if reason := want(nodes[mm]):
             skipped.append((mm, reason))
             continue
@@ -99,6 +101,16 @@ def _attention_matmuls(structure: ViTStructure, cfg: QuantConfig, softmaxes: tup
             av_bits = cfg.a_bits if cfg.lis_qdq else cfg.attention_bits  # site: log codes)
             yield att.context_matmul, ("probs", "values"), _layer_bits(
                 att.context_matmul, cfg, av_bits)
+
+
+def _gate_products(structure: ViTStructure, cfg: QuantConfig):
+    """(Mul, input roles, bits) of each gated MLP's act(x₁)·x₂ (SwiGLU): both operands at
+    `a_bits`, so ORT runs it as QLinearMul and TensorRT as an int8 elementwise product."""
+    if cfg.weight_only:
+        return
+    for m in structure.mlps:
+        if m.gate is not None:
+            yield m.gate, ("gate", "gate"), _layer_bits(m.gate, cfg, cfg.a_bits)
 
 
 def _layer_bits(node: str, cfg: QuantConfig, default: int) -> int:

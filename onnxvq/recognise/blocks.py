@@ -104,6 +104,9 @@ def _placement(att, mlp, r_att, r_mlp, nodes, tensors) -> tuple[str, tuple[str, 
         return "pre-norm", norms
     if post_att is not None:
         return "post-norm", tuple(n.name for n in (post_att, post_mlp) if n is not None)
+    on_branch = [_norm_before(tensors[r.branch]) for r in (r_att, r_mlp) if r is not None]
+    if on_branch and all(n is not None for n in on_branch):
+        return "res-post-norm", tuple(n.name for n in on_branch)
     return "none", ()
 
 
@@ -197,7 +200,8 @@ def unclaimed_ops(graph: gs.Graph, s: ViTStructure) -> Counter:
             if lin is not None:
                 claimed |= {lin.node, lin.bias_add}
     for m in s.mlps:
-        claimed |= {m.fc1.node, m.fc1.bias_add, m.fc2.node, m.fc2.bias_add, *m.activation.nodes}
+        claimed |= {m.fc1.node, m.fc1.bias_add, m.fc2.node, m.fc2.bias_add, *m.activation.nodes,
+                    m.gate}
     for h in s.head:
         claimed.add(h.bias_add)
     return Counter(n.op for n in graph.nodes if n.name not in claimed and n.op != "Constant")

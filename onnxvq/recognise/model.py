@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from onnxvq.core.walk import (
     LAYOUT_OPS,
+    const_value,
     data_inputs,
     from_activation_matmul,
     is_linear,
@@ -95,28 +96,39 @@ def _layernorm(n: gs.Node) -> LayerNorm:
                      tuple(c.name for c in n.outputs[0].outputs))
 
 
+# Ops q/k/v may pass through between their projection and the attention MatMul when every data
+# input comes from that one projection: cosine attention's L2 normalisation
+# x / Expand(Clip(ReduceL2(x))) (SwinV2), rotary embedding x·cos + rot(x)·sin with the class
+# token re-attached by Concat (EVA-02), bias Adds and scalar scales.
+_DERIVED = frozenset({"Add", "Mul", "Div", "Neg", "Clip", "ReduceL2", "Sqrt", "Cast"})
+
+
 def _trace_linear(t: gs.Tensor) -> gs.Node | None:
-    """The linear that produced `t`, looking back through layout ops, bias Adds and scalar Muls.
+    """The one linear every path back from `t` reaches through layout and derived ops.
     (torchvision's dynamo export puts 12 layout ops between the packed in_proj and K.)"""
-    for _ in range(24):
-        p = producer(t)
+    found, frontier, seen = {}, [t], set()
+    while frontier and len(seen) < 96:
+        cur = frontier.pop()
+        if cur.name in seen:
+            continue
+        seen.add(cur.name)
+        p = producer(cur)
         if p is None:
-            return None
+            return None  # a graph input: not one projection's output
         if is_linear(p):
-            return p
-        constant_op = p.op in ("Add", "Mul", "Div") and len(data_inputs(p)) == 1
-        if p.op not in LAYOUT_OPS and not constant_op:
+            found[p.name] = p
+            continue
+        ins = [i for i in data_inputs(p) if i.name]  # "" is an omitted optional input
+        if not ins or (p.op not in LAYOUT_OPS and p.op not in _DERIVED):
             return None
-        ins = data_inputs(p)
-        if len(ins) != 1:
-            return None
-        t = ins[0]
-    return None
+        frontier.extend(ins)
+    return next(iter(found.values())) if len(found) == 1 and not frontier else None
 
 
 def _attention(softmax: gs.Node) -> Attention | None:
     scores_mm, biased, scale, t = None, False, 1.0, softmax.inputs[0]
     path: list[str] = []
+    per_head = None  # heads of a per-head logit scale (cosine attention's exp(clamp(τ)))
     for _ in range(8):
         p = producer(t)
         if p is None:
@@ -136,6 +148,7 @@ def _attention(softmax: gs.Node) -> Attention | None:
             if f is None and p.op == "Mul":
                 f = scalar(p.inputs[0])
             scale *= (1.0 / f) if p.op == "Div" and f else (f or 1.0)
+            per_head = per_head or (_per_head_count(p) if f is None else None)
         if not ins:
             return None
         t = ins[0]
@@ -152,6 +165,8 @@ def _attention(softmax: gs.Node) -> Attention | None:
     out_proj = linear_info(out_node) if out_node is not None and is_linear(out_node) else None
     head_dim = _head_dim(q, v, scale)
     width = projections[0].out_features // (3 if packed else 1)
+    if head_dim is None and per_head:
+        head_dim = width // per_head
     heads = width // head_dim if head_dim else None
     return Attention(softmax.name, scores_mm.name, context_mm.name, softmax.inputs[0].name,
                      softmax.outputs[0].name, q.name, k.name, v.name, scale,
@@ -172,6 +187,15 @@ def _head_dim(q: gs.Tensor, v: gs.Tensor, scale: float) -> int | None:
     return None
 
 
+def _per_head_count(node: gs.Node) -> int | None:
+    """H when the node scales the [.., H, N, N] scores by a constant of shape [H, 1, 1]."""
+    for i in node.inputs:
+        v = const_value(i)
+        if v is not None and v.ndim >= 3 and v.shape[-2:] == (1, 1) and v.shape[-3] > 1:
+            return int(v.shape[-3])
+    return None
+
+
 def _consumer_through(t: gs.Tensor, through: frozenset[str], op: str | None) -> gs.Node | None:
     """The first consumer of `t` that is not a single-path `through` op (must be `op` if given)."""
     for _ in range(12):
@@ -188,14 +212,39 @@ def _activations(nodes: Iterable[gs.Node]) -> list[tuple[Activation, gs.Tensor, 
     return [a for a in (match_activation(n) for n in nodes) if a is not None]
 
 
+_MLP_PATH = frozenset({"Dropout", "Identity", "Cast"})
+
+
 def _mlp(act: Activation, t_in: gs.Tensor, t_out: gs.Tensor) -> Mlp | None:
-    fc1 = producer(t_in)
-    if fc1 is not None and fc1.op == "Add" and len(data_inputs(fc1)) == 1:
-        fc1 = producer(data_inputs(fc1)[0])
-    fc2 = _consumer_through(t_out, frozenset({"Dropout", "Identity", "Cast"}), None)
-    if fc1 is None or fc2 is None or not is_linear(fc1) or not is_linear(fc2):
+    """fc1 ─ act ─ fc2, or the gated form fc1 ─ Split ─ act(x₁)·x₂ ─ fc2 (SwiGLU: GluMlp's packed
+    fc1, or a second linear on fc1's input for x₂)."""
+    fc1 = _producing_linear(t_in)
+    fc2 = _consumer_through(t_out, _MLP_PATH, None)
+    gate = None
+    if fc1 is not None and fc2 is not None and fc2.op == "Mul" and len(data_inputs(fc2)) == 2:
+        other = next((i for i in data_inputs(fc2) if i is not t_out), None)
+        x2 = _producing_linear(other) if other is not None else None
+        if x2 is None or not (x2 is fc1 or x2.inputs[0] is fc1.inputs[0]):
+            return None
+        gate, fc2 = fc2, _consumer_through(fc2.outputs[0], _MLP_PATH, None)
+    if fc1 is None or fc2 is None or not is_linear(fc2):
         return None
-    return Mlp(linear_info(fc1), act, linear_info(fc2))
+    return Mlp(linear_info(fc1), act, linear_info(fc2), gate.name if gate else None)
+
+
+def _producing_linear(t: gs.Tensor) -> gs.Node | None:
+    """The linear behind `t` through its bias Add and a GLU's Split/Slice of the packed fc1."""
+    for _ in range(4):
+        p = producer(t)
+        if p is None:
+            return None
+        if is_linear(p):
+            return p
+        one_input = len(data_inputs(p)) == 1
+        if not one_input or p.op not in ("Add", "Split", "Slice"):
+            return None
+        t = data_inputs(p)[0]
+    return None
 
 
 def _residuals(graph: gs.Graph, attentions: list[Attention], mlps: list[Mlp]) -> list[Residual]:
@@ -231,6 +280,7 @@ def _branch_kind(t: gs.Tensor, ends: dict[str, str]) -> str | None:
         if p.name in ends:
             return ends[p.name]
         constant_op = p.op in ("Add", "Mul") and len(data_inputs(p)) == 1
-        if p.op in LAYOUT_OPS or constant_op or p.op == "Cast":
+        # a LayerNorm on the branch: SwinV2's res-post-norm x + norm(attn(x))
+        if p.op in LAYOUT_OPS or constant_op or p.op in ("Cast", "LayerNormalization"):
             frontier.extend(data_inputs(p))
     return None

@@ -57,6 +57,7 @@ class Mlp:
     fc1: Linear
     activation: Activation
     fc2: Linear
+    gate: str | None = None  # the gated MLP's act(x₁)·x₂ Mul (SwiGLU), quantized like a MatMul
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class Block:
     mlp: Mlp | None
     norms: tuple[str, ...]
     residuals: tuple[Residual, ...]
-    placement: Literal["pre-norm", "post-norm", "none"]
+    # res-post-norm: x + norm(branch(x)), the norm on each branch (SwinV2)
+    placement: Literal["pre-norm", "post-norm", "res-post-norm", "none"]
 
 
 @dataclass

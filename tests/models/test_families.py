@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections import Counter
 
 import onnx
 import pytest
@@ -23,6 +24,13 @@ _FULL = pytest.mark.skipif(not os.environ.get("ONNXVQ_FULL_CORPUS"), reason="out
                            "representative subset; benchmarks/run_families.sh runs every family")
 CI = [pytest.param(n, marks=() if "ci" in FAMILIES[n].tags else _FULL) for n in SUPPORTED]
 NOISE = dict(calib_size=6, batch_size=2)
+# Gate SQNR floors (dB) where this file pins a family's figure: measured on 6 noise samples
+# (README's supported-exports table), less ~3 dB. Unlisted: the gate's own check, > 1 dB.
+FLOORS = {("swinv2_tiny", "w8a8"): 31, ("swinv2_tiny", "pts-lis"): 26, ("swinv2_tiny", "trt"): 30,
+          ("tv_swin_v2_t", "w8a8"): 33, ("tv_swin_v2_t", "pts-lis"): 25,
+          ("tv_swin_v2_t", "trt"): 30, ("eva02_tiny", "w8a8"): 39, ("eva02_tiny", "trt"): 39}
+# --pts --lis on 6 samples: the gate names the final LayerNorm (tests below say why)
+GATE_CATCHES = {"deit3_small": "'/norm/LayerNormalization'", "eva02_tiny": "'node_layer_norm_4'"}
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +76,14 @@ def test_inspect_finds_exact_counts(exported, name):
 @pytest.mark.parametrize("flags", [{}, {"pts": True, "lis": True}, {"target": "trt"}],
                          ids=["w8a8", "pts-lis", "trt"])
 def test_quantizes_through_the_gate(exported, name, flags):
-    if name == "deit3_small" and flags.get("pts"):  # final norm's class token: 1.2 PTS steps
-        with pytest.raises(FidelityError, match="'/norm/LayerNormalization'"):
+    if name in GATE_CATCHES and flags.get("pts"):  # deit3: the class token is 1.2 PTS steps
+        with pytest.raises(FidelityError, match=GATE_CATCHES[name]):
             onnxvq.quantize(exported(name), None, QuantConfig(**NOISE, **flags))
         return
     result = onnxvq.quantize(exported(name), None, QuantConfig(**NOISE, **flags))
     (out,) = result.fidelity["outputs"]
-    assert out["problem"] is None and out["sqnr_db"] > 1.0
+    key = "trt" if flags.get("target") else "pts-lis" if flags else "w8a8"
+    assert out["problem"] is None and out["sqnr_db"] > FLOORS.get((name, key), 1.0)
     if FAMILIES[name].dynamic_hw:  # folded at 224, the input stays symbolic
         dims = result.model.graph.input[0].type.tensor_type.shape.dim
         assert [d.dim_param for d in dims[2:]] == ["height", "width"]
@@ -98,13 +107,18 @@ def test_levit_refuses_integer_ops_by_name(exported):
 @pytest.mark.corpus
 @pytest.mark.slow
 @needs_torch
-@pytest.mark.parametrize("name", ["swinv2_tiny", "tv_swin_v2_t"])
-def test_swinv2_says_lis_did_nothing(exported, caplog, name):
-    """Its LayerNorms take PTS; its cosine attention is not recognised, so --lis does nothing
-    (timm's and torchvision's Swin-v2 alike)."""
-    result = onnxvq.quantize(exported(name), None, QuantConfig(pts=True, lis=True, **NOISE))
-    assert "--lis did nothing: the model has no attention Softmax" in caplog.text
-    assert result.fidelity["outputs"][0]["problem"] is None
+@pytest.mark.parametrize("name, floor", [("swinv2_tiny", 30), ("tv_swin_v2_t", 25)])
+def test_swinv2_cosine_attention_takes_lis(exported, name, floor):
+    """Cosine attention (L2-normalised q and k, per-head exp(logit scale), rel-pos bias, the
+    shifted windows' -100 mask): every Softmax becomes LogIntSoftmax on the quantized
+    scale-and-bias scores (the masked ones coded int32), timm's and torchvision's Swin-v2 alike.
+    Measured on 6 noise samples: 33.4 dB (timm) and 28.3 dB (torchvision) against W8/A8's
+    34.1 and 36.9. Before: no attention found, --lis did nothing."""
+    result = onnxvq.quantize(exported(name), None, QuantConfig(lis=True, **NOISE))
+    ops = Counter(n.op_type for n in result.model.graph.node)
+    assert ops["LogIntSoftmax"] == ops["LogIntMatMul"] == 5 and ops["Softmax"] == 0
+    assert {b.placement for b in result.structure.blocks} == {"res-post-norm"}
+    assert result.fidelity["outputs"][0]["sqnr_db"] > floor
 
 
 @pytest.mark.corpus
@@ -130,18 +144,21 @@ def test_pts_on_dinov2_registers_is_refused_not_written_constant(exported):
 @pytest.mark.corpus
 @pytest.mark.slow
 @needs_torch
-def test_eva02_quantizes_w8a8_and_its_final_norm_is_caught_by_the_gate(exported, caplog):
-    """EVA-02 (dynamo; rotary attention and SwiGLU not recognised): W8/A8 and --target trt pass
-    the gate on its linears; with --pts --lis, --lis does nothing and, on 6 samples, the final
-    LayerNorm's IntLayerNorm (19 dB against 40 dB for W8/A8) is named by the gate, nothing
+def test_eva02_quantizes_w8a8_and_its_final_norm_is_caught_by_the_gate(exported):
+    """EVA-02 (dynamo; rotary q/k, SwiGLU MLP): W8/A8 and --target trt pass the gate with the
+    gate product act(x₁)·x₂ quantized on both inputs; with --pts --lis, on 6 samples, the final
+    LayerNorm's IntLayerNorm (19 dB against 43 dB for W8/A8) is named by the gate, nothing
     written. Its input is the pooled [B, 192] vector: one value per image per channel, so the
     per-channel PTS shifts fitted on 6 images clip unseen ones. On 64 images it passes."""
     for flags in ({}, {"target": "trt"}):
         result = onnxvq.quantize(exported("eva02_tiny"), None, QuantConfig(**NOISE, **flags))
-        assert result.fidelity["outputs"][0]["sqnr_db"] > 30
+        assert result.fidelity["outputs"][0]["sqnr_db"] > 39  # measured 42.8 / 42.7
+        gates = [s for s in result.plan.activations if s.role == "gate"]
+        assert len(gates) == 4  # two inputs of each block's gate Mul
     with pytest.raises(FidelityError, match="below the W8/A8 variant.*'node_layer_norm_4'"):
         onnxvq.quantize(exported("eva02_tiny"), None, QuantConfig(pts=True, lis=True, **NOISE))
-    assert "--lis did nothing" in caplog.text
     result = onnxvq.quantize(exported("eva02_tiny"), None,
                              QuantConfig(pts=True, lis=True, calib_size=64, batch_size=8))
+    ops = Counter(n.op_type for n in result.model.graph.node)
+    assert ops["IntLayerNorm"] == 5 and ops["LogIntSoftmax"] == 2
     assert result.fidelity["outputs"][0]["sqnr_db"] > 30  # measured 34.4 (W8/A8 38.3)
