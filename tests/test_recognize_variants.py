@@ -90,3 +90,43 @@ def test_swiglu_gate_product_reads_int8_operands(models):
     muls = [n for n in graph.nodes if n.name in gates]
     assert len(muls) == 2
     assert all(producer(i).op == "DequantizeLinear" for n in muls for i in n.inputs)
+
+
+def _graph(build):
+    """A one-input graph x [2, 8, 16] made by `build(b, x) -> output name`."""
+    import onnx
+
+    from onnxvq.models.onnx_builder import GraphBuilder, float_input
+
+    b = GraphBuilder(17)
+    out = build(b, "x")
+    model = b.build([float_input("x", [2, 8, 16])], [float_input(out, [2, "n", 16])], "g")
+    onnx.checker.check_model(model)
+    return to_graph(model)
+
+
+def _linear(b, x, seed):
+    import numpy as np
+
+    w = np.random.default_rng(seed).standard_normal((16, 16)).astype(np.float32)
+    return b.op("MatMul", x, b.weight(f"w{seed}", w))
+
+
+@pytest.mark.parametrize("build, expect", [
+    # L2 normalisation of one projection: traced to it
+    (lambda b, x: b.op("Div", y := _linear(b, x, 1), b.op("Expand", b.op(
+        "Clip", b.op("ReduceL2", y, axes=[-1], keepdims=1), b.const(1e-12)), b.op("Shape", y))),
+     "MatMul_1"),
+    # two projections mixed (a residual, a second stream): no single projection
+    (lambda b, x: b.op("Add", _linear(b, x, 1), _linear(b, x, 2)), None),
+    # the graph input itself on one side of a Concat
+    (lambda b, x: b.op("Concat", _linear(b, x, 1), x, axis=1), None),
+    # an op outside the derived set (Softmax) between the projection and the operand
+    (lambda b, x: b.op("Mul", y := _linear(b, x, 1), b.op("Softmax", y, axis=-1)), None),
+])
+def test_trace_linear_needs_one_projection_on_every_path(build, expect):
+    from onnxvq.recognise.model import _trace_linear
+
+    graph = _graph(build)
+    found = _trace_linear(graph.outputs[0])
+    assert (found.name if found is not None else None) == expect
