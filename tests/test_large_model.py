@@ -8,6 +8,7 @@ the slow test at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -17,8 +18,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from typer.testing import CliRunner
 
 import onnxvq
+from onnxvq.cli.app import app
 from onnxvq.core import external
 from onnxvq.core.graph import load_model, save_model
 from onnxvq.core.runtime import make_session
@@ -126,6 +129,34 @@ def test_quantize_pts_lis_on_the_external_data_path(forced, large_vit, tmp_path,
     assert result.fidelity["outputs"][0]["sqnr_db"] == inline.fidelity["outputs"][0]["sqnr_db"]
     ops = {n.op_type for n in load_model(out).graph.node}
     assert {"IntLayerNorm", "LogIntSoftmax"} <= ops or "QuantizeLinear" in ops
+
+
+def _op_totals(prof) -> dict:
+    return {r.op_type: (r.nodes, r.flops, r.bytes, r.int8) for r in prof.by_op_type()}
+
+
+def test_profile_opens_a_large_model_from_external_data(forced, large_vit, monkeypatch):
+    """`profile` serialised a model whole, so it failed over 2 GB. Forced onto the external-data
+    path, it profiles the same kernels with the same FLOPs and bytes per op type (the pre-packed
+    weights' shapes read back from ORT's optimized model, written with external data too)."""
+    from onnxvq.verify.profile import profile_model
+
+    model = build_tiny_vit(TinyViTConfig())
+    with monkeypatch.context() as m:
+        m.setattr(external, "LARGE_BYTES", 2**40)
+        inline = profile_model(model, runs=2, warmup=1)
+    sessions = forced["sessions"]
+    large = profile_model(model, runs=2, warmup=1)
+    assert forced["sessions"] == sessions + 2  # the optimized-model session and the profiled one
+    totals = _op_totals(large)
+    assert totals == _op_totals(inline)
+    assert totals["MatMul"][0] >= 4 * 2 and totals["MatMul"][1] > 0  # qkv, proj, fc1, fc2 a block
+    assert sum(r.bytes for r in large.by_op_type()) == sum(r.bytes for r in inline.by_op_type())
+    result = CliRunner().invoke(app, ["profile", str(large_vit), "--runs", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    ops = {r["op_type"]: r for r in json.loads(result.output)["models"]["fp32"]["op_types"]}
+    assert {k: (r["nodes"], r["flops"], r["bytes"]) for k, r in ops.items()} == {
+        k: v[:3] for k, v in totals.items()}
 
 
 VIT_H = TinyViTConfig(depth=32, dim=1280, heads=16, mlp_ratio=4, patch=14, image=224,

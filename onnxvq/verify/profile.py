@@ -17,11 +17,13 @@ import os
 import tempfile
 from collections import defaultdict
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 
+from onnxvq.core import external
 from onnxvq.core.runtime import random_inputs, session_options
 
 _DTYPE_BYTES = {"float": 4, "float16": 2, "double": 8, "int64": 8, "int32": 4, "int16": 2,
@@ -117,13 +119,10 @@ def profile_models(models: Mapping[str, onnx.ModelProto | str | os.PathLike], *,
     the first `warmup` runs of each are dropped from its trace."""
     import onnxruntime as ort
 
-    from onnxvq.core.graph import compatible_ir
-
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as files:
         sessions, weights = {}, {}
         for i, (label, model) in enumerate(models.items()):
-            src = (compatible_ir(model).SerializeToString()
-                   if isinstance(model, onnx.ModelProto) else str(model))
+            src = _source(model, files)
             weights[label] = _optimized_weights(src, threads, os.path.join(tmp, f"opt{i}.onnx"))
             so = session_options(threads=threads)
             so.enable_profiling = True
@@ -142,18 +141,37 @@ def profile_models(models: Mapping[str, onnx.ModelProto | str | os.PathLike], *,
             for label, events in traces.items()}
 
 
+def _source(model: onnx.ModelProto | str | os.PathLike, files: ExitStack) -> str | bytes:
+    """What a session opens: a path as given; a ModelProto serialised, or, over 2 GB
+    (`core.external`), written once with external data into a folder that `files` removes
+    (protobuf cannot serialise it whole; both sessions on it read that one copy)."""
+    from onnxvq.core.graph import MAX_IR_VERSION, compatible_ir
+
+    if not isinstance(model, onnx.ModelProto):
+        return str(model)
+    if external.is_large(model):
+        ir = min(model.ir_version, MAX_IR_VERSION)
+        return str(files.enter_context(external.on_disk(model, ir_version=ir)))
+    return compatible_ir(model).SerializeToString()
+
+
 def _optimized_weights(src, threads: int, path: str) -> dict[str, list]:
     """Per node of the graph ORT runs: its inputs as (name-is-initializer, dtype, shape) or None
     for activations. ORT's trace leaves out the weights it pre-packed (MatMul/Gemm B), so their
-    shapes come from the optimized model ORT writes out."""
+    shapes come from the optimized model ORT writes out: its weights go to an external-data file
+    (a model over 2 GB cannot be written inline) and only their dims and types are read back."""
     import onnxruntime as ort
 
     so = session_options(threads=threads)
     so.optimized_model_filepath = path
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                os.path.basename(path) + ".data")
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
         ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-        graph = onnx.load(path).graph
-    except Exception:  # e.g. > 2 GB: fall back to the trace's shapes alone
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception:  # ORT could not write it: fall back to the trace's shapes alone
         return {}
     inits = {t.name: (onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name, list(t.dims))
              for t in graph.initializer}
