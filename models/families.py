@@ -52,6 +52,7 @@ class Family:
     heads: int = 1  # classifier heads (distilled models have two)
     external: bool = False
     dynamic_hw: bool = False
+    patch_convs: int = 1  # Convs of the patch embedding (LeViT's stem is a chain of four)
     unsupported: str | None = None  # why recognition misses it (counts are torch's)
     tags: tuple[str, ...] = field(default=())
 
@@ -86,8 +87,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            (("embed_dim", 48), ("depths", (1, 1, 2, 1)), ("num_heads", (3, 6, 12, 24))),
            tags=("ci",)),  # cosine attention, res-post-norm blocks
     Family("levit_128s", "timm", "levit_128s", 224, Counts(11, 11, 0, 11, 20), heads=2,
-           unsupported="LeViT's attention (Linear+BatchNorm projections, attention bias, "
-                       "Hardswish) is not recognised", tags=("ci",)),
+           patch_convs=4, tags=("ci",)),
     Family("cait_xxs", "timm", "cait_xxs24_224", 224, Counts(4, 4, 9, 4, 8), (("depth", 2),),
            unsupported="CaiT's talking-heads and class attention are not recognised "
                        "(2 of 4 attentions found)"),

@@ -20,6 +20,7 @@ from onnxvq.core.pipeline import Pipeline, PipelineReport
 from onnxvq.passes.center_attention_probs import CenterAttentionProbs
 from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.passes.fold_constants import FoldConstants
+from onnxvq.passes.fold_linear_batchnorm import FoldLinearBatchNorm
 from onnxvq.passes.fold_requantize import FoldRequantize
 from onnxvq.passes.fold_scale_into_dequantize import FoldScaleIntoDequantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
@@ -44,11 +45,12 @@ from onnxvq.passes.replace_softmax import ReplaceSoftmax
 from onnxvq.passes.smooth_linear_inputs import SmoothLinearInputs
 from onnxvq.passes.twin_qdq import TwinQDQ
 
-# Every command starts here: constants and shape noise folded, BatchNorm folded into Convs,
-# LayerNorm fused, the SDPA NaN guard dropped, the attention scale one Mul on Q·Kᵀ (the form the
-# recogniser and FQ-ViT expect).
-CANONICAL = Pipeline((FoldConstants(), FoldBatchNorm(), FoldStaticShapes(), FuseLayerNorm(),
-                      RemoveSoftmaxNanGuard(), NormalizeAttentionScale()), infer_shapes=True)
+# Every command starts here: constants and shape noise folded, BatchNorm folded into Convs and
+# Linears (LeViT), LayerNorm fused, the SDPA NaN guard dropped, the attention scale one Mul on
+# Q·Kᵀ (the form the recogniser and FQ-ViT expect).
+CANONICAL = Pipeline((FoldConstants(), FoldBatchNorm(), FoldLinearBatchNorm(), FoldStaticShapes(),
+                      FuseLayerNorm(), RemoveSoftmaxNanGuard(), NormalizeAttentionScale()),
+                     infer_shapes=True)
 
 # TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral); quantization
 # then calibrates the scaled Q, so its Q/DQ sits directly on the MatMul input.

@@ -29,12 +29,15 @@ def assemble_blocks(graph: gs.Graph, s: ViTStructure) -> list[Block]:
     for att in s.attentions:
         r_att = _residual_for(att.out_proj, res_by_branch.get("attention", []), nodes, tensors)
         mlp, r_mlp = None, None
-        if r_att is not None:
-            for m in s.mlps:
-                if _reaches(tensors[nodes[m.fc1.node].inputs[0].name], r_att.node):
-                    mlp = m
-                    r_mlp = _residual_for(m.fc2, res_by_branch.get("mlp", []), nodes, tensors)
-                    break
+        # the MLP reads the attention residual; without one (LeViT's downsampling attention
+        # changes the width), the attention's output projection itself
+        start = r_att.node if r_att is not None else (
+            att.out_proj.bias_add or att.out_proj.node if att.out_proj else None)
+        for m in s.mlps if start is not None else ():
+            if _reaches(tensors[nodes[m.fc1.node].inputs[0].name], start):
+                mlp = m
+                r_mlp = _residual_for(m.fc2, res_by_branch.get("mlp", []), nodes, tensors)
+                break
         placement, norms = _placement(att, mlp, r_att, r_mlp, nodes, tensors)
         residuals = tuple(r for r in (r_att, r_mlp) if r is not None)
         blocks.append(Block(len(blocks), att, mlp, norms, residuals, placement))

@@ -160,18 +160,41 @@ def _attention(softmax: gs.Node) -> Attention | None:
     if any(x is None for x in lin):
         return None
     packed = lin[0] is lin[1] is lin[2]
-    projections = tuple(linear_info(x) for x in (lin[:1] if packed else lin))
-    out_node = _consumer_through(context_mm.outputs[0], LAYOUT_OPS, None)
+    # each linear once: LeViT's downsampling attention packs k and v into one, q apart
+    distinct = [x for i, x in enumerate(lin) if all(x is not y for y in lin[:i])]
+    projections = tuple(linear_info(x) for x in distinct)
+    out_node = _out_projection(context_mm.outputs[0])
     out_proj = linear_info(out_node) if out_node is not None and is_linear(out_node) else None
     head_dim = _head_dim(q, v, scale)
     width = projections[0].out_features // (3 if packed else 1)
     if head_dim is None and per_head:
         head_dim = width // per_head
-    heads = width // head_dim if head_dim else None
+    heads = _heads(q, width, head_dim)
     return Attention(softmax.name, scores_mm.name, context_mm.name, softmax.inputs[0].name,
                      softmax.outputs[0].name, q.name, k.name, v.name, scale,
                      "packed" if packed else "separate", projections, out_proj, biased, heads,
                      head_dim, tuple(path))
+
+
+def _out_projection(t: gs.Tensor) -> gs.Node | None:
+    """The node after the context (through layout ops); past an activation unit when one sits
+    in front of the output projection (LeViT's proj is Hardswish then Linear)."""
+    node = _consumer_through(t, LAYOUT_OPS, None)
+    if node is None or is_linear(node):
+        return node
+    unit = match_activation(node)
+    if unit is None or unit[1] is not node.inputs[0]:
+        return node
+    after = _consumer_through(unit[2], LAYOUT_OPS, None)
+    return after if after is not None and is_linear(after) else node
+
+
+def _heads(q: gs.Tensor, width: int, head_dim: int | None) -> int | None:
+    """Q's head axis ([B, heads, N, d]) where shapes are known: LeViT's packed qkv is not three
+    equal parts (values are wider than keys). Else the projection width over the head dim."""
+    if q.shape and len(q.shape) == 4 and isinstance(q.shape[1], int) and q.shape[1] > 0:
+        return int(q.shape[1])
+    return width // head_dim if head_dim else None
 
 
 def _head_dim(q: gs.Tensor, v: gs.Tensor, scale: float) -> int | None:
@@ -258,12 +281,31 @@ def _residuals(graph: gs.Graph, attentions: list[Attention], mlps: list[Mlp]) ->
     for node in graph.nodes:
         if node.op != "Add" or len(data_inputs(node)) != 2:
             continue
-        for i, t in enumerate(node.inputs[:2]):
-            kind = _branch_kind(t, ends)
+        kinds = [_branch_kind(t, ends) for t in node.inputs[:2]]
+        if None not in kinds:  # both sides end a branch (LeViT's downsample: x + mlp(x) with x
+            # the attention's output): the branch is the side computed from the other
+            kinds[0 if _depends_on(node.inputs[1], node.inputs[0]) else 1] = None
+        for i, (t, kind) in enumerate(zip(node.inputs[:2], kinds, strict=True)):
             if kind is not None:
                 found.append(Residual(node.name, node.inputs[1 - i].name, t.name, kind))
                 break
     return found
+
+
+def _depends_on(t: gs.Tensor, other: gs.Tensor, limit: int = 256) -> bool:
+    """Whether `other` is among the tensors `t` is computed from (within `limit` tensors)."""
+    frontier, seen = [t], set()
+    while frontier and len(seen) < limit:
+        cur = frontier.pop()
+        if cur is other:
+            return True
+        if cur.name in seen:
+            continue
+        seen.add(cur.name)
+        p = producer(cur)
+        if p is not None:
+            frontier.extend(data_inputs(p))
+    return False
 
 
 def _branch_kind(t: gs.Tensor, ends: dict[str, str]) -> str | None:

@@ -66,7 +66,8 @@ def test_inspect_finds_exact_counts(exported, name):
     summary = result.structure.summary()
     assert len(summary["head"]) == family.heads
     assert summary["heads"] and summary["heads"] > 0  # attention heads found (BEiT: was null)
-    assert len(summary["patch_embed"]) == 1  # MobileViT's block convs are not patch embeddings
+    # MobileViT's block convs are not patch embeddings; LeViT's stem is a chain of four convs
+    assert len(summary["patch_embed"]) == family.patch_convs
 
 
 @pytest.mark.corpus
@@ -97,11 +98,25 @@ def test_quantizes_through_the_gate(exported, name, flags):
 @pytest.mark.corpus
 @pytest.mark.slow
 @needs_torch
-def test_levit_refuses_integer_ops_by_name(exported):
-    """No LayerNorm, attention not recognised: before, --pts --lis wrote plain W8/A8, exit 0."""
+def test_levit_batchnorm_attention_quantizes_and_pts_is_refused(exported):
+    """LeViT: Linear+BatchNorm projections (folded into the linears), an attention bias,
+    Hardswish before the output projection, no LayerNorm. Before, nothing was recognised and
+    --pts --lis wrote plain W8/A8. Now every linear and both attention products are int8, LIS
+    replaces all 11 softmaxes (the biased scores are a float input it quantizes itself), and
+    --pts alone is refused by name (--pts --lis warns that --pts did nothing: the gate test)."""
+    path = exported("levit_128s")
     with pytest.raises(UnsupportedModelError, match="--pts cannot apply: the model has no "
-                       "LayerNormalization.*--lis cannot apply"):
-        onnxvq.quantize(exported("levit_128s"), None, QuantConfig(pts=True, lis=True, **NOISE))
+                       "LayerNormalization"):
+        onnxvq.quantize(path, None, QuantConfig(pts=True, **NOISE))
+    sqnr = {}
+    for key, flags in (("w8a8", {}), ("lis", {"lis": True})):
+        result = onnxvq.quantize(path, None, QuantConfig(**NOISE, **flags))
+        ops = Counter(n.op_type for n in result.model.graph.node)
+        assert ops["MatMulIntegerToFloat"] == 46  # every block linear (the heads stay float)
+        assert ops["BatchNormalization"] == 2  # the heads' BatchNorm -> Linear, kept float
+        assert ops["LogIntSoftmax"] == (11 if flags else 0)
+        sqnr[key] = result.fidelity["outputs"][0]["sqnr_db"]
+    assert sqnr["w8a8"] > 35 and sqnr["lis"] > 25  # measured 41.7 / 29.6 dB
 
 
 @pytest.mark.corpus
