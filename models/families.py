@@ -88,9 +88,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            tags=("ci",)),  # cosine attention, res-post-norm blocks
     Family("levit_128s", "timm", "levit_128s", 224, Counts(11, 11, 0, 11, 20), heads=2,
            patch_convs=4, tags=("ci",)),
-    Family("cait_xxs", "timm", "cait_xxs24_224", 224, Counts(4, 4, 9, 4, 8), (("depth", 2),),
-           unsupported="CaiT's talking-heads and class attention are not recognised "
-                       "(2 of 4 attentions found)"),
+    Family("cait_xxs", "timm", "cait_xxs24_224", 224, Counts(4, 4, 9, 4, 8), (("depth", 2),)),
     Family("eva02_tiny", "timm", "eva02_tiny_patch14_224", 224, _vit(2), (("depth", 2),),
            exporter="dynamo",  # TorchScript fails on timm's `is_causal` tensor
            heads=0),  # rotary q/k, SwiGLU MLP; no classifier (the fc_norm'd pooled features)

@@ -4,8 +4,9 @@ Matches: an attention Softmax listed in the plan (`ctx.plan.softmaxes`, `--lis`)
          (`ctx.fq_params`), whose output reaches the A·V MatMul's first input through
          single-consumer Identity/Dropout/Cast/Reshape nodes only.
 Refuses: A·V not found; the calibration's own refusal; a Softmax not over the last axis, A·V
-         operands of unknown or different rank (`refuse`: placement asks it before planning); no
-         calibrated parameters; a probs path with other ops or other consumers.
+         operands of unknown or different rank, a probs path with other ops or other consumers
+         (talking heads' head-mixing Linear) (`refuse`: placement asks it before planning); no
+         calibrated parameters.
 Emits:
          scores --QuantizeLinear(S, 0) int8--> LogIntSoftmax(x0, b, c, n, bits, octave_steps)
            --> uint8 log2 / log-sqrt2 codes [--Reshape as on the probs path] --+
@@ -82,6 +83,9 @@ def refuse(softmax: gs.Node, context: gs.Node) -> str | None:
     a, v = context.inputs[0].shape, context.inputs[1].shape
     if a is None or v is None or len(a) != len(v) or len(a) < 2:
         return "A·V operands need the same known rank (LogIntMatMul does not broadcast)"
+    if probs_path(softmax, context) is None:  # e.g. CaiT's talking heads: a Linear mixes the
+        # probabilities over the heads first, and it needs linear values, not log2 codes
+        return "Softmax output reaches A·V through other ops or has other consumers"
     return None
 
 

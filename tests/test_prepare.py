@@ -10,7 +10,7 @@ import pytest
 
 import onnxvq
 from onnxvq.calibrate.preprocess import Preprocess
-from onnxvq.calibrate.rows import PtsRowObserver
+from onnxvq.calibrate.rows import PtsRowObserver, pooled_tokens
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import UnsupportedModelError
 from onnxvq.core.runtime import make_session
@@ -68,6 +68,32 @@ def test_pts_refuses_a_layernorm_whose_tokens_it_would_erase():
     obs = PtsRowObserver("t", 6 / 255, 128)
     obs.update(x)
     assert "IntLayerNorm would output beta" in obs.thin_rows()
+
+
+def test_pts_refuses_a_final_norm_whose_pooled_token_it_would_blur():
+    """DeiT-III / CaiT: the head reads only the class token after the final norm; at a few of
+    the layer-wise steps (above the one-step rule) it keeps ~10 dB through the input codes."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 10, 16)).astype(np.float32) * 3
+    x[:, 0] = 0.05 * rng.standard_normal((4, 16))  # the class token, a few steps of 18/255 wide
+
+    def observed(pooled: tuple[int, ...]) -> PtsRowObserver:
+        obs = PtsRowObserver("t", 18 / 255, 128, pooled=pooled)
+        obs.update(x)
+        return obs
+
+    assert observed(()).thin_rows() is None  # every token spans over one step
+    assert observed((1,)).thin_rows() is None  # a patch token pooled: kept
+    assert observed((1,)).pooled_sqnr_db() > 30
+    assert observed((0,)).pooled_sqnr_db() < 20
+    assert "token 0, which the head reads, keeps only" in observed((0,)).thin_rows()
+
+
+def test_pooled_tokens_are_the_final_norms_gathers():
+    """The tiny ViT's final norm feeds the head through x[:, 0]; block norms feed linears."""
+    model = build_tiny_vit(TinyViTConfig())
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert [pooled_tokens(model, n.output[0]) for n in norms] == [()] * (len(norms) - 1) + [(0,)]
 
 
 def test_integer_flags_that_apply_nowhere_are_refused_by_name(caplog):

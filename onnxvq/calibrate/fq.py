@@ -28,7 +28,7 @@ import onnx
 from onnxvq.calibrate.collect import collect
 from onnxvq.calibrate.observers import MinMaxObserver, Observer
 from onnxvq.calibrate.pts import pts_layer_qparams
-from onnxvq.calibrate.rows import PtsRowObserver
+from onnxvq.calibrate.rows import PtsRowObserver, pooled_tokens
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.core.params import (  # noqa: F401  (re-exported: the records calibration fills)
@@ -115,8 +115,9 @@ class FqCalibration:
             obs = observers[ln.input]
             exact = obs.exact if isinstance(obs, _Tee) else obs
             layer[ln.input] = pts_layer_qparams(*exact.range(), bits, signed=signed)
+        pooled = {ln.input: pooled_tokens(model, ln.output) for ln in self.norms}
         errors = collect(model, list(layer), feeds, lambda n: PtsRowObserver(
-            n, *layer[n], bits=bits, levels=PTS_LEVELS, signed=signed))
+            n, *layer[n], bits=bits, levels=PTS_LEVELS, signed=signed, pooled=pooled[n]))
         for ln in self.norms:
             scale, zp = layer[ln.input]
             thin = errors[ln.input].thin_rows()  # tokens PTS would erase (calibrate/rows.py)

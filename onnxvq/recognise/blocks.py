@@ -102,7 +102,7 @@ def _placement(att, mlp, r_att, r_mlp, nodes, tensors) -> tuple[str, tuple[str, 
     post_mlp = _norm_after(tensors[_out(nodes, r_mlp.node)]) if r_mlp else None
     # A LayerNorm in front of the projections is a pre-norm only if it sits on the branch, i.e. it
     # reads the residual's skip tensor; after a post-norm block the previous norm feeds q too.
-    if pre_att is not None and r_att is not None and pre_att.inputs[0].name == r_att.skip:
+    if pre_att is not None and r_att is not None and _reads(pre_att.inputs[0], r_att.skip):
         norms = tuple(n.name for n in (pre_att, pre_mlp) if n is not None)
         return "pre-norm", norms
     if post_att is not None:
@@ -111,6 +111,14 @@ def _placement(att, mlp, r_att, r_mlp, nodes, tensors) -> tuple[str, tuple[str, 
     if on_branch and all(n is not None for n in on_branch):
         return "res-post-norm", tuple(n.name for n in on_branch)
     return "none", ()
+
+
+def _reads(t: gs.Tensor, skip: str) -> bool:
+    """`t` is the skip tensor, or a Concat of it (CaiT's class attention normalises the class
+    token concatenated with the patch tokens; its residual adds to the class token alone)."""
+    p = producer(t)
+    return t.name == skip or (p is not None and p.op == "Concat"
+                              and any(i.name == skip for i in p.inputs))
 
 
 def _out(nodes, name: str) -> str:
@@ -186,7 +194,7 @@ def _leads_to_output(t: gs.Tensor, outputs: set[str]) -> bool:
 def _claimed_linears(s: ViTStructure) -> set[str]:
     names = set()
     for a in s.attentions:
-        names |= {p.node for p in a.projections}
+        names |= {p.node for p in a.projections} | set(a.head_mixing)
         if a.out_proj:
             names.add(a.out_proj.node)
     for m in s.mlps:
@@ -198,7 +206,7 @@ def unclaimed_ops(graph: gs.Graph, s: ViTStructure) -> Counter:
     claimed = {ln.node for ln in s.layernorms} | {r.node for r in s.residuals}
     claimed |= set(s.patch_embed) | {h.node for h in s.head}
     for a in s.attentions:
-        claimed |= {a.softmax, a.scores_matmul, a.context_matmul, *a.score_nodes}
+        claimed |= {a.softmax, a.scores_matmul, a.context_matmul, *a.score_nodes, *a.head_mixing}
         for lin in (*a.projections, a.out_proj):
             if lin is not None:
                 claimed |= {lin.node, lin.bias_add}

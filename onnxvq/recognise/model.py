@@ -45,7 +45,7 @@ from onnxvq.recognise.structure import (
     ViTStructure,
 )
 
-_SCORE_PATH = frozenset({"Mul", "Div", "Add", "Reshape", "Cast"})
+_SCORE_PATH = frozenset({"Mul", "Div", "Add", "Reshape", "Cast", "Transpose"})
 _PROBS_PATH = frozenset({"Cast", "Dropout", "Identity", "Reshape"})
 
 
@@ -76,6 +76,7 @@ def recognise(graph: gs.Graph) -> ViTStructure:
             else:
                 s.attentions.append(att)
     claimed_linears = {p.node for a in s.attentions for p in a.projections}
+    claimed_linears |= {n for a in s.attentions for n in a.head_mixing}
     s.mlps = [m for m in (_mlp(*a) for a in _activations(graph.nodes)) if m is not None
               and m.fc1.node not in claimed_linears]
     s.residuals = _residuals(graph, s.attentions, s.mlps)
@@ -128,6 +129,7 @@ def _trace_linear(t: gs.Tensor) -> gs.Node | None:
 def _attention(softmax: gs.Node) -> Attention | None:
     scores_mm, biased, scale, t = None, False, 1.0, softmax.inputs[0]
     path: list[str] = []
+    mixing: list[str] = []
     per_head = None  # heads of a per-head logit scale (cosine attention's exp(clamp(τ)))
     for _ in range(8):
         p = producer(t)
@@ -136,12 +138,16 @@ def _attention(softmax: gs.Node) -> Attention | None:
         if p.op == "MatMul" and len(data_inputs(p)) == 2:
             scores_mm = p
             break
+        if _head_mixing(p):  # talking heads (CaiT): a Linear over the head axis of the scores
+            mixing.append(p.name)
+            t = data_inputs(p)[0]
+            continue
         if p.op not in _SCORE_PATH:
             return None
         path.append(p.name)
         ins = data_inputs(p)
-        if p.op == "Add":
-            biased = True
+        if p.op == "Add" and not (len(ins) == 1 and _head_mixing(producer(ins[0]))):
+            biased = True  # (not the head-mixing Linear's own bias)
             ins = [i for i in ins if from_activation_matmul(i)] or ins[:1]
         elif p.op in ("Mul", "Div") and len(ins) == 1:
             f = scalar(p.inputs[1])
@@ -152,8 +158,8 @@ def _attention(softmax: gs.Node) -> Attention | None:
         if not ins:
             return None
         t = ins[0]
-    context_mm = _consumer_through(softmax.outputs[0], _PROBS_PATH, "MatMul")
-    if scores_mm is None or context_mm is None or len(data_inputs(context_mm)) != 2:
+    context_mm = _context_matmul(softmax.outputs[0], mixing)
+    if scores_mm is None or context_mm is None:
         return None
     q, k, v = scores_mm.inputs[0], scores_mm.inputs[1], context_mm.inputs[1]
     lin = [_trace_linear(x) for x in (q, k, v)]
@@ -173,7 +179,34 @@ def _attention(softmax: gs.Node) -> Attention | None:
     return Attention(softmax.name, scores_mm.name, context_mm.name, softmax.inputs[0].name,
                      softmax.outputs[0].name, q.name, k.name, v.name, scale,
                      "packed" if packed else "separate", projections, out_proj, biased, heads,
-                     head_dim, tuple(path))
+                     head_dim, tuple(path), tuple(mixing))
+
+
+def _head_mixing(node: gs.Node | None) -> bool:
+    """A square Linear (heads × heads weight) that talking-heads attention applies to the
+    scores before the Softmax and to the probabilities after it, heads moved last by Transposes."""
+    if node is None or not is_linear(node):
+        return False
+    lin = linear_info(node)
+    return lin.in_features == lin.out_features and lin.in_features <= 64
+
+
+def _context_matmul(t: gs.Tensor, mixing: list[str]) -> gs.Node | None:
+    """A·V: the MatMul of two activations the probabilities reach through value-preserving ops,
+    or through a talking-heads mixing Linear (its bias Add and Transposes); those go to `mixing`."""
+    for _ in range(12):
+        c = sole_data_consumer(t)
+        if c is None:
+            return None
+        if c.op == "MatMul" and len(data_inputs(c)) == 2:
+            return c
+        if _head_mixing(c):
+            mixing.append(c.name)
+        elif c.op not in _PROBS_PATH and c.op != "Transpose" and not (
+                c.op == "Add" and len(data_inputs(c)) == 1 and mixing):
+            return None
+        t = c.outputs[0]
+    return None
 
 
 def _out_projection(t: gs.Tensor) -> gs.Node | None:

@@ -50,6 +50,7 @@ class Attention:
     heads: int | None
     head_dim: int | None
     score_nodes: tuple[str, ...] = ()  # scale and bias nodes between Q·Kᵀ and the Softmax
+    head_mixing: tuple[str, ...] = ()  # talking heads (CaiT): Linears over the head axis
 
 
 @dataclass(frozen=True)

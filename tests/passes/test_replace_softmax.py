@@ -113,6 +113,26 @@ def test_refuses_probs_with_another_reader():
     assert probs_path(graph.nodes[0], graph.nodes[1]) is None
 
 
+def test_placement_refuses_talking_heads_probs():
+    """CaiT's talking heads: Transpose -> head-mixing MatMul -> Transpose between the Softmax and
+    A·V. LogIntMatMul could not take the mixed values as log codes, so placement (`refuse`) keeps
+    that Softmax float and A·V's W8/A8 Q/DQ, instead of the pass refusing after planning."""
+    graph = _graph()
+    sm, av = graph.nodes
+    t1, mixed, t2 = (gs.Variable(n, np.float32, [1, 4, 4, 2]) for n in ("t1", "mixed", "t2"))
+    back = gs.Variable("back", np.float32, [1, 2, 4, 4])
+    w = gs.Constant("w_heads", np.eye(2, dtype=np.float32)[::-1].copy())
+    graph.nodes += [gs.Node("Transpose", name="to_heads_last", attrs={"perm": [0, 2, 3, 1]},
+                            inputs=[sm.outputs[0]], outputs=[t1]),
+                    gs.Node("MatMul", name="proj_w", inputs=[t1, w], outputs=[mixed]),
+                    gs.Node("Transpose", name="to_heads_first", attrs={"perm": [0, 3, 1, 2]},
+                            inputs=[mixed], outputs=[back])]
+    av.inputs[0] = back
+    reason = "Softmax output reaches A·V through other ops or has other consumers"
+    assert replace_softmax.refuse(sm, av) == reason
+    assert replace_softmax.refuse(*_graph().nodes) is None
+
+
 def test_probs_path_through_value_preserving_ops():
     graph = _graph()
     sm, av = graph.nodes
