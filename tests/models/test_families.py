@@ -28,7 +28,9 @@ NOISE = dict(calib_size=6, batch_size=2)
 # (README's supported-exports table), less ~3 dB. Unlisted: the gate's own check, > 1 dB.
 FLOORS = {("swinv2_tiny", "w8a8"): 31, ("swinv2_tiny", "pts-lis"): 26, ("swinv2_tiny", "trt"): 30,
           ("tv_swin_v2_t", "w8a8"): 33, ("tv_swin_v2_t", "pts-lis"): 25,
-          ("tv_swin_v2_t", "trt"): 30, ("eva02_tiny", "w8a8"): 39, ("eva02_tiny", "trt"): 39}
+          ("tv_swin_v2_t", "trt"): 30, ("eva02_tiny", "w8a8"): 39, ("eva02_tiny", "trt"): 39,
+          ("levit_128s", "w8a8"): 38, ("levit_128s", "pts-lis"): 26, ("levit_128s", "trt"): 37,
+          ("cait_xxs", "w8a8"): 38, ("cait_xxs", "pts-lis"): 38, ("cait_xxs", "trt"): 37}
 # --pts --lis on 6 samples: the gate names the final LayerNorm (tests below say why). DeiT-III's
 # and CaiT's final norms are refused per flag at calibration instead (their pooled class token).
 GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'"}
