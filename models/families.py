@@ -86,6 +86,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("swinv2_tiny", "timm", "swinv2_tiny_window8_256", 256, Counts(5, 5, 15, 5, 10),
            (("embed_dim", 48), ("depths", (1, 1, 2, 1)), ("num_heads", (3, 6, 12, 24))),
            tags=("ci",)),  # cosine attention, res-post-norm blocks
+    Family("swinv2_tiny_dynamo", "timm", "swinv2_tiny_window8_256", 256, Counts(5, 5, 15, 5, 10),
+           (("embed_dim", 48), ("depths", (1, 1, 2, 1)), ("num_heads", (3, 6, 12, 24))),
+           exporter="dynamo"),
     Family("levit_128s", "timm", "levit_128s", 224, Counts(11, 11, 0, 11, 20), heads=2,
            patch_convs=4, tags=("ci",)),
     Family("cait_xxs", "timm", "cait_xxs24_224", 224, Counts(4, 4, 9, 4, 8), (("depth", 2),)),

@@ -83,13 +83,23 @@ def test_quantizes_through_the_gate(models, kind, flags, floor):
     assert roles["scores"] == 4 and roles["gate"] == (4 if kind == "rotary" else 0)
 
 
-def test_swiglu_gate_product_reads_int8_operands(models):
+def test_swiglu_gate_product_reads_int8_operands(models, tmp_path):
+    """Q/DQ on both operands of act(x₁)·x₂, which ONNX Runtime then runs as QLinearMul."""
+    import onnx
+    import onnxruntime as ort
+
     result = onnxvq.quantize(models["rotary"], None, QuantConfig(**CALIB))
     graph = to_graph(result.model)
     gates = {b.mlp.gate for b in result.structure.blocks}
     muls = [n for n in graph.nodes if n.name in gates]
     assert len(muls) == 2
     assert all(producer(i).op == "DequantizeLinear" for n in muls for i in n.inputs)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(result.model.SerializeToString(), so,
+                         providers=["CPUExecutionProvider"])
+    optimized = onnx.load(so.optimized_model_filepath)
+    assert Counter(n.op_type for n in optimized.graph.node)["QLinearMul"] == 2
 
 
 def _graph(build):

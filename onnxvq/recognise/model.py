@@ -1,11 +1,12 @@
 """Recognise ViT structure in a canonicalised graph.
 
 Anchors: every Softmax fed (through scale, bias and window reshapes) by a MatMul of two
-activations and feeding a MatMul with an activation is an attention; every activation unit (Relu,
-Gelu, the Erf and Tanh GELU decompositions) between two linears is an MLP; every Add of two
-activations whose one side leads back, through layout ops and constant bias/scale ops only, to an
-attention's output projection or an MLP's second linear is a residual. Blocks pair an attention
-residual with the MLP that consumes it.
+activations and feeding a MatMul with an activation is an attention, its q, k and v traced back to
+one projection each (through L2 normalisation and rotary embedding too); every activation unit
+(Relu, Gelu, the Erf and Tanh GELU decompositions, SiLU) between two linears is an MLP (gated
+forms: mlp.py); every Add of two activations whose one side leads back, through layout ops,
+constant bias/scale ops and a branch LayerNorm only, to an attention's output projection or an
+MLP's second linear is a residual. Blocks pair an attention residual with the MLP that consumes it.
 Whatever no unit claims is counted in `unrecognised`, never dropped.
 """
 
@@ -36,6 +37,7 @@ from onnxvq.recognise.blocks import (
 )
 from onnxvq.recognise.cnn import summarise_cnn
 from onnxvq.recognise.dit import summarise_adaln
+from onnxvq.recognise.mlp import mlp_of
 from onnxvq.recognise.structure import (
     Activation,
     Attention,
@@ -77,7 +79,7 @@ def recognise(graph: gs.Graph) -> ViTStructure:
                 s.attentions.append(att)
     claimed_linears = {p.node for a in s.attentions for p in a.projections}
     claimed_linears |= {n for a in s.attentions for n in a.head_mixing}
-    s.mlps = [m for m in (_mlp(*a) for a in _activations(graph.nodes)) if m is not None
+    s.mlps = [m for m in (mlp_of(*a) for a in _activations(graph.nodes)) if m is not None
               and m.fc1.node not in claimed_linears]
     s.residuals = _residuals(graph, s.attentions, s.mlps)
     s.blocks = assemble_blocks(graph, s)
@@ -266,41 +268,6 @@ def _consumer_through(t: gs.Tensor, through: frozenset[str], op: str | None) -> 
 
 def _activations(nodes: Iterable[gs.Node]) -> list[tuple[Activation, gs.Tensor, gs.Tensor]]:
     return [a for a in (match_activation(n) for n in nodes) if a is not None]
-
-
-_MLP_PATH = frozenset({"Dropout", "Identity", "Cast"})
-
-
-def _mlp(act: Activation, t_in: gs.Tensor, t_out: gs.Tensor) -> Mlp | None:
-    """fc1 ─ act ─ fc2, or the gated form fc1 ─ Split ─ act(x₁)·x₂ ─ fc2 (SwiGLU: GluMlp's packed
-    fc1, or a second linear on fc1's input for x₂)."""
-    fc1 = _producing_linear(t_in)
-    fc2 = _consumer_through(t_out, _MLP_PATH, None)
-    gate = None
-    if fc1 is not None and fc2 is not None and fc2.op == "Mul" and len(data_inputs(fc2)) == 2:
-        other = next((i for i in data_inputs(fc2) if i is not t_out), None)
-        x2 = _producing_linear(other) if other is not None else None
-        if x2 is None or not (x2 is fc1 or x2.inputs[0] is fc1.inputs[0]):
-            return None
-        gate, fc2 = fc2, _consumer_through(fc2.outputs[0], _MLP_PATH, None)
-    if fc1 is None or fc2 is None or not is_linear(fc2):
-        return None
-    return Mlp(linear_info(fc1), act, linear_info(fc2), gate.name if gate else None)
-
-
-def _producing_linear(t: gs.Tensor) -> gs.Node | None:
-    """The linear behind `t` through its bias Add and a GLU's Split/Slice of the packed fc1."""
-    for _ in range(4):
-        p = producer(t)
-        if p is None:
-            return None
-        if is_linear(p):
-            return p
-        one_input = len(data_inputs(p)) == 1
-        if not one_input or p.op not in ("Add", "Split", "Slice"):
-            return None
-        t = data_inputs(p)[0]
-    return None
 
 
 def _residuals(graph: gs.Graph, attentions: list[Attention], mlps: list[Mlp]) -> list[Residual]:
