@@ -33,7 +33,8 @@ from onnx import helper, numpy_helper
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
-from onnxvq.plugins.functions import DOMAIN, function_protos
+from onnxvq.plugins.functions import DOMAIN
+from onnxvq.plugins.ops import all_function_protos
 
 INT4_OPSET = 21
 _READERS = {("DequantizeLinear", 0), ("MatMulIntegerToFloat", 1), ("MatMulInteger", 1),
@@ -121,4 +122,4 @@ def raise_opset(graph: gs.Graph, opset: int) -> None:
         names = {f.name for f in ours}
         graph.functions = [f for f in graph.functions if f.domain != DOMAIN] + [
             OnnxImporter.import_function(p, model_opset=opset)
-            for p in function_protos(opset) if p.name in names]
+            for p in all_function_protos(opset) if p.name in names]

@@ -20,6 +20,7 @@ from onnx import helper
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from onnxvq.core.errors import OnnxvqError
+from onnxvq.plugins.attention_functions import attention_function_protos
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.reference import LayerNormParams, SoftmaxConstants
 from onnxvq.plugins.reference.softmax import _check_bits, _check_steps
@@ -33,15 +34,20 @@ PLUGIN_ATTRS = {"plugin_version": "1", "plugin_namespace": PLUGIN_NAMESPACE}
 _OUT_NUMPY = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
 
 
+def all_function_protos(opset: int = OPSET) -> list[onnx.FunctionProto]:
+    """Every com.onnxvq local function: the integer ops', then the fused attention ops'."""
+    return function_protos(opset) + attention_function_protos(opset)
+
+
 def register_functions(graph: gs.Graph) -> None:
-    """Add the com.onnxvq opset import and the three local functions to `graph` (idempotent)."""
+    """Add the com.onnxvq opset import and the local functions to `graph` (idempotent)."""
     domains = list(graph.import_domains or [helper.make_opsetid("", graph.opset)])
     if not any(d.domain == DOMAIN for d in domains):
         domains.append(helper.make_opsetid(DOMAIN, VERSION))
     graph.import_domains = domains
     have = {(f.domain, f.name) for f in graph.functions}
     opset = max(graph.opset or OPSET, OPSET)
-    for proto in function_protos(opset):
+    for proto in all_function_protos(opset):
         if (proto.domain, proto.name) not in have:
             graph.functions.append(OnnxImporter.import_function(proto, model_opset=opset))
 
@@ -53,7 +59,7 @@ def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     have = {(f.domain, f.name) for f in model.functions}
     opset = max(next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                      OPSET), OPSET)
-    model.functions.extend(p for p in function_protos(opset) if (p.domain, p.name) not in have)
+    model.functions.extend(p for p in all_function_protos(opset) if (p.domain, p.name) not in have)
     return model
 
 
@@ -138,4 +144,17 @@ def _append(
         outputs=[out],
     )
     graph.nodes.append(node)
+    return out
+
+
+def make_qlinear_attention_node(graph: gs.Graph, x: gs.Tensor, attrs: dict, *, name: str,
+                                out_shape=None) -> gs.Variable:
+    """QLinearAttention over packed uint8 QKV codes `x` [B, N, 3, H, D]; `attrs` are the op's
+    (plugins/README.md: ints num_heads and the zero points, float32 scales). Returns the
+    merged-head uint8 codes [B, N, H * D] of (out_scale, out_zero_point)."""
+    register_functions(graph)
+    out = gs.Variable(f"{name}_out", dtype=np.uint8, shape=out_shape)
+    typed = {k: float(v) if isinstance(v, float) else int(v) for k, v in attrs.items()}
+    graph.nodes.append(gs.Node(op="QLinearAttention", name=name, domain=DOMAIN,
+                               attrs={**typed, **PLUGIN_ATTRS}, inputs=[x], outputs=[out]))
     return out

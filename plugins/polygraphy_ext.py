@@ -64,7 +64,7 @@ def register_references() -> None:
     from polygraphy.backend.pluginref.references import OP_REGISTRY
 
     OP_REGISTRY.update({"IntLayerNorm": _int_layer_norm, "LogIntSoftmax": _log_int_softmax,
-                        "LogIntMatMul": _log_int_matmul,
+                        "LogIntMatMul": _log_int_matmul, "QLinearAttention": _qlinear_attention,
                         # the com.microsoft ops onnxvq's ORT lowering emits (target ort)
                         "MatMulIntegerToFloat": _matmul_integer_to_float,
                         "FastGelu": _fast_gelu})
@@ -107,6 +107,14 @@ def _log_int_matmul(node, tensors: dict) -> dict:
     a, v = _inputs(node, tensors)
     return {node.outputs[0].name: log_int_matmul(a, v, **_ints(node, "bits", "zero_point",
                                                                  "octave_steps"))}
+
+
+def _qlinear_attention(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.attention import qlinear_attention
+
+    (x,) = _inputs(node, tensors)
+    attrs = {k: v for k, v in node.attrs.items() if k not in ("plugin_version", "plugin_namespace")}
+    return {node.outputs[0].name: qlinear_attention(x, **attrs)}
 
 
 def _matmul_integer_to_float(node, tensors: dict) -> dict:

@@ -3,6 +3,7 @@
 #include <memory>
 #include <mutex>
 
+#include "attention.h"
 #include "common.h"
 
 namespace {
@@ -18,6 +19,7 @@ OrtCustomOpDomain* Domain() {
     onnxvq::AddIntLayerNorm(d);
     onnxvq::AddLogIntSoftmax(d);
     onnxvq::AddLogIntMatMul(d);
+    onnxvq::AddQLinearAttention(d);
     domain = d.release();
   });
   return domain;

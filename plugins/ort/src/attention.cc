@@ -1,0 +1,132 @@
+// QLinearAttention (plugins/README.md): self-attention on packed uint8 QKV codes, uint8 out.
+//
+// Per (batch, head), one task on ORT's pool: K and V are centred once into int8 quads
+// (k - 128, v - 128) so that vpdpbusd multiplies them with the raw uint8 query row / probability
+// row; the zero points come back through row sums:
+//   S_ij = sum_d q_id (k_jd - 128) + (128 - z_k) sum_d q_id - z_q sum_d (k_jd - z_k)
+//   O_id = sum_j P_ij (v_jd - 128) + (128 - z_v) sum_j P_ij - z_p sum_j (v_jd - z_v)
+// all exact in int32. Between them the float softmax of one row; after, the output codes
+// sat(rne((float(O) * acc_scale) / out_scale) + z_o) written in merged-head layout.
+// Without AVX-512 VNNI (or with ONNXVQ_NO_VNNI set) the same formulas run as plain loops.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "attention.h"
+#include "attention_avx512.h"
+#include "parallel.h"
+
+namespace onnxvq {
+namespace {
+
+struct QLinearAttention {
+  std::string missing;
+  AttentionShape attrs{};
+  float probs_scale = 1;
+  int64_t probs_zp = 0;
+
+  QLinearAttention(const OrtApi*, const OrtKernelInfo* info) {
+    ReadCommonAttrs(info, attrs, missing);
+    probs_scale = FloatAttr(info, "probs_scale", 0, &missing);
+    probs_zp = IntAttr(info, "probs_zero_point", 0);
+  }
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<uint8_t>& x,
+                      Ort::Custom::Tensor<uint8_t>& y) {
+    return Guard("QLinearAttention", [&] {
+      Require(missing.empty(), "missing attribute(s): " + missing);
+      Require(probs_scale > 0 && probs_zp >= 0 && probs_zp <= 255,
+              "probs_scale must be > 0 and probs_zero_point in 0..255");
+      AttentionShape s = attrs;
+      ResolveShape(x.Shape(), s);
+      uint8_t* out = y.Allocate({s.batch, s.tokens, s.heads * s.dim});
+      const uint8_t* in = x.Data();
+      ParallelRows(ctx, s.batch * s.heads, s.tokens * s.tokens * s.dim,
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t t = begin; t < end; ++t) Head(in, out, s, t);
+                   });
+    });
+  }
+
+  void Head(const uint8_t* in, uint8_t* out, const AttentionShape& s, int64_t task) const {
+    HeadData h(in, s, task);
+    if (avx512::Available()) {
+      HeadAvx512(h, out, s);
+    } else {
+      HeadPortable(h, out, s);
+    }
+  }
+
+  void HeadAvx512(HeadData& h, uint8_t* out, const AttentionShape& s) const {
+    const int64_t n = s.tokens;
+    std::vector<int32_t> dot(static_cast<size_t>(h.jpad)), acc(static_cast<size_t>(h.dpad));
+    std::vector<float> e(static_cast<size_t>(h.jpad));
+    std::vector<uint8_t> p(static_cast<size_t>(h.jpad));
+    for (int64_t i = 0; i < n; ++i) {
+      const uint8_t* q = h.q.data() + i * h.dq;
+      avx512::DotRow(q, h.kt.data(), h.dq / 4, h.jpad / 16, dot.data());
+      const int32_t qsum = h.qsum[i];
+      for (int64_t j = 0; j < n; ++j) {
+        dot[j] += (128 - attrs.zk) * qsum - attrs.zq * h.ksum[j];
+      }
+      avx512::ProbsRow(dot.data(), n, attrs.qk_scale, probs_scale,
+                       static_cast<int32_t>(probs_zp), p.data(), e.data());
+      avx512::WeightedRows(p.data(), h.vt.data(), h.jpad / 4, h.dpad / 16, acc.data());
+      int32_t psum = 0;
+      for (int64_t j = 0; j < n; ++j) psum += p[j];
+      uint8_t* y = out + (h.b * n + i) * s.heads * s.dim + h.head * s.dim;
+      avx512::OutputRow(acc.data(), (128 - static_cast<int32_t>(attrs.zv)) * psum,
+                        static_cast<int32_t>(probs_zp), h.vsum.data(), s.dim, attrs.acc_scale,
+                        attrs.out_scale, static_cast<int32_t>(attrs.zo), y);
+    }
+  }
+
+  void HeadPortable(HeadData& h, uint8_t* out, const AttentionShape& s) const {
+    const int64_t n = s.tokens, d = s.dim;
+    std::vector<float> e(static_cast<size_t>(n));
+    std::vector<int32_t> acc(static_cast<size_t>(h.dpad));
+    std::vector<uint8_t> p(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        int32_t dot = 0;
+        for (int64_t c = 0; c < d; ++c) {
+          dot += (int32_t{h.q[i * h.dq + c]} - static_cast<int32_t>(attrs.zq)) * h.KC(j, c);
+        }
+        e[j] = static_cast<float>(dot) * attrs.qk_scale;
+        mx = std::max(mx, e[j]);
+      }
+      float sum = 0;
+      for (int64_t j = 0; j < n; ++j) sum += (e[j] = std::exp(e[j] - mx));
+      const float r = 1.0f / (sum * probs_scale);
+      int32_t psum = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        p[j] = static_cast<uint8_t>(std::clamp<int64_t>(std::lrintf(e[j] * r) + probs_zp, 0, 255));
+        psum += p[j];
+      }
+      std::fill(acc.begin(), acc.end(), 0);
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t c = 0; c < d; ++c) acc[c] += int32_t{p[j]} * h.VS(j, c);
+      }
+      Finish(acc.data(), psum, h, s, i, out);
+    }
+  }
+
+  // Zero-point terms, then the output codes of row i of this head.
+  void Finish(const int32_t* acc, int32_t psum, const HeadData& h, const AttentionShape& s,
+              int64_t i, uint8_t* out) const {
+    uint8_t* y = out + (h.b * s.tokens + i) * s.heads * s.dim + h.head * s.dim;
+    const int64_t pterm = (128 - attrs.zv) * int64_t{psum};
+    for (int64_t c = 0; c < s.dim; ++c) {
+      y[c] = OutputCode(int64_t{acc[c]} + pterm - probs_zp * h.vsum[c], attrs);
+    }
+  }
+};
+
+}  // namespace
+
+void AddQLinearAttention(Ort::CustomOpDomain& domain) {
+  domain.Add(Ort::Custom::CreateLiteCustomOp<QLinearAttention>("QLinearAttention", kProvider));
+}
+
+}  // namespace onnxvq

@@ -1,0 +1,116 @@
+// Shared parts of the fused attention kernels (plugins/README.md "QLinearAttention"): attributes,
+// the packed-QKV shape, one head's operands centred and packed for vpdpbusd, the output codes.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace onnxvq {
+
+constexpr int64_t kMaxHeadDim = 256;  // |S| <= D * 255^2 < 2^24: scores exact in float32
+constexpr int64_t kMaxTokens = int64_t{1} << 15;  // |O| <= N * 255^2 < 2^31
+
+inline float FloatAttr(const OrtKernelInfo* info, const char* name, float fallback,
+                       std::string* missing) {
+  float value = fallback;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_float(info, name, &value);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    if (missing != nullptr) *missing += std::string(missing->empty() ? "" : ", ") + name;
+    return fallback;
+  }
+  return value;
+}
+
+struct AttentionShape {
+  int64_t heads = 0, zq = 0, zk = 0, zv = 0, zo = 0;
+  float qk_scale = 0, acc_scale = 0, out_scale = 0;
+  int64_t batch = 0, tokens = 0, dim = 0;  // from the input shape
+};
+
+inline void ReadCommonAttrs(const OrtKernelInfo* info, AttentionShape& s, std::string& missing) {
+  s.heads = IntAttr(info, "num_heads", 0, &missing);
+  s.zq = IntAttr(info, "q_zero_point", 0, &missing);
+  s.zk = IntAttr(info, "k_zero_point", 0, &missing);
+  s.zv = IntAttr(info, "v_zero_point", 0, &missing);
+  s.zo = IntAttr(info, "out_zero_point", 0, &missing);
+  s.qk_scale = FloatAttr(info, "qk_scale", 0, &missing);
+  s.acc_scale = FloatAttr(info, "acc_scale", 0, &missing);
+  s.out_scale = FloatAttr(info, "out_scale", 0, &missing);
+}
+
+// X is [B, N, 3, H, D] (H == num_heads) or [B, N, 3 * H * D].
+inline void ResolveShape(const std::vector<int64_t>& x, AttentionShape& s) {
+  Require(x.size() == 3 || x.size() == 5, "X must be [B, N, 3, H, D] or [B, N, 3*H*D]");
+  Require(s.heads >= 1, "num_heads must be >= 1");
+  for (int64_t z : {s.zq, s.zk, s.zv, s.zo}) Require(z >= 0 && z <= 255, "zero points: 0..255");
+  Require(s.out_scale > 0 && std::isfinite(s.qk_scale) && std::isfinite(s.acc_scale),
+          "out_scale must be > 0, qk_scale and acc_scale finite");
+  int64_t width = 1;
+  for (size_t i = 2; i < x.size(); ++i) width *= x[i];
+  Require(x.size() == 3 || (x[2] == 3 && x[3] == s.heads), "X must be [B, N, 3, num_heads, D]");
+  Require(width % (3 * s.heads) == 0, "X's last axis is not 3 * num_heads * head_dim");
+  s.batch = x[0];
+  s.tokens = x[1];
+  s.dim = width / (3 * s.heads);
+  Require(s.dim >= 1 && s.dim <= kMaxHeadDim, "head_dim must lie in 1..256");
+  Require(s.tokens <= kMaxTokens, "at most 32768 tokens");
+}
+
+inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// One head of one batch item: q raw [N][dq]; k - 128 as [dq/4][jpad][4] (K^T in quads) and
+// v - 128 as [jpad/4][dpad][4] (V in quads along tokens); zero padding everywhere.
+struct HeadData {
+  int64_t b, head, dq, jpad, dpad, zk;
+  std::vector<uint8_t> q;
+  std::vector<int8_t> kt, vt;
+  std::vector<int32_t> qsum, ksum, vsum;  // sum_d q, sum_d (k - z_k), sum_j (v - z_v)
+
+  HeadData(const uint8_t* in, const AttentionShape& s, int64_t task)
+      : b(task / s.heads), head(task % s.heads), dq(RoundUp(s.dim, 4)),
+        jpad(RoundUp(std::max<int64_t>(s.tokens, 1), 16)), dpad(RoundUp(s.dim, 16)), zk(s.zk),
+        q(static_cast<size_t>(s.tokens * dq)), kt(static_cast<size_t>(dq * jpad)),
+        vt(static_cast<size_t>(jpad * dpad)), qsum(static_cast<size_t>(s.tokens)),
+        ksum(static_cast<size_t>(s.tokens)), vsum(static_cast<size_t>(dpad)) {
+    const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
+    for (int64_t j = 0; j < n; ++j) {
+      const uint8_t* row = in + (b * n + j) * 3 * hd + head * d;  // [b, j, 0, head, :]
+      int32_t qs = 0, ks = 0;
+      for (int64_t c = 0; c < d; ++c) {
+        const int32_t qv = row[c], kv = row[hd + c], vv = row[2 * hd + c];
+        q[j * dq + c] = static_cast<uint8_t>(qv);
+        qs += qv;
+        ks += kv - static_cast<int32_t>(s.zk);
+        kt[(c / 4) * jpad * 4 + j * 4 + c % 4] = static_cast<int8_t>(kv - 128);
+        vt[(j / 4) * dpad * 4 + c * 4 + j % 4] = static_cast<int8_t>(vv - 128);
+        vsum[c] += vv - static_cast<int32_t>(s.zv);
+      }
+      qsum[j] = qs;
+      ksum[j] = ks;
+    }
+  }
+
+  int32_t KC(int64_t j, int64_t c) const {  // k_jc - z_k (the portable loops)
+    return int32_t{kt[(c / 4) * jpad * 4 + j * 4 + c % 4]} + 128 - static_cast<int32_t>(zk);
+  }
+  int32_t VS(int64_t j, int64_t c) const { return vt[(j / 4) * dpad * 4 + c * 4 + j % 4]; }
+};
+
+// sat(rne((float(acc) * acc_scale) / out_scale) + z_o): two float32 roundings, as Mul then
+// QuantizeLinear in ONNX Runtime.
+inline uint8_t OutputCode(int64_t acc, const AttentionShape& s) {
+  const float u = std::clamp((static_cast<float>(acc) * s.acc_scale) / s.out_scale, -1024.0f,
+                             1024.0f);
+  const float c = std::clamp(std::nearbyint(u) + static_cast<float>(s.zo), 0.0f, 255.0f);
+  return static_cast<uint8_t>(c);
+}
+
+void AddQLinearAttention(Ort::CustomOpDomain& domain);
+
+}  // namespace onnxvq

@@ -1,0 +1,139 @@
+// AVX-512 (VNNI) inner loops of QLinearAttention: u8 x s8 dot products with vpdpbusd and a
+// float32 exp for the softmax row. Compiled for that target only inside these functions
+// (the library itself targets x86-64-v3); attention.cc calls them after a run-time CPU check.
+#pragma once
+
+// GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cstdint>
+#include <cstdlib>
+
+namespace onnxvq {
+namespace avx512 {
+
+#define ONNXVQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+inline bool Available() {
+  // ONNXVQ_NO_VNNI forces the portable loops (to test them on a VNNI machine), as for LogIntMatMul.
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0 && __builtin_cpu_supports("avx512bw") != 0 &&
+           std::getenv("ONNXVQ_NO_VNNI") == nullptr;
+  }();
+  return has;
+}
+
+// dot[j] = sum_{d < 4 * quads} a[d] * b[j][d] for j in [0, 16 * blocks): a uint8 (one row, read
+// as quads), b int8 packed [quads][16 * blocks][4]. Exact int32 (|sum| < 2^31 for d <= 2^14).
+ONNXVQ_AVX512 inline void DotRow(const uint8_t* a, const int8_t* b, int64_t quads, int64_t blocks,
+                                 int32_t* dot) {
+  const int64_t stride = blocks * 64;
+  for (int64_t jb = 0; jb < blocks; ++jb) {
+    __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+    const int8_t* bp = b + jb * 64;
+    int64_t q = 0;
+    for (; q + 1 < quads; q += 2) {  // two chains hide vpdpbusd's latency
+      int32_t a0, a1;
+      __builtin_memcpy(&a0, a + 4 * q, 4);
+      __builtin_memcpy(&a1, a + 4 * q + 4, 4);
+      acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(a0), _mm512_loadu_si512(bp + q * stride));
+      acc1 = _mm512_dpbusd_epi32(acc1, _mm512_set1_epi32(a1),
+                                 _mm512_loadu_si512(bp + (q + 1) * stride));
+    }
+    if (q < quads) {
+      int32_t a0;
+      __builtin_memcpy(&a0, a + 4 * q, 4);
+      acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(a0), _mm512_loadu_si512(bp + q * stride));
+    }
+    _mm512_storeu_si512(dot + 16 * jb, _mm512_add_epi32(acc0, acc1));
+  }
+}
+
+// exp(x) for x <= 0 in float32: 2^n * e^r with n = round(x log2 e), |r| <= ln2 / 2, e^r by its
+// degree-6 Taylor polynomial (relative error < 2e-7), 2^n applied by vscalefps (0 below 2^-126).
+ONNXVQ_AVX512 inline __m512 Exp(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-103.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln2 split in hi + lo
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// One softmax row of int32 scores s[0..n) (padded to a multiple of 16) into uint8 codes
+// sat(rne(e_j * (1 / (sum e * probs_scale))) + zp); p[j] = 0 for the padding.
+ONNXVQ_AVX512 inline void ProbsRow(const int32_t* s, int64_t n, float qk_scale, float probs_scale,
+                                   int32_t zp, uint8_t* p, float* e) {
+  const int64_t blocks = (n + 15) / 16;
+  const __m512 scale = _mm512_set1_ps(qk_scale);
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int64_t jb = 0; jb < blocks; ++jb) {
+    const __mmask16 m = jb + 1 < blocks ? 0xffff : static_cast<__mmask16>((1u << (n - 16 * jb)) - 1);
+    const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(s + 16 * jb)), scale);
+    _mm512_storeu_ps(e + 16 * jb, x);
+    mx = _mm512_mask_max_ps(mx, m, mx, x);
+  }
+  const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t jb = 0; jb < blocks; ++jb) {
+    const __mmask16 m = jb + 1 < blocks ? 0xffff : static_cast<__mmask16>((1u << (n - 16 * jb)) - 1);
+    const __m512 v = _mm512_maskz_mov_ps(m, Exp(_mm512_sub_ps(_mm512_loadu_ps(e + 16 * jb), vmax)));
+    _mm512_storeu_ps(e + 16 * jb, v);
+    sum = _mm512_add_ps(sum, v);
+  }
+  const __m512 r = _mm512_set1_ps(1.0f / (_mm512_reduce_add_ps(sum) * probs_scale));
+  const __m512i vzp = _mm512_set1_epi32(zp);
+  for (int64_t jb = 0; jb < blocks; ++jb) {
+    const __mmask16 m = jb + 1 < blocks ? 0xffff : static_cast<__mmask16>((1u << (n - 16 * jb)) - 1);
+    __m512i c = _mm512_add_epi32(
+        _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(e + 16 * jb), r),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+        vzp);
+    c = _mm512_maskz_mov_epi32(m, c);  // padding: code 0, and its V rows are zero anyway
+    _mm512_mask_cvtusepi32_storeu_epi8(p + 16 * jb, 0xffff,
+                                       _mm512_max_epi32(c, _mm512_setzero_si512()));
+  }
+}
+
+// acc[d] = sum_{j < 4 * quads} p[j] * v[j][d] for d in [0, 16 * blocks): p uint8, v int8 packed
+// [quads][16 * blocks][4] (four consecutive j per d).
+ONNXVQ_AVX512 inline void WeightedRows(const uint8_t* p, const int8_t* v, int64_t quads,
+                                       int64_t blocks, int32_t* acc) {
+  DotRow(p, v, quads, blocks, acc);  // the same contraction: p plays the query row
+}
+
+// Output codes of one row: a = acc + pterm - zp * vsum, sat(rne((float(a) * acc_scale) /
+// out_scale) + zo) for d < dim (acc and vsum padded to a multiple of 16).
+ONNXVQ_AVX512 inline void OutputRow(const int32_t* acc, int32_t pterm, int32_t zp,
+                                    const int32_t* vsum, int64_t dim, float acc_scale,
+                                    float out_scale, int32_t zo, uint8_t* y) {
+  for (int64_t c0 = 0; c0 < dim; c0 += 16) {
+    const __mmask16 m = dim - c0 >= 16 ? 0xffff : static_cast<__mmask16>((1u << (dim - c0)) - 1);
+    const __m512i a = _mm512_sub_epi32(
+        _mm512_add_epi32(_mm512_loadu_si512(acc + c0), _mm512_set1_epi32(pterm)),
+        _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_loadu_si512(vsum + c0)));
+    __m512 u = _mm512_div_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(acc_scale)),
+                             _mm512_set1_ps(out_scale));
+    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-1024.0f)), _mm512_set1_ps(1024.0f));
+    __m512i c = _mm512_add_epi32(
+        _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+        _mm512_set1_epi32(zo));
+    c = _mm512_max_epi32(c, _mm512_setzero_si512());
+    _mm512_mask_cvtusepi32_storeu_epi8(y + c0, m, c);
+  }
+}
+
+}  // namespace avx512
+}  // namespace onnxvq

@@ -1,0 +1,153 @@
+"""QLinearAttention: the native kernel (AVX-512 VNNI and portable paths) and the local function
+against the reference (plugins/reference/attention.py).
+
+The integer parts are exact; the float softmax is not (each backend has its own exp and
+summation order), so on generic inputs a probability code may move by one. Measured on these
+fuzz cases: no output code differs at all; the bound asserted is <= 1 code on <= 0.1 % of the
+outputs. Inputs whose probabilities are exactly representable (one-hot rows, all-equal rows,
+extreme codes) must match bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnxvq.core.runtime import session_options
+from onnxvq.plugins import native
+from onnxvq.plugins.ops import add_functions
+from onnxvq.plugins.reference.attention import qlinear_attention
+
+FUZZ = [(2, 65, 3, 32), (1, 1, 1, 1), (3, 17, 2, 13), (1, 197, 6, 64), (2, 50, 4, 100),
+        (1, 20, 1, 256)]
+
+
+@pytest.fixture(scope="module")
+def library() -> str:
+    try:
+        path = native.ort_library_path(build=True)
+    except native.NativeBuildError as err:
+        pytest.skip(f"native library unavailable: {err}")
+    if path is None:
+        pytest.skip("native library disabled by ONNXVQ_NO_NATIVE")
+    return path
+
+
+def _model(attrs: dict, functions: bool, shape=None) -> onnx.ModelProto:
+    node = helper.make_node("QLinearAttention", ["x"], ["y"], domain="com.onnxvq", **attrs)
+    graph = helper.make_graph([node], "attn", [helper.make_tensor_value_info(
+        "x", TensorProto.UINT8, shape)], [helper.make_tensor_value_info("y", TensorProto.UINT8,
+                                                                          None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.onnxvq", 1)])
+    model.ir_version = 10
+    return add_functions(model) if functions else model
+
+
+def run(x: np.ndarray, attrs: dict, lib: str | None) -> np.ndarray:
+    """The kernel (lib given; no function in the model, so only it can run) or the function."""
+    so = session_options(custom_ops=False)
+    if lib is not None:
+        so.register_custom_ops_library(lib)
+    model = _model(attrs, functions=lib is None)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def fuzz_case(shape: tuple[int, int, int, int], seed: int) -> tuple[np.ndarray, dict]:
+    b, n, h, d = shape
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (b, n, 3, h, d), dtype=np.uint8)
+    z = rng.integers(100, 156, 4)
+    s_q, s_k, s_v = 0.04, 0.035 / np.sqrt(d), 0.03
+    attrs = dict(num_heads=h, q_zero_point=int(z[0]), k_zero_point=int(z[1]),
+                 v_zero_point=int(z[2]), qk_scale=float(np.float32(s_q) * np.float32(s_k)),
+                 probs_scale=1 / 255, probs_zero_point=0,
+                 acc_scale=float(np.float32(1 / 255) * np.float32(s_v)),
+                 out_scale=0.02, out_zero_point=int(z[3]))
+    return x, attrs
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
+    assert got.shape == want.shape and diff.max() <= 1 and np.mean(diff > 0) <= 1e-3
+
+
+def check_fuzz(lib: str) -> None:
+    for i, shape in enumerate(FUZZ):
+        x, attrs = fuzz_case(shape, i)
+        assert_close(run(x, attrs, lib), qlinear_attention(x, **attrs))
+
+
+@pytest.mark.parametrize("shape", FUZZ, ids=str)
+def test_kernel_and_function_match_reference(library, shape):
+    x, attrs = fuzz_case(shape, FUZZ.index(shape))
+    want = qlinear_attention(x, **attrs)
+    assert_close(run(x, attrs, library), want)
+    assert_close(run(x, attrs, None), want)
+
+
+def _exact_cases():
+    """Inputs whose softmax is exact in float32 whatever the exp: one-hot rows (one score far
+    above the rest), all-equal rows, and the extreme codes 0 / 255 against zero points 255 / 0
+    (the largest |S| = D * 255^2, both signs)."""
+    x, attrs = fuzz_case((2, 33, 2, 64), 9)
+    one_hot = x.copy()
+    one_hot[:, :, 1] = 0  # every key 0 ...
+    one_hot[:, 5, 1] = 255  # ... but token 5's: each row's scores peak at j = 5
+    yield one_hot, dict(attrs, q_zero_point=0, k_zero_point=0, qk_scale=1.0)
+    yield np.full_like(x, 77), attrs  # all scores equal: p = 1/N in every row
+    lo_hi = np.where(np.arange(64) % 2, 255, 0).astype(np.uint8) * np.ones_like(x)
+    for zq, zk in ((0, 0), (255, 0), (0, 255), (255, 255)):
+        yield lo_hi, dict(attrs, q_zero_point=zq, k_zero_point=zk, v_zero_point=255 - zk,
+                          qk_scale=1e-5)
+
+
+def check_exact(lib: str | None) -> None:
+    for x, attrs in _exact_cases():
+        np.testing.assert_array_equal(run(x, attrs, lib), qlinear_attention(x, **attrs))
+
+
+def test_exact_cases_are_bit_exact(library):
+    check_exact(library)
+    check_exact(None)
+
+
+def test_portable_path_without_vnni(library):
+    # ONNXVQ_NO_VNNI is read once per process: the portable loops need a fresh one.
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_attention"
+            f" as t; t.check_fuzz({library!r}); t.check_exact({library!r})")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONNXVQ_NO_VNNI": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_bad_attributes_are_a_clear_error(library):
+    x, attrs = fuzz_case((1, 4, 2, 8), 0)
+    with pytest.raises(Exception, match="num_heads"):
+        run(x[:, :, :, :1].copy(), attrs, library)  # [1, 4, 3, 1, 8] with num_heads 2
+    with pytest.raises(Exception, match="missing attribute"):
+        run(x, {k: v for k, v in attrs.items() if k != "probs_scale"}, library)
+
+
+def test_polygraphy_reference_hook(library):
+    """`polygraphy run --pluginref` evaluates QLinearAttention with the reference."""
+    from polygraphy.backend.onnx import GsFromOnnx
+    from polygraphy.backend.pluginref import PluginRefRunner
+
+    from onnxvq.plugins.polygraphy_ext import get_arg_groups
+
+    get_arg_groups()
+    x, attrs = fuzz_case((2, 65, 3, 32), 0)
+    with PluginRefRunner(GsFromOnnx(_model(attrs, functions=False, shape=x.shape))) as ref:
+        got = ref.infer({"x": x})["y"]
+    np.testing.assert_array_equal(got, qlinear_attention(x, **attrs))
+    assert_close(run(x, attrs, library), got)
