@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import const_value, producer
 from onnxvq.passes.attention_walk import AttentionUnit, Probs, find_attention, scale_zp
-from onnxvq.plugins.ops import make_qlinear_attention_node
+from onnxvq.plugins.ops import make_attention_node
 
 
 class FuseQLinearAttention(RewritePass):
@@ -46,8 +46,9 @@ class FuseQLinearAttention(RewritePass):
         s_p, z_p = scale_zp(m.probs.nodes["probs_q"])
         attrs = dict(m.common, probs_scale=float(s_p), probs_zero_point=int(z_p),
                      acc_scale=float(np.float32(s_p) * np.float32(m.v_scale)))
-        y = make_qlinear_attention_node(graph, m.x, attrs, name=f"{m.anchor.name}/QLinearAttention",
-                                        out_shape=m.out_q.outputs[0].shape)
+        y = make_attention_node(graph, "QLinearAttention", m.x, attrs,
+                                name=f"{m.anchor.name}/QLinearAttention",
+                                out_shape=m.out_q.outputs[0].shape)
         m.replace_output(graph, y)
 
 

@@ -26,6 +26,7 @@ from onnxvq.passes.fold_scale_into_dequantize import FoldScaleIntoDequantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
 from onnxvq.passes.fold_static_shapes import FoldStaticShapes
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
+from onnxvq.passes.fuse_log_int_attention import FuseLogIntAttention
 from onnxvq.passes.fuse_qlinear_attention import FuseQLinearAttention
 from onnxvq.passes.hoist_quantize_over_split import HoistQuantizeOverSplit
 from onnxvq.passes.insert_qdq import InsertActivationQDQ
@@ -80,13 +81,15 @@ SMOOTH = Pipeline((SmoothLinearInputs(),))
 # Target ort only: the QDQ graph lowered into the fused kernels ONNX Runtime's CPU provider runs
 # fastest (FastGelu, bias and scale folded into its int8 GEMMs, the patch Conv as an int8 MatMul,
 # one quantizer per QKV tensor, each W8/A8 attention one fused QLinearAttention from the packed
-# QKV codes to the output projection's codes; weight-only 4-bit Linears as MatMulNBits). Every
-# pass but ort-fast-gelu and fuse-qlinear-attention (float GELU / softmax rounding) is bit-exact;
-# each is tested against the graph before it.
+# QKV codes to the output projection's codes, each --lis attention one LogIntAttention (exact);
+# weight-only 4-bit Linears as MatMulNBits). Every pass but ort-fast-gelu and
+# fuse-qlinear-attention (float GELU / softmax rounding) is bit-exact; each is tested against the
+# graph before it.
 # `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph.
 ORT_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
-                         HoistQuantizeOverSplit(), FuseQLinearAttention(), OrtMatMulBias(),
-                         OrtMixedQMatMul(), OrtMatMulNBits()))
+                         HoistQuantizeOverSplit(), FuseQLinearAttention(),
+                         FuseLogIntAttention(), OrtMatMulBias(), OrtMixedQMatMul(),
+                         OrtMatMulNBits()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 # --lis-qdq: LIS's log codes (base --lis-base) on the attention probabilities in standard ops,
 # for runtimes without the custom ops (float emulation; passes/log_softmax_qdq.py).

@@ -147,14 +147,16 @@ def _append(
     return out
 
 
-def make_qlinear_attention_node(graph: gs.Graph, x: gs.Tensor, attrs: dict, *, name: str,
-                                out_shape=None) -> gs.Variable:
-    """QLinearAttention over packed uint8 QKV codes `x` [B, N, 3, H, D]; `attrs` are the op's
-    (plugins/README.md: ints num_heads and the zero points, float32 scales). Returns the
-    merged-head uint8 codes [B, N, H * D] of (out_scale, out_zero_point)."""
+def make_attention_node(graph: gs.Graph, op: str, x: gs.Tensor, attrs: dict, *, name: str,
+                        out_shape=None) -> gs.Variable:
+    """A fused attention node (`QLinearAttention` or `LogIntAttention`) over packed uint8 QKV
+    codes `x` [B, N, 3, H, D]; `attrs` are the op's (plugins/README.md: ints, float32 scales).
+    Returns the merged-head uint8 codes [B, N, H * D] of (out_scale, out_zero_point)."""
+    if op not in ("QLinearAttention", "LogIntAttention"):
+        raise OnnxvqError(f"{op} is not a fused attention op")
     register_functions(graph)
     out = gs.Variable(f"{name}_out", dtype=np.uint8, shape=out_shape)
     typed = {k: float(v) if isinstance(v, float) else int(v) for k, v in attrs.items()}
-    graph.nodes.append(gs.Node(op="QLinearAttention", name=name, domain=DOMAIN,
+    graph.nodes.append(gs.Node(op=op, name=name, domain=DOMAIN,
                                attrs={**typed, **PLUGIN_ATTRS}, inputs=[x], outputs=[out]))
     return out

@@ -65,6 +65,7 @@ def register_references() -> None:
 
     OP_REGISTRY.update({"IntLayerNorm": _int_layer_norm, "LogIntSoftmax": _log_int_softmax,
                         "LogIntMatMul": _log_int_matmul, "QLinearAttention": _qlinear_attention,
+                        "LogIntAttention": _log_int_attention,
                         # the com.microsoft ops onnxvq's ORT lowering emits (target ort)
                         "MatMulIntegerToFloat": _matmul_integer_to_float,
                         "FastGelu": _fast_gelu})
@@ -115,6 +116,14 @@ def _qlinear_attention(node, tensors: dict) -> dict:
     (x,) = _inputs(node, tensors)
     attrs = {k: v for k, v in node.attrs.items() if k not in ("plugin_version", "plugin_namespace")}
     return {node.outputs[0].name: qlinear_attention(x, **attrs)}
+
+
+def _log_int_attention(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.attention import log_int_attention
+
+    (x,) = _inputs(node, tensors)
+    attrs = {k: v for k, v in node.attrs.items() if k not in ("plugin_version", "plugin_namespace")}
+    return {node.outputs[0].name: log_int_attention(x, **attrs)}
 
 
 def _matmul_integer_to_float(node, tensors: dict) -> dict:

@@ -1,5 +1,7 @@
-"""QLinearAttention: the native kernel (AVX-512 VNNI and portable paths) and the local function
-against the reference (plugins/reference/attention.py).
+"""QLinearAttention and LogIntAttention: the native kernels (AVX-512 VNNI and portable paths) and
+the local functions against the references (plugins/reference/attention.py).
+
+LogIntAttention is exact throughout and must match bit for bit on every input.
 
 The integer parts are exact; the float softmax is not (each backend has its own exp and
 summation order), so on generic inputs a probability code may move by one. Measured on these
@@ -24,7 +26,8 @@ from onnx import TensorProto, helper
 from onnxvq.core.runtime import session_options
 from onnxvq.plugins import native
 from onnxvq.plugins.ops import add_functions
-from onnxvq.plugins.reference.attention import qlinear_attention
+from onnxvq.plugins.reference import acc_shift, softmax_constants
+from onnxvq.plugins.reference.attention import log_int_attention, qlinear_attention
 
 FUZZ = [(2, 65, 3, 32), (1, 1, 1, 1), (3, 17, 2, 13), (1, 197, 6, 64), (2, 50, 4, 100),
         (1, 20, 1, 256)]
@@ -42,7 +45,8 @@ def library() -> str:
 
 
 def _model(attrs: dict, functions: bool, shape=None) -> onnx.ModelProto:
-    node = helper.make_node("QLinearAttention", ["x"], ["y"], domain="com.onnxvq", **attrs)
+    op = "LogIntAttention" if "scores_scale" in attrs else "QLinearAttention"
+    node = helper.make_node(op, ["x"], ["y"], domain="com.onnxvq", **attrs)
     graph = helper.make_graph([node], "attn", [helper.make_tensor_value_info(
         "x", TensorProto.UINT8, shape)], [helper.make_tensor_value_info("y", TensorProto.UINT8,
                                                                           None)])
@@ -81,10 +85,32 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
     assert got.shape == want.shape and diff.max() <= 1 and np.mean(diff > 0) <= 1e-3
 
 
+def lis_case(shape: tuple[int, int, int, int], seed: int, steps: int) -> tuple[np.ndarray, dict]:
+    """The --lis form of fuzz_case: int8 scores of scale 0.07, 4-bit log codes."""
+    x, attrs = fuzz_case(shape, seed)
+    del attrs["probs_scale"], attrs["probs_zero_point"]
+    step = np.float32(0.03 * 2.0 ** -acc_shift(4, steps))
+    return x, dict(attrs, scores_scale=0.07, acc_scale=float(step),
+                   **softmax_constants(0.07, 4, steps).attributes())
+
+
 def check_fuzz(lib: str) -> None:
     for i, shape in enumerate(FUZZ):
         x, attrs = fuzz_case(shape, i)
         assert_close(run(x, attrs, lib), qlinear_attention(x, **attrs))
+        for steps in (1, 2):
+            x, attrs = lis_case(shape, i, steps)
+            np.testing.assert_array_equal(run(x, attrs, lib), log_int_attention(x, **attrs))
+
+
+@pytest.mark.parametrize("steps", [1, 2], ids=["log2", "log-sqrt2"])
+@pytest.mark.parametrize("shape", FUZZ, ids=str)
+def test_lis_kernel_and_function_bit_exact(library, shape, steps):
+    x, attrs = lis_case(shape, FUZZ.index(shape), steps)
+    want = log_int_attention(x, **attrs)
+    assert len(np.unique(want)) > 2 or shape[1] == 1  # not a degenerate output
+    np.testing.assert_array_equal(run(x, attrs, library), want)
+    np.testing.assert_array_equal(run(x, attrs, None), want)
 
 
 @pytest.mark.parametrize("shape", FUZZ, ids=str)
@@ -114,6 +140,10 @@ def _exact_cases():
 def check_exact(lib: str | None) -> None:
     for x, attrs in _exact_cases():
         np.testing.assert_array_equal(run(x, attrs, lib), qlinear_attention(x, **attrs))
+        _, lis = lis_case((2, 33, 2, 64), 9, 1)
+        lis = dict(lis, **{k: attrs[k] for k in ("q_zero_point", "k_zero_point", "v_zero_point",
+                                                 "qk_scale")})
+        np.testing.assert_array_equal(run(x, lis, lib), log_int_attention(x, **lis))
 
 
 def test_exact_cases_are_bit_exact(library):
@@ -136,18 +166,22 @@ def test_bad_attributes_are_a_clear_error(library):
         run(x[:, :, :, :1].copy(), attrs, library)  # [1, 4, 3, 1, 8] with num_heads 2
     with pytest.raises(Exception, match="missing attribute"):
         run(x, {k: v for k, v in attrs.items() if k != "probs_scale"}, library)
+    _, lis = lis_case((1, 4, 2, 8), 0, 1)
+    with pytest.raises(Exception, match="bits must lie in 1..4"):
+        run(x, dict(lis, bits=8), library)
 
 
 def test_polygraphy_reference_hook(library):
-    """`polygraphy run --pluginref` evaluates QLinearAttention with the reference."""
+    """`polygraphy run --pluginref` evaluates both fused ops with their references."""
     from polygraphy.backend.onnx import GsFromOnnx
     from polygraphy.backend.pluginref import PluginRefRunner
 
     from onnxvq.plugins.polygraphy_ext import get_arg_groups
 
     get_arg_groups()
-    x, attrs = fuzz_case((2, 65, 3, 32), 0)
-    with PluginRefRunner(GsFromOnnx(_model(attrs, functions=False, shape=x.shape))) as ref:
-        got = ref.infer({"x": x})["y"]
-    np.testing.assert_array_equal(got, qlinear_attention(x, **attrs))
-    assert_close(run(x, attrs, library), got)
+    for (x, attrs), reference in ((fuzz_case((2, 65, 3, 32), 0), qlinear_attention),
+                                  (lis_case((2, 65, 3, 32), 0, 2), log_int_attention)):
+        with PluginRefRunner(GsFromOnnx(_model(attrs, functions=False, shape=x.shape))) as ref:
+            got = ref.infer({"x": x})["y"]
+        np.testing.assert_array_equal(got, reference(x, **attrs))
+        assert_close(run(x, attrs, library), got)

@@ -112,5 +112,6 @@ inline uint8_t OutputCode(int64_t acc, const AttentionShape& s) {
 }
 
 void AddQLinearAttention(Ort::CustomOpDomain& domain);
+void AddLogIntAttention(Ort::CustomOpDomain& domain);
 
 }  // namespace onnxvq

@@ -135,5 +135,45 @@ ONNXVQ_AVX512 inline void OutputRow(const int32_t* acc, int32_t pterm, int32_t z
   }
 }
 
+// int8 score codes of one row: sat(rne((float(s_j) * qk_scale) / scores_scale)), n entries.
+ONNXVQ_AVX512 inline void ScoreCodesRow(const int32_t* s, int64_t n, float qk_scale,
+                                        float scores_scale, int8_t* x) {
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const __mmask16 m = n - j0 >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - j0)) - 1);
+    __m512 u = _mm512_div_ps(
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(s + j0)), _mm512_set1_ps(qk_scale)),
+        _mm512_set1_ps(scores_scale));
+    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-1024.0f)), _mm512_set1_ps(1024.0f));
+    const __m512i c = _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm512_mask_cvtsepi32_storeu_epi8(x + j0, m, c);  // signed saturation to -128..127
+  }
+}
+
+// acc[d] = sum_{j < 2 * pairs} a[j] * b[j][d] for d in [0, 16 * blocks): a int16 (one row, read
+// as pairs), b int16 packed [pairs][16 * blocks][2]; vpdpwssd, exact while the sums fit int32.
+ONNXVQ_AVX512 inline void DotRow16(const int16_t* a, const int16_t* b, int64_t pairs,
+                                   int64_t blocks, int32_t* acc) {
+  const int64_t stride = blocks * 32;
+  for (int64_t db = 0; db < blocks; ++db) {
+    __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+    const int16_t* bp = b + db * 32;
+    int64_t p = 0;
+    for (; p + 1 < pairs; p += 2) {
+      int32_t a0, a1;
+      __builtin_memcpy(&a0, a + 2 * p, 4);
+      __builtin_memcpy(&a1, a + 2 * p + 2, 4);
+      acc0 = _mm512_dpwssd_epi32(acc0, _mm512_set1_epi32(a0), _mm512_loadu_si512(bp + p * stride));
+      acc1 = _mm512_dpwssd_epi32(acc1, _mm512_set1_epi32(a1),
+                                 _mm512_loadu_si512(bp + (p + 1) * stride));
+    }
+    if (p < pairs) {
+      int32_t a0;
+      __builtin_memcpy(&a0, a + 2 * p, 4);
+      acc0 = _mm512_dpwssd_epi32(acc0, _mm512_set1_epi32(a0), _mm512_loadu_si512(bp + p * stride));
+    }
+    _mm512_storeu_si512(acc + 16 * db, _mm512_add_epi32(acc0, acc1));
+  }
+}
+
 }  // namespace avx512
 }  // namespace onnxvq

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common.h"
+#include "log_int_softmax.h"
 #include "log_int_softmax_avx2.h"
 #include "parallel.h"
 
@@ -388,7 +389,38 @@ struct LogIntSoftmax {
   }
 };
 
+// The int8 row kernel for other ops (LogIntAttention): the same code paths as the op itself.
+class Int8Rows final : public Int8SoftmaxRows {
+ public:
+  Int8Rows(const OrtApi* api, const OrtKernelInfo* info) : op_(api, info) {}
+  std::string Problem() const override {
+    if (!op_.missing.empty()) return "missing attribute(s) " + op_.missing;
+    return op_.Valid() ? "" : "constants x0, b, c, n, bits, octave_steps out of range";
+  }
+  void Row(const int8_t* x, int64_t n, uint8_t* y, int64_t* scratch) const override {
+#if defined(__AVX2__)
+    (void)scratch;
+    op_.RowByValue(x, n, y);
+#else
+    op_.Exps(x, n, scratch);
+    if (op_.p.steps == 1) {
+      CodesFromExps(scratch, n, y, op_.p);
+    } else {
+      CodesFromExpsSqrt2(scratch, n, y, op_.p);
+    }
+#endif
+  }
+
+ private:
+  LogIntSoftmax<int8_t> op_;
+};
+
 }  // namespace
+
+std::unique_ptr<Int8SoftmaxRows> MakeInt8SoftmaxRows(const OrtApi* api,
+                                                     const OrtKernelInfo* info) {
+  return std::make_unique<Int8Rows>(api, info);
+}
 
 void AddLogIntSoftmax(Ort::CustomOpDomain& domain) {
   domain.Add(Ort::Custom::CreateLiteCustomOp<LogIntSoftmax<int8_t>>("LogIntSoftmax", kProvider));

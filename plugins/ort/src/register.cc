@@ -20,6 +20,7 @@ OrtCustomOpDomain* Domain() {
     onnxvq::AddLogIntSoftmax(d);
     onnxvq::AddLogIntMatMul(d);
     onnxvq::AddQLinearAttention(d);
+    onnxvq::AddLogIntAttention(d);
     domain = d.release();
   });
   return domain;
