@@ -19,8 +19,8 @@ from onnxvq.quantizer.run import quantize
 
 NOISE = dict(calib_size=8, batch_size=4)
 LOWERING = ("ort-fast-gelu", "fold-scale-into-dequantize", "patch-conv-to-matmul",
-            "hoist-quantize-over-split", "fuse-qlinear-attention", "ort-matmul-bias",
-            "ort-mixed-qmatmul", "ort-matmul-nbits")
+            "hoist-quantize-over-split", "fuse-qlinear-attention", "fuse-log-int-attention",
+            "ort-matmul-bias", "ort-mixed-qmatmul", "ort-matmul-nbits")
 INEXACT = ("ort-fast-gelu", "fuse-qlinear-attention")  # float GELU / softmax rounding
 
 
@@ -51,17 +51,18 @@ def test_lowered_model_matches_plain_qdq(tiny, fq, tmp_path):
     assert applied["fold-scale-into-dequantize"] == 2
     # qkv, proj, fc2 per block, the patch embedding; fc1's bias went into FastGelu
     assert applied["ort-matmul-bias"] == 2 * 3 + 1
-    assert applied["ort-mixed-qmatmul"] == (2 if fq else 0)
+    assert applied["ort-mixed-qmatmul"] == 0  # the --lis scores GEMM is inside LogIntAttention
     assert applied["fuse-qlinear-attention"] == (0 if fq else 2)
+    assert applied["fuse-log-int-attention"] == (2 if fq else 0)
     assert not any(r.pass_id in LOWERING for r in plain.passes)
     ops = _ort_ops(low.model, tmp_path)
     assert ops["Conv"] == 0 and ops["BiasGelu"] == 0 and ops["Erf"] == 0 and ops["MatMul"] == 0
     assert ops["FastGelu"] == 2
     q_plain = Counter(n.op_type for n in plain.model.graph.node)["QuantizeLinear"]
     q_low = Counter(n.op_type for n in low.model.graph.node)["QuantizeLinear"]
-    # 3 quantizers after each QKV split become 1; W8/A8: the probabilities' and the merged
-    # output's go into the fused attention op
-    assert q_low == q_plain - 2 * 2 - (0 if fq else 2 * 2)
+    # 3 quantizers after each QKV split become 1; the probabilities' (W8/A8) or the scores' (LIS)
+    # and the merged output's go into the fused attention op
+    assert q_low == q_plain - 2 * 2 - 2 * 2
     f = make_session(tiny)
     feeds = random_inputs(f, batch=16, seed=7)
     ref = f.run(None, feeds)[0]

@@ -32,7 +32,7 @@ def _run(graph: gs.Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     assert {f.name for f in model.functions} == {"IntLayerNorm", "LogIntSoftmax", "LogIntMatMul",
-                                                 "QLinearAttention"}
+                                                 "QLinearAttention", "LogIntAttention"}
     assert all(n.attribute for n in model.graph.node if n.domain == DOMAIN)
     # custom_ops=False: never the native kernels, only the inlined functions
     return make_session(model, custom_ops=False).run(None, feeds)
@@ -170,7 +170,7 @@ def test_add_functions_on_a_plain_model():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10
     add_functions(add_functions(model))  # idempotent
-    assert len(model.functions) == len(function_protos()) + 1 == 4  # + QLinearAttention
+    assert len(model.functions) == len(function_protos()) + 2 == 5  # + the fused attentions
     onnx.checker.check_model(model, full_check=True)
     xv = np.random.default_rng(0).integers(-128, 128, (3, 9)).astype(np.int8)
     (got,) = make_session(model, custom_ops=False).run(None, {"x": xv})
