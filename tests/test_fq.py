@@ -21,6 +21,7 @@ from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
 from onnxvq.passes.pipelines import ORT_LOWERING
 from onnxvq.plugins import native_available
 from onnxvq.plugins.reference import int_layer_norm, log_int_matmul, log_int_softmax, max_code
+from onnxvq.plugins.reference.attention import log_int_attention
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.run import quantize
 from onnxvq.recognise.model import recognise_model
@@ -69,7 +70,10 @@ def test_tiny_vit_fully_quantized(tiny):
     before = _ops(fp32)
     after = _ops(result.model)
     assert after["IntLayerNorm"] == before["LayerNormalization"] == 5
-    assert after["LogIntSoftmax"] == after["LogIntMatMul"] == before["Softmax"] == 2
+    # the ORT lowering fuses each int8-score attention into one LogIntAttention (exact); an
+    # attention with int32 (wide) scores keeps LogIntSoftmax + LogIntMatMul
+    fused = after["LogIntAttention"]
+    assert after["LogIntSoftmax"] + fused == after["LogIntMatMul"] + fused == before["Softmax"] == 2
     assert after["LayerNormalization"] == after["Softmax"] == 0
     onnx.checker.check_model(result.model)
     feeds = _inputs(batch=32)
@@ -112,9 +116,11 @@ def _check_against_references(fp32, result, custom_ops: bool) -> None:
         args = [values[t.name] if isinstance(t, gs.Variable) else t.values for t in node.inputs]
         attrs = {k: v for k, v in node.attrs.items() if not k.startswith("plugin_")}
         ref = {"IntLayerNorm": int_layer_norm, "LogIntSoftmax": log_int_softmax,
-               "LogIntMatMul": log_int_matmul}[node.op](*args, **attrs)
+               "LogIntMatMul": log_int_matmul,
+               "LogIntAttention": log_int_attention}[node.op](*args, **attrs)
         np.testing.assert_array_equal(values[node.outputs[0].name], ref, err_msg=node.name)
-    assert len(customs) == 9
+    fused = sum(n.op == "LogIntAttention" for n in customs)  # one node instead of two
+    assert fused >= 1 and len(customs) == 5 + 2 * 2 - fused
 
 
 def test_custom_nodes_equal_references_inlined(tiny):
@@ -171,7 +177,7 @@ def test_dead_attention_gets_lis():
     assert len(soft) == 2 and result.fq_params.refused == {}
     dead = [s for s in soft.values() if s.scores_scale == pytest.approx(1 / 127)]
     assert len(dead) == 1 and max_code(dead[0].constants.bits) == 15
-    assert _ops(result.model)["LogIntSoftmax"] == 2
+    assert _ops(result.model)["LogIntAttention"] == 2  # fused by the ORT lowering
 
 
 # ------------------------------------------------------------------ real models (CIFAR-10)

@@ -95,10 +95,10 @@ def test_keep_quantized_all_or_nothing(setup):
     one = keep_quantized(result.model, canonical, keep)
     dq_out = {n.output[0] for n in one.graph.node if n.op_type == "DequantizeLinear"}
     # integer kernels of the ORT lowering are named "<FP32 node>/MatMulIntegerToFloat"
-    users = {n.name.split("/")[0] for n in one.graph.node
-             if dq_out.intersection(n.input) or n.op_type == "MatMulIntegerToFloat"}
+    users = {n.name.split("/")[0] for n in one.graph.node if dq_out.intersection(n.input) or
+             n.op_type in ("MatMulIntegerToFloat", "QLinearAttention")}
     assert users and users <= keep  # only block 0's nodes read dequantized tensors
-    assert len(users) == 6  # qkv, out-proj, fc1, fc2 and the two attention MatMuls
+    assert len(users) == 5  # qkv, out-proj, fc1, fc2 and the fused attention (its Softmax's name)
 
 
 def test_keep_quantized_restores_integer_layernorm_and_softmax():
@@ -107,7 +107,7 @@ def test_keep_quantized_restores_integer_layernorm_and_softmax():
     fp32 = build_tiny_vit(TinyViTConfig(depth=2))
     canonical, s = canonical_structure(fp32)
     q = quantize(fp32, None, QuantConfig(calib_size=8, batch_size=8, pts=True, lis=True)).model
-    custom = {"IntLayerNorm", "LogIntSoftmax", "LogIntMatMul"}
+    custom = {"IntLayerNorm", "LogIntSoftmax", "LogIntMatMul", "LogIntAttention"}
     feeds = random_inputs(make_session(canonical), batch=2, seed=1)
     none = keep_quantized(q, canonical, set())
     assert not custom & {n.op_type for n in none.graph.node}
@@ -115,4 +115,4 @@ def test_keep_quantized_restores_integer_layernorm_and_softmax():
                                   make_session(canonical).run(None, feeds)[0])
     one = keep_quantized(q, canonical, block_nodes(s.blocks[1]))
     ops = [n.op_type for n in one.graph.node if n.op_type in custom]
-    assert sorted(ops) == ["IntLayerNorm", "IntLayerNorm", "LogIntMatMul", "LogIntSoftmax"]
+    assert sorted(ops) == ["IntLayerNorm", "IntLayerNorm", "LogIntAttention"]

@@ -57,27 +57,51 @@ struct QLinearAttention {
     }
   }
 
+  // Rows in groups of kGroup: each K and V load feeds every row of the group.
+  static constexpr int kGroup = 4;
+
   void HeadAvx512(HeadData& h, uint8_t* out, const AttentionShape& s) const {
     const int64_t n = s.tokens;
-    std::vector<int32_t> dot(static_cast<size_t>(h.jpad)), acc(static_cast<size_t>(h.dpad));
+    std::vector<int32_t> dot(static_cast<size_t>(kGroup * h.jpad));
+    std::vector<int32_t> acc(static_cast<size_t>(kGroup * h.dpad));
     std::vector<float> e(static_cast<size_t>(h.jpad));
-    std::vector<uint8_t> p(static_cast<size_t>(h.jpad));
-    for (int64_t i = 0; i < n; ++i) {
-      const uint8_t* q = h.q.data() + i * h.dq;
-      avx512::DotRow(q, h.kt.data(), h.dq / 4, h.jpad / 16, dot.data());
-      const int32_t qsum = h.qsum[i];
-      for (int64_t j = 0; j < n; ++j) {
-        dot[j] += (128 - attrs.zk) * qsum - attrs.zq * h.ksum[j];
+    std::vector<uint8_t> p(static_cast<size_t>(kGroup * h.jpad));
+    for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
+      const int rows = static_cast<int>(std::min<int64_t>(kGroup, n - i0));
+      const uint8_t* q = h.q.data() + i0 * h.dq;
+      if (rows == kGroup) {
+        avx512::DotRows<kGroup>(q, h.dq, h.kt.data(), h.dq / 4, h.jpad / 16, dot.data(), h.jpad);
+      } else {
+        for (int r = 0; r < rows; ++r) {
+          avx512::DotRow(q + r * h.dq, h.kt.data(), h.dq / 4, h.jpad / 16, dot.data() + r * h.jpad);
+        }
       }
-      avx512::ProbsRow(dot.data(), n, attrs.qk_scale, probs_scale,
-                       static_cast<int32_t>(probs_zp), p.data(), e.data());
-      avx512::WeightedRows(p.data(), h.vt.data(), h.jpad / 4, h.dpad / 16, acc.data());
-      int32_t psum = 0;
-      for (int64_t j = 0; j < n; ++j) psum += p[j];
-      uint8_t* y = out + (h.b * n + i) * s.heads * s.dim + h.head * s.dim;
-      avx512::OutputRow(acc.data(), (128 - static_cast<int32_t>(attrs.zv)) * psum,
-                        static_cast<int32_t>(probs_zp), h.vsum.data(), s.dim, attrs.acc_scale,
-                        attrs.out_scale, static_cast<int32_t>(attrs.zo), y);
+      for (int r = 0; r < rows; ++r) {
+        int32_t* d = dot.data() + r * h.jpad;
+        const int32_t row_term = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
+        const auto zq = static_cast<int32_t>(attrs.zq);
+        for (int64_t j = 0; j < n; ++j) d[j] += row_term - zq * h.ksum[j];
+        avx512::ProbsRow(d, n, attrs.qk_scale, probs_scale, static_cast<int32_t>(probs_zp),
+                         p.data() + r * h.jpad, e.data());
+      }
+      if (rows == kGroup) {
+        avx512::DotRows<kGroup>(p.data(), h.jpad, h.vt.data(), h.jpad / 4, h.dpad / 16,
+                                acc.data(), h.dpad);
+      } else {
+        for (int r = 0; r < rows; ++r) {
+          avx512::DotRow(p.data() + r * h.jpad, h.vt.data(), h.jpad / 4, h.dpad / 16,
+                         acc.data() + r * h.dpad);
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        const uint8_t* pr = p.data() + r * h.jpad;
+        int32_t psum = 0;
+        for (int64_t j = 0; j < n; ++j) psum += pr[j];
+        uint8_t* y = out + (h.b * n + i0 + r) * s.heads * s.dim + h.head * s.dim;
+        avx512::OutputRow(acc.data() + r * h.dpad, (128 - static_cast<int32_t>(attrs.zv)) * psum,
+                          static_cast<int32_t>(probs_zp), h.vsum.data(), s.dim, attrs.acc_scale,
+                          attrs.out_scale, static_cast<int32_t>(attrs.zo), y);
+      }
     }
   }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -64,35 +65,57 @@ inline void ResolveShape(const std::vector<int64_t>& x, AttentionShape& s) {
 
 inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// One head of one batch item: q raw [N][dq]; k - 128 as [dq/4][jpad][4] (K^T in quads) and
-// v - 128 as [jpad/4][dpad][4] (V in quads along tokens); zero padding everywhere.
+// One head of one batch item: q raw [N][dq]; k - 128 as [dq/4][jpad][4] (K^T in quads) and, with
+// `quads_of_v`, v - 128 as [jpad/4][dpad][4] (V in quads along tokens); zero padding everywhere.
+// k - 128 and v - 128 as int8 are the codes with their top bit flipped (x ^ 0x80).
 struct HeadData {
   int64_t b, head, dq, jpad, dpad, zk;
   std::vector<uint8_t> q;
   std::vector<int8_t> kt, vt;
   std::vector<int32_t> qsum, ksum, vsum;  // sum_d q, sum_d (k - z_k), sum_j (v - z_v)
 
-  HeadData(const uint8_t* in, const AttentionShape& s, int64_t task)
+  HeadData(const uint8_t* in, const AttentionShape& s, int64_t task, bool quads_of_v = true)
       : b(task / s.heads), head(task % s.heads), dq(RoundUp(s.dim, 4)),
         jpad(RoundUp(std::max<int64_t>(s.tokens, 1), 16)), dpad(RoundUp(s.dim, 16)), zk(s.zk),
         q(static_cast<size_t>(s.tokens * dq)), kt(static_cast<size_t>(dq * jpad)),
-        vt(static_cast<size_t>(jpad * dpad)), qsum(static_cast<size_t>(s.tokens)),
+        vt(quads_of_v ? static_cast<size_t>(jpad * dpad) : 0), qsum(static_cast<size_t>(s.tokens)),
         ksum(static_cast<size_t>(s.tokens)), vsum(static_cast<size_t>(dpad)) {
     const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
+    auto row = [&](int64_t j, int t) { return in + ((b * n + j) * 3 + t) * hd + head * d; };
+    uint8_t kq[kMaxHeadDim + 4];
     for (int64_t j = 0; j < n; ++j) {
-      const uint8_t* row = in + (b * n + j) * 3 * hd + head * d;  // [b, j, 0, head, :]
+      const uint8_t *qr = row(j, 0), *kr = row(j, 1);
+      std::memcpy(q.data() + j * dq, qr, static_cast<size_t>(d));
+      std::memset(kq + d, 0x80, 4);  // the padding becomes 0 after the flip
+      std::memcpy(kq, kr, static_cast<size_t>(d));
       int32_t qs = 0, ks = 0;
       for (int64_t c = 0; c < d; ++c) {
-        const int32_t qv = row[c], kv = row[hd + c], vv = row[2 * hd + c];
-        q[j * dq + c] = static_cast<uint8_t>(qv);
-        qs += qv;
-        ks += kv - static_cast<int32_t>(s.zk);
-        kt[(c / 4) * jpad * 4 + j * 4 + c % 4] = static_cast<int8_t>(kv - 128);
-        vt[(j / 4) * dpad * 4 + c * 4 + j % 4] = static_cast<int8_t>(vv - 128);
-        vsum[c] += vv - static_cast<int32_t>(s.zv);
+        qs += qr[c];
+        ks += kr[c];
       }
       qsum[j] = qs;
-      ksum[j] = ks;
+      ksum[j] = ks - static_cast<int32_t>(d * s.zk);
+      for (int64_t c4 = 0; c4 < dq / 4; ++c4) {
+        uint32_t w;
+        std::memcpy(&w, kq + 4 * c4, 4);
+        w ^= 0x80808080u;
+        std::memcpy(kt.data() + (c4 * jpad + j) * 4, &w, 4);
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const uint8_t* vr = row(j, 2);
+      for (int64_t c = 0; c < d; ++c) vsum[c] += vr[c] - static_cast<int32_t>(s.zv);
+    }
+    if (!quads_of_v) return;
+    for (int64_t j0 = 0; j0 < n; j0 += 4) {  // four tokens' values per d: one 32-bit word
+      const uint8_t* r[4];
+      for (int t = 0; t < 4; ++t) r[t] = j0 + t < n ? row(j0 + t, 2) : nullptr;
+      int8_t* dst = vt.data() + (j0 / 4) * dpad * 4;
+      for (int64_t c = 0; c < d; ++c) {
+        for (int t = 0; t < 4; ++t) {
+          dst[c * 4 + t] = r[t] != nullptr ? static_cast<int8_t>(r[t][c] ^ 0x80) : int8_t{0};
+        }
+      }
     }
   }
 

@@ -28,30 +28,54 @@ inline bool Available() {
   return has;
 }
 
-// dot[j] = sum_{d < 4 * quads} a[d] * b[j][d] for j in [0, 16 * blocks): a uint8 (one row, read
-// as quads), b int8 packed [quads][16 * blocks][4]. Exact int32 (|sum| < 2^31 for d <= 2^14).
+// dot[r][j] = sum_{d < 4 * quads} a[r][d] * b[j][d] for R rows r (a row stride a_stride,
+// dot row stride dot_stride) and j in [0, 16 * blocks): a uint8 read as quads, b int8 packed
+// [quads][16 * blocks][4]. Each load of b serves R rows. Exact int32 (|sum| < 2^31 here).
+template <int R>
+ONNXVQ_AVX512 inline void DotRows(const uint8_t* a, int64_t a_stride, const int8_t* b,
+                                  int64_t quads, int64_t blocks, int32_t* dot,
+                                  int64_t dot_stride) {
+  const int64_t stride = blocks * 64;
+  int64_t jb = 0;
+  for (; jb + 1 < blocks; jb += 2) {  // two column blocks: 2R independent chains per broadcast
+    __m512i acc[2 * R];
+    for (int r = 0; r < 2 * R; ++r) acc[r] = _mm512_setzero_si512();
+    const int8_t* bp = b + jb * 64;
+    for (int64_t q = 0; q < quads; ++q) {
+      const __m512i b0 = _mm512_loadu_si512(bp + q * stride);
+      const __m512i b1 = _mm512_loadu_si512(bp + q * stride + 64);
+      for (int r = 0; r < R; ++r) {
+        int32_t w;
+        __builtin_memcpy(&w, a + r * a_stride + 4 * q, 4);
+        const __m512i av = _mm512_set1_epi32(w);
+        acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], av, b0);
+        acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], av, b1);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm512_storeu_si512(dot + r * dot_stride + 16 * jb, acc[2 * r]);
+      _mm512_storeu_si512(dot + r * dot_stride + 16 * jb + 16, acc[2 * r + 1]);
+    }
+  }
+  for (; jb < blocks; ++jb) {
+    __m512i acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    const int8_t* bp = b + jb * 64;
+    for (int64_t q = 0; q < quads; ++q) {
+      const __m512i bv = _mm512_loadu_si512(bp + q * stride);
+      for (int r = 0; r < R; ++r) {
+        int32_t w;
+        __builtin_memcpy(&w, a + r * a_stride + 4 * q, 4);
+        acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(w), bv);
+      }
+    }
+    for (int r = 0; r < R; ++r) _mm512_storeu_si512(dot + r * dot_stride + 16 * jb, acc[r]);
+  }
+}
+
 ONNXVQ_AVX512 inline void DotRow(const uint8_t* a, const int8_t* b, int64_t quads, int64_t blocks,
                                  int32_t* dot) {
-  const int64_t stride = blocks * 64;
-  for (int64_t jb = 0; jb < blocks; ++jb) {
-    __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
-    const int8_t* bp = b + jb * 64;
-    int64_t q = 0;
-    for (; q + 1 < quads; q += 2) {  // two chains hide vpdpbusd's latency
-      int32_t a0, a1;
-      __builtin_memcpy(&a0, a + 4 * q, 4);
-      __builtin_memcpy(&a1, a + 4 * q + 4, 4);
-      acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(a0), _mm512_loadu_si512(bp + q * stride));
-      acc1 = _mm512_dpbusd_epi32(acc1, _mm512_set1_epi32(a1),
-                                 _mm512_loadu_si512(bp + (q + 1) * stride));
-    }
-    if (q < quads) {
-      int32_t a0;
-      __builtin_memcpy(&a0, a + 4 * q, 4);
-      acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(a0), _mm512_loadu_si512(bp + q * stride));
-    }
-    _mm512_storeu_si512(dot + 16 * jb, _mm512_add_epi32(acc0, acc1));
-  }
+  DotRows<1>(a, 0, b, quads, blocks, dot, 0);
 }
 
 // exp(x) for x <= 0 in float32: 2^n * e^r with n = round(x log2 e), |r| <= ln2 / 2, e^r by its
@@ -107,13 +131,6 @@ ONNXVQ_AVX512 inline void ProbsRow(const int32_t* s, int64_t n, float qk_scale, 
   }
 }
 
-// acc[d] = sum_{j < 4 * quads} p[j] * v[j][d] for d in [0, 16 * blocks): p uint8, v int8 packed
-// [quads][16 * blocks][4] (four consecutive j per d).
-ONNXVQ_AVX512 inline void WeightedRows(const uint8_t* p, const int8_t* v, int64_t quads,
-                                       int64_t blocks, int32_t* acc) {
-  DotRow(p, v, quads, blocks, acc);  // the same contraction: p plays the query row
-}
-
 // Output codes of one row: a = acc + pterm - zp * vsum, sat(rne((float(a) * acc_scale) /
 // out_scale) + zo) for d < dim (acc and vsum padded to a multiple of 16).
 ONNXVQ_AVX512 inline void OutputRow(const int32_t* acc, int32_t pterm, int32_t zp,
@@ -149,29 +166,47 @@ ONNXVQ_AVX512 inline void ScoreCodesRow(const int32_t* s, int64_t n, float qk_sc
   }
 }
 
-// acc[d] = sum_{j < 2 * pairs} a[j] * b[j][d] for d in [0, 16 * blocks): a int16 (one row, read
-// as pairs), b int16 packed [pairs][16 * blocks][2]; vpdpwssd, exact while the sums fit int32.
-ONNXVQ_AVX512 inline void DotRow16(const int16_t* a, const int16_t* b, int64_t pairs,
-                                   int64_t blocks, int32_t* acc) {
+// acc[r][d] = sum_{j < 2 * pairs} a[r][j] * b[j][d] for R rows and d in [0, 16 * blocks): a int16
+// read as pairs, b int16 packed [pairs][16 * blocks][2]; vpdpwssd, exact while sums fit int32.
+template <int R>
+ONNXVQ_AVX512 inline void DotRows16(const int16_t* a, int64_t a_stride, const int16_t* b,
+                                    int64_t pairs, int64_t blocks, int32_t* acc,
+                                    int64_t acc_stride) {
   const int64_t stride = blocks * 32;
-  for (int64_t db = 0; db < blocks; ++db) {
-    __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  int64_t db = 0;
+  for (; db + 1 < blocks; db += 2) {  // two column blocks: 2R independent chains per broadcast
+    __m512i sum[2 * R];
+    for (int r = 0; r < 2 * R; ++r) sum[r] = _mm512_setzero_si512();
     const int16_t* bp = b + db * 32;
-    int64_t p = 0;
-    for (; p + 1 < pairs; p += 2) {
-      int32_t a0, a1;
-      __builtin_memcpy(&a0, a + 2 * p, 4);
-      __builtin_memcpy(&a1, a + 2 * p + 2, 4);
-      acc0 = _mm512_dpwssd_epi32(acc0, _mm512_set1_epi32(a0), _mm512_loadu_si512(bp + p * stride));
-      acc1 = _mm512_dpwssd_epi32(acc1, _mm512_set1_epi32(a1),
-                                 _mm512_loadu_si512(bp + (p + 1) * stride));
+    for (int64_t p = 0; p < pairs; ++p) {
+      const __m512i b0 = _mm512_loadu_si512(bp + p * stride);
+      const __m512i b1 = _mm512_loadu_si512(bp + p * stride + 32);
+      for (int r = 0; r < R; ++r) {
+        int32_t w;
+        __builtin_memcpy(&w, a + r * a_stride + 2 * p, 4);
+        const __m512i av = _mm512_set1_epi32(w);
+        sum[2 * r] = _mm512_dpwssd_epi32(sum[2 * r], av, b0);
+        sum[2 * r + 1] = _mm512_dpwssd_epi32(sum[2 * r + 1], av, b1);
+      }
     }
-    if (p < pairs) {
-      int32_t a0;
-      __builtin_memcpy(&a0, a + 2 * p, 4);
-      acc0 = _mm512_dpwssd_epi32(acc0, _mm512_set1_epi32(a0), _mm512_loadu_si512(bp + p * stride));
+    for (int r = 0; r < R; ++r) {
+      _mm512_storeu_si512(acc + r * acc_stride + 16 * db, sum[2 * r]);
+      _mm512_storeu_si512(acc + r * acc_stride + 16 * db + 16, sum[2 * r + 1]);
     }
-    _mm512_storeu_si512(acc + 16 * db, _mm512_add_epi32(acc0, acc1));
+  }
+  for (; db < blocks; ++db) {
+    __m512i sum[R];
+    for (int r = 0; r < R; ++r) sum[r] = _mm512_setzero_si512();
+    const int16_t* bp = b + db * 32;
+    for (int64_t p = 0; p < pairs; ++p) {
+      const __m512i bv = _mm512_loadu_si512(bp + p * stride);
+      for (int r = 0; r < R; ++r) {
+        int32_t w;
+        __builtin_memcpy(&w, a + r * a_stride + 2 * p, 4);
+        sum[r] = _mm512_dpwssd_epi32(sum[r], _mm512_set1_epi32(w), bv);
+      }
+    }
+    for (int r = 0; r < R; ++r) _mm512_storeu_si512(acc + r * acc_stride + 16 * db, sum[r]);
   }
 }
 
