@@ -16,6 +16,8 @@ Refuses: int32 (wide) score codes, LIS codes above 4 bits, a LogIntMatMul whose 
 Emits:   LogIntAttention(X) with the softmax constants, the scores' scale and the accumulator's
          step as attributes. Bit-exact with the graph after ort-mixed-qmatmul (whose
          MatMulIntegerToFloat scores are f32(S) * (s_q * s_k) as here) and the native kernels.
+Speed:   fires on every match; measured 0.88-0.93x of the unfused lowering on the tiny ViT at
+         batch 1 and 16, 0.86x / 0.82x on DeiT-S at batch 1 / 8 (README, speed section).
 """
 
 from __future__ import annotations

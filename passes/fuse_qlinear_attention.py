@@ -17,6 +17,8 @@ Emits:   QLinearAttention(X) with the zero points and float32 scales as attribut
          replaces the merged Q's codes. Not bit-exact: the integer products are exact, the float
          softmax rounds differently from ONNX Runtime's (a probability code moves by one where
          p / s_p is within ~1e-6 of a half-integer; measured effect in tests/passes).
+Speed:   fires on every match: on every shape measured (tiny ViT D=16/32, N=65 to DeiT-S D=64,
+         N=197, batch 1-16) the fused graph is faster than the unfused lowering (README, speed).
 """
 
 from __future__ import annotations
