@@ -15,13 +15,14 @@ path on small models.
 from __future__ import annotations
 
 import ctypes
+import functools
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
@@ -31,12 +32,17 @@ KEEP_INLINE = 4096  # initializers up to this many bytes stay in skeletons (shap
 
 
 def tensor_bytes(t: TensorProto) -> int:
-    """Bytes of an initializer's values, from its dims and type (reads no data)."""
+    """Bytes of an initializer's values, from its dims and type (reads no data). Plain ints:
+    `is_large` sums this over every initializer, several times a run."""
+    return math.prod(t.dims) * _itemsize(t.data_type)
+
+
+@functools.cache
+def _itemsize(data_type: int) -> int:
     try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
     except Exception:  # strings and unknown types: count them as 4-byte values
-        itemsize = 4
-    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+        return 4
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
