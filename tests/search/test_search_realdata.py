@@ -12,9 +12,9 @@ cifar10/val; results/search.json), top-1 %:
 
 The tests re-measure them (the calibrations, not the evaluations, are the cost; each
 (model, method, bits) is quantized once per session and shared by the tests that read it). Runs
-are deterministic, so the W4/A4 ordering is asserted pair by pair with half of each measured gap
-as the margin; at W6/A6 the methods are within a point of each other and that is what is
-asserted.
+are deterministic, so the W4/A4 ordering of all four methods is asserted pair by pair with half of
+each measured gap as the margin; at W6/A6 the methods are within a point of each other and that
+is what is asserted (without similarity, the costly one).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 PRESET = {"cct_cifar10": "cifar10", "vit_cifar10": "cifar10-vit"}
 METHODS = ("omse", "block-mse", "similarity", "twin")
+W6_METHODS = ("omse", "block-mse", "twin")
 MEASURED = {  # results/search.json, top-1 on cifar10/val
     ("cct_cifar10", 4): {"omse": .4045, "block-mse": .4630, "similarity": .4585, "twin": .7155},
     ("vit_cifar10", 4): {"omse": .6760, "block-mse": .6790, "similarity": .6890, "twin": .6930},
@@ -72,11 +73,13 @@ def test_measured_ordering_at_w4a4(shared_data, model):
 
 @pytest.mark.parametrize("model", ["cct_cifar10", "vit_cifar10"])
 def test_methods_agree_within_a_point_at_w6a6(shared_data, model):
-    """At W6/A6 every method is within 0.65 points of OMSE (measured): no search may lose more
-    than a point to OMSE there, and none gains more than one either."""
-    got = {m: top1(shared_data, model, m, 6) for m in METHODS}
+    """At W6/A6 every method was within 0.65 points of OMSE: no search may lose more than a
+    point to OMSE there, and none gains more than one either. Similarity is left to the
+    benchmark at W6/A6 (78.25 / 70.70, within 0.35 of OMSE): its two rounds of per-layer search
+    cost about three times block-mse's, more than this test's share of the slow suite."""
+    got = {m: top1(shared_data, model, m, 6) for m in W6_METHODS}
     assert got["omse"] == pytest.approx(MEASURED[model, 6]["omse"], abs=0.01)
-    for method in METHODS[1:]:
+    for method in W6_METHODS[1:]:
         assert abs(got[method] - got["omse"]) <= 0.01, (method, got)
 
 
