@@ -25,6 +25,9 @@ from onnxvq.passes.fold_requantize import FoldRequantize
 from onnxvq.passes.fold_scale_into_dequantize import FoldScaleIntoDequantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
 from onnxvq.passes.fold_static_shapes import FoldStaticShapes
+from onnxvq.passes.fuse_add_layernorm_quantize import FuseAddLayerNormQuantize
+from onnxvq.passes.fuse_add_mul_quantize import FuseAddMulQuantize
+from onnxvq.passes.fuse_gelu_quantize import FuseGeluQuantize
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
 from onnxvq.passes.fuse_log_int_attention import FuseLogIntAttention
 from onnxvq.passes.fuse_qlinear_attention import FuseQLinearAttention
@@ -79,17 +82,24 @@ SMOOTH = Pipeline((SmoothLinearInputs(),))
 
 
 # Target ort only: the QDQ graph lowered into the fused kernels ONNX Runtime's CPU provider runs
-# fastest (FastGelu, bias and scale folded into its int8 GEMMs, the patch Conv as an int8 MatMul,
-# one quantizer per QKV tensor, each W8/A8 attention one fused QLinearAttention from the packed
-# QKV codes to the output projection's codes, each --lis attention one LogIntAttention (exact);
-# weight-only 4-bit Linears as MatMulNBits). Every pass but ort-fast-gelu and
-# fuse-qlinear-attention (float GELU / softmax rounding) is bit-exact; each is tested against the
-# graph before it.
-# `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph.
-ORT_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
-                         HoistQuantizeOverSplit(), FuseQLinearAttention(),
+# fastest (GELU + its QuantizeLinear as one com.onnxvq kernel, else FastGelu; bias and scale
+# folded into its int8 GEMMs, the patch Conv as an int8 MatMul, one quantizer per QKV tensor,
+# each W8/A8 attention one fused QLinearAttention from the packed QKV codes to the output
+# projection's codes, each --lis attention one LogIntAttention (exact); weight-only 4-bit Linears
+# as MatMulNBits; last, residual Add + LayerNorm + QuantizeLinear, or with --pts Add + Mul +
+# QuantizeLinear before an IntLayerNorm, as one com.onnxvq kernel, once the passes that read the
+# QuantizeLinears are done). Every pass but fuse-gelu-quantize, fuse-add-layernorm-quantize,
+# ort-fast-gelu and fuse-qlinear-attention (float GELU / LayerNorm / softmax rounding) is
+# bit-exact; each is tested against the graph before it.
+# `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph; --lis-qdq (a model without custom
+# ops) gets ORT_CONTRIB_LOWERING, the com.microsoft passes alone.
+ORT_CONTRIB_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
+                                 HoistQuantizeOverSplit(), OrtMatMulBias(), OrtMixedQMatMul(),
+                                 OrtMatMulNBits()))
+ORT_LOWERING = Pipeline((FuseGeluQuantize(), OrtFastGelu(), FoldScaleIntoDequantize(),
+                         PatchConvToMatMul(), HoistQuantizeOverSplit(), FuseQLinearAttention(),
                          FuseLogIntAttention(), OrtMatMulBias(), OrtMixedQMatMul(),
-                         OrtMatMulNBits()))
+                         OrtMatMulNBits(), FuseAddLayerNormQuantize(), FuseAddMulQuantize()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 # --lis-qdq: LIS's log codes (base --lis-base) on the attention probabilities in standard ops,
 # for runtimes without the custom ops (float emulation; passes/log_softmax_qdq.py).
@@ -117,7 +127,7 @@ def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
     elif cfg.lis_qdq:  # the probs' uniform Q/DQ becomes log codes before the ORT lowering
         base = base + LOG_SOFTMAX_QDQ
         if cfg.target == "ort" and cfg.ort_fusions:
-            base = base + ORT_LOWERING
+            base = base + ORT_CONTRIB_LOWERING
     elif cfg.target == "trt" and cfg.center:  # symmetric int8: the probabilities centred
         *head, fold = base.passes
         base = Pipeline((*head, CenterAttentionProbs(), fold))

@@ -22,6 +22,7 @@ from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.attention_functions import attention_function_protos
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
+from onnxvq.plugins.fused_functions import fused_function_protos
 from onnxvq.plugins.reference import LayerNormParams, SoftmaxConstants
 from onnxvq.plugins.reference.softmax import _check_bits, _check_steps
 
@@ -35,8 +36,9 @@ _OUT_NUMPY = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
 
 
 def all_function_protos(opset: int = OPSET) -> list[onnx.FunctionProto]:
-    """Every com.onnxvq local function: the integer ops', then the fused attention ops'."""
-    return function_protos(opset) + attention_function_protos(opset)
+    """Every com.onnxvq local function: the integer ops', the fused attention ops', then the
+    fused float-to-code ops'."""
+    return function_protos(opset) + attention_function_protos(opset) + fused_function_protos(opset)
 
 
 def register_functions(graph: gs.Graph) -> None:
@@ -122,6 +124,49 @@ def make_log_int_matmul_node(
         shape = list(codes.shape[:-1]) + [v.shape[-1]]
     attrs = {"bits": bits, "zero_point": zero_point, "octave_steps": octave_steps}
     return _append(graph, "LogIntMatMul", [codes, v], attrs, np.int64, shape, name)
+
+
+def make_gelu_quantize_linear_node(
+    graph: gs.Graph, x: gs.Tensor, bias: gs.Tensor, scale: gs.Tensor, zero_point: gs.Tensor, *,
+    name: str, output: gs.Variable | None = None,
+) -> gs.Variable:
+    """Codes of gelu(x + bias) (erf GELU) with QuantizeLinear's (scale, zero_point): x float
+    [..., N], bias float [N], scalar scale and uint8/int8 zero point. `output` (e.g. the replaced
+    QuantizeLinear's) receives the codes; by default a new tensor `<name>_out`."""
+    zp = zero_point.values if isinstance(zero_point, gs.Constant) else None
+    dtype = np.int8 if zp is not None and zp.dtype == np.int8 else np.uint8
+    out = _append(graph, "GeluQuantizeLinear", [x, bias, scale, zero_point], {}, dtype, x.shape,
+                  name)
+    if output is not None:
+        graph.nodes[-1].outputs = [output]
+        return output
+    return out
+
+
+def make_add_layer_norm_quantize_node(
+    graph: gs.Graph, a: gs.Tensor, b: gs.Tensor, gamma: gs.Tensor, beta: gs.Tensor,
+    scale: gs.Tensor, zero_point: gs.Tensor, *, epsilon: float, name: str, codes: gs.Variable,
+    total: gs.Variable,
+) -> None:
+    """`total` = a + b (b broadcast over a's leading dimensions) and `codes` = QuantizeLinear's
+    codes (scale, zero_point) of LayerNorm(total) over the last axis (gamma, beta [C])."""
+    register_functions(graph)
+    graph.nodes.append(gs.Node(
+        op="AddLayerNormQuantize", name=name, domain=DOMAIN,
+        attrs={"epsilon": float(epsilon), **PLUGIN_ATTRS},
+        inputs=[a, b, gamma, beta, scale, zero_point], outputs=[codes, total]))
+
+
+def make_add_mul_quantize_linear_node(
+    graph: gs.Graph, a: gs.Tensor, b: gs.Tensor, m: gs.Tensor, scale: gs.Tensor,
+    zero_point: gs.Tensor, *, name: str, codes: gs.Variable, total: gs.Variable,
+) -> None:
+    """`total` = a + b (b broadcast over a's leading dimensions) and `codes` = QuantizeLinear's
+    codes (scale, zero_point) of total * m (m [C] over the last axis)."""
+    register_functions(graph)
+    graph.nodes.append(gs.Node(
+        op="AddMulQuantizeLinear", name=name, domain=DOMAIN, attrs=dict(PLUGIN_ATTRS),
+        inputs=[a, b, m, scale, zero_point], outputs=[codes, total]))
 
 
 def _append(

@@ -69,6 +69,9 @@ def register_references() -> None:
                         # the com.microsoft ops onnxvq's ORT lowering emits (target ort)
                         "MatMulIntegerToFloat": _matmul_integer_to_float,
                         "FastGelu": _fast_gelu})
+    OP_REGISTRY.update({"GeluQuantizeLinear": _gelu_quantize_linear,
+                        "AddLayerNormQuantize": _add_layer_norm_quantize,
+                        "AddMulQuantizeLinear": _add_mul_quantize_linear})
     for schema in onnx.defs.get_all_schemas():
         if schema.domain in ("", "ai.onnx") and schema.name not in OP_REGISTRY:
             OP_REGISTRY[schema.name] = _standard_op
@@ -146,6 +149,30 @@ def _fast_gelu(node, tensors: dict) -> dict:
     x = x.astype(np.float32)
     y = 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608) * (x + np.float32(0.044715) * x**3)))
     return {node.outputs[0].name: y.astype(np.float32)}
+
+
+def _gelu_quantize_linear(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.fused import gelu_quantize_linear
+
+    x, bias, scale, zp = _inputs(node, tensors)
+    return {node.outputs[0].name: gelu_quantize_linear(x, bias, float(scale), zp)}
+
+
+def _add_layer_norm_quantize(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.fused import add_layer_norm_quantize
+
+    a, b, gamma, beta, scale, zp = _inputs(node, tensors)
+    y, s = add_layer_norm_quantize(a, b, gamma, beta, float(scale), zp,
+                                   float(node.attrs.get("epsilon", 1e-5)))
+    return {node.outputs[0].name: y, node.outputs[1].name: s}
+
+
+def _add_mul_quantize_linear(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.fused import add_mul_quantize_linear
+
+    a, b, m, scale, zp = _inputs(node, tensors)
+    y, s = add_mul_quantize_linear(a, b, m, float(scale), zp)
+    return {node.outputs[0].name: y, node.outputs[1].name: s}
 
 
 def _standard_op(node, tensors: dict) -> dict:

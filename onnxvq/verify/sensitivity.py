@@ -172,8 +172,7 @@ def keep_quantized(quant: onnx.ModelProto, canonical: onnx.ModelProto,
     node producing the FP32 node's output) is re-inserted and that end node removed, and FP32
     nodes whose outputs nothing produces any more (a Softmax fused into LogIntMatMul) come back
     with the node that reads them. Dead Q/DQ and integer chains are then removed."""
-    out = onnx.ModelProto()
-    out.CopyFrom(quant)
+    out = _unfuse(quant)
     restorer = _Restorer(out, canonical)
     names = {n.name for n in out.graph.node}
     for ref in canonical.graph.node:
@@ -185,6 +184,23 @@ def keep_quantized(quant: onnx.ModelProto, canonical: onnx.ModelProto,
             restorer.reinsert(ref)
     restorer.resolve_inputs()
     return to_model(to_graph(out), like=quant)
+
+
+# The ORT lowering's fused float-to-code kernels write no FP32 tensor but the residual sum; their
+# local functions are the unfused graphs, so inlining them gives the restorer standard nodes
+# (and FP32 tensors it can pull back from `canonical`).
+_FUSED = ("GeluQuantizeLinear", "AddLayerNormQuantize", "AddMulQuantizeLinear")
+
+
+def _unfuse(quant: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(quant)
+    if not any(n.op_type in _FUSED and n.domain == "com.onnxvq" for n in out.graph.node):
+        return out
+    from onnx import inliner
+
+    fused = [("com.onnxvq", f.name) for f in out.functions if f.name in _FUSED]
+    return inliner.inline_selected_functions(out, fused, exclude=False)
 
 
 class _Restorer:

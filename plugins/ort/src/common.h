@@ -87,5 +87,8 @@ inline void RowsOf(const std::vector<int64_t>& shape, int64_t& rows, int64_t& co
 void AddIntLayerNorm(Ort::CustomOpDomain& domain);
 void AddLogIntSoftmax(Ort::CustomOpDomain& domain);
 void AddLogIntMatMul(Ort::CustomOpDomain& domain);
+void AddGeluQuantizeLinear(Ort::CustomOpDomain& domain);
+void AddAddLayerNormQuantize(Ort::CustomOpDomain& domain);
+void AddAddMulQuantizeLinear(Ort::CustomOpDomain& domain);
 
 }  // namespace onnxvq

@@ -21,6 +21,9 @@ OrtCustomOpDomain* Domain() {
     onnxvq::AddLogIntMatMul(d);
     onnxvq::AddQLinearAttention(d);
     onnxvq::AddLogIntAttention(d);
+    onnxvq::AddGeluQuantizeLinear(d);
+    onnxvq::AddAddLayerNormQuantize(d);
+    onnxvq::AddAddMulQuantizeLinear(d);
     domain = d.release();
   });
   return domain;
