@@ -107,7 +107,8 @@ def test_sidecar_records_shifts_and_constants(tiny):
 def _check_against_references(fp32, result, custom_ops: bool) -> None:
     """Every custom node's output equals the numpy reference on the node's actual inputs."""
     graph = to_graph(result.model)
-    integer_ops = ("IntLayerNorm", "LogIntSoftmax", "LogIntMatMul")  # not the fused float ops
+    integer_ops = ("IntLayerNorm", "LogIntSoftmax", "LogIntMatMul",  # not the fused float ops
+                   "LogIntAttention")
     customs = [n for n in graph.nodes if n.domain == "com.onnxvq" and n.op in integer_ops]
     names = sorted({t.name for n in customs for t in (*n.inputs, *n.outputs)
                     if isinstance(t, gs.Variable)})
