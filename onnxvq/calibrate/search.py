@@ -134,7 +134,8 @@ class FloatChain:
              ) -> dict[str, np.ndarray]:
         # one run of all samples: an export may keep tokens first ([T, N, C],
         # torch.nn.TransformerEncoderLayer), so tensors cannot be chunked on axis 0
-        return run_chunks(make_session(expose(model, names)), names, {}, inp, x, len(x))
+        sess = make_session(expose(model, names), arena=False)
+        return run_chunks(sess, names, {}, inp, x, len(x))
 
 
 def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, images: np.ndarray,
@@ -159,7 +160,7 @@ def search_scales(model: onnx.ModelProto, structure: ViTStructure, plan, cfg, im
         names = objective.outputs(qb, layers, node_out)
         ref = floats.unit(b_in, b_out, names)
         x = x_q if (x_q is not None and prev_out == b_in) else ref[b_in]
-        sess = make_session(qb.model)
+        sess = make_session(qb.model, arena=False)
         want = {n: ref[n] for n in names if n in ref}
         _search_block(qb, x, names, want, layers, state, full, objective, cfg)
         x_q = run_chunks(sess, [qb.output], _feeds(qb, state), qb.input, x, len(x))[qb.output]

@@ -84,7 +84,7 @@ class Tail:
                                        ir_version=model.ir_version)
         self.model.functions.extend(model.functions)
         self.outputs = outputs
-        self.session = make_session(self.model)
+        self.session = make_session(self.model, arena=False)  # many live at once
         self.nodes = len(nodes)
 
 

@@ -31,7 +31,7 @@ _ORT_TYPES = {
 
 def session_options(
     *, threads: int | None = None, custom_ops: bool = True, optimize: bool = True,
-    lean: bool = False,
+    lean: bool = False, arena: bool = True,
 ) -> ort.SessionOptions:
     """`lean`: for sessions whose graph has many side outputs (calibration's in-graph
     reductions). ORT's default order can run a tensor's reader long after its producer, keeping
@@ -40,8 +40,11 @@ def session_options(
     of the same size. Measured on DeiT-S at batch 16: 1.09 GB -> 0.14 GB per run.
     A lean session's threads also do not spin between kernels: a calibration run is throughput,
     and spinning threads take the cores the others (and the data loader) need. Results are the
-    same bits; on 2 busy cores vit_cifar10 calibrates in 0.57x the wall time (README)."""
+    same bits; on 2 busy cores vit_cifar10 calibrates in 0.57x the wall time (README).
+    `arena=False`: tensors go back to the allocator after each run instead of staying in the
+    session's arena, for the many small sessions a search keeps alive at once."""
     so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = arena
     if lean:
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         so.enable_mem_pattern = False
@@ -68,11 +71,13 @@ def make_session(
     optimize: bool = True,
     outputs: Sequence[onnx.ValueInfoProto] | None = None,
     lean: bool = False,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider with onnxvq's settings. A ModelProto over 2 GB
     (`core.external`) is opened from a temporary external-data copy on disk, never serialised;
     `outputs` (a large model only) replaces its graph outputs in that copy."""
-    so = session_options(threads=threads, custom_ops=custom_ops, optimize=optimize, lean=lean)
+    so = session_options(threads=threads, custom_ops=custom_ops, optimize=optimize, lean=lean,
+                         arena=arena)
     if isinstance(model, onnx.ModelProto) and external.is_large(model):
         with external.on_disk(model, outputs=outputs,
                               ir_version=min(model.ir_version, MAX_IR_VERSION)) as path:
