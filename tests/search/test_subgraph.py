@@ -89,3 +89,33 @@ def test_walk_finds_the_minimum_of_a_unimodal_loss_from_the_current_choice():
     assert start == 10 and walk(cands, start, lambda c: state.__setitem__(0, c), score,
                                 "u") == 0.35
     assert 1.0 not in seen
+
+
+def test_float_chain_matches_the_whole_model_and_holds_one_unit():
+    """The search's float references, computed one block at a time from the previous block's
+    float output, equal the whole model's tensors; only the last unit's output is kept."""
+    from onnxvq.calibrate.search import FloatChain
+
+    tiny = build_tiny_vit(TinyViTConfig(depth=2))
+    model = quantize(tiny, None, QuantConfig(calib_size=2, batch_size=2)).canonical
+    structure = recognise_model(model)
+    bounds = [block_bounds(b, model) for b in structure.blocks]
+    inp = model.graph.input[0].name
+    img = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    chain = FloatChain(model, img)
+    for b_in, b_out in bounds:
+        inner = [n.output[0] for n in slice_block(model, b_in, b_out).graph.node][:3]
+        got = chain.unit(b_in, b_out, inner)
+        names = [b_in, b_out, *inner]
+        whole = dict(zip(names, make_session(expose(model, names)).run(names, {inp: img}),
+                         strict=True))
+        for n in names:
+            np.testing.assert_allclose(got[n], whole[n], rtol=1e-5, atol=1e-5)
+        assert set(chain.known) == {inp, b_out}
+    assert len(bounds) == 2 and bounds[0][1] == bounds[1][0]  # the second unit reused the first
+
+
+def test_search_sessions_keep_no_arena(block):
+    tail = Tail(onnx.shape_inference.infer_shapes(block[0].model),
+                _param_inputs(block[0].acts[0]), [block[0].output])
+    assert tail.session.get_session_options().enable_cpu_mem_arena is False
