@@ -24,24 +24,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxvq.core.runtime import session_options
-from onnxvq.plugins import native
 from onnxvq.plugins.ops import add_functions
 from onnxvq.plugins.reference import acc_shift, softmax_constants
 from onnxvq.plugins.reference.attention import log_int_attention, qlinear_attention
 
 FUZZ = [(2, 65, 3, 32), (1, 1, 1, 1), (3, 17, 2, 13), (1, 197, 6, 64), (2, 50, 4, 100),
         (1, 20, 1, 256)]
-
-
-@pytest.fixture(scope="module")
-def library() -> str:
-    try:
-        path = native.ort_library_path(build=True)
-    except native.NativeBuildError as err:
-        pytest.skip(f"native library unavailable: {err}")
-    if path is None:
-        pytest.skip("native library disabled by ONNXVQ_NO_NATIVE")
-    return path
 
 
 def _model(attrs: dict, functions: bool, shape=None) -> onnx.ModelProto:

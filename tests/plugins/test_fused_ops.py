@@ -11,7 +11,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxvq.core.runtime import session_options
-from onnxvq.plugins import native
 from onnxvq.plugins.functions import DOMAIN
 from onnxvq.plugins.ops import add_functions
 from onnxvq.plugins.reference.fused import (
@@ -20,17 +19,6 @@ from onnxvq.plugins.reference.fused import (
     gelu,
     gelu_quantize_linear,
 )
-
-
-@pytest.fixture(scope="module")
-def library() -> str:
-    try:
-        path = native.ort_library_path(build=True)
-    except native.NativeBuildError as err:
-        pytest.skip(f"native library unavailable: {err}")
-    if path is None:
-        pytest.skip("native library disabled by ONNXVQ_NO_NATIVE")
-    return path
 
 
 def _gelu_model(n: int, bias: np.ndarray, scale: float, zp) -> onnx.ModelProto:

@@ -35,17 +35,6 @@ from onnxvq.plugins.reference import (
 )
 
 
-@pytest.fixture(scope="module")
-def library() -> str:
-    try:
-        path = native.ort_library_path(build=True)
-    except native.NativeBuildError as err:
-        pytest.skip(f"native library unavailable: {err}")
-    if path is None:
-        pytest.skip("native library disabled by ONNXVQ_NO_NATIVE")
-    return path
-
-
 def _model(graph: gs.Graph, *, functions: bool) -> onnx.ModelProto:
     model = gs.export_onnx(graph)
     model.ir_version = 10
