@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import const_value, producer
 from onnxvq.plugins.ops import make_gelu_quantize_linear_node
-from onnxvq.recognise.activations import match_activation
+from onnxvq.recognise.activations import match_exact_gelu
 
 
 @dataclass
@@ -59,10 +59,8 @@ class FuseGeluQuantize(RewritePass):
     anchor_ops = ("Erf", "Gelu")
 
     def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _GeluQ | None:
-        unit = match_activation(node)
-        if unit is None or unit[0].kind not in ("gelu_erf", "gelu"):
-            return None
-        if node.op == "Gelu" and node.attrs.get("approximate", "none") != "none":
+        unit = match_exact_gelu(node)
+        if unit is None:
             return None
         act, x, out = unit
         if not any(c.op == "QuantizeLinear" for c in out.outputs):

@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import const_value, producer
 from onnxvq.passes.ort_domain import MS_DOMAIN, import_ms_domain, rewire
-from onnxvq.recognise.activations import match_activation
+from onnxvq.recognise.activations import match_exact_gelu
 
 TANH_ERROR = 4.8e-4  # max |GELU_tanh(x) - GELU_erf(x)| over all x (4.73e-4 at |x| ≈ 2.7)
 
@@ -44,10 +44,8 @@ class OrtFastGelu(RewritePass):
     anchor_ops = ("Erf", "Gelu")
 
     def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _Gelu | None:
-        unit = match_activation(node)
-        if unit is None or unit[0].kind not in ("gelu_erf", "gelu"):
-            return None
-        if node.op == "Gelu" and node.attrs.get("approximate", "none") != "none":
+        unit = match_exact_gelu(node)
+        if unit is None:
             return None
         act, x, out = unit
         by_name = {n.name: n for n in graph.nodes}

@@ -116,3 +116,14 @@ def _gelu_tail(t: gs.Tensor, x: gs.Tensor) -> tuple[list[gs.Node], gs.Tensor] | 
 
 def _scalars(node: gs.Node) -> list[float]:
     return [v for v in (scalar(i) for i in node.inputs) if v is not None]
+
+
+def match_exact_gelu(node):
+    """`match_activation` for an erf GELU only (an Erf pattern, or a Gelu node without the tanh
+    approximation): what the ORT GELU lowerings may replace; None otherwise."""
+    unit = match_activation(node)
+    if unit is None or unit[0].kind not in ("gelu_erf", "gelu"):
+        return None
+    if node.op == "Gelu" and node.attrs.get("approximate", "none") != "none":
+        return None
+    return unit
