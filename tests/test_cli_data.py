@@ -89,3 +89,31 @@ def test_data_spec_rejects_bad_values():
     with pytest.raises(UsageError, match="unknown preset 'coco'"):
         DataSpec(preset="coco")
     assert DataSpec.coerce("x", samples=3, seed=None) == DataSpec(source="x", samples=3)
+
+
+def test_preset_crop_follows_a_fixed_input_size(px256, tmp_path):
+    """Without --size, the 224-px imagenet preset crops at the model's fixed 256 px (resize
+    284 = 256 / 0.9, as --size 256 gives) and says so; --size still wins and still fails."""
+    fp32, _, images, _ = px256
+    q = tmp_path / "q.onnx"
+    done = run("quantize", fp32, "-o", q, "--data", images, "--preset", "imagenet",
+               "--samples", "2", "--batch-size", "2")
+    assert done.exit_code == 0, done.output
+    cal = json.loads(q.with_suffix(".json").read_text())["calibration"]
+    assert (cal["preprocess"]["crop"], cal["preprocess"]["size"]) == (256, 284)
+    wrong = run("quantize", fp32, "-o", tmp_path / "w.onnx", "--data", images, "--size", "224",
+                "--samples", "2")
+    assert wrong.exit_code == 5 and "samples have shape" in wrong.output, wrong.output
+    assert not (tmp_path / "w.onnx").exists()
+
+
+def test_fitted_leaves_symbolic_and_matching_inputs_alone():
+    dynamic = build_tiny_vit(TinyViTConfig(image=224, patch=32, dim=32, heads=2, classes=2))
+    dims = dynamic.graph.input[0].type.tensor_type.shape.dim
+    spec = DataSpec(source="x", preset="imagenet")
+    assert spec.fitted(dynamic) is spec  # 224 = the preset's crop
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    assert spec.fitted(dynamic) is spec  # symbolic: the preset decides
+    fixed = build_tiny_vit(TinyViTConfig(image=256, patch=32, dim=32, heads=2, classes=2))
+    assert spec.fitted(fixed).size == 256
+    assert DataSpec(source="x", size=240).fitted(fixed).size == 240  # explicit size wins

@@ -89,12 +89,33 @@ class DataSpec:
                                       mean=self.mean, std=self.std)
         return _override(recorded, self)
 
+    def fitted(self, model: onnx.ModelProto) -> DataSpec:
+        """This spec with the preset's crop set to `model`'s fixed square image input when no
+        size, preprocessing object or config was given: a ViT exported at 256 px calibrates at
+        256 with the 224-px imagenet preset (the resize follows the preset's crop ratio), where
+        before it failed on the shape."""
+        if self.size is not None or self.preprocess is not None or \
+                self.preprocess_config is not None:
+            return self
+        _, shape = model_input(model)
+        if len(shape) != 4 or shape[1] not in (1, 3) or \
+                not all(isinstance(d, int) for d in shape[2:]) or shape[2] != shape[3]:
+            return self
+        crop = resolve_preprocess(self.preset or DEFAULT_PRESET).crop
+        if crop == shape[2]:
+            return self
+        log.warning("preprocessing: the model's input is fixed at %d px; cropping to %d (the "
+                 "preset's is %d; --size overrides)", shape[2], shape[2], crop)
+        return self.with_(size=shape[2])
+
     def open(self, model: onnx.ModelProto, *, samples: int | None = None,
              recorded: Preprocess | None = None) -> Source:
-        """The source for `model`'s first input; `samples` is the command's default count."""
+        """The source for `model`'s first input; `samples` is the command's default count.
+        Without a recorded preprocessing, a preset's crop follows a fixed input (`fitted`)."""
         _, shape = model_input(model)
         count = self.samples if self.samples is not None else samples
-        return open_source(self.source, self.resolve_preprocess(recorded), count, shape,
+        spec = self if recorded is not None else self.fitted(model)
+        return open_source(self.source, spec.resolve_preprocess(recorded), count, shape,
                            seed=self.seed)
 
     def feeds(self, model: onnx.ModelProto, *, samples: int | None = None, batch_size: int = 16,

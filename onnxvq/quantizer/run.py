@@ -92,8 +92,10 @@ def quantize(
     else:
         spec = calibration_spec(calib, cfg, preprocess)
         spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
-        shape = partial(sample_shape, spec)
     proto = model_proto(model)
+    if isinstance(spec, DataSpec):
+        spec = spec.fitted(proto)  # a preset's crop follows a fixed 256-px input
+        shape = partial(sample_shape, spec)
     graph, canonical, canon_report, structure = prepare(proto, cfg, validate=validate,
                                                         sample_shape=shape)
     symbolic, large = symbolic_image_dims(proto), is_large(proto)
@@ -303,6 +305,7 @@ def _calibration_feeds(model: onnx.ModelProto, calib, cfg: QuantConfig,
         kept = calib.feeds(model, batch)
         return len(calib), lambda report=None: iter(kept), calib.record
     spec = calib if isinstance(calib, DataSpec) else calibration_spec(calib, cfg, preprocess)
+    spec = spec.fitted(model)
     inp = model.graph.input[0]
     prep = spec.resolve_preprocess()
     source = spec.open(model)
