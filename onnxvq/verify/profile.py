@@ -5,7 +5,8 @@ Times come from ORT's own profiler (`SessionOptions.enable_profiling`), so they 
 ORT really runs, after its fusions (MatMulIntegerToFloat, QLinearMatMul, BiasGelu...). Shapes and
 dtypes come from the same trace (`input_type_shape`/`output_type_shape` of each kernel event), so
 FLOPs and bytes are those of the fused kernels too. FLOPs: 2·M·N·K for MatMul-like and Gemm-like
-kernels, 2·out·(C_in/group·k_h·k_w) for convolutions, a small per-element constant for the rest
+kernels, 2·out·(C_in/group·k_h·k_w) for convolutions, 4·B·T²·C for the fused attentions
+(Q·Kᵀ and A·V), a small per-element constant for the rest
 (`_PER_ELEMENT`; data-movement ops count 0). Bytes: every input and output once (weights
 included), i.e. the traffic a kernel must at least cause when nothing stays in cache.
 """
@@ -31,6 +32,9 @@ _DTYPE_BYTES = {"float": 4, "float16": 2, "double": 8, "int64": 8, "int32": 4, "
 _MATMUL = {"MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "QLinearMatMul",
            "DynamicQuantizeMatMul", "LogIntMatMul", "MatMulNBits", "Gemm", "QGemm"}
 _CONV = {"Conv", "FusedConv", "ConvInteger", "QLinearConv", "NhwcFusedConv"}
+# onnxvq's fused attentions: packed QKV codes [B, T, 3C] -> [B, T, C]; Q.K^T and A.V are each
+# 2·B·T·T·C (C = heads·head_dim), the softmax between them is left out (it needs the heads).
+_ATTENTION = {"QLinearAttention", "LogIntAttention"}
 # Approximate FLOPs per output element of the non-GEMM kernels (exp/erf counted as one op).
 _PER_ELEMENT = {"LayerNormalization": 8, "SkipLayerNormalization": 9, "IntLayerNorm": 8,
                 "Softmax": 5, "LogIntSoftmax": 8, "Gelu": 8, "BiasGelu": 9, "FastGelu": 9,
@@ -257,6 +261,9 @@ def node_flops(op: str, inputs: list[tuple[str, list[int]]],
     out = int(np.prod(outputs[0][1], dtype=np.int64))
     if op in _MATMUL and inputs:
         return 2 * out * int(inputs[0][1][-1])  # K = A's last dim (no transA: see placement)
+    if op in _ATTENTION and len(outputs[0][1]) == 3:
+        b, t, c = outputs[0][1]
+        return 4 * b * t * t * c
     if op in _CONV and len(inputs) >= 2:
         w = inputs[3][1] if op == "QLinearConv" else inputs[1][1]
         return 2 * out * int(np.prod(w[1:], dtype=np.int64))

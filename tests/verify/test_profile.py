@@ -65,6 +65,10 @@ def test_node_flops_int8_kernels():
                                       (i8, [384, 3, 16, 16])], [(u8, [1, 384, 14, 14])])
     assert conv == 2 * 384 * 14 * 14 * 3 * 16 * 16
     assert node_flops("Transpose", [(f, [2, 3])], [(f, [3, 2])]) == 0
+    # DeiT-S's fused attention at batch 8: Q.K^T and A.V, 6 heads x 64 = 384 channels
+    att = node_flops("QLinearAttention", [(u8, [8, 197, 1152])], [(u8, [8, 197, 384])])
+    assert att == 2 * (2 * 8 * 6 * 197 * 197 * 64)
+    assert node_flops("LogIntAttention", [(u8, [8, 197, 1152])], [(u8, [8, 197, 384])]) == att
 
 
 @pytest.fixture(scope="module")
