@@ -52,3 +52,37 @@ def test_compatible_ir_leaves_the_callers_model_alone(tmp_path):
     assert model.ir_version == 11 and model.SerializeToString() == before
     model.ir_version = 10
     assert compatible_ir(model) is model  # nothing to lower: no copy
+
+
+def test_export_keeps_only_the_functions_the_graph_calls():
+    """A pass registers every com.onnxvq function with its first custom op; the written model
+    keeps those its nodes call, directly or from another function, and no other."""
+    from onnx import TensorProto, helper
+
+    from onnxvq.core.graph import drop_unused_functions
+
+    def fn(name, calls):
+        return helper.make_function("d", name, ["x"], ["y"], [helper.make_node(calls, ["x"], ["y"],
+                                    domain="d" if calls.startswith("F") else "")],
+                                    [helper.make_opsetid("", 17), helper.make_opsetid("d", 1)])
+
+    graph = helper.make_graph([helper.make_node("Fa", ["x"], ["y"], domain="d")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, functions=[fn("Fa", "Fb"), fn("Fb", "Relu"), fn("Fc", "Relu")],
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid("d", 1)])
+    assert drop_unused_functions(model) == 1
+    assert [f.name for f in model.functions] == ["Fa", "Fb"]
+    onnx.checker.check_model(model)
+
+
+def test_quantized_model_carries_the_functions_of_its_custom_ops():
+    from onnxvq.quantizer.run import quantize
+
+    vit = build_tiny_vit(TinyViTConfig(depth=1, dim=32, heads=2))
+    for flags in ({}, {"pts": True, "lis": True}):
+        out = quantize(vit, None, {"calib_size": 4, **flags}).model
+        used = {n.op_type for n in out.graph.node if n.domain == "com.onnxvq"}
+        inner = {n.op_type for f in out.functions for n in f.node if n.domain == "com.onnxvq"}
+        assert used and {f.name for f in out.functions} == used | inner

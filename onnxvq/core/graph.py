@@ -127,7 +127,38 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
         model.functions.extend(f for f in like.functions if f.domain + "::" + f.name not in known)
     if model.ir_version > MAX_IR_VERSION:  # our own export: lowered in place, no copy
         model.ir_version = MAX_IR_VERSION
+    drop_unused_functions(model)
     return model
+
+
+def drop_unused_functions(model: onnx.ModelProto) -> int:
+    """Remove the local functions no node calls, directly or through another function: a pass
+    registers every com.onnxvq function when it adds its first custom op, and a W8/A8 model then
+    carried seven function bodies it never uses. Returns how many were removed."""
+    by_key = {(f.domain, f.name): f for f in model.functions}
+    used: set[tuple[str, str]] = set()
+    todo = [model.graph]
+    while todo:
+        for node in _nodes(todo.pop()):
+            key = (node.domain, node.op_type)
+            if key in by_key and key not in used:
+                used.add(key)
+                todo.append(by_key[key])
+    keep = [f for f in model.functions if (f.domain, f.name) in used]
+    dropped = len(model.functions) - len(keep)
+    if dropped:
+        del model.functions[:]
+        model.functions.extend(keep)
+    return dropped
+
+
+def _nodes(owner):
+    """Every node of a graph or function, subgraphs (If/Loop/Scan bodies) included."""
+    for node in owner.node:
+        yield node
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                yield from _nodes(sub)
 
 
 def _export(graph: gs.Graph) -> onnx.ModelProto:
