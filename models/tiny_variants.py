@@ -9,6 +9,8 @@ tests of those matchers:
     rotary    EVA-02: q and k rotated outside the class token (Slice, x·cos + rotate_half(x)·sin,
               Concat back), pre-norm blocks with a packed SwiGLU MLP
               fc1 ─ Split ─ x₁·σ(x₁)·x₂ ─ fc2
+    qknorm    timm's `qk_norm=True`: a LayerNorm over each head's q and k (head_dim channels)
+              between the packed projection and Q·Kᵀ, pre-norm blocks
 
 The patch embedding, LayerNorms, linears and head are tiny_vit's (`TinyViTConfig` sizes).
 """
@@ -31,7 +33,7 @@ from onnxvq.models.tiny_vit import (
     make_weights,
 )
 
-VARIANTS = ("cosine", "rotary")
+VARIANTS = ("cosine", "rotary", "qknorm")
 _I64 = np.int64
 
 
@@ -53,6 +55,13 @@ def build_variant(kind: str, config: TinyViTConfig = TinyViTConfig()) -> onnx.Mo
             hidden = _activation(b, config, _linear(b, w, pre + "mlp.fc1", x))
             mlp = _linear(b, w, pre + "mlp.fc2", hidden)
             x = b.op("Add", x, _layernorm(b, config, w, pre + "norm2", mlp))
+        elif kind == "qknorm":
+            att = _qknorm_attention(b, config, w, pre, rng,
+                                    _layernorm(b, config, w, pre + "norm1", x))
+            x = b.op("Add", x, att)
+            hidden = _activation(b, config, _linear(b, w, pre + "mlp.fc1",
+                                                    _layernorm(b, config, w, pre + "norm2", x)))
+            x = b.op("Add", x, _linear(b, w, pre + "mlp.fc2", hidden))
         else:
             att = _rotary_attention(b, config, w, pre, _layernorm(b, config, w, pre + "norm1", x))
             x = b.op("Add", x, att)
@@ -93,6 +102,22 @@ def _cosine_attention(b: GraphBuilder, cfg: TinyViTConfig, w: dict, pre: str, rn
     scores = b.op("Mul", scores, b.weight(pre + "attn.logit_scale", np.exp(tau)))
     bias = 16 / (1 + np.exp(-rng.standard_normal((1, cfg.heads, cfg.tokens, cfg.tokens))))
     scores = b.op("Add", scores, b.weight(pre + "attn.rel_bias", bias.astype(np.float32)))
+    return _attend(b, cfg, w, pre, scores, v)
+
+
+def _qknorm_attention(b: GraphBuilder, cfg: TinyViTConfig, w: dict, pre: str, rng,
+                      x: str) -> str:
+    q, k, v = _split_heads(b, cfg, w, pre, x)
+
+    def norm(t: str, name: str) -> str:  # over the head_dim channels of [B, H, N, D]
+        n = f"{pre}attn.{name}"
+        nw = _layernorm_weights(rng, n, cfg.head_dim)
+        return b.op("LayerNormalization", t, b.weight(n + ".weight", nw[n + ".weight"]),
+                    b.weight(n + ".bias", nw[n + ".bias"]), axis=-1, epsilon=1e-6)
+
+    q, k = norm(q, "q_norm"), norm(k, "k_norm")
+    scores = b.op("MatMul", b.op("Mul", q, b.const(cfg.head_dim ** -0.5)),
+                  b.op("Transpose", k, perm=[0, 1, 3, 2]))
     return _attend(b, cfg, w, pre, scores, v)
 
 

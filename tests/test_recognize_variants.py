@@ -20,7 +20,7 @@ CALIB = dict(calib_size=8, batch_size=4)
 
 @pytest.fixture(scope="module")
 def models():
-    return {k: build_variant(k) for k in ("cosine", "rotary")}
+    return {k: build_variant(k) for k in ("cosine", "rotary", "qknorm")}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def inspected(models):
 
 
 @pytest.mark.parametrize("kind, layernorms, placement", [("cosine", 6, "res-post-norm"),
-                                                         ("rotary", 5, "pre-norm")])
+                                                         ("rotary", 5, "pre-norm"),
+                                                         ("qknorm", 9, "pre-norm")])
 def test_exact_counts(inspected, kind, layernorms, placement):
     s = inspected[kind].structure
     assert s.counts == dict(blocks=2, attentions=2, layernorms=layernorms, mlps=2,
@@ -83,6 +84,62 @@ def test_quantizes_through_the_gate(models, kind, flags, floor):
     assert roles["scores"] == 4 and roles["gate"] == (4 if kind == "rotary" else 0)
 
 
+def test_qknorm_operands_are_the_normalised_q_and_k(inspected):
+    """Q·Kᵀ reads LayerNorm(q)·scale and LayerNorm(k)ᵀ, each norm over a head's 16 channels;
+    the four qk norms count as LayerNorms (torch's nn.LayerNorm count) but belong to no block's
+    norms. Before, no attention was found (a LayerNorm was not a derived op) and --lis did
+    nothing."""
+    insp = inspected["qknorm"]
+    tensors = to_graph(insp.model).tensors()
+    channels = sorted(n.channels for n in insp.structure.layernorms)
+    assert channels == [16] * 4 + [64] * 5
+    for block in insp.structure.blocks:
+        a = block.attention
+        for t in (a.q, a.k):  # through the scale Mul and kᵀ's Transpose
+            node = producer(tensors[t])
+            while node.op in ("Mul", "Transpose"):
+                node = producer(node.inputs[0])
+            assert node.op == "LayerNormalization" and node.inputs[0].shape[-1] == 16
+        assert a.scale == pytest.approx(16 ** -0.5) and len(block.norms) == 2
+
+
+@pytest.mark.parametrize("flags, floor, int_norms", [
+    ({}, 21, 0), ({"lis": True}, 15, 0), ({"pts": True, "lis": True}, 11, 9),
+    ({"target": "trt"}, 20, 0)])
+def test_qknorm_quantizes_through_the_gate(models, flags, floor, int_norms):
+    """Measured (8 noise samples): 23.6 / 17.8 / 13.5 / 22.6 dB (W8/A8, --lis, --pts --lis,
+    trt); the normalised q and k are the scores' int8 operands; PTS takes the qk norms too."""
+    result = onnxvq.quantize(models["qknorm"], None, QuantConfig(**CALIB, **flags))
+    assert result.fidelity["outputs"][0]["sqnr_db"] > floor
+    ops = Counter(n.op_type for n in result.model.graph.node)
+    assert ops["LogIntSoftmax"] == (2 if flags.get("lis") else 0)
+    assert ops["IntLayerNorm"] == int_norms
+    assert Counter(s.role for s in result.plan.activations)["scores"] == 4
+
+
+def test_tanh_gelu_with_the_cube_as_two_muls_is_one_activation():
+    """torch 2.14's TorchScript export writes x³ in F.gelu(approximate="tanh") as x·(x·x)
+    (MaxViT's MLPs); before, only Pow(x, 3) matched and none of MaxViT's 8 MLPs was found."""
+    import numpy as np
+
+    from onnxvq.recognise.activations import match_activation
+
+    def build(b, x):
+        h = _linear(b, x, 1)
+        cube = b.op("Mul", h, b.op("Mul", h, h))
+        inner = b.op("Mul", b.const(np.float32(0.7978846)),
+                     b.op("Add", h, b.op("Mul", b.const(np.float32(0.044715)), cube)))
+        act = b.op("Mul", b.const(np.float32(0.5)),
+                   b.op("Mul", h, b.op("Add", b.const(np.float32(1.0)), b.op("Tanh", inner))))
+        return _linear(b, act, 2)
+
+    graph = _graph(build)
+    (tanh,) = [n for n in graph.nodes if n.op == "Tanh"]
+    unit, x, out = match_activation(tanh)
+    assert unit.kind == "gelu_tanh" and len(unit.nodes) == 9
+    assert producer(x).op == "MatMul" and out.outputs[0].op == "MatMul"
+
+
 def test_swiglu_gate_product_reads_int8_operands(models, tmp_path):
     """Q/DQ on both operands of act(x₁)·x₂, which ONNX Runtime then runs as QLinearMul."""
     import onnx
@@ -133,10 +190,18 @@ def _linear(b, x, seed):
     (lambda b, x: b.op("Concat", _linear(b, x, 1), x, axis=1), None),
     # an op outside the derived set (Softmax) between the projection and the operand
     (lambda b, x: b.op("Mul", y := _linear(b, x, 1), b.op("Softmax", y, axis=-1)), None),
+    # qk-norm's LayerNorm (constant gamma/beta) and Hiera's max-pooled queries: traced through
+    (lambda b, x: b.op("LayerNormalization", _linear(b, x, 1), b.const([1.0] * 16),
+                       b.const([0.0] * 16), axis=-1), "MatMul_1"),
+    (lambda b, x: b.op("ReduceMax", b.op("Reshape", _linear(b, x, 1), b.const([2, 2, 4, 16])),
+                       axes=[1], keepdims=0), "MatMul_1"),
+    # a LayerNorm of the graph input (a pre-norm, no projection): not traced to a linear
+    (lambda b, x: b.op("LayerNormalization", x, b.const([1.0] * 16), b.const([0.0] * 16),
+                       axis=-1), None),
 ])
 def test_trace_linear_needs_one_projection_on_every_path(build, expect):
-    from onnxvq.recognise.model import _trace_linear
+    from onnxvq.recognise.attention import trace_linear
 
     graph = _graph(build)
-    found = _trace_linear(graph.outputs[0])
+    found = trace_linear(graph.outputs[0])
     assert (found.name if found is not None else None) == expect

@@ -83,6 +83,11 @@ def _cubic(t: gs.Tensor, x: gs.Tensor) -> list[gs.Node] | None:
     pw = producer(data_inputs(mul)[0])
     if pw is not None and pw.op == "Pow" and pw.inputs[0] is x and scalar(pw.inputs[1]) == 3.0:
         return [pw, mul]
+    # x·(x·x), as torch 2.14's TorchScript export writes F.gelu(approximate="tanh") (MaxViT)
+    if pw is not None and pw.op == "Mul" and x in pw.inputs:
+        sq = producer(pw.inputs[1] if pw.inputs[0] is x else pw.inputs[0])
+        if sq is not None and sq.op == "Mul" and sq.inputs[0] is x and sq.inputs[1] is x:
+            return [sq, pw, mul]
     return None
 
 

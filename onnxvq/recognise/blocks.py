@@ -101,8 +101,12 @@ def _placement(att, mlp, r_att, r_mlp, nodes, tensors) -> tuple[str, tuple[str, 
     post_att = _norm_after(tensors[r_att.node and _out(nodes, r_att.node)]) if r_att else None
     post_mlp = _norm_after(tensors[_out(nodes, r_mlp.node)]) if r_mlp else None
     # A LayerNorm in front of the projections is a pre-norm only if it sits on the branch, i.e. it
-    # reads the residual's skip tensor; after a post-norm block the previous norm feeds q too.
-    if pre_att is not None and r_att is not None and _reads(pre_att.inputs[0], r_att.skip):
+    # reads the residual's skip tensor (or the skip is a projection of its output: Hiera's
+    # stage-transition blocks add pool(proj(norm(x)))); after a post-norm block the previous
+    # norm feeds q too.
+    if pre_att is not None and r_att is not None and (
+            _reads(pre_att.inputs[0], r_att.skip)
+            or _projected_shortcut(tensors[r_att.skip], pre_att)):
         norms = tuple(n.name for n in (pre_att, pre_mlp) if n is not None)
         return "pre-norm", norms
     if post_att is not None:
@@ -111,6 +115,20 @@ def _placement(att, mlp, r_att, r_mlp, nodes, tensors) -> tuple[str, tuple[str, 
     if on_branch and all(n is not None for n in on_branch):
         return "res-post-norm", tuple(n.name for n in on_branch)
     return "none", ()
+
+
+def _projected_shortcut(skip: gs.Tensor, norm: gs.Node) -> bool:
+    """`skip` is a linear of `norm`'s output, then its bias, layout ops and max pooling
+    (Hiera)."""
+    for _ in range(12):
+        p = producer(skip)
+        bias = p is not None and p.op == "Add" and len(data_inputs(p)) == 1
+        if p is None or not (is_linear(p) or bias or p.op in LAYOUT_OPS or p.op == "ReduceMax"):
+            return False
+        if is_linear(p):
+            return _norm_before(p.inputs[0]) is norm
+        skip = data_inputs(p)[0]
+    return False
 
 
 def _reads(t: gs.Tensor, skip: str) -> bool:
