@@ -9,7 +9,8 @@ torch modules' own numbers (`family_counts`, checked by tests/models/test_famili
 `onnxvq inspect` must find; `unsupported` says why recognition does not cover a family yet (its
 quantization with --pts/--lis is then refused by name instead of written silently as W8/A8).
 Special exports: `external` writes the weights as external data, `dynamic_hw` keeps height and
-width symbolic.
+width symbolic. Tags: "ci" (CI's representative subset), "big" (no depth override: 24 M
+parameters, its torch-count check is a slow test).
 """
 
 from __future__ import annotations
@@ -102,28 +103,74 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             ("intermediate_size", 768), ("patch_size", 14)), tags=("ci",)),
     Family("hf_swin", "huggingface", "swin", 224, Counts(5, 5, 15, 5, 10),
            _SWIN_SMALL + (("window_size", 7),)),
+    # qk-norm attention: a LayerNorm on each head's q and k between the projection and Q·Kᵀ
+    Family("vit_qknorm", "timm", "vit_small_patch16_224", 224, Counts(2, 2, 9, 2, 4),
+           (("depth", 2), ("qk_norm", True)), tags=("ci",)),
+    Family("vit_qknorm_dynamo", "timm", "vit_small_patch16_224", 224, Counts(2, 2, 9, 2, 4),
+           (("depth", 2), ("qk_norm", True)), exporter="dynamo"),
+    Family("clip_b16", "timm", "vit_base_patch16_clip_224", 224, Counts(2, 2, 6, 2, 4),
+           (("depth", 2), ("embed_dim", 192), ("num_heads", 3))),  # norm_pre before the blocks
+    # SigLIP's attention-pooling head (MAP: a learned query attends to the tokens, then an MLP
+    # with its residual): a block of its own, one residual; no classifier
+    Family("siglip_b16", "timm", "vit_base_patch16_siglip_224", 224, Counts(3, 3, 6, 3, 5),
+           (("depth", 2), ("embed_dim", 192), ("num_heads", 3)), heads=0),
+    # cross-covariance attention (softmax over a head's channels, L2-normalised q and k over the
+    # tokens) with a conv LPI branch, then two class-attention blocks
+    Family("xcit_nano", "timm", "xcit_nano_12_p16_224", 224, Counts(4, 4, 11, 4, 8),
+           (("depth", 2),)),
+    Family("swinv2_cr_tiny", "timm", "swinv2_cr_tiny_ns_224", 224, Counts(5, 5, 18, 5, 10),
+           _SWIN_SMALL),  # cosine attention, res-post-norm, stage norms
+    Family("tiny_vit_5m", "timm", "tiny_vit_5m_224", 224, Counts(10, 10, 21, 10, 20)),
+    # max-pooled queries and projected shortcuts at each stage transition
+    Family("hiera_tiny", "timm", "hiera_tiny_224", 224, Counts(4, 4, 9, 4, 8),
+           (("stages", (1, 1, 1, 1)),)),
+    # block (window) and grid attention, tanh GELU, after MBConv stages
+    Family("maxvit_tiny", "timm", "maxvit_tiny_tf_224", 224, Counts(8, 8, 17, 8, 16),
+           (("depths", (1, 1, 1, 1)),)),
+    Family("efficientformerv2_s0", "timm", "efficientformerv2_s0", 224, Counts(4, 5, 0, 14, 18),
+           heads=2, unsupported="conv attention: Attention2d's q, k and v are 1x1 Convs (with "
+           "BatchNorm) over [B, C, H, W] maps, a depthwise conv on v and talking-head convs on the "
+           "scores; recognition needs MatMul/Gemm projections (MLPs are 1x1 convs too)"),
+    Family("mvitv2_tiny", "timm", "mvitv2_tiny", 224, Counts(10, 10, 51, 10, 20), tags=("big",),
+           unsupported="pooling attention: q, k and v are each pooled by a strided depthwise "
+           "Conv and LayerNorm'd before Q·Kᵀ, and the decomposed relative positions are Einsum "
+           "products scattered into the scores; the attention matcher traces q, k and v to a "
+           "projection through elementwise and layout ops only (no Conv)"),
 )}
 
 _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "SwinTransformerV2Block", "LevitBlock", "LevitDownsample", "SwinTransformerBlockV2",
-           "Dinov2Layer", "SwinLayer"}
+           "Dinov2Layer", "SwinLayer", "XCABlock", "ClassAttentionBlock",
+           "SwinTransformerV2CrBlock", "AttentionPoolLatent", "TinyVitBlock", "HieraBlock",
+           "PartitionAttentionCl", "MultiScaleBlock"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
-               "SwinAttention"}
-_MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP"}
+               "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
+               "MaskUnitAttention", "AttentionCl", "Attention2d", "Attention2dDownsample",
+               "MultiScaleAttention"}
+_MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm"}
+# attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP)
+_BIAS_NETS = {"WindowMultiHeadAttention"}
 
 
 def family_counts(module) -> Counts:
     """Blocks, attention modules, nn.LayerNorm, MLP modules and two residual Adds per block,
-    read off the torch module (LeViT's downsample blocks have one residual: its MLP)."""
+    read off the torch module. One residual: LeViT's downsample blocks and SigLIP's attention
+    pool (their MLP's). XCiT's conv LPI residual is not counted (neither attention nor MLP).
+    EfficientFormerV2's blocks without attention are an MLP and its residual."""
     import torch
 
     names = Counter(type(m).__name__ for m in module.modules())
-    blocks = sum(names[n] for n in _BLOCKS)
+    bias_mlps = {id(m) for a in module.modules() if type(a).__name__ in _BIAS_NETS
+                 for m in a.modules() if type(m).__name__ in _MLPS}
+    mlps = sum(type(m).__name__ in _MLPS and id(m) not in bias_mlps for m in module.modules())
+    former = [m for m in module.modules() if type(m).__name__ == "EfficientFormerV2Block"]
+    attended = sum(m.token_mixer is not None for m in former)
+    blocks = sum(names[n] for n in _BLOCKS) + attended
     layernorms = sum(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
-    residual = 2 * blocks - names["LevitDownsample"]
-    return Counts(blocks, sum(names[n] for n in _ATTENTIONS), layernorms,
-                  sum(names[n] for n in _MLPS), residual)
+    residual = (2 * blocks - names["LevitDownsample"] - names["AttentionPoolLatent"]
+                + len(former) - attended)
+    return Counts(blocks, sum(names[n] for n in _ATTENTIONS), layernorms, mlps, residual)
 
 
 def build(family: Family):

@@ -31,10 +31,23 @@ FLOORS = {("swinv2_tiny", "w8a8"): 31, ("swinv2_tiny", "pts-lis"): 26, ("swinv2_
           ("tv_swin_v2_t", "trt"): 30, ("eva02_tiny", "w8a8"): 39, ("eva02_tiny", "trt"): 39,
           ("levit_128s", "w8a8"): 38, ("levit_128s", "pts-lis"): 26, ("levit_128s", "trt"): 37,
           ("cait_xxs", "w8a8"): 38, ("cait_xxs", "pts-lis"): 38, ("cait_xxs", "trt"): 37}
+FLOORS |= {("vit_qknorm", "w8a8"): 26, ("vit_qknorm", "pts-lis"): 9, ("vit_qknorm", "trt"): 23,
+           ("clip_b16", "w8a8"): 37, ("clip_b16", "trt"): 37,
+           ("siglip_b16", "w8a8"): 33, ("siglip_b16", "pts-lis"): 17, ("siglip_b16", "trt"): 32,
+           ("xcit_nano", "w8a8"): 34, ("xcit_nano", "pts-lis"): 14, ("xcit_nano", "trt"): 33,
+           ("swinv2_cr_tiny", "w8a8"): 32, ("swinv2_cr_tiny", "pts-lis"): 25,
+           ("swinv2_cr_tiny", "trt"): 31, ("hiera_tiny", "w8a8"): 31,
+           ("hiera_tiny", "pts-lis"): 29, ("hiera_tiny", "trt"): 31,
+           ("tiny_vit_5m", "w8a8"): 30, ("tiny_vit_5m", "pts-lis"): 13,
+           ("maxvit_tiny", "w8a8"): 30, ("maxvit_tiny", "pts-lis"): 16, ("maxvit_tiny", "trt"): 29}
 FLOORS |= {("swinv2_tiny_dynamo", k): v for (n, k), v in FLOORS.items() if n == "swinv2_tiny"}
+FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "vit_qknorm"}
 # --pts --lis on 6 samples: the gate names the final LayerNorm (tests below say why). DeiT-III's
 # and CaiT's final norms are refused per flag at calibration instead (their pooled class token).
-GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'"}
+# CLIP's norm_pre (before the blocks: the class token's row is the same for every image) too.
+GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'", "clip_b16": "'/norm_pre/LayerNormalization'"}
+UNSUPPORTED = [pytest.param(n, marks=() if "ci" in f.tags else _FULL)
+               for n, f in FAMILIES.items() if f.unsupported is not None]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +64,8 @@ def exported():
 
 @pytest.mark.corpus
 @needs_torch
-@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items()
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if "big" in f.tags else ())
+                                  for n, f in FAMILIES.items()
                                   if f.exporter != "dynamo" and not f.external])
 def test_counts_are_the_torch_modules(name):
     from onnxvq.models.families import build, family_counts
@@ -208,3 +222,18 @@ def test_eva02_quantizes_w8a8_and_its_final_norm_is_caught_by_the_gate(exported)
     ops = Counter(n.op_type for n in result.model.graph.node)
     assert ops["IntLayerNorm"] == 5 and ops["LogIntSoftmax"] == 2
     assert result.fidelity["outputs"][0]["sqnr_db"] > 30  # measured 34.4 (W8/A8 38.3)
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+@pytest.mark.parametrize("name", UNSUPPORTED)
+def test_unsupported_families_refuse_lis_by_name(exported, name):
+    """Families whose attention recognition does not cover (`unsupported` says why): no attention
+    is reported, --lis is refused by name (exit 3, nothing written) instead of writing W8/A8."""
+    path = exported(name)
+    counts = onnxvq.inspect(path).structure.counts
+    assert counts["attentions"] == counts["blocks"] == 0
+    with pytest.raises(UnsupportedModelError, match="--lis cannot apply: the model has no "
+                       "attention Softmax onnxvq recognises"):
+        onnxvq.quantize(path, None, QuantConfig(lis=True, **NOISE))
