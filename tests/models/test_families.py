@@ -38,7 +38,7 @@ FLOORS |= {("vit_qknorm", "w8a8"): 26, ("vit_qknorm", "pts-lis"): 9, ("vit_qknor
            ("swinv2_cr_tiny", "w8a8"): 32, ("swinv2_cr_tiny", "pts-lis"): 25,
            ("swinv2_cr_tiny", "trt"): 31, ("hiera_tiny", "w8a8"): 31,
            ("hiera_tiny", "pts-lis"): 29, ("hiera_tiny", "trt"): 31,
-           ("tiny_vit_5m", "w8a8"): 30, ("tiny_vit_5m", "pts-lis"): 13,
+           ("tiny_vit_5m", "w8a8"): 30, ("tiny_vit_5m", "pts-lis"): 13, ("tiny_vit_5m", "trt"): 30,
            ("maxvit_tiny", "w8a8"): 30, ("maxvit_tiny", "pts-lis"): 16, ("maxvit_tiny", "trt"): 29}
 FLOORS |= {("swinv2_tiny_dynamo", k): v for (n, k), v in FLOORS.items() if n == "swinv2_tiny"}
 FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "vit_qknorm"}
