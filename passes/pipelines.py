@@ -39,6 +39,7 @@ from onnxvq.passes.ort_fast_gelu import OrtFastGelu
 from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
 from onnxvq.passes.ort_matmul_nbits import OrtMatMulNBits
 from onnxvq.passes.ort_mixed_qmatmul import OrtMixedQMatMul
+from onnxvq.passes.ort_quantized_linear import OrtQuantizedLinear
 from onnxvq.passes.pack_int4_weights import PackInt4Weights
 from onnxvq.passes.patch_conv_to_matmul import PatchConvToMatMul
 from onnxvq.passes.quantize_weights import QuantizeWeights
@@ -91,6 +92,8 @@ SMOOTH = Pipeline((SmoothLinearInputs(),))
 # QuantizeLinears are done). Every pass but fuse-gelu-quantize, fuse-add-layernorm-quantize,
 # ort-fast-gelu and fuse-qlinear-attention (float GELU / LayerNorm / softmax rounding) is
 # bit-exact; each is tested against the graph before it.
+# Last, every int8 Linear (MatMulIntegerToFloat) as onnxvq's QuantizedLinear where this machine
+# has AMX-INT8 (QuantConfig.quantized_linear: auto/on/off), bit-exact.
 # `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph; --lis-qdq (a model without custom
 # ops) gets ORT_CONTRIB_LOWERING, the com.microsoft passes alone.
 ORT_CONTRIB_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
@@ -99,7 +102,8 @@ ORT_CONTRIB_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), Patch
 ORT_LOWERING = Pipeline((FuseGeluQuantize(), OrtFastGelu(), FoldScaleIntoDequantize(),
                          PatchConvToMatMul(), HoistQuantizeOverSplit(), FuseQLinearAttention(),
                          FuseLogIntAttention(), OrtMatMulBias(), OrtMixedQMatMul(),
-                         OrtMatMulNBits(), FuseAddLayerNormQuantize(), FuseAddMulQuantize()))
+                         OrtMatMulNBits(), FuseAddLayerNormQuantize(), FuseAddMulQuantize(),
+                         OrtQuantizedLinear()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 # --lis-qdq: LIS's log codes (base --lis-base) on the attention probabilities in standard ops,
 # for runtimes without the custom ops (float emulation; passes/log_softmax_qdq.py).

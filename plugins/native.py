@@ -7,6 +7,8 @@ any onnxruntime >= 1.21.
 
 Environment:
     ONNXVQ_NO_NATIVE=1      never use the native library (every lookup answers None).
+    ONNXVQ_NO_AMX           QuantizedLinear's kernel skips AMX (=1: ORT's MatMulIntegerToFloat
+                            kernel, =loops: plain loops); ``cpu_has_amx()`` then answers False.
     ONNXVQ_ORT_LIBRARY      path of a prebuilt library to use instead of building one.
     ONNXVQ_ORT_BUILD_DIR    where to build (default ``plugins/ort/build``).
     CXX                     the C++ compiler (default g++).
@@ -35,6 +37,21 @@ _BUILD_TIMEOUT_S = 900
 
 def native_disabled() -> bool:
     return os.environ.get("ONNXVQ_NO_NATIVE", "").strip() not in ("", "0")
+
+
+def cpu_has_amx() -> bool:
+    """Whether this machine runs QuantizedLinear on AMX tiles: Linux lists the cpuinfo flags
+    amx_tile and amx_int8 only when the CPU has them and the kernel enables their state (the
+    native kernel checks CPUID and XCR0 itself). False with ONNXVQ_NO_AMX set."""
+    if os.environ.get("ONNXVQ_NO_AMX") is not None:
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return "amx_tile" in flags and "amx_int8" in flags
 
 
 def build_dir() -> Path:

@@ -23,6 +23,8 @@ from onnxvq.core.errors import OnnxvqError
 from onnxvq.plugins.attention_functions import attention_function_protos
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.fused_functions import fused_function_protos
+from onnxvq.plugins.linear_functions import INPUTS as LINEAR_INPUTS
+from onnxvq.plugins.linear_functions import linear_function_protos
 from onnxvq.plugins.reference import LayerNormParams, SoftmaxConstants
 from onnxvq.plugins.reference.softmax import _check_bits, _check_steps
 
@@ -36,9 +38,10 @@ _OUT_NUMPY = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
 
 
 def all_function_protos(opset: int = OPSET) -> list[onnx.FunctionProto]:
-    """Every com.onnxvq local function: the integer ops', the fused attention ops', then the
-    fused float-to-code ops'."""
-    return function_protos(opset) + attention_function_protos(opset) + fused_function_protos(opset)
+    """Every com.onnxvq local function: the integer ops', the fused attention ops', the
+    fused float-to-code ops', then QuantizedLinear's."""
+    return (function_protos(opset) + attention_function_protos(opset) +
+            fused_function_protos(opset) + linear_function_protos(opset))
 
 
 def register_functions(graph: gs.Graph) -> None:
@@ -167,6 +170,19 @@ def make_add_mul_quantize_linear_node(
     graph.nodes.append(gs.Node(
         op="AddMulQuantizeLinear", name=name, domain=DOMAIN, attrs=dict(PLUGIN_ATTRS),
         inputs=[a, b, m, scale, zero_point], outputs=[codes, total]))
+
+
+def make_quantized_linear_node(graph: gs.Graph, inputs: list[gs.Tensor], *, name: str,
+                               output: gs.Variable) -> None:
+    """`output` (float32 [..., N]) = QuantizedLinear(A, B, a_scale, b_scale, a_zero_point,
+    b_zero_point, bias): uint8 A [..., K], constant int8 B [K, N], scalar a_scale/a_zero_point,
+    b_scale and b_zero_point (0) scalars or [N], bias [N] (the order of MatMulIntegerToFloat)."""
+    if len(inputs) != len(LINEAR_INPUTS):
+        raise OnnxvqError(f"QuantizedLinear takes {len(LINEAR_INPUTS)} inputs "
+                          f"({', '.join(LINEAR_INPUTS)}), got {len(inputs)}")
+    register_functions(graph)
+    graph.nodes.append(gs.Node(op="QuantizedLinear", name=name, domain=DOMAIN,
+                               attrs=dict(PLUGIN_ATTRS), inputs=list(inputs), outputs=[output]))
 
 
 def _append(

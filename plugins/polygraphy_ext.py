@@ -71,7 +71,8 @@ def register_references() -> None:
                         "FastGelu": _fast_gelu})
     OP_REGISTRY.update({"GeluQuantizeLinear": _gelu_quantize_linear,
                         "AddLayerNormQuantize": _add_layer_norm_quantize,
-                        "AddMulQuantizeLinear": _add_mul_quantize_linear})
+                        "AddMulQuantizeLinear": _add_mul_quantize_linear,
+                        "QuantizedLinear": _quantized_linear})
     for schema in onnx.defs.get_all_schemas():
         if schema.domain in ("", "ai.onnx") and schema.name not in OP_REGISTRY:
             OP_REGISTRY[schema.name] = _standard_op
@@ -139,6 +140,12 @@ def _matmul_integer_to_float(node, tensors: dict) -> dict:
     if bias is not None:
         y = y + np.asarray(bias, np.float32)
     return {node.outputs[0].name: y.astype(np.float32)}
+
+
+def _quantized_linear(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.linear import quantized_linear
+
+    return {node.outputs[0].name: quantized_linear(*_inputs(node, tensors))}
 
 
 def _fast_gelu(node, tensors: dict) -> dict:

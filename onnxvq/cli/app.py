@@ -118,6 +118,9 @@ def quantize(
     smooth: Annotated[bool, typer.Option(
         "--smooth", help="SmoothQuant: per-channel factors (alpha searched per layer) moved from "
         "Linear inputs into their weights.")] = False,
+    quantized_linear: Annotated[str, typer.Option(
+        help="Target ort: run the int8 Linears as onnxvq's QuantizedLinear (AMX tiles, bit-exact "
+        "with MatMulIntegerToFloat): auto (where this CPU has AMX-INT8), on or off.")] = "auto",
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
     split_shortcut: Annotated[float | None, typer.Option(
@@ -164,8 +167,12 @@ def quantize(
                           weight_method=weight_method, bias_correction=bias_correction,
                           split_shortcut=split_shortcut, fisher=fisher,
                           weight_only=weight_only, target_sqnr=target_sqnr,
-                          max_drop=max_drop, rank_by=rank_by, smooth=smooth)
+                          max_drop=max_drop, rank_by=rank_by, smooth=smooth,
+                          quantized_linear=quantized_linear)
         _warn_ignored(cfg, momentum=momentum, percentile=percentile)
+        if quantized_linear != "auto" and (target.value != "ort" or weight_only):
+            warn(f"--quantized-linear {quantized_linear} does nothing without int8 Linears for "
+                 "target ort")
         if lis_base != "2" and not (lis or lis_qdq):
             warn(f"--lis-base {lis_base} does nothing without --lis or --lis-qdq")
         if rank_by != "sensitivity" and target_sqnr is None and max_drop is None:

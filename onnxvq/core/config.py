@@ -10,6 +10,7 @@ from onnxvq.core.errors import UsageError
 METHODS = ("minmax", "ema", "percentile", "omse", "block-mse", "similarity", "twin")
 TARGETS = ("ort", "trt")
 WEIGHT_METHODS = ("max", "mse", "output", "gptq")  # onnxvq.calibrate.weights
+QUANTIZED_LINEAR = ("auto", "on", "off")  # --quantized-linear: auto = where this CPU has AMX
 LIS_BASES = {"2": 1, "sqrt2": 2}  # --lis-base -> LogIntSoftmax octave_steps (codes per octave)
 RANKINGS = ("sensitivity", "nuclear")  # onnxvq.verify.mixed: which Linears to raise first
 # One switch for the best low-bit result (README "Low bits"): each recipe fills the fields a user
@@ -64,6 +65,8 @@ class QuantConfig:
     fisher: bool = False  # block-mse/twin: weight the output error by a Fisher estimate
     fail_below: float | None = None  # fidelity gate: minimum SQNR in dB (None: collapse only)
     ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
+    # target ort: int8 Linears as com.onnxvq QuantizedLinear (AMX tiles): auto = if this CPU has AMX
+    quantized_linear: str = "auto"
     split_shortcut: float | None = None  # split Conv/MatMul over Concats with ranges > this ratio
     weight_only: bool = False  # Linear weights at w_bits, activations float (MatMulNBits) (h9)
     layer_bits: tuple[tuple[str, int], ...] = ()  # (node glob, bits): a Linear's weight + input
@@ -162,6 +165,9 @@ def _problems(cfg: QuantConfig) -> list[str]:
         out.append("lis and lis_qdq exclude each other (integer ops or their float emulation)")
     if cfg.lis_base not in LIS_BASES:
         out.append(f"unknown lis_base {cfg.lis_base!r}; choose one of {', '.join(LIS_BASES)}")
+    if cfg.quantized_linear not in QUANTIZED_LINEAR:
+        out.append(f"unknown quantized_linear {cfg.quantized_linear!r}; choose one of "
+                   f"{', '.join(QUANTIZED_LINEAR)}")
     if cfg.target not in TARGETS:
         out.append(f"unknown target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
     out += [f"{n} must be true or false, got {getattr(cfg, n)!r}" for n in _BOOLS

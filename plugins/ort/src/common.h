@@ -90,5 +90,6 @@ void AddLogIntMatMul(Ort::CustomOpDomain& domain);
 void AddGeluQuantizeLinear(Ort::CustomOpDomain& domain);
 void AddAddLayerNormQuantize(Ort::CustomOpDomain& domain);
 void AddAddMulQuantizeLinear(Ort::CustomOpDomain& domain);
+void AddQuantizedLinear(Ort::CustomOpDomain& domain);
 
 }  // namespace onnxvq

@@ -24,6 +24,7 @@ OrtCustomOpDomain* Domain() {
     onnxvq::AddGeluQuantizeLinear(d);
     onnxvq::AddAddLayerNormQuantize(d);
     onnxvq::AddAddMulQuantizeLinear(d);
+    onnxvq::AddQuantizedLinear(d);
     domain = d.release();
   });
   return domain;

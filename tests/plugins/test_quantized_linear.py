@@ -1,0 +1,191 @@
+"""QuantizedLinear (plugins/README.md): the native kernel (AMX tiles where the CPU has them, else
+ORT's own MatMulIntegerToFloat kernel, else plain loops), the local function and the numpy
+reference all equal com.microsoft MatMulIntegerToFloat bit for bit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxvq.core.runtime import session_options
+from onnxvq.plugins.linear_functions import quantized_linear_function
+from onnxvq.plugins.native import cpu_has_amx
+from onnxvq.plugins.reference.linear import quantized_linear, quantized_linear_acc
+
+# (M, K, N, per-channel, a zero point, batch dims): odd sizes (not multiples of 16/32/64), the
+# DeiT-S shapes, a one-element GEMM, K above one tile row, zero points 0/128/other/255.
+CASES = [(197, 384, 1152, True, 128, ()), (5, 70, 33, False, 0, ()), (37, 130, 17, True, 77, ()),
+         (1, 1, 1, True, 3, ()), (64, 1536, 384, True, 255, ()), (100, 63, 100, False, 128, ()),
+         (7, 96, 50, True, 5, (2, 3)), (33, 64, 32, True, 128, (2,))]
+
+
+def _case(rng, m, k, n, per_channel, za, batch):
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    sw = (rng.uniform(1e-3, 1e-2, n) if per_channel else np.asarray(3e-3)).astype(np.float32)
+    bias = rng.normal(0, 1, n).astype(np.float32)
+    a = rng.integers(0, 256, (*batch, m, k)).astype(np.uint8)
+    return a, [w, np.asarray(0.02, np.float32), sw, np.asarray(za, np.uint8),
+               np.zeros(sw.shape, np.int8), bias]
+
+
+def _model(op: str, a: np.ndarray, consts: list, *, weight_input: bool = False,
+           function: bool = False) -> onnx.ModelProto:
+    names = ["W", "sa", "sw", "za", "zw", "bias"]
+    order = ["A", "W", "sa", "sw", "za", "zw", "bias"]
+    domain = "com.microsoft" if op == "MatMulIntegerToFloat" else "com.onnxvq"
+    inits = [numpy_helper.from_array(v, nm) for nm, v in zip(names, consts, strict=True)
+             if not (weight_input and nm == "W")]
+    inputs = [helper.make_tensor_value_info("A", TensorProto.UINT8, list(a.shape))]
+    if weight_input:
+        inputs.append(helper.make_tensor_value_info("W", TensorProto.INT8, list(consts[0].shape)))
+    graph = helper.make_graph([helper.make_node(op, order, ["Y"], domain=domain)], "g", inputs,
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                     helper.make_opsetid(domain, 1)])
+    model.ir_version = 10
+    if function:
+        model.functions.append(quantized_linear_function(17))
+    return model
+
+
+def _run(model: onnx.ModelProto, feeds: dict, lib: str | None = None) -> np.ndarray:
+    so = session_options(threads=2, custom_ops=False)
+    if lib is not None:
+        so.register_custom_ops_library(lib)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def _reference_outputs(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for case in CASES:
+        a, consts = _case(rng, *case)
+        want = _run(_model("MatMulIntegerToFloat", a, consts), {"A": a})
+        yield case, a, consts, want
+
+
+def test_reference_equals_matmul_integer_to_float():
+    for case, a, consts, want in _reference_outputs():
+        got = quantized_linear(a, *consts)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want, err_msg=str(case))
+        acc = quantized_linear_acc(a, consts[0], consts[3])  # the integer part, exact
+        assert np.abs(acc).max() < 2**31
+
+
+def test_local_function_equals_matmul_integer_to_float():
+    for case, a, consts, want in _reference_outputs(1):
+        got = _run(_model("QuantizedLinear", a, consts, function=True), {"A": a})
+        np.testing.assert_array_equal(got, want, err_msg=str(case))
+
+
+def test_native_kernel_equals_matmul_integer_to_float(library):
+    for case, a, consts, want in _reference_outputs(2):
+        got = _run(_model("QuantizedLinear", a, consts), {"A": a}, library)
+        np.testing.assert_array_equal(got, want, err_msg=str(case))
+        # a weight fed at run time (not a constant) takes the fallback path, same bits
+        feeds = {"A": a, "W": consts[0]}
+        got = _run(_model("QuantizedLinear", a, consts, weight_input=True), feeds, library)
+        np.testing.assert_array_equal(got, want, err_msg=f"weight input {case}")
+
+
+def test_native_kernel_concurrent_runs_pack_once(library):
+    """Two threads' first runs race for the one-time weight packing; both get the same bits."""
+    a, consts = _case(np.random.default_rng(3), 97, 200, 70, True, 128, ())
+    want = quantized_linear(a, *consts)
+    so = session_options(threads=2, custom_ops=False)
+    so.register_custom_ops_library(library)
+    sess = ort.InferenceSession(_model("QuantizedLinear", a, consts).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(sess.run(None, {"A": a})[0]))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4
+    for g in got:
+        np.testing.assert_array_equal(g, want)
+
+
+def test_native_kernel_refuses_weight_zero_point(library):
+    a, consts = _case(np.random.default_rng(4), 4, 8, 8, True, 128, ())
+    consts[4] = np.ones(8, np.int8)
+    with pytest.raises(Exception, match="b_zero_point must be 0"):
+        _run(_model("QuantizedLinear", a, consts), {"A": a}, library)
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    from test_quantized_linear import _model, _reference_outputs, _run
+    n = 0
+    for case, a, consts, want in _reference_outputs(5):
+        got = _run(_model("QuantizedLinear", a, consts), {{"A": a}}, {lib!r})
+        np.testing.assert_array_equal(got, want, err_msg=str(case))
+        n += 1
+    print("checked", n)
+""")
+
+
+@pytest.mark.parametrize("mode", ["1", "loops"])
+def test_fallback_paths_equal_matmul_integer_to_float(library, mode):
+    """ONNXVQ_NO_AMX=1 runs ORT's own MatMulIntegerToFloat kernel inside QuantizedLinear,
+    =loops the plain loops (read once per process, hence a subprocess)."""
+    env = {**os.environ, "ONNXVQ_NO_AMX": mode}
+    code = _CHILD.format(tests=str(Path(__file__).parent), lib=library)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"checked {len(CASES)}" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_has_amx(), reason="this CPU (or OS) has no AMX-INT8, or "
+                    "ONNXVQ_NO_AMX is set: the AMX tile path cannot run here")
+def test_amx_path_is_faster_than_the_fallback(library):
+    """Where AMX exists the default path is the tile kernel: on the DeiT-S fc1 shape (M = 8 x 197)
+    it beats ORT's VNNI kernel, which the same op runs with ONNXVQ_NO_AMX (measured about 3x
+    faster on 2 busy cores; asserted >= 1.3x, best of 3)."""
+    a, consts = _case(np.random.default_rng(6), 8 * 197, 384, 1536, True, 128, ())
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import numpy as np, onnxruntime as ort
+        from onnxvq.core.runtime import session_options
+        from test_quantized_linear import _case, _model
+        a, consts = _case(np.random.default_rng(6), 8 * 197, 384, 1536, True, 128, ())
+        so = session_options(threads=2, custom_ops=False)
+        so.register_custom_ops_library({library!r})
+        s = ort.InferenceSession(_model("QuantizedLinear", a, consts).SerializeToString(), so,
+                                 providers=["CPUExecutionProvider"])
+        s.run(None, {{"A": a}})
+        t = []
+        for _ in range(15):
+            t0 = time.perf_counter(); s.run(None, {{"A": a}}); t.append(time.perf_counter() - t0)
+        print(sorted(t)[len(t) // 2])
+    """)
+    times = {}
+    for mode in (None, "1"):
+        env = {k: v for k, v in os.environ.items() if k != "ONNXVQ_NO_AMX"}
+        if mode is not None:
+            env["ONNXVQ_NO_AMX"] = mode
+        runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, timeout=300, check=True) for _ in range(3)]
+        times[mode] = min(float(r.stdout.split()[-1]) for r in runs)
+    assert times["1"] >= 1.3 * times[None], times
+    want = quantized_linear(a, *consts)
+    np.testing.assert_array_equal(_run(_model("QuantizedLinear", a, consts), {"A": a}, library),
+                                  want)
