@@ -21,7 +21,7 @@ NOISE = dict(calib_size=8, batch_size=4)
 LOWERING = ("fuse-gelu-quantize", "ort-fast-gelu", "fold-scale-into-dequantize",
             "patch-conv-to-matmul", "hoist-quantize-over-split", "fuse-qlinear-attention",
             "fuse-log-int-attention", "ort-matmul-bias", "ort-mixed-qmatmul", "ort-matmul-nbits",
-            "fuse-add-layernorm-quantize", "fuse-add-mul-quantize")
+            "fuse-add-layernorm-quantize", "fuse-add-mul-quantize", "quantized-linear")
 # float GELU / softmax / LayerNorm rounding
 INEXACT = ("fuse-gelu-quantize", "ort-fast-gelu", "fuse-qlinear-attention",
            "fuse-add-layernorm-quantize")
