@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from onnxvq.calibrate.observers import Observer
+from onnxvq.calibrate.prefetch import prefetched
 from onnxvq.core.errors import CalibrationError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def collect(
     *,
     session_factory: Callable[[onnx.ModelProto], object] | None = None,
 ) -> dict[str, SupportsUpdate]:
-    """Run the batches once and return `{tensor: observer}` with every batch observed."""
+    """Run the batches once and return `{tensor: observer}` with every batch observed. The
+    next batch is read and preprocessed on a background thread while one runs (`prefetch`)."""
     names = list(dict.fromkeys(tensors))
     graph_inputs = {i.name for i in model.graph.input}
     from_feeds = [n for n in names if n in graph_inputs]
@@ -57,7 +59,7 @@ def collect(
     outputs = [o for n in from_session for o in (
         [_reduced(n, k) for k in _REDUCTIONS] if n in set(reduced) else [n])]
     count, started = 0, time.perf_counter()
-    for index, feeds in enumerate(batches):
+    for index, feeds in enumerate(prefetched(batches)):
         values = dict(zip(outputs, _run(sess, outputs, feeds, index), strict=True))
         values.update((n, np.asarray(feeds[n])) for n in from_feeds)
         for name in names:
@@ -133,8 +135,9 @@ def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] 
 
 def exposed_outputs(model: onnx.ModelProto, names: Sequence[str],
                     ) -> list[onnx.ValueInfoProto]:
-    """Value infos for `names`, typed from shape inference (on the weightless skeleton of a
-    model over 2 GB); untyped ones fall back to float."""
+    """Value infos for `names`: the model's own where it has them typed (the canonical model
+    carries every value_info from its stage's shape inference), else typed from shape inference
+    (on the weightless skeleton of a model over 2 GB); untyped ones fall back to float."""
     from onnxvq.core.external import infer_shapes
 
     produced = {o for node in model.graph.node for o in node.output if o}
@@ -142,19 +145,19 @@ def exposed_outputs(model: onnx.ModelProto, names: Sequence[str],
     if missing:
         raise CalibrationError(f"tensors not in the model: {', '.join(missing[:10])}"
                                + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
-    try:
-        g = infer_shapes(model).graph
-    except Exception as exc:  # inference is only for types; an untyped output falls back to float
-        log.warning("shape inference failed (%s); untyped outputs are assumed float", exc)
-        g = model.graph
-    known = {v.name: v for v in (*g.value_info, *g.output, *g.input)}
-    outputs = []
-    for name in names:
-        info = known.get(name)
-        if info is None or not info.type.tensor_type.elem_type:
-            info = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        outputs.append(info)
-    return outputs
+    known = _typed(model.graph)
+    if any(n not in known for n in names):
+        try:
+            known = _typed(infer_shapes(model).graph)
+        except Exception as exc:  # inference is only for types; untyped outputs fall back
+            log.warning("shape inference failed (%s); untyped outputs are assumed float", exc)
+    return [known.get(n) or onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+            for n in names]
+
+
+def _typed(g: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
+    return {v.name: v for v in (*g.value_info, *g.output, *g.input)
+            if v.type.tensor_type.elem_type}
 
 
 def _run(sess, names: list[str], feeds: Mapping[str, np.ndarray], index: int) -> list:

@@ -11,14 +11,17 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from onnxvq.calibrate.quant import qparams_from_range
-from onnxvq.calibrate.search import Objective, search_scales, strided_subset
 from onnxvq.calibrate.twin import levels, softmax_threshold
 from onnxvq.core.params import TwinQParams
+
+if TYPE_CHECKING:  # the search is imported when a search method runs (every quantize imports this)
+    from onnxvq.calibrate.search import Objective
 
 log = logging.getLogger(__name__)
 SEARCH_BASE = "omse"
@@ -44,6 +47,8 @@ def refine(model: onnx.ModelProto, structure, plan, cfg, batches, total: int, in
            observers: Mapping, qparams: dict[str, dict]) -> tuple[dict, dict, dict, dict]:
     """(qparams with the searched ranges, weight scales per node, twin quantizers per tensor, a
     summary) for `cfg.method`."""
+    from onnxvq.calibrate.search import search_scales, strided_subset
+
     t0 = time.perf_counter()
     n = cfg.search_samples
     images = strided_subset(batches, total, min(n, total), input_name)

@@ -19,7 +19,6 @@ import onnx_graphsurgeon as gs
 from onnxvq.calibrate import batches, make_observer
 from onnxvq.calibrate.budget import calibration_batch, exact_batches, fixed_batch, sample_shape
 from onnxvq.calibrate.collect import collect
-from onnxvq.calibrate.denoiser import TrajectoryCalibration
 from onnxvq.calibrate.fq import FqCalibration
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.searched import SEARCH_METHODS, base_method, refine
@@ -37,7 +36,6 @@ from onnxvq.passes.prepare import prepare_input, restore_input, symbolic_image_d
 from onnxvq.quantizer.conv import resolve_shared
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
-from onnxvq.quantizer.shortcut import split_shortcuts
 from onnxvq.quantizer.weights import moment_tensors, needs_moments, optimize_weights
 from onnxvq.recognise.model import recognise
 from onnxvq.recognise.structure import ViTStructure
@@ -87,7 +85,7 @@ def quantize(
     `ONNXVQ_VALIDATE=each`, checks after every pass instead). `gate(result, rebuild, replaced)`
     judges the result at the end (`onnxvq.api.quantize` passes the fidelity gate)."""
     cfg = QuantConfig.coerce(config)
-    if isinstance(calib, TrajectoryCalibration):  # a denoiser's own DDIM run (calibrate/denoiser)
+    if _is_trajectory(calib):  # a denoiser's own DDIM run (calibrate/denoiser)
         spec, shape = calib, _no_symbolic_sample
     else:
         spec = calibration_spec(calib, cfg, preprocess)
@@ -177,6 +175,15 @@ def _replaced(model: onnx.ModelProto, fq: FqParams, passes: list) -> list[str]:
     return [n.name for n in model.graph.node if n.name in names]
 
 
+def _is_trajectory(calib) -> bool:
+    """Whether `calib` is a denoiser's DDIM trajectory (its module is imported only then)."""
+    if calib is None or isinstance(calib, DataSpec | str | os.PathLike):
+        return False
+    from onnxvq.calibrate.denoiser import TrajectoryCalibration
+
+    return isinstance(calib, TrajectoryCalibration)
+
+
 def _no_symbolic_sample() -> tuple[int, ...]:
     raise CalibrationError("a denoiser calibrated on its DDIM run needs a static sample shape "
                            "(C, H, W) in the model")
@@ -187,6 +194,8 @@ def _split_shortcuts(graph, canonical, structure, spec, cfg: QuantConfig):
     calibration data), before planning so that each part gets its own activation site."""
     if cfg.split_shortcut is None:
         return canonical, structure, []
+    from onnxvq.quantizer.shortcut import split_shortcuts
+
     feeds = _calibration_feeds(canonical, spec, cfg, None, cfg.batch_size, None)[1]()
     canonical, split = split_shortcuts(graph, canonical, feeds, cfg.split_shortcut)
     if split.applied:
@@ -301,7 +310,7 @@ def _calibration_feeds(model: onnx.ModelProto, calib, cfg: QuantConfig,
     """(sample count, feeds(report) -> batches, record() -> summary) for `calib`: a data spec,
     path or None (batches clamped to a fixed batch dim and the memory budget, budget.py), or a
     denoiser's DDIM trajectory (held in memory, so PTS can take a second pass)."""
-    if isinstance(calib, TrajectoryCalibration):
+    if _is_trajectory(calib):
         kept = calib.feeds(model, batch)
         return len(calib), lambda report=None: iter(kept), calib.record
     spec = calib if isinstance(calib, DataSpec) else calibration_spec(calib, cfg, preprocess)

@@ -1,0 +1,147 @@
+"""Calibration speed (issue 12 item 2), each change checked against what it replaced:
+- prefetched(): the batches of the plain iterator, in order, errors where they happened, no thread
+  left behind; calibration through it (the next batch decoded while one runs) gives the same bits;
+- the quantize path imports the search, denoiser and shortcut modules only when they run;
+- the calibration session's outputs are typed from the canonical model's value_info (no second
+  shape inference), the same value infos inference gives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxvq.calibrate import EmaObserver, MinMaxObserver, PercentileObserver, collect
+from onnxvq.calibrate.collect import exposed_outputs
+from onnxvq.calibrate.prefetch import prefetched
+from onnxvq.core import external
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.errors import CalibrationError
+from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+from onnxvq.quantizer.run import prepare, quantize
+
+
+def _threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "onnxvq-prefetch"]
+
+
+def test_order_and_values_are_the_plain_iterators():
+    assert list(prefetched(range(1000), depth=3)) == list(range(1000))
+    assert list(prefetched([])) == []
+    assert not _threads()
+
+
+def test_runs_ahead_by_at_most_depth():
+    produced = []
+
+    def items():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    it = prefetched(items(), depth=2)
+    assert next(it) == 0
+    time.sleep(0.2)  # the producer fills the queue, then waits
+    # item 0 taken, 2 queued, 1 being put: never more than depth + 2 produced
+    assert 2 <= len(produced) <= 4
+    it.close()
+    assert not _threads()
+
+
+def test_error_is_raised_at_the_batch_where_it_happened():
+    def items():
+        yield 1
+        yield 2
+        raise CalibrationError("image 3 unreadable")
+
+    seen = []
+    with pytest.raises(CalibrationError, match="image 3 unreadable"):
+        for x in prefetched(items()):
+            seen.append(x)
+    assert seen == [1, 2]
+    assert not _threads()
+
+
+def test_consumer_stopping_early_stops_the_producer_and_closes_the_source():
+    closed = threading.Event()
+
+    def items():
+        try:
+            yield from range(10**6)
+        finally:
+            closed.set()
+
+    for x in prefetched(items(), depth=1):
+        if x == 3:
+            break
+    assert closed.wait(2.0)
+    assert not _threads()
+    with pytest.raises(ValueError):
+        next(prefetched([1], depth=0))
+
+
+def _plain(items, depth=2):
+    return iter(items)
+
+
+@pytest.mark.parametrize("make", [MinMaxObserver, lambda n: EmaObserver(n, momentum=0.3),
+                                  lambda n: PercentileObserver(n, tail=1e-3, bins=256)])
+def test_collect_through_prefetch_is_the_plain_loops_result(monkeypatch, make):
+    """EMA depends on the batch order and percentile sees whole tensors: both identical."""
+    model = build_tiny_vit(TinyViTConfig())
+    names = [n.output[0] for n in model.graph.node if n.op_type in ("Softmax", "Erf", "MatMul")]
+    rng = np.random.default_rng(3)
+    data = [{"input": rng.standard_normal((3, 3, 32, 32)).astype(np.float32)} for _ in range(7)]
+    fast = collect(model, names, data, make)
+    with monkeypatch.context() as m:
+        m.setattr(sys.modules["onnxvq.calibrate.collect"], "prefetched", _plain)
+        plain = collect(model, names, data, make)
+    assert {n: o.range() for n, o in fast.items()} == {n: o.range() for n, o in plain.items()}
+    assert {o.batches for o in fast.values()} == {7}
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "ema"])
+def test_quantize_is_bit_identical_to_the_plain_loop(monkeypatch, method):
+    model = build_tiny_vit(TinyViTConfig())
+    cfg = QuantConfig(calib_size=24, batch_size=8, method=method)
+    fast = quantize(model, None, cfg)
+    with monkeypatch.context() as m:
+        m.setattr(sys.modules["onnxvq.calibrate.collect"], "prefetched", _plain)
+        plain = quantize(model, None, cfg)
+    assert fast.activation_qparams == plain.activation_qparams
+    assert fast.model.SerializeToString() == plain.model.SerializeToString()
+
+
+def test_the_quantize_path_imports_no_search_denoiser_or_shortcut_code():
+    """Those modules load when their methods run; a plain quantize does not pay for them."""
+    code = ("import sys, onnxvq.cli.app, onnxvq.quantizer.run\n"
+            "print(sorted(m for m in ('onnxvq.calibrate.search', 'onnxvq.calibrate.denoiser', "
+            "'onnxvq.quantizer.shortcut') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_exposed_outputs_reads_the_canonical_value_infos_without_inference(monkeypatch):
+    canonical = prepare(build_tiny_vit(TinyViTConfig()))[1]
+    names = [n.output[0] for n in canonical.graph.node if n.op_type in ("Softmax", "MatMul")]
+    calls = []
+    real = external.infer_shapes
+    monkeypatch.setattr(external, "infer_shapes", lambda m: calls.append(1) or real(m))
+    typed = exposed_outputs(canonical, names)
+    assert calls == []
+    bare = onnx.ModelProto()
+    bare.CopyFrom(canonical)
+    del bare.graph.value_info[:]
+    inferred = exposed_outputs(bare, names)
+    assert calls == [1]
+    def static(v):  # the batch dim is named "batch" in one, "unk__0" in the other
+        t = v.type.tensor_type
+        return v.name, t.elem_type, [d.dim_value or None for d in t.shape.dim]
+
+    assert [static(v) for v in typed] == [static(v) for v in inferred]
+    assert all(len(static(v)[2]) >= 2 for v in typed)
