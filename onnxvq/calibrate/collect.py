@@ -10,7 +10,9 @@ statistics from the graph itself: ReduceMin, ReduceMax and ReduceL1 (finite exac
 value is, barring a float32 overflow of the sum) appended to the copy, three scalar outputs in place
 of the tensor. The tensor then never becomes a graph output: ORT reuses its buffer, nothing is
 copied into numpy, and the reductions run on ORT's threads. On DeiT-S that is most of the
-calibration's memory (each of the ~60 observed tensors held at batch size, twice).
+calibration's memory (each of the ~60 observed tensors held at batch size, twice). A tensor that
+is a view of another (a Reshape/Transpose/... of it, `value_sources`) is reduced at that source:
+the same values, and ORT keeps its own rewrites of the view.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def collect(
         reduced = [n for n in from_session if getattr(observers[n], "range_only", False)]
         whole = [n for n in from_session if n not in set(reduced)]
         sess, reduced = exposed_session(model, whole, session_factory, reduced)
-    outputs = [o for n in from_session for o in (
-        [_reduced(n, k) for k in _REDUCTIONS] if n in set(reduced) else [n])]
+    source = value_sources(model, reduced)
+    outputs = list(dict.fromkeys(o for n in from_session for o in (
+        [_reduced(source[n], k) for k in _REDUCTIONS] if n in source else [n])))
     count, started = 0, time.perf_counter()
     for index, feeds in enumerate(prefetched(batches)):
         values = dict(zip(outputs, _run(sess, outputs, feeds, index), strict=True))
@@ -66,7 +69,7 @@ def collect(
             if name in values:
                 _observe(observers[name], name, values[name], index)
             else:
-                _observe_range(observers[name], name, *(values[_reduced(name, k)]
+                _observe_range(observers[name], name, *(values[_reduced(source[name], k)]
                                                         for k in _REDUCTIONS), index)
         del values  # before the next run allocates its outputs
         count = index + 1
@@ -100,33 +103,57 @@ def exposed_session(model: onnx.ModelProto, names: Sequence[str],
     exposed = expose(model, names, reduced)
     outs = {o.name for o in exposed.graph.output}
     factory = session_factory or partial(make_session, lean=True)
-    return factory(exposed), [n for n in reduced if _reduced(n, "min") in outs]
+    source = value_sources(model, reduced)
+    return factory(exposed), [n for n in reduced if _reduced(source[n], "min") in outs]
+
+
+_SAME_VALUES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def value_sources(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, str]:
+    """For each of `names`, the tensor upstream of it that holds the same values (through
+    Reshape/Transpose/Squeeze/Unsqueeze/Flatten/Identity; itself when its producer is none of
+    those). Its min, max and finiteness are the same, and reducing it instead leaves the view
+    unobserved, so ORT can still fuse or drop it (6 Transposes on vit_cifar10)."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    sources = {}
+    for name in names:
+        t = name
+        while t in producer and producer[t].op_type in _SAME_VALUES and producer[t].input:
+            t = producer[t].input[0]
+        sources[name] = t
+    return sources
 
 
 def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] = (),
            ) -> onnx.ModelProto:
     """A copy of `model` whose graph outputs are exactly `names`, typed from shape inference,
-    then, for each float tensor of `reduced`, its scalar `::onnxvq_{min,max,l1}` reductions,
-    each node right after the tensor's producer, so that ORT runs it before freeing the tensor
-    (a tensor of `reduced` that is not float is exposed whole instead)."""
+    then, for each float tensor of `reduced`, the scalar `::onnxvq_{min,max,l1}` reductions of
+    its value source (`value_sources`; one set per source), each node right after the source's
+    producer (first, for a graph input), so that ORT runs it before freeing the tensor (a
+    tensor of `reduced` that is not float is exposed whole instead)."""
     typed = {o.name: o for o in exposed_outputs(model, [*names, *reduced])}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     del copy.graph.output[:]
     whole, after = list(names), {}
-    for name in reduced:
+    for name, src in value_sources(model, reduced).items():
         elem = typed[name].type.tensor_type.elem_type
         if elem not in _FLOATS:
             whole.append(name)
             continue
+        if src in after:
+            continue
         for kind, op in _REDUCTIONS.items():
-            out = _reduced(name, kind)
-            after.setdefault(name, []).append(onnx.helper.make_node(
-                op, [name], [out], keepdims=0, name=f"{out}/node"))
+            out = _reduced(src, kind)
+            after.setdefault(src, []).append(onnx.helper.make_node(
+                op, [src], [out], keepdims=0, name=f"{out}/node"))
             copy.graph.output.append(onnx.helper.make_tensor_value_info(out, elem, []))
     if after:
         nodes = list(copy.graph.node)
+        produced = {o for node in nodes for o in node.output}
         del copy.graph.node[:]
+        copy.graph.node.extend(r for t, rs in after.items() if t not in produced for r in rs)
         for node in nodes:
             copy.graph.node.extend([node, *(r for o in node.output for r in after.get(o, ()))])
     copy.graph.output.extend(typed[n] for n in whole)

@@ -53,3 +53,25 @@ def test_collect_on_trained_vit():
     assert obs[logits].range() == (pytest.approx(direct.min(), abs=width),
                                    pytest.approx(direct.max(), abs=width))
     assert obs[logits].hist.total == direct.size
+
+
+@pytest.mark.skipif(not VIT.is_file(), reason=f"{VIT} absent")
+def test_minmax_ranges_are_numpys_over_the_whole_tensors():
+    """Every site's MinMax range from quantize (in-graph reductions at the views' sources, the
+    next batch decoded on a thread) is bit-identical to numpy's min/max of the whole tensors from
+    a plain session on the canonical model, the same batches."""
+    from onnxvq.calibrate.collect import exposed_outputs
+    from onnxvq.core.config import QuantConfig
+    from onnxvq.core.runtime import output_session
+    from onnxvq.quantizer.run import quantize
+
+    prep = resolve_preprocess("cifar10-vit")
+    result = quantize(str(VIT), str(CALIB), QuantConfig(calib_size=64), preprocess=prep)
+    sites = sorted(t for t in result.activation_qparams if t != "input")
+    assert len(sites) > 40
+    sess = output_session(result.canonical, exposed_outputs(result.canonical, sites))
+    src = open_source(CALIB, prep, 64, ["batch", 3, 32, 32])
+    runs = [sess.run(sites, f) for f in batches(src, 16, "input")]
+    for i, t in enumerate(sites):
+        want = (min(float(r[i].min()) for r in runs), max(float(r[i].max()) for r in runs))
+        assert result.activation_qparams[t].range == want, t

@@ -3,7 +3,8 @@
   left behind; calibration through it (the next batch decoded while one runs) gives the same bits;
 - the quantize path imports the search, denoiser and shortcut modules only when they run;
 - the calibration session's outputs are typed from the canonical model's value_info (no second
-  shape inference), the same value infos inference gives."""
+  shape inference), the same value infos inference gives;
+- a view (Reshape/Transpose/...) is reduced at its source, once per source, with the same range."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import time
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxvq.calibrate import EmaObserver, MinMaxObserver, PercentileObserver, collect
-from onnxvq.calibrate.collect import exposed_outputs
+from onnxvq.calibrate.collect import expose, exposed_outputs, value_sources
 from onnxvq.calibrate.prefetch import prefetched
 from onnxvq.core import external
 from onnxvq.core.config import QuantConfig
@@ -145,3 +147,56 @@ def test_exposed_outputs_reads_the_canonical_value_infos_without_inference(monke
 
     assert [static(v) for v in typed] == [static(v) for v in inferred]
     assert all(len(static(v)[2]) >= 2 for v in typed)
+
+
+def _views() -> onnx.ModelProto:
+    """x[N,4] -> Reshape xr[N,2,2];  x -> MatMul W -> h -> Transpose ht -> Reshape hr -> Relu r."""
+    w = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("Reshape", ["x", "s22"], ["xr"]),
+        helper.make_node("MatMul", ["x", "W"], ["h"]),
+        helper.make_node("Transpose", ["h"], ["ht"], perm=[1, 0]),
+        helper.make_node("Reshape", ["ht", "s32"], ["hr"]),
+        helper.make_node("Relu", ["hr"], ["r"]),
+    ]
+    inits = [numpy_helper.from_array(w, "W"),
+             numpy_helper.from_array(np.array([-1, 2, 2], np.int64), "s22"),
+             numpy_helper.from_array(np.array([3, -1], np.int64), "s32")]
+    graph = helper.make_graph(
+        nodes, "views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_views_are_reduced_at_their_source_once():
+    model = _views()
+    assert value_sources(model, ["hr", "ht", "h", "r", "xr"]) == {
+        "hr": "h", "ht": "h", "h": "h", "r": "r", "xr": "x"}
+    exposed = expose(model, [], ["hr", "ht", "xr", "r"])
+    outs = [o.name for o in exposed.graph.output]
+    assert sorted(outs) == sorted(f"{t}::onnxvq_{k}" for t in ("h", "x", "r")
+                                  for k in ("min", "max", "l1"))
+    order = [n.output[0] for n in exposed.graph.node]
+    assert order.index("x::onnxvq_min") < order.index("xr")  # a graph input's: first
+    assert order.index("h") < order.index("h::onnxvq_min") < order.index("ht")
+    data = [{"x": np.random.default_rng(i).standard_normal((3, 4)).astype(np.float32)}
+            for i in range(4)]
+    got = collect(model, ["hr", "ht", "xr", "r"], data, MinMaxObserver)
+    w = numpy_helper.to_array(model.graph.initializer[0])
+    h = np.concatenate([b["x"] @ w for b in data])
+    x = np.concatenate([b["x"] for b in data])
+    assert got["hr"].range() == got["ht"].range() == (float(h.min()), float(h.max()))
+    assert got["xr"].range() == (float(x.min()), float(x.max()))
+    assert got["r"].range() == (0.0, float(h.max()))
+    assert {o.batches for o in got.values()} == {4}
+
+
+def test_a_nan_in_a_view_names_the_view():
+    model = _views()
+    bad = np.ones((2, 4), np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(CalibrationError, match=r"tensor 'ht'.*NaN or Inf.*batch 1"):
+        collect(model, ["ht"], [{"x": np.ones((2, 4), np.float32)}, {"x": bad}],
+                MinMaxObserver)
