@@ -11,6 +11,7 @@
 
 #include "attention.h"
 #include "attention_avx512.h"
+#include "attention_lis_avx512.h"
 #include "log_int_softmax.h"
 #include "parallel.h"
 
@@ -31,6 +32,7 @@ struct LogIntAttention {
   int64_t bits = 4, steps = 1;
   std::unique_ptr<Int8SoftmaxRows> rows_;
   int16_t neg_weight[256] = {};
+  uint16_t weight[32] = {};  // codes are < 32 (bits <= 4): the vpermw table
 
   LogIntAttention(const OrtApi* api, const OrtKernelInfo* info)
       : bits(IntAttr(info, "bits", 4)), steps(IntAttr(info, "octave_steps", 1)),
@@ -40,6 +42,7 @@ struct LogIntAttention {
     const int64_t m = std::min<int64_t>((int64_t{1} << std::clamp<int64_t>(bits, 1, 8)) - 1, 31);
     for (int a = 0; a < 256 && bits <= 4; ++a) {
       neg_weight[a] = static_cast<int16_t>(-Weight(a, m, steps));
+      if (a < 32) weight[a] = static_cast<uint16_t>(Weight(a, m, steps));
     }
   }
 
@@ -64,57 +67,139 @@ struct LogIntAttention {
   static constexpr int kGroup = 4;  // rows per pass over K and V, as QLinearAttention
 
   void Head(const uint8_t* in, uint8_t* out, const AttentionShape& s, int64_t task) const {
-    const HeadData h(in, s, task, /*quads_of_v=*/false);
-    const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
+    const bool fast = avx512::Available();
+    const HeadData h(in, s, task, /*quads_of_v=*/fast);
+    if (fast) {
+      HeadAvx512(h, s, out);
+      return;
+    }
     // v - z_v as int16 pairs along tokens: [jpad/2][dpad][2]
     std::vector<int16_t> vp(static_cast<size_t>(h.jpad * h.dpad));
+    const int64_t n = s.tokens, hd = s.heads * s.dim;
     for (int64_t j = 0; j < n; ++j) {
-      const uint8_t* row = in + (h.b * n + j) * 3 * hd + 2 * hd + h.head * d;
+      const uint8_t* row = in + (h.b * n + j) * 3 * hd + 2 * hd + h.head * s.dim;
       int16_t* dst = vp.data() + (j / 2) * h.dpad * 2 + j % 2;
-      for (int64_t c = 0; c < d; ++c) dst[c * 2] = static_cast<int16_t>(row[c] - attrs.zv);
+      for (int64_t c = 0; c < s.dim; ++c) dst[c * 2] = static_cast<int16_t>(row[c] - attrs.zv);
     }
+    HeadPortable(h, vp.data(), s, out);
+  }
+
+  // One group's buffers on the AVX-512 path: per row int8 score codes, weights, byte weights of
+  // up to two vpdpbusd passes and their products.
+  struct Group {
+    std::vector<int8_t> x;
+    std::vector<uint8_t> codes, u;
+    std::vector<uint16_t> w;
+    std::vector<int32_t> acc;
+    int32_t usum[2][kGroup];
+    int shift[kGroup];
+    bool two_pass;
+    Group(const HeadData& h)
+        : x(static_cast<size_t>(kGroup * h.jpad)), codes(static_cast<size_t>(h.jpad)),
+          u(static_cast<size_t>(2 * kGroup * h.jpad)), w(static_cast<size_t>(kGroup * h.jpad)),
+          acc(static_cast<size_t>(2 * kGroup * h.dpad)) {}
+  };
+
+  // Per group of kGroup rows: the int8 score codes (fused with the scores GEMM), the softmax
+  // codes and their weights w <= 2^15, then Y = sum_j w_j (v_jd - z_v) as u8 x s8 products on
+  // V's quads (v - 128) with the (128 - z_v) sum_j u_j correction. When every row's weights are
+  // multiples of 2^t with w >> t <= 255 (its codes span <= 8 log2 steps), one pass of u = w >> t;
+  // otherwise two, u = w >> 8 and w & 255. Either way exact: |Y| < 2^24 (module comment).
+  void HeadAvx512(const HeadData& h, const AttentionShape& s, uint8_t* out) const {
+    const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
+    std::vector<int32_t> col_term(static_cast<size_t>(h.jpad));
+    for (int64_t j = 0; j < n; ++j) col_term[j] = static_cast<int32_t>(-attrs.zq * h.ksum[j]);
+    Group g(h);
+    std::vector<int64_t> scratch(static_cast<size_t>(n));
+    const lis512::Requant scores = lis512::MakeRequant(attrs.qk_scale, scores_scale);
+    const lis512::Requant output = lis512::MakeRequant(attrs.acc_scale, attrs.out_scale);
+    const auto zv = 128 - static_cast<int32_t>(attrs.zv), zo = static_cast<int32_t>(attrs.zo);
+    for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
+      const int rows = static_cast<int>(std::min<int64_t>(kGroup, n - i0));
+      int32_t row_term[kGroup];
+      for (int r = 0; r < rows; ++r) {
+        row_term[r] = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
+      }
+      const uint8_t* q = h.q.data() + i0 * h.dq;
+      if (rows == kGroup) {
+        lis512::ScoreCodeRows<kGroup>(q, h.dq, h.kt.data(), h.dq / 4, h.jpad / 16, row_term,
+                                      col_term.data(), scores, g.x.data(), h.jpad);
+      } else {
+        for (int r = 0; r < rows; ++r) {
+          lis512::ScoreCodeRows<1>(q + r * h.dq, 0, h.kt.data(), h.dq / 4, h.jpad / 16,
+                                   row_term + r, col_term.data(), scores, g.x.data() + r * h.jpad,
+                                   0);
+        }
+      }
+      GroupWeights(h, n, rows, scratch.data(), g);
+      for (int pass = 0; pass < 1 + g.two_pass; ++pass) GroupProduct(h, rows, pass, g);
+      for (int r = 0; r < rows; ++r) {
+        const int32_t* a1 = g.acc.data() + r * h.dpad;
+        const int32_t* a2 = g.two_pass ? a1 + kGroup * h.dpad : nullptr;
+        lis512::OutputCodes(a1, zv * g.usum[0][r], g.shift[r], a2, zv * g.usum[1][r], d, output,
+                            zo, out + (h.b * n + i0 + r) * hd + h.head * d);
+      }
+    }
+  }
+
+  // Softmax codes, weights and byte weights of the group's rows (see HeadAvx512).
+  void GroupWeights(const HeadData& h, int64_t n, int rows, int64_t* scratch, Group& g) const {
+    g.two_pass = false;
+    for (int r = 0; r < rows; ++r) {
+      rows_->Row(g.x.data() + r * h.jpad, n, g.codes.data(), scratch);
+      uint32_t wmax = 0, wor = 0;
+      lis512::WeightsRow(g.codes.data(), n, h.jpad, weight, g.w.data() + r * h.jpad, wmax, wor);
+      g.shift[r] = wor == 0 ? 0 : __builtin_ctz(wor);
+      g.two_pass = g.two_pass || (wmax >> g.shift[r]) > 255;
+    }
+    for (int r = 0; r < rows; ++r) {
+      if (g.two_pass) g.shift[r] = 8;
+      const uint16_t* wr = g.w.data() + r * h.jpad;
+      g.usum[0][r] = lis512::ByteWeights(wr, h.jpad, g.shift[r], g.u.data() + r * h.jpad);
+      g.usum[1][r] = g.two_pass ? lis512::ByteWeights(wr, h.jpad, 0, g.u.data() +
+                                                      (kGroup + r) * h.jpad)
+                                : 0;
+    }
+  }
+
+  // acc[pass][r][d] = sum_j u[pass][r][j] (v_jd - 128).
+  static void GroupProduct(const HeadData& h, int rows, int pass, Group& g) {
+    const uint8_t* u = g.u.data() + pass * kGroup * h.jpad;
+    int32_t* acc = g.acc.data() + pass * kGroup * h.dpad;
+    if (rows == kGroup) {
+      avx512::DotRows<kGroup>(u, h.jpad, h.vt.data(), h.jpad / 4, h.dpad / 16, acc, h.dpad);
+      return;
+    }
+    for (int r = 0; r < rows; ++r) {
+      avx512::DotRow(u + r * h.jpad, h.vt.data(), h.jpad / 4, h.dpad / 16, acc + r * h.dpad);
+    }
+  }
+
+  // The same steps as plain loops (no AVX-512 VNNI, or ONNXVQ_NO_VNNI).
+  void HeadPortable(const HeadData& h, const int16_t* vp, const AttentionShape& s,
+                    uint8_t* out) const {
+    const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
     std::vector<int32_t> dot(static_cast<size_t>(kGroup * h.jpad));
-    std::vector<int32_t> acc(static_cast<size_t>(kGroup * h.dpad)), zeros(h.dpad);
+    std::vector<int32_t> acc(static_cast<size_t>(kGroup * h.dpad));
     std::vector<int8_t> x(static_cast<size_t>(h.jpad));
     std::vector<uint8_t> codes(static_cast<size_t>(h.jpad));
     std::vector<int16_t> w(static_cast<size_t>(kGroup * h.jpad));
     std::vector<int64_t> scratch(static_cast<size_t>(n));
-    const bool fast = avx512::Available();
     for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
       const int rows = static_cast<int>(std::min<int64_t>(kGroup, n - i0));
-      Scores(h, s, i0, rows, fast, dot.data());
+      Scores(h, s, i0, rows, dot.data());
       for (int r = 0; r < rows; ++r) {
         const int32_t* dr = dot.data() + r * h.jpad;
-        if (fast) {
-          avx512::ScoreCodesRow(dr, n, attrs.qk_scale, scores_scale, x.data());
-        } else {
-          for (int64_t j = 0; j < n; ++j) x[j] = ScoreCode(dr[j]);
-        }
+        for (int64_t j = 0; j < n; ++j) x[j] = ScoreCode(dr[j]);
         rows_->Row(x.data(), n, codes.data(), scratch.data());
         int16_t* wr = w.data() + r * h.jpad;
         for (int64_t j = 0; j < n; ++j) wr[j] = neg_weight[codes[j]];
       }
-      if (fast && rows == kGroup) {
-        avx512::DotRows16<kGroup>(w.data(), h.jpad, vp.data(), h.jpad / 2, h.dpad / 16,
-                                  acc.data(), h.dpad);
-      } else if (fast) {
-        for (int r = 0; r < rows; ++r) {
-          avx512::DotRows16<1>(w.data() + r * h.jpad, 0, vp.data(), h.jpad / 2, h.dpad / 16,
-                               acc.data() + r * h.dpad, 0);
-        }
-      } else {
-        PortableProduct(w.data(), vp.data(), h, s, rows, acc.data());
-      }
+      PortableProduct(w.data(), vp, h, s, rows, acc.data());
       for (int r = 0; r < rows; ++r) {
-        int32_t* ar = acc.data() + r * h.dpad;
-        for (int64_t c = 0; c < d; ++c) ar[c] = -ar[c];
+        const int32_t* ar = acc.data() + r * h.dpad;
         uint8_t* yrow = out + (h.b * n + i0 + r) * hd + h.head * d;
-        if (fast) {
-          avx512::OutputRow(ar, 0, 0, zeros.data(), d, attrs.acc_scale, attrs.out_scale,
-                            static_cast<int32_t>(attrs.zo), yrow);
-        } else {
-          for (int64_t c = 0; c < d; ++c) yrow[c] = OutputCode(ar[c], attrs);
-        }
+        for (int64_t c = 0; c < d; ++c) yrow[c] = OutputCode(-int64_t{ar[c]}, attrs);
       }
     }
   }
@@ -133,34 +218,18 @@ struct LogIntAttention {
     }
   }
 
-  // Rows i0 .. i0 + rows - 1 of S = (q - z_q)(k - z_k)^T, row stride jpad.
-  void Scores(const HeadData& h, const AttentionShape& s, int64_t i0, int rows, bool fast,
+  // Rows i0 .. i0 + rows - 1 of S = (q - z_q)(k - z_k)^T, row stride jpad, plain loops.
+  void Scores(const HeadData& h, const AttentionShape& s, int64_t i0, int rows,
               int32_t* dot) const {
-    const int64_t n = s.tokens;
     const uint8_t* q = h.q.data() + i0 * h.dq;
-    if (!fast) {
-      for (int r = 0; r < rows; ++r) {
-        for (int64_t j = 0; j < n; ++j) {
-          int32_t sum = 0;
-          for (int64_t c = 0; c < s.dim; ++c) {
-            sum += (int32_t{q[r * h.dq + c]} - static_cast<int32_t>(attrs.zq)) * h.KC(j, c);
-          }
-          dot[r * h.jpad + j] = sum;
-        }
-      }
-      return;
-    }
-    if (rows == kGroup) {
-      avx512::DotRows<kGroup>(q, h.dq, h.kt.data(), h.dq / 4, h.jpad / 16, dot, h.jpad);
-    } else {
-      for (int r = 0; r < rows; ++r) {
-        avx512::DotRow(q + r * h.dq, h.kt.data(), h.dq / 4, h.jpad / 16, dot + r * h.jpad);
-      }
-    }
     for (int r = 0; r < rows; ++r) {
-      const auto row_term = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
-      const auto zq = static_cast<int32_t>(attrs.zq);
-      for (int64_t j = 0; j < n; ++j) dot[r * h.jpad + j] += row_term - zq * h.ksum[j];
+      for (int64_t j = 0; j < s.tokens; ++j) {
+        int32_t sum = 0;
+        for (int64_t c = 0; c < s.dim; ++c) {
+          sum += (int32_t{q[r * h.dq + c]} - static_cast<int32_t>(attrs.zq)) * h.KC(j, c);
+        }
+        dot[r * h.jpad + j] = sum;
+      }
     }
   }
 

@@ -1,0 +1,157 @@
+// AVX-512 (VNNI, BW) inner loops of LogIntAttention (attention_lis.cc), beside QLinearAttention's
+// (attention_avx512.h): the scores GEMM with its zero-point terms and int8 score codes in one
+// epilogue, the log-code weights by vpermw and cut into bytes for vpdpbusd, the output codes.
+// Compiled for that target only inside these functions; called after avx512::Available().
+#pragma once
+
+#include "attention_avx512.h"
+
+namespace onnxvq {
+namespace lis512 {
+
+// A float32 quotient a / b, correctly rounded, without vdivps: y = RN(1/b), q0 = RN(a y), then
+// two FMA residual corrections r = a - q b (exact) and q + r y. The first makes q faithful (within
+// 1 ulp), the second then rounds correctly (Markstein's theorem, Handbook of Floating-Point
+// Arithmetic 4.7.2). It needs every intermediate normal and finite, so callers use it only when
+// FastDivisor() holds for the scales involved and |a| < 2^70 (here |a| <= 2^24 * 2^40).
+ONNXVQ_AVX512 inline __m512 DivRn(__m512 a, __m512 b, __m512 y) {
+  __m512 q = _mm512_mul_ps(a, y);
+  __m512 r = _mm512_fnmadd_ps(q, b, a);
+  q = _mm512_fmadd_ps(r, y, q);
+  r = _mm512_fnmadd_ps(q, b, a);
+  return _mm512_fmadd_ps(r, y, q);
+}
+
+inline bool FastDivisor(float scale, float divisor) {
+  const auto normal = [](float v) { return v >= 0x1p-40f && v <= 0x1p40f; };
+  return normal(scale < 0 ? -scale : scale) && normal(divisor);
+}
+
+// sat(rne(clamp((f32(s) * scale) / divisor, +-1024))) of 16 int32, as int32.
+struct Requant {
+  float scale, divisor, inverse;
+  bool fast;  // DivRn instead of vdivps: FastDivisor(scale, divisor)
+
+  ONNXVQ_AVX512 __m512i Codes(__m512i s) const {
+    const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale));
+    __m512 u = fast ? DivRn(p, _mm512_set1_ps(divisor), _mm512_set1_ps(inverse))
+                    : _mm512_div_ps(p, _mm512_set1_ps(divisor));
+    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-1024.0f)), _mm512_set1_ps(1024.0f));
+    return _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+};
+
+inline Requant MakeRequant(float scale, float divisor) {
+  return {scale, divisor, 1.0f / divisor, FastDivisor(scale, divisor)};
+}
+
+// Columns jb .. jb + B - 1 (blocks of 16) of R score rows, as int8 codes into x:
+// S_rj = sum_c q_rc (k_jc - 128) + row_term[r] + col_term[j]; kt packed as HeadData's.
+template <int R, int B>
+ONNXVQ_AVX512 inline void ScoreBlocks(const uint8_t* q, int64_t q_stride, const int8_t* kt,
+                                      int64_t quads, int64_t stride, int64_t jb,
+                                      const int32_t* row_term, const int32_t* col_term,
+                                      const Requant& rq, int8_t* x, int64_t x_stride) {
+  __m512i acc[R * B];
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < B; ++b) {
+      acc[r * B + b] = _mm512_add_epi32(_mm512_loadu_si512(col_term + 16 * (jb + b)),
+                                        _mm512_set1_epi32(row_term[r]));
+    }
+  }
+  const int8_t* bp = kt + jb * 64;
+  for (int64_t c = 0; c < quads; ++c) {
+    __m512i bv[B];
+    for (int b = 0; b < B; ++b) bv[b] = _mm512_loadu_si512(bp + c * stride + 64 * b);
+    for (int r = 0; r < R; ++r) {
+      int32_t w;
+      __builtin_memcpy(&w, q + r * q_stride + 4 * c, 4);
+      const __m512i av = _mm512_set1_epi32(w);
+      for (int b = 0; b < B; ++b) acc[r * B + b] = _mm512_dpbusd_epi32(acc[r * B + b], av, bv[b]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < B; ++b) {  // signed saturation to -128..127
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(x + r * x_stride + 16 * (jb + b)),
+                       _mm512_cvtsepi32_epi8(rq.Codes(acc[r * B + b])));
+    }
+  }
+}
+
+// All 16 * blocks columns of R rows (the codes past the row's n are padding, never read).
+template <int R>
+ONNXVQ_AVX512 inline void ScoreCodeRows(const uint8_t* q, int64_t q_stride, const int8_t* kt,
+                                        int64_t quads, int64_t blocks, const int32_t* row_term,
+                                        const int32_t* col_term, const Requant& rq, int8_t* x,
+                                        int64_t x_stride) {
+  const int64_t stride = blocks * 64;
+  int64_t jb = 0;
+  for (; jb + 1 < blocks; jb += 2) {  // two blocks: 2R independent chains per broadcast
+    ScoreBlocks<R, 2>(q, q_stride, kt, quads, stride, jb, row_term, col_term, rq, x, x_stride);
+  }
+  if (jb < blocks) {
+    ScoreBlocks<R, 1>(q, q_stride, kt, quads, stride, jb, row_term, col_term, rq, x, x_stride);
+  }
+}
+
+// w[j] = table[codes[j]] for j < n and 0 up to jpad (a multiple of 16): codes < 32 (bits <= 4),
+// 32 lookups per vpermw. Also the row's largest weight and the OR of its weights.
+ONNXVQ_AVX512 inline void WeightsRow(const uint8_t* codes, int64_t n, int64_t jpad,
+                                     const uint16_t* table32, uint16_t* w, uint32_t& wmax,
+                                     uint32_t& wor) {
+  const __m512i table = _mm512_loadu_si512(table32);
+  __m512i vmax = _mm512_setzero_si512(), vor = vmax;
+  for (int64_t j0 = 0; j0 < jpad; j0 += 32) {
+    const auto live = static_cast<__mmask32>(n - j0 >= 32 ? ~0u : n <= j0 ? 0u
+                                                             : (1u << (n - j0)) - 1);
+    const auto room = static_cast<__mmask32>(jpad - j0 >= 32 ? ~0u : (1u << (jpad - j0)) - 1);
+    const __m512i idx = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(live, codes + j0));
+    const __m512i v = _mm512_maskz_permutexvar_epi16(live, idx, table);
+    vmax = _mm512_max_epu16(vmax, v);
+    vor = _mm512_or_si512(vor, v);
+    _mm512_mask_storeu_epi16(w + j0, room, v);
+  }
+  const __m512i low = _mm512_set1_epi32(0xffff);
+  wmax = static_cast<uint32_t>(_mm512_reduce_max_epu32(
+      _mm512_max_epu32(_mm512_and_si512(vmax, low), _mm512_srli_epi32(vmax, 16))));
+  const auto o = static_cast<uint32_t>(_mm512_reduce_or_epi32(vor));
+  wor = (o | (o >> 16)) & 0xffff;
+}
+
+// u[j] = (w[j] >> shift) & 255 as bytes for j < jpad (a multiple of 16), and sum_j u[j].
+ONNXVQ_AVX512 inline int32_t ByteWeights(const uint16_t* w, int64_t jpad, int shift, uint8_t* u) {
+  const __m128i count = _mm_cvtsi32_si128(shift);
+  __m256i sum = _mm256_setzero_si256();
+  for (int64_t j0 = 0; j0 < jpad; j0 += 32) {
+    const auto room = static_cast<__mmask32>(jpad - j0 >= 32 ? ~0u : (1u << (jpad - j0)) - 1);
+    const __m512i v = _mm512_srl_epi16(_mm512_maskz_loadu_epi16(room, w + j0), count);
+    const __m256i bytes = _mm512_cvtepi16_epi8(v);  // truncation: the low byte
+    _mm256_mask_storeu_epi8(u + j0, room, bytes);
+    sum = _mm256_add_epi64(sum, _mm256_sad_epu8(_mm256_maskz_mov_epi8(room, bytes),
+                                                _mm256_setzero_si256()));
+  }
+  const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+  return static_cast<int32_t>(_mm_cvtsi128_si64(_mm_add_epi64(h, _mm_unpackhi_epi64(h, h))));
+}
+
+// Output codes of one row, Y = ((a1 + c1) << s1) + (a2 + c2) (a2 null: no second term), then
+// sat(Codes(Y) + zo) for d < dim; a1, a2 padded to a multiple of 16.
+ONNXVQ_AVX512 inline void OutputCodes(const int32_t* a1, int32_t c1, int s1, const int32_t* a2,
+                                      int32_t c2, int64_t dim, const Requant& rq, int32_t zo,
+                                      uint8_t* y) {
+  const __m128i count = _mm_cvtsi32_si128(s1);
+  for (int64_t c0 = 0; c0 < dim; c0 += 16) {
+    const auto m = static_cast<__mmask16>(dim - c0 >= 16 ? 0xffff : (1u << (dim - c0)) - 1);
+    __m512i v = _mm512_sll_epi32(
+        _mm512_add_epi32(_mm512_loadu_si512(a1 + c0), _mm512_set1_epi32(c1)), count);
+    if (a2 != nullptr) {
+      v = _mm512_add_epi32(v, _mm512_add_epi32(_mm512_loadu_si512(a2 + c0), _mm512_set1_epi32(c2)));
+    }
+    __m512i c = _mm512_add_epi32(rq.Codes(v), _mm512_set1_epi32(zo));
+    c = _mm512_max_epi32(c, _mm512_setzero_si512());
+    _mm512_mask_cvtusepi32_storeu_epi8(y + c0, m, c);
+  }
+}
+
+}  // namespace lis512
+}  // namespace onnxvq
