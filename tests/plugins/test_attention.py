@@ -26,7 +26,15 @@ from onnx import TensorProto, helper
 from onnxvq.core.runtime import session_options
 from onnxvq.plugins.ops import add_functions
 from onnxvq.plugins.reference import acc_shift, softmax_constants
-from onnxvq.plugins.reference.attention import log_int_attention, qlinear_attention
+from onnxvq.plugins.reference.attention import (
+    float_scores,
+    log_int_attention,
+    qlinear_attention,
+    quantize,
+    scores,
+    split_heads,
+)
+from onnxvq.plugins.reference.softmax import log_int_softmax
 
 FUZZ = [(2, 65, 3, 32), (1, 1, 1, 1), (3, 17, 2, 13), (1, 197, 6, 64), (2, 50, 4, 100),
         (1, 20, 1, 256)]
@@ -99,6 +107,38 @@ def test_lis_kernel_and_function_bit_exact(library, shape, steps):
     assert len(np.unique(want)) > 2 or shape[1] == 1  # not a degenerate output
     np.testing.assert_array_equal(run(x, attrs, library), want)
     np.testing.assert_array_equal(run(x, attrs, None), want)
+
+
+def _lis_codes(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """The reference's softmax log codes inside log_int_attention."""
+    q, k, _ = split_heads(x, attrs["num_heads"])
+    s = float_scores(scores(q, k, attrs["q_zero_point"], attrs["k_zero_point"]), attrs["qk_scale"])
+    xs = quantize(s, attrs["scores_scale"], 0, -128, 127).astype(np.int8)
+    return log_int_softmax(xs, **{k: attrs[k] for k in ("x0", "b", "c", "n", "bits",
+                                                         "octave_steps")})
+
+
+@pytest.mark.parametrize("steps,spread", [(1, "flat"), (2, "flat"), (1, "wide"), (2, "wide"),
+                                          (1, "tiny")])
+def test_lis_kernel_bit_exact_across_scales(library, steps, spread):
+    """The AVX-512 path's choices: flat rows (codes within a few log steps: one u8 pass of
+    w >> t), wide ones (two passes, w >> 8 and w & 255), FMA-corrected division for scales in
+    2^-40..2^40 and vdivps outside ("tiny": qk_scale 1e-13, every score code 0), row groups cut
+    short (odd N). Score-code spread set from the scores' own deviation."""
+    rng = np.random.default_rng(7 * steps + len(spread))
+    b, n, h, d = (int(v) for v in rng.integers([1, 5, 1, 3], [3, 70, 3, 48]))
+    x, attrs = lis_case((b, n, h, d), steps, steps)
+    q, k, _ = split_heads(x, h)
+    s_std = float(scores(q, k, attrs["q_zero_point"], attrs["k_zero_point"]).std())
+    s_x = float(np.float32(10.0 ** rng.uniform(-2.5, -0.5)))
+    target = {"flat": 1.0, "wide": 60.0, "tiny": 0.0}[spread]  # code deviation
+    qk = float(np.float32(s_x * target / s_std)) if target else 1e-13
+    attrs = dict(attrs, qk_scale=qk, scores_scale=s_x,
+                 **softmax_constants(s_x, 4, steps).attributes())
+    codes = _lis_codes(x, attrs)
+    span = np.where(codes <= 15, codes, -1).max(-1) - np.where(codes <= 15, codes, 99).min(-1)
+    assert (np.median(span) <= 4) if spread == "flat" else (span.max() > 8) or spread == "tiny"
+    np.testing.assert_array_equal(run(x, attrs, library), log_int_attention(x, **attrs))
 
 
 @pytest.mark.parametrize("shape", FUZZ, ids=str)
