@@ -64,7 +64,8 @@ def plan(graph: gs.Graph, structure: ViTStructure, cfg: QuantConfig) -> QuantPla
             add(t, nodes[mm], role, bits)
     if structure.is_cnn:  # int8 Conv/Add/pool chains for ORT (quantizer/conv.py)
         for t, node, role in cnn_sites(graph, {w.node for w in weights}):
-            add(t, node, role, cfg.a_bits)
+            if node.name not in norms:  # IntLayerNorm (--pts) takes its float input itself
+                add(t, node, role, cfg.a_bits)
     sites = tuple(ActivationSite(t, tuple(c), role, bits) for t, (c, role, bits) in acts.items())
     shared = sharing(graph, set(acts)) if structure.is_cnn else ()
     return QuantPlan(sites, tuple(weights), tuple(skipped), norms, softmaxes, shared)
