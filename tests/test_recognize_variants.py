@@ -140,6 +140,27 @@ def test_tanh_gelu_with_the_cube_as_two_muls_is_one_activation():
     assert producer(x).op == "MatMul" and out.outputs[0].op == "MatMul"
 
 
+@pytest.mark.parametrize("factor, kind", [(1.702, "gelu_quick"), (1.5, None)])
+def test_quick_gelu_is_one_activation(factor, kind):
+    """Hugging Face CLIP's QuickGELU x·σ(1.702·x) between two linears is one unit (before, none
+    of its MLPs was found); another factor is not QuickGELU (nor SiLU: σ's input is not x)."""
+    import numpy as np
+
+    from onnxvq.recognise.activations import match_activation
+
+    def build(b, x):
+        h = _linear(b, x, 1)
+        act = b.op("Mul", h, b.op("Sigmoid", b.op("Mul", h, b.const(np.float32(factor)))))
+        return _linear(b, act, 2)
+
+    graph = _graph(build)
+    (sigmoid,) = [n for n in graph.nodes if n.op == "Sigmoid"]
+    unit = match_activation(sigmoid)
+    assert (unit[0].kind if unit else None) == kind
+    if unit:
+        assert len(unit[0].nodes) == 3 and producer(unit[1]).op == "MatMul"
+
+
 def test_swiglu_gate_product_reads_int8_operands(models, tmp_path):
     """Q/DQ on both operands of act(x₁)·x₂, which ONNX Runtime then runs as QLinearMul."""
     import onnx

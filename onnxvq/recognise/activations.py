@@ -4,6 +4,7 @@
     x ─Div(√2)─Erf─Add(1)─Mul(x)─Mul(0.5)      Erf GELU (TorchScript); the 0.5 may come first
     x ─Pow(3)─Mul(0.044715)─Add(x)─Mul(√(2/π))─Tanh─Add(1)─Mul(x)─Mul(0.5)   tanh GELU
     x ─Sigmoid─Mul(x)                          SiLU / Swish (MobileViT, EVA-02's SwiGLU)
+    x ─Mul(1.702)─Sigmoid─Mul(x)               QuickGELU (OpenAI CLIP, Hugging Face CLIP)
     HardSwish (opset 14), x ─HardSigmoid─Mul(x)   Hardswish (LeViT)
 """
 
@@ -37,9 +38,17 @@ def _gated(gate: gs.Node, kind: str) -> Unit | None:
     """x · σ(x): the gate's only consumer is a Mul whose other input is the gate's input."""
     x = gate.inputs[0]
     mul = sole_data_consumer(gate.outputs[0], "Mul")
-    if mul is None or x not in mul.inputs:
+    if mul is None:
         return None
-    return _unit(kind, [gate, mul], x, mul.outputs[0])
+    if x in mul.inputs:
+        return _unit(kind, [gate, mul], x, mul.outputs[0])
+    pre = producer(x)  # x · σ(1.702·x): QuickGELU, a GELU approximation
+    if kind != "silu" or pre is None or pre.op != "Mul" or len(data_inputs(pre)) != 1:
+        return None
+    factor = next((v for v in _scalars(pre)), None)
+    if factor is None or abs(factor - 1.702) > 1e-3 or data_inputs(pre)[0] not in mul.inputs:
+        return None
+    return _unit("gelu_quick", [pre, gate, mul], data_inputs(pre)[0], mul.outputs[0])
 
 
 def _unit(kind: str, nodes: list[gs.Node], t_in: gs.Tensor, t_out: gs.Tensor) -> Unit:

@@ -26,7 +26,8 @@ class Linear:
 
 @dataclass(frozen=True)
 class Activation:
-    kind: Literal["gelu_erf", "gelu_tanh", "gelu", "relu", "silu", "hardswish", "other"]
+    kind: Literal["gelu_erf", "gelu_tanh", "gelu_quick", "gelu", "relu", "silu", "hardswish",
+                  "other"]
     nodes: tuple[str, ...]
     input: str
     output: str
