@@ -66,6 +66,8 @@ def _vit(depth: int, ln: int | None = None) -> Counts:
     return Counts(depth, depth, ln if ln is not None else 2 * depth + 1, depth, 2 * depth)
 
 
+_HF_SMALL = (("hidden_size", 192), ("num_hidden_layers", 2), ("num_attention_heads", 3),
+             ("intermediate_size", 768), ("patch_size", 16))
 _SWIN_SMALL = (("embed_dim", 48), ("depths", (1, 1, 2, 1)), ("num_heads", (3, 6, 12, 24)))
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -131,6 +133,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            heads=2, unsupported="conv attention: Attention2d's q, k and v are 1x1 Convs (with "
            "BatchNorm) over [B, C, H, W] maps, a depthwise conv on v and talking-head convs on the "
            "scores; recognition needs MatMul/Gemm projections (MLPs are 1x1 convs too)"),
+    Family("hf_clip_vision", "huggingface", "clip_vision", 224, Counts(2, 2, 6, 2, 4),
+           _HF_SMALL, heads=0),  # QuickGELU MLPs; the pooled, post-LayerNorm'd class token
+    Family("hf_siglip_vision", "huggingface", "siglip_vision", 224, Counts(3, 3, 6, 3, 5),
+           _HF_SMALL, heads=0),  # tanh GELU; the pooling head is a torch nn.MultiheadAttention
+    Family("hf_beit", "huggingface", "beit", 224, Counts(2, 2, 5, 2, 4),
+           _HF_SMALL + (("use_relative_position_bias", True),)),
+    Family("hf_data2vec_vision", "huggingface", "data2vec_vision", 224, Counts(2, 2, 5, 2, 4),
+           _HF_SMALL + (("use_relative_position_bias", True),)),
     Family("mvitv2_tiny", "timm", "mvitv2_tiny", 224, Counts(10, 10, 51, 10, 20), tags=("big",),
            unsupported="pooling attention: q, k and v are each pooled by a strided depthwise "
            "Conv and LayerNorm'd before Q·Kᵀ, and the decomposed relative positions are Einsum "
@@ -142,13 +152,16 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "SwinTransformerV2Block", "LevitBlock", "LevitDownsample", "SwinTransformerBlockV2",
            "Dinov2Layer", "SwinLayer", "XCABlock", "ClassAttentionBlock",
            "SwinTransformerV2CrBlock", "AttentionPoolLatent", "TinyVitBlock", "HieraBlock",
-           "PartitionAttentionCl", "MultiScaleBlock"}
+           "PartitionAttentionCl", "MultiScaleBlock", "CLIPEncoderLayer", "SiglipEncoderLayer",
+           "SiglipMultiheadAttentionPoolingHead", "BeitLayer", "Data2VecVisionLayer"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
                "MaskUnitAttention", "AttentionCl", "Attention2d", "Attention2dDownsample",
-               "MultiScaleAttention"}
-_MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm"}
+               "MultiScaleAttention", "CLIPAttention", "SiglipAttention", "MultiheadAttention",
+               "BeitAttention", "Data2VecVisionAttention"}
+_MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
+         "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate"}
 # attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP)
 _BIAS_NETS = {"WindowMultiHeadAttention"}
 
@@ -156,7 +169,8 @@ _BIAS_NETS = {"WindowMultiHeadAttention"}
 def family_counts(module) -> Counts:
     """Blocks, attention modules, nn.LayerNorm, MLP modules and two residual Adds per block,
     read off the torch module. One residual: LeViT's downsample blocks and SigLIP's attention
-    pool (their MLP's). XCiT's conv LPI residual is not counted (neither attention nor MLP).
+    pools (timm's and Hugging Face's; their MLP's). XCiT's conv LPI residual is not counted
+    (neither attention nor MLP).
     EfficientFormerV2's blocks without attention are an MLP and its residual."""
     import torch
 
@@ -168,8 +182,8 @@ def family_counts(module) -> Counts:
     attended = sum(m.token_mixer is not None for m in former)
     blocks = sum(names[n] for n in _BLOCKS) + attended
     layernorms = sum(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
-    residual = (2 * blocks - names["LevitDownsample"] - names["AttentionPoolLatent"]
-                + len(former) - attended)
+    pools = names["AttentionPoolLatent"] + names["SiglipMultiheadAttentionPoolingHead"]
+    residual = 2 * blocks - names["LevitDownsample"] - pools + len(former) - attended
     return Counts(blocks, sum(names[n] for n in _ATTENTIONS), layernorms, mlps, residual)
 
 
@@ -194,16 +208,39 @@ def build(family: Family):
 
 
 def _huggingface(family: Family):
-    """A Hugging Face image classifier from its config kind and sizes, returning logits."""
+    """A Hugging Face model from its config kind and sizes: a classifier's logits, or a vision
+    tower's pooled features (CLIP's class token, SigLIP's attention-pooling head)."""
     import transformers
 
     from onnxvq.models.export import _Logits
 
     kinds = {"dinov2": ("Dinov2Config", "Dinov2ForImageClassification"),
-             "swin": ("SwinConfig", "SwinForImageClassification")}
+             "swin": ("SwinConfig", "SwinForImageClassification"),
+             "clip_vision": ("CLIPVisionConfig", "CLIPVisionModel"),
+             "siglip_vision": ("SiglipVisionConfig", "SiglipVisionModel"),
+             "beit": ("BeitConfig", "BeitForImageClassification"),
+             "data2vec_vision": ("Data2VecVisionConfig", "Data2VecVisionForImageClassification")}
     config_cls, model_cls = (getattr(transformers, n) for n in kinds[family.arch])
-    config = config_cls(image_size=family.image, num_labels=10, **dict(family.kwargs))
-    return _Logits(model_cls(config)).eval()
+    tower = family.arch in ("clip_vision", "siglip_vision")
+    labels = {} if tower else {"num_labels": 10}
+    config = config_cls(image_size=family.image, **labels, **dict(family.kwargs))
+    model = model_cls(config)
+    return (_Pooled(model) if tower else _Logits(model)).eval()
+
+
+def _Pooled(model):
+    """A Hugging Face vision tower returning its `pooler_output` (a plain tensor to export)."""
+    import torch
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x):
+            return self.model(pixel_values=x).pooler_output
+
+    return Pooled(model)
 
 
 def _torchvision(family: Family):

@@ -39,13 +39,23 @@ FLOORS |= {("vit_qknorm", "w8a8"): 26, ("vit_qknorm", "pts-lis"): 9, ("vit_qknor
            ("swinv2_cr_tiny", "trt"): 31, ("hiera_tiny", "w8a8"): 31,
            ("hiera_tiny", "pts-lis"): 29, ("hiera_tiny", "trt"): 31,
            ("tiny_vit_5m", "w8a8"): 30, ("tiny_vit_5m", "pts-lis"): 13, ("tiny_vit_5m", "trt"): 30,
+           ("hf_clip_vision", "w8a8"): 37, ("hf_clip_vision", "pts-lis"): 18,
+           ("hf_clip_vision", "trt"): 35, ("hf_siglip_vision", "w8a8"): 26,
+           ("hf_siglip_vision", "pts-lis"): 16, ("hf_siglip_vision", "trt"): 28,
+           ("hf_beit", "w8a8"): 35, ("hf_beit", "trt"): 32, ("hf_data2vec_vision", "w8a8"): 33,
+           ("hf_data2vec_vision", "pts-lis"): 14, ("hf_data2vec_vision", "trt"): 33,
            ("maxvit_tiny", "w8a8"): 30, ("maxvit_tiny", "pts-lis"): 16, ("maxvit_tiny", "trt"): 29}
 FLOORS |= {("swinv2_tiny_dynamo", k): v for (n, k), v in FLOORS.items() if n == "swinv2_tiny"}
 FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "vit_qknorm"}
 # --pts --lis on 6 samples: the gate names the final LayerNorm (tests below say why). DeiT-III's
 # and CaiT's final norms are refused per flag at calibration instead (their pooled class token).
 # CLIP's norm_pre (before the blocks: the class token's row is the same for every image) too.
-GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'", "clip_b16": "'/norm_pre/LayerNormalization'"}
+# Hugging Face BEiT's pooler norm (the mean-pooled [B, 192] vector, as EVA-02's) too.
+GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'", "clip_b16": "'/norm_pre/LayerNormalization'",
+                "hf_beit": "'/model/beit/pooler/layernorm/LayerNormalization'"}
+# On the gate's edge (measured 19.4 and 19.9 dB below W8/A8, the gate's limit is 20): either
+# above the floor or refused with a named culprit; both are right, a silent bad model is not.
+GATE_EDGE = {"hf_clip_vision", "hf_data2vec_vision"}
 UNSUPPORTED = [pytest.param(n, marks=() if "ci" in f.tags else _FULL)
                for n, f in FAMILIES.items() if f.unsupported is not None]
 
@@ -99,7 +109,13 @@ def test_quantizes_through_the_gate(exported, name, flags):
         with pytest.raises(FidelityError, match=GATE_CATCHES[name]):
             onnxvq.quantize(exported(name), None, QuantConfig(**NOISE, **flags))
         return
-    result = onnxvq.quantize(exported(name), None, QuantConfig(**NOISE, **flags))
+    try:
+        result = onnxvq.quantize(exported(name), None, QuantConfig(**NOISE, **flags))
+    except FidelityError as exc:
+        if name in GATE_EDGE and flags.get("pts"):
+            assert "likely culprit: node '" in str(exc)
+            return
+        raise
     (out,) = result.fidelity["outputs"]
     key = "trt" if flags.get("target") else "pts-lis" if flags else "w8a8"
     assert out["problem"] is None and out["sqnr_db"] > FLOORS.get((name, key), 1.0)
