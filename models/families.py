@@ -141,6 +141,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            _HF_SMALL + (("use_relative_position_bias", True),)),
     Family("hf_data2vec_vision", "huggingface", "data2vec_vision", 224, Counts(2, 2, 5, 2, 4),
            _HF_SMALL + (("use_relative_position_bias", True),)),
+    Family("tv_maxvit", "torchvision", "maxvit", 224, Counts(8, 8, 17, 8, 16),
+           (("stem_channels", 32), ("partition_size", 7), ("block_channels", [32, 64, 128, 256]),
+            ("block_layers", [1, 1, 1, 1]), ("head_dim", 16))),  # block + grid attention
     Family("mvitv2_tiny", "timm", "mvitv2_tiny", 224, Counts(10, 10, 51, 10, 20), tags=("big",),
            unsupported="pooling attention: q, k and v are each pooled by a strided depthwise "
            "Conv and LayerNorm'd before Q·Kᵀ, and the decomposed relative positions are Einsum "
@@ -153,13 +156,14 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "Dinov2Layer", "SwinLayer", "XCABlock", "ClassAttentionBlock",
            "SwinTransformerV2CrBlock", "AttentionPoolLatent", "TinyVitBlock", "HieraBlock",
            "PartitionAttentionCl", "MultiScaleBlock", "CLIPEncoderLayer", "SiglipEncoderLayer",
-           "SiglipMultiheadAttentionPoolingHead", "BeitLayer", "Data2VecVisionLayer"}
+           "SiglipMultiheadAttentionPoolingHead", "BeitLayer", "Data2VecVisionLayer",
+           "PartitionAttentionLayer"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
                "MaskUnitAttention", "AttentionCl", "Attention2d", "Attention2dDownsample",
                "MultiScaleAttention", "CLIPAttention", "SiglipAttention", "MultiheadAttention",
-               "BeitAttention", "Data2VecVisionAttention"}
+               "BeitAttention", "Data2VecVisionAttention", "RelativePositionalMultiHeadAttention"}
 _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
          "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate"}
 # attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP)
@@ -178,6 +182,7 @@ def family_counts(module) -> Counts:
     bias_mlps = {id(m) for a in module.modules() if type(a).__name__ in _BIAS_NETS
                  for m in a.modules() if type(m).__name__ in _MLPS}
     mlps = sum(type(m).__name__ in _MLPS and id(m) not in bias_mlps for m in module.modules())
+    mlps += names["PartitionAttentionLayer"]  # torchvision MaxViT's: an unnamed nn.Sequential
     former = [m for m in module.modules() if type(m).__name__ == "EfficientFormerV2Block"]
     attended = sum(m.token_mixer is not None for m in former)
     blocks = sum(names[n] for n in _BLOCKS) + attended
@@ -244,10 +249,16 @@ def _Pooled(model):
 
 
 def _torchvision(family: Family):
-    """torchvision's Swin-v2 at the family's sizes (the builders take no depth override)."""
+    """torchvision's Swin-v2 or MaxViT at the family's sizes (the builders take no depth
+    override)."""
+    kw = dict(family.kwargs)
+    if family.arch == "maxvit":
+        from torchvision.models.maxvit import MaxVit
+
+        return MaxVit(input_size=(family.image, family.image), stochastic_depth_prob=0.0,
+                      num_classes=10, **kw).eval()
     from torchvision.models import swin_transformer as st
 
-    kw = dict(family.kwargs)
     return st.SwinTransformer(patch_size=[4, 4], embed_dim=kw["embed_dim"],
                               depths=list(kw["depths"]), num_heads=list(kw["num_heads"]),
                               window_size=list(kw["window_size"]), stochastic_depth_prob=0.0,

@@ -18,6 +18,7 @@ import onnx
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.pipeline import Pipeline, PipelineReport
 from onnxvq.passes.center_attention_probs import CenterAttentionProbs
+from onnxvq.passes.einsum_to_matmul import EinsumToMatMul
 from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.passes.fold_constants import FoldConstants
 from onnxvq.passes.fold_linear_batchnorm import FoldLinearBatchNorm
@@ -52,10 +53,12 @@ from onnxvq.passes.smooth_linear_inputs import SmoothLinearInputs
 from onnxvq.passes.twin_qdq import TwinQDQ
 
 # Every command starts here: constants and shape noise folded, BatchNorm folded into Convs and
-# Linears (LeViT), LayerNorm fused, the SDPA NaN guard dropped, the attention scale one Mul on
-# Q·Kᵀ (the form the recogniser and FQ-ViT expect).
+# Linears (LeViT), LayerNorm fused, the SDPA NaN guard dropped, batched-matmul Einsums as MatMul
+# (torchvision's MaxViT), the attention scale one Mul on Q·Kᵀ (the form the recogniser and FQ-ViT
+# expect).
 CANONICAL = Pipeline((FoldConstants(), FoldBatchNorm(), FoldLinearBatchNorm(), FoldStaticShapes(),
-                      FuseLayerNorm(), RemoveSoftmaxNanGuard(), NormalizeAttentionScale()),
+                      FuseLayerNorm(), RemoveSoftmaxNanGuard(), EinsumToMatMul(),
+                      NormalizeAttentionScale()),
                      infer_shapes=True)
 
 # TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral); quantization
