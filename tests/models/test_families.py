@@ -44,6 +44,7 @@ FLOORS |= {("vit_qknorm", "w8a8"): 26, ("vit_qknorm", "pts-lis"): 9, ("vit_qknor
            ("hf_siglip_vision", "pts-lis"): 16, ("hf_siglip_vision", "trt"): 28,
            ("hf_beit", "w8a8"): 35, ("hf_beit", "trt"): 32, ("hf_data2vec_vision", "w8a8"): 33,
            ("hf_data2vec_vision", "pts-lis"): 14, ("hf_data2vec_vision", "trt"): 33,
+           ("tv_maxvit", "w8a8"): 26, ("tv_maxvit", "pts-lis"): 9, ("tv_maxvit", "trt"): 27,
            ("maxvit_tiny", "w8a8"): 30, ("maxvit_tiny", "pts-lis"): 16, ("maxvit_tiny", "trt"): 29}
 FLOORS |= {("swinv2_tiny_dynamo", k): v for (n, k), v in FLOORS.items() if n == "swinv2_tiny"}
 FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "vit_qknorm"}
