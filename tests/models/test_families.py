@@ -79,7 +79,7 @@ def exported():
                                   for n, f in FAMILIES.items()
                                   if f.exporter != "dynamo" and not f.external])
 def test_counts_are_the_torch_modules(name):
-    from onnxvq.models.families import build, family_counts
+    from onnxvq.models.family_modules import build, family_counts
 
     assert family_counts(build(FAMILIES[name])) == FAMILIES[name].counts
 
