@@ -24,21 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxvq.models.corpus import CorpusError, corpus_dir
+from onnxvq.models.family_modules import Counts, build
 
 log = logging.getLogger("onnxvq.models.families")
-
-
-@dataclass(frozen=True)
-class Counts:
-    blocks: int
-    attentions: int
-    layernorms: int
-    mlps: int
-    residual_adds: int
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(blocks=self.blocks, attentions=self.attentions, layernorms=self.layernorms,
-                    mlps=self.mlps, residual_adds=self.residual_adds)
 
 
 @dataclass(frozen=True)
@@ -167,8 +155,6 @@ def export(family: Family) -> dict:
 
     from onnxvq.core.graph import save_model
     from onnxvq.core.runtime import make_session
-    from onnxvq.models.family_modules import build
-
     module = build(family)
     example = torch.randn(2, 3, family.image, family.image, generator=torch.Generator()
                           .manual_seed(1))

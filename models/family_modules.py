@@ -5,9 +5,27 @@ what `onnxvq inspect` must find on the export)."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from onnxvq.models.corpus import CorpusError
-from onnxvq.models.families import Counts, Family
+
+if TYPE_CHECKING:
+    from onnxvq.models.families import Family
+
+
+@dataclass(frozen=True)
+class Counts:
+    blocks: int
+    attentions: int
+    layernorms: int
+    mlps: int
+    residual_adds: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(blocks=self.blocks, attentions=self.attentions, layernorms=self.layernorms,
+                    mlps=self.mlps, residual_adds=self.residual_adds)
+
 
 _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "SwinTransformerV2Block", "LevitBlock", "LevitDownsample", "SwinTransformerBlockV2",
