@@ -3,7 +3,7 @@
 to W8/A8 and say nothing.
 
 Each integer-op flag that replaced nothing gets a warning naming the flag and why; when every
-such flag the user gave replaced nothing, the run is refused (UnsupportedModelError, exit 3)."""
+such flag the user gave replaced nothing, the run is refused (UnsupportedModelError, exit 4)."""
 
 from __future__ import annotations
 

@@ -248,7 +248,7 @@ def test_eva02_quantizes_w8a8_and_its_final_norm_is_caught_by_the_gate(exported)
 @pytest.mark.parametrize("name", UNSUPPORTED)
 def test_unsupported_families_refuse_lis_by_name(exported, name):
     """Families whose attention recognition does not cover (`unsupported` says why): no attention
-    is reported, --lis is refused by name (exit 3, nothing written) instead of writing W8/A8."""
+    is reported, --lis is refused by name (exit 4, nothing written) instead of writing W8/A8."""
     path = exported(name)
     counts = onnxvq.inspect(path).structure.counts
     assert counts["attentions"] == counts["blocks"] == 0
