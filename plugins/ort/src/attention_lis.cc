@@ -1,9 +1,10 @@
 // LogIntAttention (plugins/README.md): QLinearAttention's integer scores, then FQ-ViT's log-int
 // softmax and log-code A.V, all exact: the int8 score codes sat(rne((float(S) * qk_scale) /
 // scores_scale)), LogIntSoftmax's own row kernel (log_int_softmax.h) on them, and
-// Y = sum_j w(code_j) (v_jd - z_v) with LogIntMatMul's weights, as one vpdpwssd GEMM row on the
-// negated weights (-2^15 fits int16); for codes from the softmax sum_j w <= 2^(1/2) 2^15, so
-// |Y| < 2^24 and every partial sum fits int32. Output codes as QLinearAttention's.
+// Y = sum_j w(code_j) (v_jd - z_v) with LogIntMatMul's weights (AVX-512: as uint8 bytes of w,
+// see HeadAvx512; plain loops: the negated weights, -2^15 fits int16); for codes from the
+// softmax sum_j w <= 2^(1/2) 2^15, so |Y| < 2^24 and every partial sum fits int32. Output codes
+// as QLinearAttention's.
 #include <algorithm>
 #include <cmath>
 #include <memory>
