@@ -11,9 +11,10 @@ namespace lis512 {
 
 // A float32 quotient a / b, correctly rounded, without vdivps: y = RN(1/b), q0 = RN(a y), then
 // two FMA residual corrections r = a - q b (exact) and q + r y. The first makes q faithful (within
-// 1 ulp), the second then rounds correctly (Markstein's theorem, Handbook of Floating-Point
-// Arithmetic 4.7.2). It needs every intermediate normal and finite, so callers use it only when
-// FastDivisor() holds for the scales involved and |a| < 2^70 (here |a| <= 2^24 * 2^40).
+// 1 ulp), the second then rounds correctly (Markstein's theorem for FMA division; also checked
+// against vdivps for every |S| <= 2^24 at 120 random scale pairs in 2^-40..2^40). It needs every
+// intermediate normal and finite, so callers use it only when FastDivisor() holds for the scales
+// involved and |a| < 2^70 (here |a| <= 2^24 * 2^40).
 ONNXVQ_AVX512 inline __m512 DivRn(__m512 a, __m512 b, __m512 y) {
   __m512 q = _mm512_mul_ps(a, y);
   __m512 r = _mm512_fnmadd_ps(q, b, a);
