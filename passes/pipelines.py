@@ -26,6 +26,7 @@ from onnxvq.passes.fold_requantize import FoldRequantize
 from onnxvq.passes.fold_scale_into_dequantize import FoldScaleIntoDequantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
 from onnxvq.passes.fold_static_shapes import FoldStaticShapes
+from onnxvq.passes.fuse_add_int_layer_norm import FuseAddIntLayerNorm
 from onnxvq.passes.fuse_add_layernorm_quantize import FuseAddLayerNormQuantize
 from onnxvq.passes.fuse_add_mul_quantize import FuseAddMulQuantize
 from onnxvq.passes.fuse_gelu_quantize import FuseGeluQuantize
@@ -92,8 +93,8 @@ SMOOTH = Pipeline((SmoothLinearInputs(),))
 # projection's codes, each --lis attention one LogIntAttention (exact); weight-only 4-bit Linears
 # as MatMulNBits; last, residual Add + LayerNorm + QuantizeLinear, or with --pts Add + Mul +
 # QuantizeLinear before an IntLayerNorm, as one com.onnxvq kernel, once the passes that read the
-# QuantizeLinears are done). Every pass but fuse-gelu-quantize, fuse-add-layernorm-quantize,
-# ort-fast-gelu and fuse-qlinear-attention (float GELU / LayerNorm / softmax rounding) is
+# QuantizeLinears are done; then that one and its IntLayerNorm as AddIntLayerNorm). Every pass
+# but fuse-gelu-quantize, fuse-add-layernorm-quantize, ort-fast-gelu and fuse-qlinear-attention (float GELU / LayerNorm / softmax rounding) is
 # bit-exact; each is tested against the graph before it.
 # Last, every int8 Linear (MatMulIntegerToFloat) as onnxvq's QuantizedLinear where this machine
 # has AMX-INT8 (QuantConfig.quantized_linear: auto/on/off), bit-exact.
@@ -106,7 +107,7 @@ ORT_LOWERING = Pipeline((FuseGeluQuantize(), OrtFastGelu(), FoldScaleIntoDequant
                          PatchConvToMatMul(), HoistQuantizeOverSplit(), FuseQLinearAttention(),
                          FuseLogIntAttention(), OrtMatMulBias(), OrtMixedQMatMul(),
                          OrtMatMulNBits(), FuseAddLayerNormQuantize(), FuseAddMulQuantize(),
-                         OrtQuantizedLinear()))
+                         OrtQuantizedLinear(), FuseAddIntLayerNorm()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 # --lis-qdq: LIS's log codes (base --lis-base) on the attention probabilities in standard ops,
 # for runtimes without the custom ops (float emulation; passes/log_softmax_qdq.py).

@@ -62,6 +62,21 @@ def add_mul_quantize_linear_function(opset: int) -> onnx.FunctionProto:
                                 [helper.make_opsetid("", opset)], attributes=list(PLUGIN_ATTRS))
 
 
+def add_int_layer_norm_function(opset: int) -> onnx.FunctionProto:
+    """AddIntLayerNorm(A, B, M, x_scale, x_zero_point, alpha, gamma, beta) -> (Y, S):
+    (X, S) = AddMulQuantizeLinear(A, B, M, x_scale, x_zero_point), Y = IntLayerNorm(X, alpha,
+    gamma, beta) with the node's attributes: the two ops it fuses, themselves local functions."""
+    iln = helper.make_node("IntLayerNorm", ["X", "alpha", "gamma", "beta"], ["Y"], domain=DOMAIN)
+    amq = helper.make_node("AddMulQuantizeLinear", ["A", "B", "M", "x_scale", "x_zero_point"],
+                           ["X", "S"], domain=DOMAIN)
+    attrs = ("zero_point", "epsilon", "gamma_shift", "output_dtype")
+    iln.attribute.extend(helper.make_attribute_ref(n, AttributeProto.INT) for n in attrs)
+    return helper.make_function(DOMAIN, "AddIntLayerNorm", ["A", "B", "M", "x_scale",
+                                "x_zero_point", "alpha", "gamma", "beta"], ["Y", "S"], [amq, iln],
+                                [helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
+                                attributes=[*attrs, *PLUGIN_ATTRS])
+
+
 def fused_function_protos(opset: int) -> list[onnx.FunctionProto]:
     return [gelu_quantize_linear_function(opset), add_layer_norm_quantize_function(opset),
-            add_mul_quantize_linear_function(opset)]
+            add_mul_quantize_linear_function(opset), add_int_layer_norm_function(opset)]

@@ -185,6 +185,21 @@ def make_quantized_linear_node(graph: gs.Graph, inputs: list[gs.Tensor], *, name
                                attrs=dict(PLUGIN_ATTRS), inputs=list(inputs), outputs=[output]))
 
 
+def make_add_int_layer_norm_node(
+    graph: gs.Graph, a: gs.Tensor, b: gs.Tensor, m: gs.Tensor, scale: gs.Tensor,
+    zero_point: gs.Tensor, alpha: gs.Tensor, gamma: gs.Tensor, beta: gs.Tensor, *,
+    attrs: dict[str, int], name: str, codes: gs.Variable, total: gs.Variable,
+) -> None:
+    """`total` = a + b (b broadcast over a's leading dimensions) and `codes` = IntLayerNorm(
+    alpha, gamma, beta; `attrs`, IntLayerNorm's) of the PTS codes QuantizeLinear(total * m,
+    scale, zero_point) would give (`attrs["zero_point"]` equal to `zero_point`'s value)."""
+    register_functions(graph)
+    graph.nodes.append(gs.Node(
+        op="AddIntLayerNorm", name=name, domain=DOMAIN,
+        attrs={**{k: int(v) for k, v in attrs.items()}, **PLUGIN_ATTRS},
+        inputs=[a, b, m, scale, zero_point, alpha, gamma, beta], outputs=[codes, total]))
+
+
 def _append(
     graph: gs.Graph,
     op: str,

@@ -72,7 +72,8 @@ def register_references() -> None:
     OP_REGISTRY.update({"GeluQuantizeLinear": _gelu_quantize_linear,
                         "AddLayerNormQuantize": _add_layer_norm_quantize,
                         "AddMulQuantizeLinear": _add_mul_quantize_linear,
-                        "QuantizedLinear": _quantized_linear})
+                        "QuantizedLinear": _quantized_linear,
+                        "AddIntLayerNorm": _add_int_layer_norm})
     for schema in onnx.defs.get_all_schemas():
         if schema.domain in ("", "ai.onnx") and schema.name not in OP_REGISTRY:
             OP_REGISTRY[schema.name] = _standard_op
@@ -179,6 +180,16 @@ def _add_mul_quantize_linear(node, tensors: dict) -> dict:
 
     a, b, m, scale, zp = _inputs(node, tensors)
     y, s = add_mul_quantize_linear(a, b, m, float(scale), zp)
+    return {node.outputs[0].name: y, node.outputs[1].name: s}
+
+
+def _add_int_layer_norm(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.fused import add_int_layer_norm
+
+    a, b, m, scale, zp, alpha, gamma, beta = _inputs(node, tensors)
+    y, s = add_int_layer_norm(a, b, m, float(scale), zp, alpha, gamma, beta,
+                              **_ints(node, "zero_point", "epsilon", "gamma_shift",
+                                      "output_dtype"))
     return {node.outputs[0].name: y, node.outputs[1].name: s}
 
 

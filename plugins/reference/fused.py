@@ -62,3 +62,21 @@ def add_mul_quantize_linear(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: 
     info = np.iinfo(zp.dtype)
     q = np.rint(t.astype(np.float32)) + np.float32(int(zp))
     return np.clip(q, info.min, info.max).astype(zp.dtype), s
+
+
+def add_int_layer_norm(a: np.ndarray, b: np.ndarray, m: np.ndarray, x_scale: float,
+                       x_zero_point: np.ndarray | int, alpha: np.ndarray, gamma: np.ndarray,
+                       beta: np.ndarray, *, zero_point: int, epsilon: int, gamma_shift: int,
+                       output_dtype: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """AddIntLayerNorm(A, B, M, x_scale, x_zero_point, alpha, gamma, beta) -> (Y, S): the PTS
+    codes of S = A + B as AddMulQuantizeLinear makes them, then IntLayerNorm of those codes.
+    Exact (both halves are); `zero_point` must equal `x_zero_point`."""
+    from onnxvq.core.errors import OnnxvqError
+    from onnxvq.plugins.reference.layernorm import int_layer_norm
+
+    if int(np.asarray(x_zero_point)) != int(zero_point):
+        raise OnnxvqError("AddIntLayerNorm zero_point must equal x_zero_point")
+    codes, s = add_mul_quantize_linear(a, b, m, x_scale, x_zero_point)
+    y = int_layer_norm(codes, alpha, gamma, beta, zero_point=zero_point, epsilon=epsilon,
+                       gamma_shift=gamma_shift, output_dtype=output_dtype)
+    return y, s

@@ -91,5 +91,6 @@ void AddGeluQuantizeLinear(Ort::CustomOpDomain& domain);
 void AddAddLayerNormQuantize(Ort::CustomOpDomain& domain);
 void AddAddMulQuantizeLinear(Ort::CustomOpDomain& domain);
 void AddQuantizedLinear(Ort::CustomOpDomain& domain);
+void AddAddIntLayerNorm(Ort::CustomOpDomain& domain);
 
 }  // namespace onnxvq

@@ -25,6 +25,7 @@ OrtCustomOpDomain* Domain() {
     onnxvq::AddAddLayerNormQuantize(d);
     onnxvq::AddAddMulQuantizeLinear(d);
     onnxvq::AddQuantizedLinear(d);
+    onnxvq::AddAddIntLayerNorm(d);
     domain = d.release();
   });
   return domain;

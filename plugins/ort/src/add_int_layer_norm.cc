@@ -1,0 +1,135 @@
+// AddIntLayerNorm (plugins/README.md): the --pts residual norm in one pass over memory. Per row:
+// S = A + B (written: the next residual reads it), the PTS codes of S exactly as
+// AddMulQuantizeLinear makes them, and IntLayerNorm of those codes; the codes themselves never
+// leave the core (the unfused pair writes them and reads them back in a second kernel).
+//
+// Bit-exact with AddMulQuantizeLinear -> IntLayerNorm: the AVX-512 rows repeat the same float32
+// operations and integer steps (int_layer_norm_avx512.h); elsewhere the two ops' own rows run
+// back to back on a per-thread row of codes.
+// First: its guarded include of immintrin.h silences GCC 12's AVX-512 header warnings.
+#include "int_layer_norm_avx512.h"
+
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "add_mul_quantize.h"
+#include "broadcast_rows.h"
+#include "common.h"
+#include "int_layer_norm.h"
+#include "parallel.h"
+
+namespace onnxvq {
+namespace {
+
+struct Rows {
+  const float* a;
+  const float* b;
+  float* s;
+  int64_t channels, b_rows;
+};
+
+template <class TIn, class TOut>
+void PortableRows(const Rows& io, TOut* y, int64_t begin, int64_t end, const amq::AmqParams& q,
+                  const iln::RowParams& p) {
+  const int64_t c = io.channels;
+  std::vector<TIn> codes(static_cast<size_t>(c));
+  for (int64_t r = begin; r < end; ++r) {
+    amq::AmqRow(io.a + r * c, io.b + (r % io.b_rows) * c, io.s + r * c, codes.data(), q);
+    iln::NormalizeRow(codes.data(), y + r * c, p);
+  }
+}
+
+template <class TOut>
+void Rows512(const Rows& io, TOut* y, int64_t begin, int64_t end, const iln512::Consts& k,
+             int64_t epsilon) {
+  const int64_t c = io.channels;
+  std::vector<int32_t> scratch(static_cast<size_t>(iln512::Padded(c)));
+  for (int64_t r = begin; r < end; ++r) {
+    int64_t s1 = 0, s2 = 0;
+    iln512::FrontSum(io.a + r * c, io.b + (r % io.b_rows) * c, io.s + r * c, scratch.data(), k,
+                     s1, s2);
+    iln512::Output(scratch.data(), y + r * c, s1, iln::RowReciprocal(s1, s2, c, epsilon), k);
+  }
+}
+
+template <class TIn>
+struct AddIntLayerNormKernel {
+  std::string missing;
+  int64_t zero_point, epsilon, gamma_shift, output_dtype;
+
+  AddIntLayerNormKernel(const OrtApi*, const OrtKernelInfo* info)
+      : zero_point(IntAttr(info, "zero_point", 0, &missing)),
+        epsilon(IntAttr(info, "epsilon", 0, &missing)),
+        gamma_shift(IntAttr(info, "gamma_shift", 0, &missing)),
+        output_dtype(IntAttr(info, "output_dtype", iln::kUint8)) {}
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<float>& a,
+                      const Ort::Custom::Tensor<float>& b, const Ort::Custom::Tensor<float>& m,
+                      const Ort::Custom::Tensor<float>& x_scale,
+                      const Ort::Custom::Tensor<TIn>& x_zero_point,
+                      const Ort::Custom::Tensor<uint8_t>& alpha,
+                      const Ort::Custom::Tensor<int32_t>& gamma,
+                      const Ort::Custom::Tensor<int64_t>& beta, Ort::Custom::Variadic& out) {
+    return Guard("AddIntLayerNorm", [&] {
+      Require(missing.empty(), "missing attribute(s) " + missing);
+      int64_t rows = 0, c = 0;
+      RowsOf(a.Shape(), rows, c);
+      Require(c >= 1 && c <= iln::kMaxChannels, "the last axis must have 1..8192 channels");
+      Require(m.NumberOfElement() == c && alpha.NumberOfElement() == c &&
+              gamma.NumberOfElement() == c && beta.NumberOfElement() == c,
+              "M, alpha, gamma, beta must have C elements");
+      Require(x_scale.NumberOfElement() == 1 && x_zero_point.NumberOfElement() == 1,
+              "x_scale and x_zero_point must be scalars");
+      const float s = x_scale.Data()[0];
+      Require(s > 0 && std::isfinite(s), "x_scale must be positive and finite");
+      Require(x_zero_point.Data()[0] == zero_point, "zero_point must equal x_zero_point");
+      const iln::Tables t(alpha.Data(), gamma.Data(), beta.Data(), c, zero_point,
+                          std::is_signed_v<TIn>, epsilon, gamma_shift, output_dtype);
+      const bool sgn = std::is_signed_v<TIn>;
+      const amq::AmqParams q{m.Data(), c, BroadcastRows(a.Shape(), b.Shape()), s,
+                             static_cast<float>(zero_point), sgn ? -128.0f : 0.0f,
+                             sgn ? 127.0f : 255.0f};
+      Rows io{a.Data(), b.Data(), out.AllocateOutput<float>(1, a.Shape()), c, q.b_rows};
+      if (output_dtype == iln::kUint8) {
+        Launch(ctx, io, out.AllocateOutput<uint8_t>(0, a.Shape()), rows, q, t);
+      } else {
+        Launch(ctx, io, out.AllocateOutput<int8_t>(0, a.Shape()), rows, q, t);
+      }
+    });
+  }
+
+  template <class TOut>
+  static void Launch(OrtKernelContext* ctx, const Rows& io, TOut* y, int64_t rows,
+                     const amq::AmqParams& q, const iln::Tables& t) {
+    const iln::RowParams& p = t.p;
+    if (!iln512::Available()) {
+      ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
+        PortableRows<TIn>(io, y, begin, end, q, p);
+      });
+      return;
+    }
+    iln512::Consts k = iln512::MakeConsts(t.shift.data(), p.gamma, p.beta, p.channels,
+                                          p.zero_point, p.out_shift, p.lo, p.hi);
+    k.mult.assign(static_cast<size_t>(iln512::Padded(p.channels)), 0.0f);
+    for (int64_t i = 0; i < p.channels; ++i) k.mult[i] = q.mult[i];
+    k.scale = q.scale;
+    k.zero_point_f = q.zero_point;
+    k.in_lo = q.lo;
+    k.in_hi = q.hi;
+    ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
+      Rows512(io, y, begin, end, k, p.epsilon);
+    });
+  }
+};
+
+}  // namespace
+
+void AddAddIntLayerNorm(Ort::CustomOpDomain& domain) {
+  domain.Add(Ort::Custom::CreateLiteCustomOp<AddIntLayerNormKernel<uint8_t>>("AddIntLayerNorm",
+                                                                       kProvider));
+  domain.Add(Ort::Custom::CreateLiteCustomOp<AddIntLayerNormKernel<int8_t>>("AddIntLayerNorm",
+                                                                      kProvider));
+}
+
+}  // namespace onnxvq
