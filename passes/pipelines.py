@@ -94,8 +94,9 @@ SMOOTH = Pipeline((SmoothLinearInputs(),))
 # as MatMulNBits; last, residual Add + LayerNorm + QuantizeLinear, or with --pts Add + Mul +
 # QuantizeLinear before an IntLayerNorm, as one com.onnxvq kernel, once the passes that read the
 # QuantizeLinears are done; then that one and its IntLayerNorm as AddIntLayerNorm). Every pass
-# but fuse-gelu-quantize, fuse-add-layernorm-quantize, ort-fast-gelu and fuse-qlinear-attention (float GELU / LayerNorm / softmax rounding) is
-# bit-exact; each is tested against the graph before it.
+# but fuse-gelu-quantize, fuse-add-layernorm-quantize, ort-fast-gelu and fuse-qlinear-attention
+# (float GELU / LayerNorm / softmax rounding) is bit-exact; each is tested against the graph
+# before it.
 # Last, every int8 Linear (MatMulIntegerToFloat) as onnxvq's QuantizedLinear where this machine
 # has AMX-INT8 (QuantConfig.quantized_linear: auto/on/off), bit-exact.
 # `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph; --lis-qdq (a model without custom
