@@ -108,7 +108,7 @@ ORT_LOWERING = Pipeline((FuseGeluQuantize(), OrtFastGelu(), FoldScaleIntoDequant
                          PatchConvToMatMul(), HoistQuantizeOverSplit(), FuseQLinearAttention(),
                          FuseLogIntAttention(), OrtMatMulBias(), OrtMixedQMatMul(),
                          OrtMatMulNBits(), FuseAddLayerNormQuantize(), FuseAddMulQuantize(),
-                         OrtQuantizedLinear(), FuseAddIntLayerNorm()))
+                         FuseAddIntLayerNorm(), OrtQuantizedLinear()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 # --lis-qdq: LIS's log codes (base --lis-base) on the attention probabilities in standard ops,
 # for runtimes without the custom ops (float emulation; passes/log_softmax_qdq.py).

@@ -21,7 +21,8 @@ NOISE = dict(calib_size=8, batch_size=4)
 LOWERING = ("fuse-gelu-quantize", "ort-fast-gelu", "fold-scale-into-dequantize",
             "patch-conv-to-matmul", "hoist-quantize-over-split", "fuse-qlinear-attention",
             "fuse-log-int-attention", "ort-matmul-bias", "ort-mixed-qmatmul", "ort-matmul-nbits",
-            "fuse-add-layernorm-quantize", "fuse-add-mul-quantize", "quantized-linear")
+            "fuse-add-layernorm-quantize", "fuse-add-mul-quantize", "fuse-add-int-layer-norm",
+            "quantized-linear")
 # float GELU / softmax / LayerNorm rounding
 INEXACT = ("fuse-gelu-quantize", "ort-fast-gelu", "fuse-qlinear-attention",
            "fuse-add-layernorm-quantize")
@@ -70,6 +71,10 @@ def test_lowered_model_matches_plain_qdq(tiny, fq, tmp_path):
     assert ops["AddLayerNormQuantize"] == (0 if fq else 2 * 2)
     # --pts: every IntLayerNorm's input quantizer with its residual Add (the final norm's too)
     assert applied["fuse-add-mul-quantize"] == (2 * 2 + 1 if fq else 0)
+    # ... and each of those with its IntLayerNorm: no IntLayerNorm is left on its own
+    assert applied["fuse-add-int-layer-norm"] == (2 * 2 + 1 if fq else 0)
+    assert ops["AddIntLayerNorm"] == (2 * 2 + 1 if fq else 0) and ops["AddMulQuantizeLinear"] == 0
+    assert ops["IntLayerNorm"] == 0
     # 3 quantizers after each QKV split become 1; the probabilities' (W8/A8) or the scores' (LIS)
     # and the merged output's go into the fused attention op; each GELU's and LayerNorm's into a
     # fused kernel
@@ -95,3 +100,20 @@ def test_trt_target_is_not_lowered(tiny):
     r = quantize(tiny, None, QuantConfig(target="trt", **NOISE))
     assert not any(p.pass_id in LOWERING for p in r.passes)
     assert not any(n.domain == "com.microsoft" for n in r.model.graph.node)
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_deit_small_pts_norms_are_fused(corpus_model, tmp_path):
+    """timm's ViT-S/16 (DeiT-S) with --pts --lis: every norm after a residual Add (24: both norms
+    of blocks 1-11, norm2 of block 0 and the final norm) is one AddIntLayerNorm; block 0's norm1
+    reads the patch embedding + position embedding Add, whose Concat input has no inferred shape
+    (fuse-add-mul-quantize refuses it), so it stays one IntLayerNorm; no AddMulQuantizeLinear
+    is left. Counted in the model ORT actually runs."""
+    path = corpus_model("vit_small_patch16_224", "torchscript17")
+    r = quantize(path, None, QuantConfig(pts=True, lis=True, **NOISE))
+    applied = {p.pass_id: p.applied for p in r.passes}
+    assert applied["fuse-add-mul-quantize"] == 24 and applied["fuse-add-int-layer-norm"] == 24
+    ops = _ort_ops(r.model, tmp_path)
+    assert ops["AddIntLayerNorm"] == 24 and ops["IntLayerNorm"] == 1
+    assert ops["AddMulQuantizeLinear"] == 0 and ops["LayerNormalization"] == 0

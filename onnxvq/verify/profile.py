@@ -45,7 +45,8 @@ _PER_ELEMENT = {"LayerNormalization": 8, "SkipLayerNormalization": 9, "IntLayerN
                 "Exp": 1, "Pow": 1, "Neg": 1, "Where": 1, "Equal": 1, "Less": 1, "Greater": 1,
                 "ReduceSum": 1, "ReduceMax": 1, "Max": 1, "Min": 1, "Clip": 2, "Sigmoid": 4,
                 # onnxvq's fused float-to-code kernels (plugins/README.md)
-                "GeluQuantizeLinear": 24, "AddLayerNormQuantize": 12, "AddMulQuantizeLinear": 5}
+                "GeluQuantizeLinear": 24, "AddLayerNormQuantize": 12, "AddMulQuantizeLinear": 5,
+                "AddIntLayerNorm": 13}
 _INT_TYPES = {"int8", "uint8"}
 _TYPE_NAMES = {"float32": "float", "float64": "double"}  # numpy names -> ORT trace names
 # Ops ORT runs as views of their input (no data moved).

@@ -189,7 +189,7 @@ def keep_quantized(quant: onnx.ModelProto, canonical: onnx.ModelProto,
 # The ORT lowering's fused float-to-code kernels write no FP32 tensor but the residual sum; their
 # local functions are the unfused graphs, so inlining them gives the restorer standard nodes
 # (and FP32 tensors it can pull back from `canonical`).
-_FUSED = ("GeluQuantizeLinear", "AddLayerNormQuantize", "AddMulQuantizeLinear")
+_FUSED = ("GeluQuantizeLinear", "AddLayerNormQuantize", "AddMulQuantizeLinear", "AddIntLayerNorm")
 
 
 def _unfuse(quant: onnx.ModelProto) -> onnx.ModelProto:

@@ -146,3 +146,21 @@ def test_portable_rows_without_avx512(library):
     proc = subprocess.run([sys.executable, "-c", _PORTABLE, library, here], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_polygraphy_reference_equals_the_kernel(library):
+    from polygraphy.backend.onnx import GsFromOnnx
+    from polygraphy.backend.pluginref import PluginRefRunner
+
+    from onnxvq.plugins.polygraphy_ext import register_references
+
+    c, zp = 37, np.int8(-3)
+    m, p, a, b = _case(c, zp, TensorProto.UINT8, "ramp", seed=8)
+    model = _model(c, zp, p, fused=True)
+    register_references()
+    feeds = {"a": a, "b": b, "m": m}
+    with PluginRefRunner(GsFromOnnx(model)) as ref:
+        got = ref.infer(feeds)
+    want = _run(model, feeds, library)
+    np.testing.assert_array_equal(got["y"], want[0])
+    np.testing.assert_array_equal(got["sum"], want[1])
