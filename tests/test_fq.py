@@ -22,6 +22,7 @@ from onnxvq.passes.pipelines import ORT_LOWERING
 from onnxvq.plugins import native_available
 from onnxvq.plugins.reference import int_layer_norm, log_int_matmul, log_int_softmax, max_code
 from onnxvq.plugins.reference.attention import log_int_attention
+from onnxvq.plugins.reference.fused import add_int_layer_norm
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.run import quantize
 from onnxvq.recognise.model import recognise_model
@@ -69,7 +70,8 @@ def test_tiny_vit_fully_quantized(tiny):
     fp32, result = tiny
     before = _ops(fp32)
     after = _ops(result.model)
-    assert after["IntLayerNorm"] == before["LayerNormalization"] == 5
+    # (a norm after a residual Add is one AddIntLayerNorm with its input quantizer)
+    assert after["IntLayerNorm"] + after["AddIntLayerNorm"] == before["LayerNormalization"] == 5
     # the ORT lowering fuses each int8-score attention into one LogIntAttention (exact); an
     # attention with int32 (wide) scores keeps LogIntSoftmax + LogIntMatMul
     fused = after["LogIntAttention"]
@@ -108,7 +110,7 @@ def _check_against_references(fp32, result, custom_ops: bool) -> None:
     """Every custom node's output equals the numpy reference on the node's actual inputs."""
     graph = to_graph(result.model)
     integer_ops = ("IntLayerNorm", "LogIntSoftmax", "LogIntMatMul",  # not the fused float ops
-                   "LogIntAttention")
+                   "LogIntAttention", "AddIntLayerNorm")
     customs = [n for n in graph.nodes if n.domain == "com.onnxvq" and n.op in integer_ops]
     names = sorted({t.name for n in customs for t in (*n.inputs, *n.outputs)
                     if isinstance(t, gs.Variable)})
@@ -119,7 +121,9 @@ def _check_against_references(fp32, result, custom_ops: bool) -> None:
         attrs = {k: v for k, v in node.attrs.items() if not k.startswith("plugin_")}
         ref = {"IntLayerNorm": int_layer_norm, "LogIntSoftmax": log_int_softmax,
                "LogIntMatMul": log_int_matmul,
-               "LogIntAttention": log_int_attention}[node.op](*args, **attrs)
+               "LogIntAttention": log_int_attention,
+               "AddIntLayerNorm": lambda *a, **k: add_int_layer_norm(*a, **k)[0]}[node.op](
+                   *args, **attrs)
         np.testing.assert_array_equal(values[node.outputs[0].name], ref, err_msg=node.name)
     fused = sum(n.op == "LogIntAttention" for n in customs)  # one node instead of two
     assert fused >= 1 and len(customs) == 5 + 2 * 2 - fused
@@ -209,7 +213,7 @@ def test_cifar10_pts_and_lis_accuracy(shared_data, name, preset, fp32_top1):
         lowering = {p.id for p in ORT_LOWERING.passes}  # these refuse what ORT runs well as it is
         assert all(not r.refused for r in result.passes if r.pass_id not in lowering)
         ops = _ops(result.model)
-        assert ops["LayerNormalization"] == 0 and ops["IntLayerNorm"] > 0
+        assert ops["LayerNormalization"] == 0 and ops["IntLayerNorm"] + ops["AddIntLayerNorm"] > 0
         # an attention the ORT lowering fuses carries its LogIntSoftmax inside LogIntAttention
         lis_ops = ops["LogIntSoftmax"] + ops["LogIntAttention"]
         assert lis_ops == (len(result.structure.attentions) if cfg.lis else 0)

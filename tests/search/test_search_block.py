@@ -141,6 +141,7 @@ def test_search_combines_with_pts_and_lis(tiny, noise):
                       search_samples=8)
     found = quantize(tiny, None, cfg)
     ops = {n.op_type for n in found.model.graph.node}
-    assert {"IntLayerNorm", "LogIntAttention"} <= ops  # LIS's two ops fused by the ORT lowering
+    # LIS's two ops fused by the ORT lowering, each PTS norm with its residual Add
+    assert {"AddIntLayerNorm", "LogIntAttention"} <= ops
     assert found.calibration["search"]["search"] == "block-mse"
     assert _rel_error(tiny, found, noise) < 0.5

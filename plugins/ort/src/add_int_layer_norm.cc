@@ -7,7 +7,7 @@
 // operations and integer steps (int_layer_norm_avx512.h); elsewhere the two ops' own rows run
 // back to back on a per-thread row of codes.
 // First: its guarded include of immintrin.h silences GCC 12's AVX-512 header warnings.
-#include "int_layer_norm_avx512.h"
+#include "int_layer_norm_avx512_out.h"
 
 #include <cmath>
 #include <type_traits>
@@ -44,12 +44,12 @@ template <class TOut>
 void Rows512(const Rows& io, TOut* y, int64_t begin, int64_t end, const iln512::Consts& k,
              int64_t epsilon) {
   const int64_t c = io.channels;
-  std::vector<int32_t> scratch(static_cast<size_t>(iln512::Padded(c)));
+  std::vector<float> scratch(static_cast<size_t>(iln512::Padded(c)));
   for (int64_t r = begin; r < end; ++r) {
-    int64_t s1 = 0, s2 = 0;
-    iln512::FrontSum(io.a + r * c, io.b + (r % io.b_rows) * c, io.s + r * c, scratch.data(), k,
-                     s1, s2);
-    iln512::Output(scratch.data(), y + r * c, s1, iln::RowReciprocal(s1, s2, c, epsilon), k);
+    const iln512::RowStats st = iln512::FrontSum(io.a + r * c, io.b + (r % io.b_rows) * c,
+                                                 io.s + r * c, scratch.data(), k);
+    const int64_t rcp = iln::RowReciprocal(st.s1, st.s2, c, epsilon);
+    iln512::Output(scratch.data(), y + r * c, st, rcp, k);
   }
 }
 
@@ -111,12 +111,7 @@ struct AddIntLayerNormKernel {
     }
     iln512::Consts k = iln512::MakeConsts(t.shift.data(), p.gamma, p.beta, p.channels,
                                           p.zero_point, p.out_shift, p.lo, p.hi);
-    k.mult.assign(static_cast<size_t>(iln512::Padded(p.channels)), 0.0f);
-    for (int64_t i = 0; i < p.channels; ++i) k.mult[i] = q.mult[i];
-    k.scale = q.scale;
-    k.zero_point_f = q.zero_point;
-    k.in_lo = q.lo;
-    k.in_hi = q.hi;
+    iln512::SetInputQuantizer(k, q.mult, q.scale, q.zero_point, q.lo, q.hi);
     ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
       Rows512(io, y, begin, end, k, p.epsilon);
     });

@@ -4,7 +4,7 @@
 // division R = 2^54 // sig, then one vectorisable pass z = rnd(num * R, 32), Y = rnd(z*gamma+beta).
 // AVX-512 rows where the CPU has them (int_layer_norm_avx512.h), else the AVX2/scalar rows.
 // First: its guarded include of immintrin.h silences GCC 12's AVX-512 header warnings.
-#include "int_layer_norm_avx512.h"
+#include "int_layer_norm_avx512_out.h"
 
 #include <type_traits>
 #include <vector>
@@ -19,12 +19,11 @@ namespace {
 template <class TIn, class TOut>
 void NormalizeRows512(const TIn* x, TOut* y, int64_t begin, int64_t end, const iln::RowParams& p,
                       const iln512::Consts& k) {
-  std::vector<int32_t> scratch(static_cast<size_t>(iln512::Padded(p.channels)));
+  std::vector<float> scratch(static_cast<size_t>(iln512::Padded(p.channels)));
   for (int64_t row = begin; row < end; ++row) {
-    int64_t s1 = 0, s2 = 0;
-    iln512::FrontCodes(x + row * p.channels, scratch.data(), k, s1, s2);
-    const int64_t r = iln::RowReciprocal(s1, s2, p.channels, p.epsilon);
-    iln512::Output(scratch.data(), y + row * p.channels, s1, r, k);
+    const iln512::RowStats st = iln512::FrontCodes(x + row * p.channels, scratch.data(), k);
+    const int64_t r = iln::RowReciprocal(st.s1, st.s2, p.channels, p.epsilon);
+    iln512::Output(scratch.data(), y + row * p.channels, st, r, k);
   }
 }
 

@@ -13,6 +13,9 @@
 // multiple of 2^32, |num| * R_hi < 2^23 exact in 32 bits. z * gamma (signed 32x32->64) + beta
 // < 2^56 in int64 lanes; rnd(a, G') = (a + 2^(G'-1) - [a < 0]) >> G' (arithmetic), the 2^(G'-1)
 // folded into beta once per call.
+//
+// The output pass first tries float32 (int_layer_norm_avx512_out.h): it is exact whenever its
+// rounding is decided, and falls back to the integer steps for any 16 channels where it is not.
 #pragma once
 
 #pragma GCC diagnostic push
@@ -21,6 +24,8 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <type_traits>
@@ -46,13 +51,29 @@ inline int64_t Padded(int64_t c) { return (c + 15) & ~int64_t{15}; }
 // Per-call constants, the [C] arrays zero-padded to a multiple of 16 channels.
 struct Consts {
   std::vector<int32_t> shift, gamma;  // alpha_c, gamma_c
+  std::vector<float> pow2;            // 2^alpha_c
   std::vector<int64_t> beta_eo;       // per 16 channels: beta + 2^(G'-1) of 0,2,..,14, then 1,..,15
   std::vector<float> mult;            // M_c (AddIntLayerNorm's input quantizer), else empty
+  std::vector<float> gq, bq, ea, hb;  // the float output's gamma, beta and error-bound factors
   int32_t channels = 0, zero_point = 0;
   int out_shift = 0;
   int64_t lo = 0, hi = 0;
   float scale = 1, zero_point_f = 0, in_lo = 0, in_hi = 0;  // the input quantizer's
 };
+
+// The float output pass of int_layer_norm_avx512_out.h: y = n * (k_row * gq) + bq, with
+// gq = f32(gamma) 2^-G', bq = f32(beta 2^-G'), and the rounding decided where
+// |y - rne(y)| < hb - U_row * ea (see there).
+inline void FloatOutputConsts(int32_t gamma, int64_t beta, int out_shift, float& gq, float& bq,
+                              float& ea, float& hb) {
+  constexpr double kU = 1.0 / (1 << 24);  // float32's unit roundoff
+  gq = std::ldexp(static_cast<float>(gamma), -out_shift);
+  bq = static_cast<float>(std::ldexp(static_cast<double>(beta), -out_shift));
+  const double g = std::fabs(static_cast<double>(gq)), b = std::fabs(static_cast<double>(bq));
+  ea = static_cast<float>(g * 5.01 * kU * 1.001);
+  const double eb = (b * 2.01 * kU + 0.5 * g * 1.0001) * 1.001;
+  hb = static_cast<float>(0.5 - eb - std::ldexp(1.0, -23));  // the 2^-23 covers two roundings
+}
 
 inline Consts MakeConsts(const int32_t* shift, const int32_t* gamma, const int64_t* beta,
                          int64_t c, int32_t zero_point, int out_shift, int64_t lo, int64_t hi) {
@@ -61,10 +82,13 @@ inline Consts MakeConsts(const int32_t* shift, const int32_t* gamma, const int64
   k.shift.assign(cp, 0);
   k.gamma.assign(cp, 0);
   k.beta_eo.assign(cp, 0);
+  for (auto* v : {&k.pow2, &k.gq, &k.bq, &k.ea, &k.hb}) v->assign(cp, 0.0f);
   const int64_t half = int64_t{1} << (out_shift - 1);
   for (int64_t i = 0; i < c; ++i) {
     k.shift[i] = shift[i];
     k.gamma[i] = gamma[i];
+    k.pow2[i] = static_cast<float>(1 << shift[i]);
+    FloatOutputConsts(gamma[i], beta[i], out_shift, k.gq[i], k.bq[i], k.ea[i], k.hb[i]);
     const int64_t base = i & ~int64_t{15}, j = i & 15;
     k.beta_eo[static_cast<size_t>(base + (j & 1) * 8 + j / 2)] = beta[i] + half;
   }
@@ -81,101 +105,98 @@ ONNXVQ_LN512 inline __mmask16 TailMask(int32_t i, int32_t c) {
                      : static_cast<__mmask16>((1u << (c - i)) - 1u);
 }
 
-// Adds xt to the sums and stores it to the scratch row.
-ONNXVQ_LN512 inline void Accumulate(__m512i xt, int32_t* scratch, __m512i& a1, __m512i& a2) {
-  _mm512_storeu_si512(scratch, xt);
-  a1 = _mm512_add_epi32(a1, xt);
-  a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(xt, xt));
+// What the output pass needs of a row besides xt: S1, S2 and the range of xt.
+struct RowStats {
+  int64_t s1 = 0, s2 = 0;
+  int32_t xt_min = 0, xt_max = 0;
+};
+
+// Lanes of S1 (float: each a sum of <= 512 values |xt| <= 2040, < 2^24, so exact), S2 (uint32:
+// the squares, exact in float, converted) and the xt range.
+struct Sums {
+  __m512 a1, lo, hi;
+  __m512i a2;
+};
+
+ONNXVQ_LN512 inline Sums NewSums() {
+  const __m512 z = _mm512_setzero_ps();
+  return {z, z, z, _mm512_setzero_si512()};
+}
+
+// Adds xt (exact integers as floats) to the sums and stores it to the scratch row (masked-off
+// lanes hold xt = 0).
+ONNXVQ_LN512 inline void Accumulate(__m512 xt, float* scratch, Sums& a) {
+  _mm512_storeu_ps(scratch, xt);
+  a.a1 = _mm512_add_ps(a.a1, xt);
+  a.a2 = _mm512_add_epi32(a.a2, _mm512_cvtps_epi32(_mm512_mul_ps(xt, xt)));
+  a.lo = _mm512_min_ps(a.lo, xt);
+  a.hi = _mm512_max_ps(a.hi, xt);
 }
 
 // Lane sums through memory: GCC 12's reduce/extract intrinsics trip -Wuninitialized.
-ONNXVQ_LN512 inline void Finish(__m512i a1, __m512i a2, int64_t& s1, int64_t& s2) {
-  alignas(64) int32_t l1[16];
+ONNXVQ_LN512 inline RowStats Finish(const Sums& a) {
+  alignas(64) float l1[16], lo[16], hi[16];
   alignas(64) uint32_t l2[16];
-  _mm512_store_si512(l1, a1);
-  _mm512_store_si512(l2, a2);
-  s1 = 0;
-  s2 = 0;
+  _mm512_store_ps(l1, a.a1);
+  _mm512_store_si512(l2, a.a2);
+  _mm512_store_ps(lo, a.lo);
+  _mm512_store_ps(hi, a.hi);
+  RowStats st;
   for (int j = 0; j < 16; ++j) {
-    s1 += l1[j];
-    s2 += l2[j];
+    st.s1 += static_cast<int64_t>(l1[j]);
+    st.s2 += l2[j];
+    st.xt_min = std::min(st.xt_min, static_cast<int32_t>(lo[j]));
+    st.xt_max = std::max(st.xt_max, static_cast<int32_t>(hi[j]));
   }
+  return st;
 }
 
 // Front of IntLayerNorm: xt from the codes X (README step 1), sums S1, S2.
 template <class TIn>
-ONNXVQ_LN512 void FrontCodes(const TIn* x, int32_t* scratch, const Consts& k, int64_t& s1,
-                             int64_t& s2) {
+ONNXVQ_LN512 RowStats FrontCodes(const TIn* x, float* scratch, const Consts& k) {
   const __m512i zp = _mm512_set1_epi32(k.zero_point);
-  __m512i a1 = _mm512_setzero_si512(), a2 = _mm512_setzero_si512();
+  Sums acc = NewSums();
   for (int32_t i = 0; i < k.channels; i += 16) {
     const __mmask16 m = TailMask(i, k.channels);
     const __m128i b = _mm_maskz_loadu_epi8(m, x + i);
     const __m512i v = std::is_signed_v<TIn> ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
     const __m512i sh = _mm512_loadu_si512(k.shift.data() + i);
-    Accumulate(_mm512_maskz_sllv_epi32(m, _mm512_sub_epi32(v, zp), sh), scratch + i, a1, a2);
+    const __m512i xt = _mm512_maskz_sllv_epi32(m, _mm512_sub_epi32(v, zp), sh);
+    Accumulate(_mm512_cvtepi32_ps(xt), scratch + i, acc);
   }
-  Finish(a1, a2, s1, s2);
+  return Finish(acc);
+}
+
+// Sets the input quantizer of AddIntLayerNorm's front.
+inline void SetInputQuantizer(Consts& k, const float* mult, float scale, float zero_point,
+                              float lo, float hi) {
+  k.mult.assign(static_cast<size_t>(Padded(k.channels)), 0.0f);
+  for (int32_t i = 0; i < k.channels; ++i) k.mult[i] = mult[i];
+  k.scale = scale;
+  k.zero_point_f = zero_point;
+  k.in_lo = lo;
+  k.in_hi = hi;
 }
 
 // Front of AddIntLayerNorm: S = A + B written, the codes saturate(rne(S * M / scale) + zp) (the
-// same float32 operations, in the same order, as AddMulQuantizeLinear), xt and the sums.
-ONNXVQ_LN512 inline void FrontSum(const float* a, const float* b, float* s, int32_t* scratch,
-                                  const Consts& k, int64_t& s1, int64_t& s2) {
-  const __m512 scale = _mm512_set1_ps(k.scale), zpf = _mm512_set1_ps(k.zero_point_f);
-  const __m512 lo = _mm512_set1_ps(k.in_lo), hi = _mm512_set1_ps(k.in_hi);
-  const __m512i zp = _mm512_set1_epi32(k.zero_point);
-  __m512i a1 = _mm512_setzero_si512(), a2 = _mm512_setzero_si512();
+// same float32 operations as AddMulQuantizeLinear) and xt, all in float: code - zp is
+// clamp(rne(...), lo - zp, hi - zp) (exact integers; a NaN gives lo as the clamp order does).
+ONNXVQ_LN512 inline RowStats FrontSum(const float* a, const float* b, float* s, float* scratch,
+                                      const Consts& k) {
+  const __m512 scale = _mm512_set1_ps(k.scale);
+  const __m512 lo = _mm512_set1_ps(k.in_lo - k.zero_point_f);
+  const __m512 hi = _mm512_set1_ps(k.in_hi - k.zero_point_f);
+  Sums acc = NewSums();
   for (int32_t i = 0; i < k.channels; i += 16) {
     const __mmask16 m = TailMask(i, k.channels);
     const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i));
     _mm512_mask_storeu_ps(s + i, m, v);
     const __m512 t = _mm512_div_ps(_mm512_mul_ps(v, _mm512_loadu_ps(k.mult.data() + i)), scale);
     const __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zpf), lo), hi);
-    const __m512i code = _mm512_cvtps_epi32(q);
-    const __m512i sh = _mm512_loadu_si512(k.shift.data() + i);
-    Accumulate(_mm512_maskz_sllv_epi32(m, _mm512_sub_epi32(code, zp), sh), scratch + i, a1, a2);
+    const __m512 code = _mm512_min_ps(_mm512_max_ps(r, lo), hi);  // minus zp
+    Accumulate(_mm512_mul_ps(code, _mm512_loadu_ps(k.pow2.data() + i)), scratch + i, acc);
   }
-  Finish(a1, a2, s1, s2);
-}
-
-// a + 2^(G'-1) of 8 channels (int64 lanes) to clamp(rnd(a, G'), lo, hi).
-ONNXVQ_LN512 inline __m512i Round8(__m512i a, __m512i half, __m128i shift, __m512i lo,
-                                   __m512i hi) {
-  a = _mm512_mask_sub_epi64(a, _mm512_cmplt_epi64_mask(a, half), a, _mm512_set1_epi64(1));
-  return _mm512_min_epi64(_mm512_max_epi64(_mm512_sra_epi64(a, shift), lo), hi);
-}
-
-// Output pass: Y from the scratch xt, the row's S1 and reciprocal R.
-template <class TOut>
-ONNXVQ_LN512 void Output(const int32_t* scratch, TOut* y, int64_t s1, int64_t r, const Consts& k) {
-  const __m512i c = _mm512_set1_epi32(k.channels), vs1 = _mm512_set1_epi32(static_cast<int32_t>(s1));
-  const __m512i r_lo = _mm512_set1_epi64(static_cast<uint32_t>(r));
-  const __m512i r_hi = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint64_t>(r) >> 32));
-  const __m512i round = _mm512_set1_epi64(int64_t{1} << 31), zero = _mm512_setzero_si512();
-  const __m512i half = _mm512_set1_epi64(int64_t{1} << (k.out_shift - 1));
-  const __m512i lo = _mm512_set1_epi64(k.lo), hi = _mm512_set1_epi64(k.hi);
-  const __m128i shift = _mm_cvtsi32_si128(k.out_shift);
-  for (int32_t i = 0; i < k.channels; i += 16) {
-    const __m512i num = _mm512_sub_epi32(_mm512_mullo_epi32(_mm512_loadu_si512(scratch + i), c), vs1);
-    const __m512i mag = _mm512_abs_epi32(num);
-    const __m512i even = _mm512_add_epi64(_mm512_mul_epu32(mag, r_lo), round);
-    const __m512i odd = _mm512_add_epi64(_mm512_mul_epu32(_mm512_srli_epi64(mag, 32), r_lo), round);
-    const __m512i low = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-    const __m512i zmag = _mm512_add_epi32(_mm512_mullo_epi32(mag, r_hi), low);
-    const __m512i z = _mm512_mask_sub_epi32(zmag, _mm512_cmplt_epi32_mask(num, zero), zero, zmag);
-    const __m512i g = _mm512_loadu_si512(k.gamma.data() + i);
-    const int64_t* be = k.beta_eo.data() + i;
-    const __m512i ye = Round8(_mm512_add_epi64(_mm512_mul_epi32(z, g), _mm512_loadu_si512(be)),
-                              half, shift, lo, hi);
-    const __m512i yo = Round8(
-        _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(z, 32), _mm512_srli_epi64(g, 32)),
-                         _mm512_loadu_si512(be + 8)),
-        half, shift, lo, hi);
-    const __m512i codes = _mm512_mask_blend_epi32(0xAAAA, ye, _mm512_slli_epi64(yo, 32));
-    _mm_mask_storeu_epi8(y + i, TailMask(i, k.channels), _mm512_cvtepi32_epi8(codes));
-  }
+  return Finish(acc);
 }
 
 }  // namespace iln512
