@@ -16,7 +16,7 @@ from 18). onnxvq's local functions are restamped at opset 21 (their bodies depen
 
 Matches: int8 constants of >= 16 values, every value in [-8, 7], read as weight codes (input 0 of
          DequantizeLinear, input 1 of MatMulIntegerToFloat/MatMulInteger/ConvInteger/
-         QuantizedLinear).
+         QuantizedLinear and its code-writing forms).
 Refuses: target trt (TensorRT's parser takes INT4 only as a block-quantized DequantizeLinear
          input); a graph with an op whose meaning changes at opset 21 that this pass does not
          rewrite (GridSample, whose modes were renamed at 20), or a model-local function of
@@ -39,7 +39,8 @@ from onnxvq.plugins.ops import all_function_protos
 
 INT4_OPSET = 21
 _READERS = {("DequantizeLinear", 0), ("MatMulIntegerToFloat", 1), ("MatMulInteger", 1),
-            ("ConvInteger", 1), ("QuantizedLinear", 1)}
+            ("ConvInteger", 1), ("QuantizedLinear", 1), ("QuantizedLinearQuantize", 1),
+            ("QuantizedLinearGeluQuantize", 1)}
 _REDUCE_AXES_ATTR = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
                      "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
 _CHANGED = ("GridSample",)  # opset 20 renamed its modes (bilinear -> linear, bicubic -> cubic)

@@ -31,6 +31,7 @@ from onnxvq.passes.fuse_add_layernorm_quantize import FuseAddLayerNormQuantize
 from onnxvq.passes.fuse_add_mul_quantize import FuseAddMulQuantize
 from onnxvq.passes.fuse_gelu_quantize import FuseGeluQuantize
 from onnxvq.passes.fuse_layernorm import FuseLayerNorm
+from onnxvq.passes.fuse_linear_quantize import FuseLinearQuantize
 from onnxvq.passes.fuse_log_int_attention import FuseLogIntAttention
 from onnxvq.passes.fuse_qlinear_attention import FuseQLinearAttention
 from onnxvq.passes.hoist_quantize_over_split import HoistQuantizeOverSplit
@@ -98,7 +99,8 @@ SMOOTH = Pipeline((SmoothLinearInputs(),))
 # (float GELU / LayerNorm / softmax rounding) is bit-exact; each is tested against the graph
 # before it.
 # Last, every int8 Linear (MatMulIntegerToFloat) as onnxvq's QuantizedLinear where this machine
-# has AMX-INT8 (QuantConfig.quantized_linear: auto/on/off), bit-exact.
+# has AMX-INT8 (QuantConfig.quantized_linear: auto/on/off), then the QKV projection's
+# QuantizeLinear and fc1's GeluQuantizeLinear as its epilogue; all bit-exact.
 # `QuantConfig(ort_fusions=False)` keeps the plain QDQ graph; --lis-qdq (a model without custom
 # ops) gets ORT_CONTRIB_LOWERING, the com.microsoft passes alone.
 ORT_CONTRIB_LOWERING = Pipeline((OrtFastGelu(), FoldScaleIntoDequantize(), PatchConvToMatMul(),
@@ -108,7 +110,7 @@ ORT_LOWERING = Pipeline((FuseGeluQuantize(), OrtFastGelu(), FoldScaleIntoDequant
                          PatchConvToMatMul(), HoistQuantizeOverSplit(), FuseQLinearAttention(),
                          FuseLogIntAttention(), OrtMatMulBias(), OrtMixedQMatMul(),
                          OrtMatMulNBits(), FuseAddLayerNormQuantize(), FuseAddMulQuantize(),
-                         FuseAddIntLayerNorm(), OrtQuantizedLinear()))
+                         FuseAddIntLayerNorm(), OrtQuantizedLinear(), FuseLinearQuantize()))
 LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZED)}
 # --lis-qdq: LIS's log codes (base --lis-base) on the attention probabilities in standard ops,
 # for runtimes without the custom ops (float emulation; passes/log_softmax_qdq.py).

@@ -34,6 +34,7 @@ VERSION = 1
 # the ONNX domain stays "com.onnxvq" (the parser reads the namespace from this attribute).
 PLUGIN_NAMESPACE = "onnxvq"
 PLUGIN_ATTRS = {"plugin_version": "1", "plugin_namespace": PLUGIN_NAMESPACE}
+LINEAR_OPS = ("QuantizedLinear", "QuantizedLinearQuantize", "QuantizedLinearGeluQuantize")
 _OUT_NUMPY = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
 
 
@@ -173,16 +174,19 @@ def make_add_mul_quantize_linear_node(
 
 
 def make_quantized_linear_node(graph: gs.Graph, inputs: list[gs.Tensor], *, name: str,
-                               output: gs.Variable) -> None:
+                               output: gs.Variable, op: str = "QuantizedLinear") -> None:
     """`output` (float32 [..., N]) = QuantizedLinear(A, B, a_scale, b_scale, a_zero_point,
     b_zero_point, bias): uint8 A [..., K], constant int8 B [K, N], scalar a_scale/a_zero_point,
-    b_scale and b_zero_point (0) scalars or [N], bias [N] (the order of MatMulIntegerToFloat)."""
-    if len(inputs) != len(LINEAR_INPUTS):
-        raise OnnxvqError(f"QuantizedLinear takes {len(LINEAR_INPUTS)} inputs "
-                          f"({', '.join(LINEAR_INPUTS)}), got {len(inputs)}")
+    b_scale and b_zero_point (0) scalars or [N], bias [N] (the order of MatMulIntegerToFloat).
+    `op` QuantizedLinearQuantize / QuantizedLinearGeluQuantize take y_scale and y_zero_point
+    (uint8) after those and write uint8 codes."""
+    want = len(LINEAR_INPUTS) + (0 if op == "QuantizedLinear" else 2)
+    if op not in LINEAR_OPS or len(inputs) != want:
+        raise OnnxvqError(f"{op} is not one of {', '.join(LINEAR_OPS)} with {want} inputs "
+                          f"({', '.join(LINEAR_INPUTS)}[, y_scale, y_zero_point])")
     register_functions(graph)
-    graph.nodes.append(gs.Node(op="QuantizedLinear", name=name, domain=DOMAIN,
-                               attrs=dict(PLUGIN_ATTRS), inputs=list(inputs), outputs=[output]))
+    graph.nodes.append(gs.Node(op=op, name=name, domain=DOMAIN, attrs=dict(PLUGIN_ATTRS),
+                               inputs=list(inputs), outputs=[output]))
 
 
 def make_add_int_layer_norm_node(

@@ -73,7 +73,9 @@ def register_references() -> None:
                         "AddLayerNormQuantize": _add_layer_norm_quantize,
                         "AddMulQuantizeLinear": _add_mul_quantize_linear,
                         "QuantizedLinear": _quantized_linear,
-                        "AddIntLayerNorm": _add_int_layer_norm})
+                        "AddIntLayerNorm": _add_int_layer_norm,
+                        "QuantizedLinearQuantize": _quantized_linear_quantize,
+                        "QuantizedLinearGeluQuantize": _quantized_linear_gelu_quantize})
     for schema in onnx.defs.get_all_schemas():
         if schema.domain in ("", "ai.onnx") and schema.name not in OP_REGISTRY:
             OP_REGISTRY[schema.name] = _standard_op
@@ -147,6 +149,18 @@ def _quantized_linear(node, tensors: dict) -> dict:
     from onnxvq.plugins.reference.linear import quantized_linear
 
     return {node.outputs[0].name: quantized_linear(*_inputs(node, tensors))}
+
+
+def _quantized_linear_quantize(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.linear import quantized_linear_quantize
+
+    return {node.outputs[0].name: quantized_linear_quantize(*_inputs(node, tensors))}
+
+
+def _quantized_linear_gelu_quantize(node, tensors: dict) -> dict:
+    from onnxvq.plugins.reference.linear import quantized_linear_gelu_quantize
+
+    return {node.outputs[0].name: quantized_linear_gelu_quantize(*_inputs(node, tensors))}
 
 
 def _fast_gelu(node, tensors: dict) -> dict:

@@ -96,7 +96,8 @@ def test_keep_quantized_all_or_nothing(setup):
     dq_out = {n.output[0] for n in one.graph.node if n.op_type == "DequantizeLinear"}
     # integer kernels of the ORT lowering are named "<FP32 node>/MatMulIntegerToFloat"
     users = {n.name.split("/")[0] for n in one.graph.node if dq_out.intersection(n.input) or
-             n.op_type in ("MatMulIntegerToFloat", "QuantizedLinear", "QLinearAttention")}
+             n.op_type in ("MatMulIntegerToFloat", "QuantizedLinear", "QuantizedLinearQuantize",
+                           "QuantizedLinearGeluQuantize", "QLinearAttention")}
     assert users and users <= keep  # only block 0's nodes read dequantized tensors
     assert len(users) == 5  # qkv, out-proj, fc1, fc2 and the fused attention (its Softmax's name)
 

@@ -31,7 +31,7 @@ _DTYPE_BYTES = {"float": 4, "float16": 2, "double": 8, "int64": 8, "int32": 4, "
                 "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
 _MATMUL = {"MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "QLinearMatMul",
            "DynamicQuantizeMatMul", "LogIntMatMul", "MatMulNBits", "Gemm", "QGemm",
-           "QuantizedLinear"}
+           "QuantizedLinear", "QuantizedLinearQuantize", "QuantizedLinearGeluQuantize"}
 _CONV = {"Conv", "FusedConv", "ConvInteger", "QLinearConv", "NhwcFusedConv"}
 # onnxvq's fused attentions: packed QKV codes [B, T, 3C] -> [B, T, C]; Q.K^T and A.V are each
 # 2·B·T·T·C (C = heads·head_dim), the softmax between them is left out (it needs the heads).

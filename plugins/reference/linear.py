@@ -32,3 +32,25 @@ def quantized_linear(a: np.ndarray, b: np.ndarray, a_scale, b_scale, a_zero_poin
     scale = (np.float32(np.asarray(a_scale, np.float32).reshape(())) *
              np.asarray(b_scale, np.float32)).astype(np.float32)
     return ((acc * scale).astype(np.float32) + np.asarray(bias, np.float32)).astype(np.float32)
+
+
+def quantized_linear_quantize(a, b, a_scale, b_scale, a_zero_point, b_zero_point, bias,
+                              y_scale, y_zero_point) -> np.ndarray:
+    """QuantizedLinearQuantize: QuantizeLinear's uint8 codes of QuantizedLinear's output, exact
+    (an IEEE float32 division by y_scale, rounded half to even, then the zero point, saturated);
+    y_scale / y_zero_point scalars or one per output column."""
+    v = quantized_linear(a, b, a_scale, b_scale, a_zero_point, b_zero_point, bias)
+    q = np.rint((v / np.asarray(y_scale, np.float32)).astype(np.float32)).astype(np.int64)
+    return np.clip(q + np.asarray(y_zero_point, np.int64), 0, 255).astype(np.uint8)
+
+
+def quantized_linear_gelu_quantize(a, b, a_scale, b_scale, a_zero_point, b_zero_point, bias,
+                                   y_scale, y_zero_point) -> np.ndarray:
+    """QuantizedLinearGeluQuantize: GeluQuantizeLinear's codes of QuantizedLinear's output (the
+    erf GELU in float64 as in reference.fused, so a backend may differ by one code within the
+    bound stated there)."""
+    from onnxvq.plugins.reference.fused import gelu_quantize_linear
+
+    v = quantized_linear(a, b, a_scale, b_scale, a_zero_point, b_zero_point, bias)
+    zp = np.asarray(y_zero_point, np.uint8)
+    return gelu_quantize_linear(v, np.zeros(v.shape[-1], np.float32), float(y_scale), zp)

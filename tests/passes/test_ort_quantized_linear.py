@@ -11,6 +11,7 @@ from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import UsageError
 from onnxvq.core.pipeline import PassContext, Pipeline
 from onnxvq.core.runtime import make_session
+from onnxvq.passes.fuse_linear_quantize import FuseLinearQuantize
 from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
 from onnxvq.passes.ort_quantized_linear import OrtQuantizedLinear
 
@@ -105,8 +106,10 @@ def test_config_validates_the_mode():
 @pytest.mark.corpus
 def test_deit_s_w8a8_outputs_are_unchanged(corpus_model):
     """DeiT-S (timm export) W8/A8: every int8 Linear becomes a QuantizedLinear (49: 4 a block,
-    the patch embedding) and the logits are the same bits as with MatMulIntegerToFloat, through
-    the native kernel and through the local functions."""
+    the patch embedding), then each QKV projection writes its attention's codes and each fc1
+    its GELU codes (fuse-linear-quantize); the logits are the same bits as with
+    MatMulIntegerToFloat + QuantizeLinear / GeluQuantizeLinear, through the native kernels and
+    through the local functions."""
     from collections import Counter
 
     from onnxvq.core.runtime import random_inputs
@@ -115,10 +118,16 @@ def test_deit_s_w8a8_outputs_are_unchanged(corpus_model):
     path = corpus_model("vit_small_patch16_224", "torchscript17")
     base = quantize(path, None, QuantConfig(calib_size=4, batch_size=4,
                                             quantized_linear="off")).model
-    out, report = Pipeline((OrtQuantizedLinear(),)).run(base, ctx=ON, numeric="none")
+    out, report = Pipeline((OrtQuantizedLinear(), FuseLinearQuantize())).run(
+        base, ctx=ON, numeric="none")
     ops = Counter(n.op_type for n in out.graph.node)
-    assert ops["QuantizedLinear"] == 49 and ops["MatMul"] == 0
+    assert ops["QuantizedLinear"] == 49 - 24 and ops["MatMul"] == 0
+    assert ops["QuantizedLinearQuantize"] == 12 and ops["QuantizedLinearGeluQuantize"] == 12
+    assert ops["GeluQuantizeLinear"] == 0
+    base_ops = Counter(n.op_type for n in base.graph.node)
+    assert ops["QuantizeLinear"] == base_ops["QuantizeLinear"] - 12
     assert report.result("quantized-linear").refused == []
+    assert report.result("fuse-linear-quantize").refused == []
     feeds = random_inputs(make_session(base), batch=2, seed=0)
     for native in (True, False):  # the other fused ops' functions differ from their kernels
         want = make_session(base, custom_ops=native).run(None, feeds)[0]

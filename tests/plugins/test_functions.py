@@ -172,8 +172,8 @@ def test_add_functions_on_a_plain_model():
     model.ir_version = 10
     add_functions(add_functions(model))  # idempotent
     # one function per com.onnxvq op: the integer ops, the fused attentions, the fused float ops,
-    # QuantizedLinear, AddIntLayerNorm
-    assert len(model.functions) == len(function_protos()) + 2 + 3 + 1 + 1 == 10
+    # QuantizedLinear and its two code-writing forms, AddIntLayerNorm
+    assert len(model.functions) == len(function_protos()) + 2 + 3 + 3 + 1 == 12
     onnx.checker.check_model(model, full_check=True)
     xv = np.random.default_rng(0).integers(-128, 128, (3, 9)).astype(np.int8)
     (got,) = make_session(model, custom_ops=False).run(None, {"x": xv})

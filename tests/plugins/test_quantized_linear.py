@@ -18,9 +18,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxvq.core.runtime import session_options
-from onnxvq.plugins.linear_functions import quantized_linear_function
+from onnxvq.plugins.fused_functions import gelu_quantize_linear_function
+from onnxvq.plugins.linear_functions import linear_function_protos
 from onnxvq.plugins.native import cpu_has_amx
-from onnxvq.plugins.reference.linear import quantized_linear, quantized_linear_acc
+from onnxvq.plugins.reference.linear import (
+    quantized_linear,
+    quantized_linear_acc,
+    quantized_linear_gelu_quantize,
+    quantized_linear_quantize,
+)
 
 # (M, K, N, per-channel, a zero point, batch dims): odd sizes (not multiples of 16/32/64), the
 # DeiT-S shapes, a one-element GEMM, K above one tile row, zero points 0/128/other/255.
@@ -39,22 +45,39 @@ def _case(rng, m, k, n, per_channel, za, batch):
 
 
 def _model(op: str, a: np.ndarray, consts: list, *, weight_input: bool = False,
-           function: bool = False) -> onnx.ModelProto:
-    names = ["W", "sa", "sw", "za", "zw", "bias"]
-    order = ["A", "W", "sa", "sw", "za", "zw", "bias"]
+           function: bool = False, codes: tuple | None = None) -> onnx.ModelProto:
+    """One node `op` over A and the six constants; `codes` = (y_scale, y_zero_point) for the
+    code-writing ops. op "unfused" / "unfused-gelu": MatMulIntegerToFloat, then QuantizeLinear
+    (axis -1) / com.onnxvq GeluQuantizeLinear (the Linear's bias moved into the GELU)."""
+    names = ["W", "sa", "sw", "za", "zw", "bias"] + (["ys", "yz"] if codes else [])
+    values = list(consts) + list(codes or ())
+    order = ["A", *names]
     domain = "com.microsoft" if op == "MatMulIntegerToFloat" else "com.onnxvq"
-    inits = [numpy_helper.from_array(v, nm) for nm, v in zip(names, consts, strict=True)
-             if not (weight_input and nm == "W")]
+    nodes = [helper.make_node(op, order, ["Y"], domain=domain)]
+    if op.startswith("unfused"):
+        gelu = op == "unfused-gelu"
+        values.append(np.zeros_like(consts[5]))
+        names.append("nobias")
+        nodes = [helper.make_node("MatMulIntegerToFloat", order[:6] + ["nobias" if gelu else
+                                  "bias"], ["v"], domain="com.microsoft"),
+                 helper.make_node("GeluQuantizeLinear", ["v", "bias", "ys", "yz"], ["Y"],
+                                  domain="com.onnxvq") if gelu else
+                 helper.make_node("QuantizeLinear", ["v", "ys", "yz"], ["Y"], axis=-1)]
+    inits = [numpy_helper.from_array(np.asarray(v), nm) for nm, v in zip(names, values,
+             strict=True) if not (weight_input and nm == "W")]
     inputs = [helper.make_tensor_value_info("A", TensorProto.UINT8, list(a.shape))]
     if weight_input:
         inputs.append(helper.make_tensor_value_info("W", TensorProto.INT8, list(consts[0].shape)))
-    graph = helper.make_graph([helper.make_node(op, order, ["Y"], domain=domain)], "g", inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    out = TensorProto.UINT8 if codes else TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("Y", out, None)],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                     helper.make_opsetid(domain, 1)])
+                                                     helper.make_opsetid("com.microsoft", 1),
+                                                     helper.make_opsetid("com.onnxvq", 1)])
     model.ir_version = 10
     if function:
-        model.functions.append(quantized_linear_function(17))
+        model.functions.extend(linear_function_protos(17))
+        model.functions.append(gelu_quantize_linear_function(17))
     return model
 
 
@@ -130,14 +153,67 @@ _CHILD = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     import numpy as np
-    from test_quantized_linear import _model, _reference_outputs, _run
+    from test_quantized_linear import _check_codes, _model, _reference_outputs, _run
     n = 0
     for case, a, consts, want in _reference_outputs(5):
         got = _run(_model("QuantizedLinear", a, consts), {{"A": a}}, {lib!r})
         np.testing.assert_array_equal(got, want, err_msg=str(case))
         n += 1
+    _check_codes({lib!r}, 6)
     print("checked", n)
 """)
+
+
+def _codes(rng, n: int, per_column: bool):
+    ys = rng.uniform(0.02, 0.08, n if per_column else ()).astype(np.float32)
+    return ys, rng.integers(0, 256, ys.shape).astype(np.uint8)
+
+
+def _check_codes(lib: str, seed: int) -> None:
+    """Both code-writing ops against the two kernels they replace (bit for bit) and the
+    references (QuantizeLinear's exact; GELU's float64 erf within one code on <= 0.1 %)."""
+    rng = np.random.default_rng(seed)
+    for case in CASES[:6]:
+        a, consts = _case(rng, *case)
+        for op, per_column in (("QuantizedLinearQuantize", False),
+                               ("QuantizedLinearQuantize", True),
+                               ("QuantizedLinearGeluQuantize", False)):
+            gelu = "Gelu" in op
+            codes = _codes(rng, consts[0].shape[1], per_column)
+            fused = _run(_model(op, a, consts, codes=codes), {"A": a}, lib)
+            unfused = _run(_model("unfused-gelu" if gelu else "unfused", a, consts,
+                                  codes=codes), {"A": a}, lib)
+            assert fused.dtype == np.uint8 and fused.shape == unfused.shape
+            np.testing.assert_array_equal(fused, unfused, err_msg=f"{op} {case}")
+            ref = (quantized_linear_gelu_quantize if gelu else quantized_linear_quantize)(
+                a, *consts, *codes)
+            diff = np.abs(fused.astype(int) - ref)
+            if gelu:
+                assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, (op, case)
+            else:
+                np.testing.assert_array_equal(fused, ref, err_msg=f"{op} {case}")
+
+
+def test_code_ops_equal_the_kernels_they_replace(library):
+    _check_codes(library, 7)
+
+
+def test_code_ops_local_functions():
+    """Without the library: QuantizedLinearQuantize's function is the unfused standard graph bit
+    for bit; QuantizedLinearGeluQuantize's (ORT's Erf) within one code of the reference."""
+    rng = np.random.default_rng(8)
+    for case in CASES[:4]:
+        a, consts = _case(rng, *case)
+        for op, per_column in (("QuantizedLinearQuantize", True),
+                               ("QuantizedLinearGeluQuantize", False)):
+            codes = _codes(rng, consts[0].shape[1], per_column)
+            got = _run(_model(op, a, consts, codes=codes, function=True), {"A": a})
+            if "Gelu" in op:
+                ref = quantized_linear_gelu_quantize(a, *consts, *codes)
+                assert np.abs(got.astype(int) - ref).max() <= 1
+            else:
+                np.testing.assert_array_equal(
+                    got, _run(_model("unfused", a, consts, codes=codes), {"A": a}))
 
 
 @pytest.mark.parametrize("mode", ["1", "loops"])

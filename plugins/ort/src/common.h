@@ -92,5 +92,6 @@ void AddAddLayerNormQuantize(Ort::CustomOpDomain& domain);
 void AddAddMulQuantizeLinear(Ort::CustomOpDomain& domain);
 void AddQuantizedLinear(Ort::CustomOpDomain& domain);
 void AddAddIntLayerNorm(Ort::CustomOpDomain& domain);
+void AddQuantizedLinearCodes(Ort::CustomOpDomain& domain);
 
 }  // namespace onnxvq

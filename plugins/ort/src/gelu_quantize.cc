@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common.h"
+#include "gelu_codes.h"
 #include "parallel.h"
 
 #if defined(__AVX2__)
@@ -21,37 +22,10 @@
 namespace onnxvq {
 namespace {
 
-constexpr float kA[6] = {0.0705230784f, 0.0422820123f, 0.0092705272f,
-                         0.0001520143f, 0.0002765672f, 0.0000430638f};
-constexpr float kInvSqrt2 = 0.70710678118654752f;
-constexpr float kZMax = 5.0f;  // erfc(5) < 2e-12: p^16 stays finite, the result is unchanged
-
-struct GeluParams {
-  const float* bias;  // [N]
-  int64_t cols;
-  float inv_scale, zero_point, lo, hi;  // 1 / scale: one division per element, not two
-};
+using gelu::GeluParams, gelu::kA, gelu::kInvSqrt2, gelu::kZMax;
 
 #if defined(__AVX2__)
-// Eight elements: codes (as floats in [lo, hi], already rounded) of gelu(x) / scale + zp.
-inline __m256 GeluCodes8(__m256 x, const GeluParams& p) {
-  const __m256 absx = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
-  const __m256 z = _mm256_min_ps(_mm256_mul_ps(absx, _mm256_set1_ps(kInvSqrt2)),
-                                 _mm256_set1_ps(kZMax));
-  __m256 poly = _mm256_set1_ps(kA[5]);
-  for (int i = 4; i >= 0; --i) poly = _mm256_fmadd_ps(poly, z, _mm256_set1_ps(kA[i]));
-  poly = _mm256_fmadd_ps(poly, z, _mm256_set1_ps(1.0f));
-  for (int i = 0; i < 4; ++i) poly = _mm256_mul_ps(poly, poly);  // p^16
-  const __m256 vi = _mm256_set1_ps(p.inv_scale);
-  const __m256 t = _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_mul_ps(absx, vi)),
-                                 poly);                          // 0.5 |x| erfc / scale
-  const __m256 pos = _mm256_fmsub_ps(x, vi, t);                  // x > 0: (x - t) / scale
-  const __m256 neg = _mm256_sub_ps(_mm256_setzero_ps(), t);      // x <= 0: -t / scale
-  const __m256 g = _mm256_blendv_ps(neg, pos, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
-  const __m256 r = _mm256_round_ps(g, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 q = _mm256_add_ps(r, _mm256_set1_ps(p.zero_point));
-  return _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(p.lo)), _mm256_set1_ps(p.hi));
-}
+using gelu::GeluCodes8;
 
 // 32 codes from four vectors of 8, in order (packs work per 128-bit lane, hence the permute).
 template <class TOut>

@@ -26,6 +26,7 @@ OrtCustomOpDomain* Domain() {
     onnxvq::AddAddMulQuantizeLinear(d);
     onnxvq::AddQuantizedLinear(d);
     onnxvq::AddAddIntLayerNorm(d);
+    onnxvq::AddQuantizedLinearCodes(d);
     domain = d.release();
   });
   return domain;

@@ -1,0 +1,157 @@
+// QuantizedLinearQuantize and QuantizedLinearGeluQuantize (plugins/README.md): QuantizedLinear's
+// float rows v written straight as the uint8 codes its only reader wanted:
+//   QuantizeLinear        sat(rne(v / y_scale) + y_zero_point)       (IEEE division, as ORT)
+//   GeluQuantizeLinear    the erf-GELU codes of v (gelu_codes.h, the GeluQuantizeLinear kernel's)
+// so the float tensor is never written. v is computed exactly as QuantizedLinear computes it
+// (linear_kernel.h), so the codes are those of the two unfused kernels, bit for bit. Without AMX
+// the float rows come from ORT's MatMulIntegerToFloat kernel (or plain loops) into a buffer.
+#include <algorithm>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "gelu_codes.h"
+#include "linear_kernel.h"
+
+namespace onnxvq {
+namespace {
+
+// The output quantizer: one (scale, zero point) per column ([np], padded), or GELU's scalar.
+struct CodeParams {
+  bool gelu;
+  float inv_scale, zero_point;  // GELU's (it multiplies by 1 / scale, as GeluQuantizeLinear)
+  std::vector<float> scale, zp;  // QuantizeLinear's, per column
+};
+
+// 32 codes of the 32 floats v of columns col0...
+__attribute__((target("avx2,fma"))) inline void Codes32(const float* v, int64_t col0, uint8_t* y,
+                                                          const CodeParams& p) {
+  __m256 c[4];
+  const gelu::GeluParams g{nullptr, 32, p.inv_scale, p.zero_point, 0.0f, 255.0f};
+  for (int k = 0; k < 4; ++k) {
+    const __m256 x = _mm256_loadu_ps(v + 8 * k);
+    if (p.gelu) {
+      c[k] = gelu::GeluCodes8(x, g);
+    } else {  // clamp, then round half to even: MLAS's QuantizeLinear order
+      const __m256 z = _mm256_loadu_ps(p.zp.data() + col0 + 8 * k);
+      __m256 q = _mm256_div_ps(x, _mm256_loadu_ps(p.scale.data() + col0 + 8 * k));
+      q = _mm256_max_ps(q, _mm256_sub_ps(_mm256_setzero_ps(), z));
+      q = _mm256_min_ps(q, _mm256_sub_ps(_mm256_set1_ps(255.0f), z));
+      q = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      c[k] = _mm256_add_ps(q, z);
+    }
+  }
+  const __m256i a = _mm256_packs_epi32(_mm256_cvtps_epi32(c[0]), _mm256_cvtps_epi32(c[1]));
+  const __m256i b = _mm256_packs_epi32(_mm256_cvtps_epi32(c[2]), _mm256_cvtps_epi32(c[3]));
+  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b),
+                                                    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), bytes);
+}
+
+struct CodeSink {
+  static constexpr bool kFloat = false;
+  uint8_t* out;
+  int64_t n;
+  const CodeParams& p;
+
+  void Codes(int64_t row, int64_t col0, int64_t cols, const float* v) const {
+    alignas(32) uint8_t buf[32];
+    Codes32(v, col0, buf, p);
+    std::memcpy(out + row * n + col0, buf, static_cast<size_t>(cols));
+  }
+};
+
+// Per-column quantizers for QuantizeLinear (a scalar broadcast; [N] for the QKV projection's
+// per-piece quantizer), one scalar for GELU.
+template <bool kGelu>
+CodeParams Params(const Ort::Custom::Tensor<float>& y_scale,
+                  const Ort::Custom::Tensor<uint8_t>& y_zero_point, int64_t n) {
+  const int64_t ns = y_scale.NumberOfElement(), nz = y_zero_point.NumberOfElement();
+  Require(ns == nz && (ns == 1 || (!kGelu && ns == n)),
+          kGelu ? "y_scale and y_zero_point must be scalars"
+                : "y_scale and y_zero_point must be scalars or [N]");
+  const float* ys = y_scale.Data();
+  Require(std::all_of(ys, ys + ns, [](float v) { return v > 0 && std::isfinite(v); }),
+          "y_scale must be positive and finite");
+  CodeParams p{kGelu, 1.0f / ys[0], static_cast<float>(y_zero_point.Data()[0]), {}, {}};
+  const auto np = static_cast<size_t>(amx::RoundUp(n, amx::kBlockN));
+  p.scale.assign(np, 1.0f);
+  p.zp.assign(np, 0.0f);
+  for (int64_t c = 0; c < n; ++c) {
+    p.scale[c] = ys[ns == 1 ? 0 : c];
+    p.zp[c] = static_cast<float>(y_zero_point.Data()[nz == 1 ? 0 : c]);
+  }
+  return p;
+}
+
+template <bool kGelu>
+struct QuantizedLinearCodes {
+  Ort::Op fallback{nullptr};
+  bool constant_weights = false;
+  std::once_flag packed_once;
+  amx::PackedWeights packed;
+
+  QuantizedLinearCodes(const OrtApi* api, const OrtKernelInfo* info)
+      : fallback(linear::CreateFallback(info)),
+        constant_weights(linear::ConstantWeights(api, info)) {}
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<uint8_t>& a,
+                      const Ort::Custom::Tensor<int8_t>& b,
+                      const Ort::Custom::Tensor<float>& a_scale,
+                      const Ort::Custom::Tensor<float>& b_scale,
+                      const Ort::Custom::Tensor<uint8_t>& a_zero_point,
+                      const Ort::Custom::Tensor<int8_t>& b_zero_point,
+                      const Ort::Custom::Tensor<float>& bias,
+                      const Ort::Custom::Tensor<float>& y_scale,
+                      const Ort::Custom::Tensor<uint8_t>& y_zero_point,
+                      Ort::Custom::Tensor<uint8_t>& y) {
+    return Guard(kGelu ? "QuantizedLinearGeluQuantize" : "QuantizedLinearQuantize", [&] {
+      const linear::Shape s = linear::Check(a, b, a_scale, b_scale, a_zero_point, b_zero_point,
+                                            bias);
+      const CodeParams p = Params<kGelu>(y_scale, y_zero_point, s.n);
+      const CodeSink sink{y.Allocate(s.out), s.n, p};
+      if (constant_weights && !linear::LoopsForced() && amx::Available()) {
+        std::call_once(packed_once, [&] { amx::Pack(b.Data(), s.k, s.n, packed); });
+        const linear::Epilogue e = linear::MakeEpilogue(packed, a_scale, b_scale, a_zero_point,
+                                                        bias);
+        linear::RunAmx(ctx, a.Data(), s.m, packed, e, sink);
+        return;
+      }
+      std::vector<float> v(static_cast<size_t>(s.m * s.n));
+      if (fallback) {
+        Ort::KernelContext kc(ctx);
+        const OrtValue* in[7];
+        for (size_t i = 0; i < 7; ++i) in[i] = kc.GetInput(i);
+        const auto info = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeCPU);
+        Ort::Value out = Ort::Value::CreateTensor<float>(info, v.data(), v.size(),
+                                                         s.out.data(), s.out.size());
+        OrtValue* outs[1] = {out};
+        fallback.Invoke(ctx, in, 7, outs, 1);
+      } else {
+        linear::Loops(a.Data(), b.Data(), a_scale.Data()[0], a_zero_point.Data()[0],
+                      b_scale.Data(), b_scale.NumberOfElement() == 1, bias.Data(), v.data(),
+                      s.m, s.k, s.n);
+      }
+      alignas(32) float row[32];
+      for (int64_t r = 0; r < s.m; ++r) {
+        for (int64_t c0 = 0; c0 < s.n; c0 += 32) {
+          const int64_t cols = std::min<int64_t>(32, s.n - c0);
+          std::fill(row, row + 32, 0.0f);
+          std::memcpy(row, v.data() + r * s.n + c0, static_cast<size_t>(cols) * sizeof(float));
+          sink.Codes(r, c0, cols, row);
+        }
+      }
+    });
+  }
+};
+
+}  // namespace
+
+void AddQuantizedLinearCodes(Ort::CustomOpDomain& domain) {
+  domain.Add(Ort::Custom::CreateLiteCustomOp<QuantizedLinearCodes<false>>(
+      "QuantizedLinearQuantize", kProvider));
+  domain.Add(Ort::Custom::CreateLiteCustomOp<QuantizedLinearCodes<true>>(
+      "QuantizedLinearGeluQuantize", kProvider));
+}
+
+}  // namespace onnxvq
