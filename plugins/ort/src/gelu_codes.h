@@ -46,5 +46,29 @@ __attribute__((target("avx2,fma"))) inline __m256 GeluCodes8(__m256 x, const Gel
   return _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(p.lo)), _mm256_set1_ps(p.hi));
 }
 
+// The same sixteen at a time (AVX-512, for callers behind an AMX check): every step is the same
+// IEEE operation lane by lane (andnot, mul, fmadd, div, fmsub, compare-select, round to nearest
+// even, min/max), so the codes equal GeluCodes8's bit for bit.
+__attribute__((target("avx512f,avx512dq"))) inline __m512 GeluCodes16(__m512 x,
+                                                                      const GeluParams& p) {
+  const __m512 absx = _mm512_andnot_ps(_mm512_set1_ps(-0.0f), x);
+  const __m512 z = _mm512_min_ps(_mm512_mul_ps(absx, _mm512_set1_ps(kInvSqrt2)),
+                                 _mm512_set1_ps(kZMax));
+  __m512 poly = _mm512_set1_ps(kA[5]);
+  for (int i = 4; i >= 0; --i) poly = _mm512_fmadd_ps(poly, z, _mm512_set1_ps(kA[i]));
+  poly = _mm512_fmadd_ps(poly, z, _mm512_set1_ps(1.0f));
+  for (int i = 0; i < 4; ++i) poly = _mm512_mul_ps(poly, poly);  // p^16
+  const __m512 vi = _mm512_set1_ps(p.inv_scale);
+  const __m512 t = _mm512_div_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), _mm512_mul_ps(absx, vi)),
+                                 poly);
+  const __m512 pos = _mm512_fmsub_ps(x, vi, t);
+  const __m512 neg = _mm512_sub_ps(_mm512_setzero_ps(), t);
+  const __m512 g = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                        neg, pos);
+  const __m512 r = _mm512_roundscale_ps(g, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 q = _mm512_add_ps(r, _mm512_set1_ps(p.zero_point));
+  return _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(p.lo)), _mm512_set1_ps(p.hi));
+}
+
 }  // namespace gelu
 }  // namespace onnxvq

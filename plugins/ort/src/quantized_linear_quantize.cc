@@ -48,6 +48,30 @@ __attribute__((target("avx2,fma"))) inline void Codes32(const float* v, int64_t 
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), bytes);
 }
 
+// The AMX path's epilogue (AVX-512 is there): the same operations 16 lanes at a time, written
+// straight to the output with a masked saturating store (the codes are already in 0..255).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline void CodesAvx512(
+    const float* v, int64_t col0, int64_t cols, uint8_t* y, const CodeParams& p) {
+  const gelu::GeluParams g{nullptr, 32, p.inv_scale, p.zero_point, 0.0f, 255.0f};
+  for (int64_t j = 0; j < cols; j += 16) {
+    const __m512 x = _mm512_loadu_ps(v + j);
+    __m512 c;
+    if (p.gelu) {
+      c = gelu::GeluCodes16(x, g);
+    } else {
+      const __m512 z = _mm512_loadu_ps(p.zp.data() + col0 + j);
+      __m512 q = _mm512_div_ps(x, _mm512_loadu_ps(p.scale.data() + col0 + j));
+      q = _mm512_max_ps(q, _mm512_sub_ps(_mm512_setzero_ps(), z));
+      q = _mm512_min_ps(q, _mm512_sub_ps(_mm512_set1_ps(255.0f), z));
+      c = _mm512_add_ps(_mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                        z);
+    }
+    const int64_t left = cols - j;
+    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+    _mm512_mask_cvtusepi32_storeu_epi8(y + j, mask, _mm512_cvtps_epi32(c));
+  }
+}
+
 struct CodeSink {
   static constexpr bool kFloat = false;
   uint8_t* out;
@@ -55,9 +79,7 @@ struct CodeSink {
   const CodeParams& p;
 
   void Codes(int64_t row, int64_t col0, int64_t cols, const float* v) const {
-    alignas(32) uint8_t buf[32];
-    Codes32(v, col0, buf, p);
-    std::memcpy(out + row * n + col0, buf, static_cast<size_t>(cols));
+    CodesAvx512(v, col0, cols, out + row * n + col0, p);
   }
 };
 
@@ -133,12 +155,14 @@ struct QuantizedLinearCodes {
                       s.m, s.k, s.n);
       }
       alignas(32) float row[32];
-      for (int64_t r = 0; r < s.m; ++r) {
+      alignas(32) uint8_t codes[32];
+      for (int64_t r = 0; r < s.m; ++r) {  // AVX2 here: this path must run without AVX-512
         for (int64_t c0 = 0; c0 < s.n; c0 += 32) {
-          const int64_t cols = std::min<int64_t>(32, s.n - c0);
+          const auto cols = static_cast<size_t>(std::min<int64_t>(32, s.n - c0));
           std::fill(row, row + 32, 0.0f);
-          std::memcpy(row, v.data() + r * s.n + c0, static_cast<size_t>(cols) * sizeof(float));
-          sink.Codes(r, c0, cols, row);
+          std::memcpy(row, v.data() + r * s.n + c0, cols * sizeof(float));
+          Codes32(row, c0, codes, p);
+          std::memcpy(sink.out + r * s.n + c0, codes, cols);
         }
       }
     });
