@@ -172,7 +172,9 @@ def keep_quantized(quant: onnx.ModelProto, canonical: onnx.ModelProto,
     node producing the FP32 node's output) is re-inserted and that end node removed, and FP32
     nodes whose outputs nothing produces any more (a Softmax fused into LogIntMatMul) come back
     with the node that reads them. Dead Q/DQ and integer chains are then removed."""
-    out = _unfuse(quant)
+    from onnxvq.verify.unfuse_linear import split_linear_codes
+
+    out = _unfuse(split_linear_codes(_copy(quant), canonical))
     restorer = _Restorer(out, canonical)
     names = {n.name for n in out.graph.node}
     for ref in canonical.graph.node:
@@ -192,9 +194,14 @@ def keep_quantized(quant: onnx.ModelProto, canonical: onnx.ModelProto,
 _FUSED = ("GeluQuantizeLinear", "AddLayerNormQuantize", "AddMulQuantizeLinear", "AddIntLayerNorm")
 
 
-def _unfuse(quant: onnx.ModelProto) -> onnx.ModelProto:
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
-    out.CopyFrom(quant)
+    out.CopyFrom(model)
+    return out
+
+
+def _unfuse(quant: onnx.ModelProto) -> onnx.ModelProto:
+    out = _copy(quant)
     if not any(n.op_type in _FUSED and n.domain == "com.onnxvq" for n in out.graph.node):
         return out
     from onnx import inliner
