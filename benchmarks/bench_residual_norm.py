@@ -6,8 +6,10 @@ AddIntLayerNorm and the unfused pair it replaces (AddMulQuantizeLinear + IntLaye
 
 One single-node (or two-node) model per kernel, all sessions built up front and run interleaved
 (round-robin, `repeat` rounds), so a load change hits every kernel alike; the median and the
-minimum ms per call are reported. `--baseline LIB` also runs the pair on another build of
-libonnxvq_ort.so (e.g. main's, before a kernel change) in the same rounds.
+minimum ms per call are reported. With `--threads 1` the kernels run on the calling thread and
+its CPU time is taken instead of wall time (a loaded machine inflates it far less).
+`--baseline LIB` also runs the pair on another build of libonnxvq_ort.so (e.g. main's, before
+a kernel change) in the same rounds.
 """
 
 from __future__ import annotations
@@ -79,15 +81,16 @@ def run(batch: int, repeat: int, threads: int, baseline: str | None) -> dict[str
         sessions["AddMulQuantizeLinear + IntLayerNorm (baseline build)"] = _session(
             pair, baseline, threads)
     feeds = {k: rng.normal(0, 3, (batch, TOKENS, C)).astype(np.float32) for k in "ab"}
+    clock = time.thread_time if threads == 1 else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(5):
         for s in sessions.values():
             s.run(None, feeds)
     for _ in range(repeat):
         for name, s in sessions.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             s.run(None, feeds)
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            times[name].append((clock() - t0) * 1e3)
     return {n: {"median_ms": float(np.median(t)), "min_ms": float(np.min(t))}
             for n, t in times.items()}
 

@@ -10,6 +10,7 @@
 #include "int_layer_norm_avx512_out.h"
 
 #include <cmath>
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "broadcast_rows.h"
 #include "common.h"
 #include "int_layer_norm.h"
+#include "int_layer_norm_cache.h"
 #include "parallel.h"
 
 namespace onnxvq {
@@ -44,12 +46,16 @@ template <class TOut>
 void Rows512(const Rows& io, TOut* y, int64_t begin, int64_t end, const iln512::Consts& k,
              int64_t epsilon) {
   const int64_t c = io.channels;
-  std::vector<float> scratch(static_cast<size_t>(iln512::Padded(c)));
+  // one row per thread, reused across calls (no allocation per call)
+  thread_local std::vector<float> scratch;
+  scratch.resize(std::max(scratch.size(), static_cast<size_t>(iln512::Padded(c))));
   for (int64_t r = begin; r < end; ++r) {
     const iln512::RowStats st = iln512::FrontSum(io.a + r * c, io.b + (r % io.b_rows) * c,
                                                  io.s + r * c, scratch.data(), k);
     const int64_t rcp = iln::RowReciprocal(st.s1, st.s2, c, epsilon);
-    iln512::Output(scratch.data(), y + r * c, st, rcp, k);
+    const int64_t next = r + 1 < end ? r + 1 : r;
+    iln512::Output(scratch.data(), y + r * c, st, rcp, k, io.a + next * c,
+                   io.b + (next % io.b_rows) * c);
   }
 }
 
@@ -57,6 +63,7 @@ template <class TIn>
 struct AddIntLayerNormKernel {
   std::string missing;
   int64_t zero_point, epsilon, gamma_shift, output_dtype;
+  iln::TableCache cache;
 
   AddIntLayerNormKernel(const OrtApi*, const OrtKernelInfo* info)
       : zero_point(IntAttr(info, "zero_point", 0, &missing)),
@@ -84,36 +91,35 @@ struct AddIntLayerNormKernel {
       const float s = x_scale.Data()[0];
       Require(s > 0 && std::isfinite(s), "x_scale must be positive and finite");
       Require(x_zero_point.Data()[0] == zero_point, "zero_point must equal x_zero_point");
-      const iln::Tables t(alpha.Data(), gamma.Data(), beta.Data(), c, zero_point,
-                          std::is_signed_v<TIn>, epsilon, gamma_shift, output_dtype);
       const bool sgn = std::is_signed_v<TIn>;
-      const amq::AmqParams q{m.Data(), c, BroadcastRows(a.Shape(), b.Shape()), s,
-                             static_cast<float>(zero_point), sgn ? -128.0f : 0.0f,
-                             sgn ? 127.0f : 255.0f};
+      const float zp = static_cast<float>(zero_point), lo = sgn ? -128.0f : 0.0f;
+      const float hi = sgn ? 127.0f : 255.0f;
+      const auto prep = cache.Get({alpha.Data(), gamma.Data(), beta.Data(), m.Data(), c, s, zp,
+                                   lo, hi},
+                                  zero_point, sgn, epsilon, gamma_shift, output_dtype);
+      const amq::AmqParams q{prep->mult.data(), c, BroadcastRows(a.Shape(), b.Shape()), s, zp,
+                             lo, hi};
       Rows io{a.Data(), b.Data(), out.AllocateOutput<float>(1, a.Shape()), c, q.b_rows};
       if (output_dtype == iln::kUint8) {
-        Launch(ctx, io, out.AllocateOutput<uint8_t>(0, a.Shape()), rows, q, t);
+        Launch(ctx, io, out.AllocateOutput<uint8_t>(0, a.Shape()), rows, q, *prep);
       } else {
-        Launch(ctx, io, out.AllocateOutput<int8_t>(0, a.Shape()), rows, q, t);
+        Launch(ctx, io, out.AllocateOutput<int8_t>(0, a.Shape()), rows, q, *prep);
       }
     });
   }
 
   template <class TOut>
   static void Launch(OrtKernelContext* ctx, const Rows& io, TOut* y, int64_t rows,
-                     const amq::AmqParams& q, const iln::Tables& t) {
-    const iln::RowParams& p = t.p;
+                     const amq::AmqParams& q, const iln::Prepared& prep) {
+    const iln::RowParams& p = prep.tables->p;
     if (!iln512::Available()) {
       ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
         PortableRows<TIn>(io, y, begin, end, q, p);
       });
       return;
     }
-    iln512::Consts k = iln512::MakeConsts(t.shift.data(), p.gamma, p.beta, p.channels,
-                                          p.zero_point, p.out_shift, p.lo, p.hi);
-    iln512::SetInputQuantizer(k, q.mult, q.scale, q.zero_point, q.lo, q.hi);
     ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
-      Rows512(io, y, begin, end, k, p.epsilon);
+      Rows512(io, y, begin, end, prep.consts, p.epsilon);
     });
   }
 };

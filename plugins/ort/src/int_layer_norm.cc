@@ -6,11 +6,13 @@
 // First: its guarded include of immintrin.h silences GCC 12's AVX-512 header warnings.
 #include "int_layer_norm_avx512_out.h"
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
 #include "common.h"
 #include "int_layer_norm.h"
+#include "int_layer_norm_cache.h"
 #include "parallel.h"
 
 namespace onnxvq {
@@ -19,7 +21,9 @@ namespace {
 template <class TIn, class TOut>
 void NormalizeRows512(const TIn* x, TOut* y, int64_t begin, int64_t end, const iln::RowParams& p,
                       const iln512::Consts& k) {
-  std::vector<float> scratch(static_cast<size_t>(iln512::Padded(p.channels)));
+  // one row per thread, reused across calls (no allocation per call)
+  thread_local std::vector<float> scratch;
+  scratch.resize(std::max(scratch.size(), static_cast<size_t>(iln512::Padded(p.channels))));
   for (int64_t row = begin; row < end; ++row) {
     const iln512::RowStats st = iln512::FrontCodes(x + row * p.channels, scratch.data(), k);
     const int64_t r = iln::RowReciprocal(st.s1, st.s2, p.channels, p.epsilon);
@@ -31,6 +35,7 @@ template <class TIn>
 struct IntLayerNorm {
   std::string missing;
   int64_t zero_point, epsilon, gamma_shift, output_dtype;
+  iln::TableCache cache;
 
   IntLayerNorm(const OrtApi*, const OrtKernelInfo* info)
       : zero_point(IntAttr(info, "zero_point", 0, &missing)),
@@ -57,24 +62,23 @@ struct IntLayerNorm {
                                              static_cast<const Ort::Custom::TensorBase*>(&beta)}) {
       Require(t->Shape().size() == 1 && t->Shape()[0] == c, "alpha, gamma, beta must have shape [C]");
     }
-    const iln::Tables t(alpha.Data(), gamma.Data(), beta.Data(), c, zero_point,
-                        std::is_signed_v<TIn>, epsilon, gamma_shift, output_dtype);
+    const auto prep = cache.Get({alpha.Data(), gamma.Data(), beta.Data(), nullptr, c, 0, 0, 0, 0},
+                                zero_point, std::is_signed_v<TIn>, epsilon, gamma_shift,
+                                output_dtype);
     if (output_dtype == iln::kUint8) {
-      Launch(ctx, x.Data(), y.AllocateOutput<uint8_t>(0, x.Shape()), rows, t);
+      Launch(ctx, x.Data(), y.AllocateOutput<uint8_t>(0, x.Shape()), rows, *prep);
     } else {
-      Launch(ctx, x.Data(), y.AllocateOutput<int8_t>(0, x.Shape()), rows, t);
+      Launch(ctx, x.Data(), y.AllocateOutput<int8_t>(0, x.Shape()), rows, *prep);
     }
   }
 
   template <class TOut>
   static void Launch(OrtKernelContext* ctx, const TIn* x, TOut* y, int64_t rows,
-                     const iln::Tables& t) {
-    const iln::RowParams& p = t.p;
-    if (iln512::Available() && t.zero_point_in_range) {
-      const iln512::Consts k = iln512::MakeConsts(t.shift.data(), p.gamma, p.beta, p.channels,
-                                                  p.zero_point, p.out_shift, p.lo, p.hi);
+                     const iln::Prepared& prep) {
+    const iln::RowParams& p = prep.tables->p;
+    if (iln512::Available() && prep.tables->zero_point_in_range) {
       ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
-        NormalizeRows512(x, y, begin, end, p, k);
+        NormalizeRows512(x, y, begin, end, p, prep.consts);
       });
       return;
     }

@@ -54,7 +54,7 @@ struct Consts {
   std::vector<float> pow2;            // 2^alpha_c
   std::vector<int64_t> beta_eo;       // per 16 channels: beta + 2^(G'-1) of 0,2,..,14, then 1,..,15
   std::vector<float> mult;            // M_c (AddIntLayerNorm's input quantizer), else empty
-  std::vector<float> gq, bq, ea, hb;  // the float output's gamma, beta and error-bound factors
+  std::vector<float> gq, bq, room;    // the float output's gamma, beta and 1/2 - its error bound
   int32_t channels = 0, zero_point = 0;
   int out_shift = 0;
   int64_t lo = 0, hi = 0;
@@ -62,17 +62,18 @@ struct Consts {
 };
 
 // The float output pass of int_layer_norm_avx512_out.h: y = n * (k_row * gq) + bq, with
-// gq = f32(gamma) 2^-G', bq = f32(beta 2^-G'), and the rounding decided where
-// |y - rne(y)| < hb - U_row * ea (see there).
-inline void FloatOutputConsts(int32_t gamma, int64_t beta, int out_shift, float& gq, float& bq,
-                              float& ea, float& hb) {
+// gq = f32(gamma) 2^-G', bq = f32(beta 2^-G'), its rounding decided where |y - rne(y)| < room.
+// room = 1/2 - E (rounded down) for E = U |gq| 5.01u + |bq| 2.01u + |gq| / 2 with a 1.001 margin,
+// U = sqrt(C - 1) 2^16 64/63 (see there); a room <= 0 sends the channel to the integer steps.
+inline void FloatOutputConsts(int32_t gamma, int64_t beta, int out_shift, int64_t c, float& gq,
+                              float& bq, float& room) {
   constexpr double kU = 1.0 / (1 << 24);  // float32's unit roundoff
   gq = std::ldexp(static_cast<float>(gamma), -out_shift);
   bq = static_cast<float>(std::ldexp(static_cast<double>(beta), -out_shift));
   const double g = std::fabs(static_cast<double>(gq)), b = std::fabs(static_cast<double>(bq));
-  ea = static_cast<float>(g * 5.01 * kU * 1.001);
-  const double eb = (b * 2.01 * kU + 0.5 * g * 1.0001) * 1.001;
-  hb = static_cast<float>(0.5 - eb - std::ldexp(1.0, -23));  // the 2^-23 covers two roundings
+  const double u = std::sqrt(static_cast<double>(c - 1)) * 65536.0 * 64.0 / 63.0;
+  const double e = (u * g * 5.01 * kU + b * 2.01 * kU + 0.5 * g * 1.0001) * 1.001;
+  room = static_cast<float>(0.5 - e - std::ldexp(1.0, -23));  // 2^-23: room's own rounding
 }
 
 inline Consts MakeConsts(const int32_t* shift, const int32_t* gamma, const int64_t* beta,
@@ -82,13 +83,13 @@ inline Consts MakeConsts(const int32_t* shift, const int32_t* gamma, const int64
   k.shift.assign(cp, 0);
   k.gamma.assign(cp, 0);
   k.beta_eo.assign(cp, 0);
-  for (auto* v : {&k.pow2, &k.gq, &k.bq, &k.ea, &k.hb}) v->assign(cp, 0.0f);
+  for (auto* v : {&k.pow2, &k.gq, &k.bq, &k.room}) v->assign(cp, 0.0f);
   const int64_t half = int64_t{1} << (out_shift - 1);
   for (int64_t i = 0; i < c; ++i) {
     k.shift[i] = shift[i];
     k.gamma[i] = gamma[i];
     k.pow2[i] = static_cast<float>(1 << shift[i]);
-    FloatOutputConsts(gamma[i], beta[i], out_shift, k.gq[i], k.bq[i], k.ea[i], k.hb[i]);
+    FloatOutputConsts(gamma[i], beta[i], out_shift, c, k.gq[i], k.bq[i], k.room[i]);
     const int64_t base = i & ~int64_t{15}, j = i & 15;
     k.beta_eo[static_cast<size_t>(base + (j & 1) * 8 + j / 2)] = beta[i] + half;
   }
@@ -105,23 +106,19 @@ ONNXVQ_LN512 inline __mmask16 TailMask(int32_t i, int32_t c) {
                      : static_cast<__mmask16>((1u << (c - i)) - 1u);
 }
 
-// What the output pass needs of a row besides xt: S1, S2 and the range of xt.
+// What the output pass needs of a row besides xt.
 struct RowStats {
   int64_t s1 = 0, s2 = 0;
-  int32_t xt_min = 0, xt_max = 0;
 };
 
-// Lanes of S1 (float: each a sum of <= 512 values |xt| <= 2040, < 2^24, so exact), S2 (uint32:
-// the squares, exact in float, converted) and the xt range.
+// Lanes of S1 (float: each a sum of <= 512 values |xt| <= 2040, < 2^24, so exact) and S2
+// (uint32: the squares, exact in float, converted).
 struct Sums {
-  __m512 a1, lo, hi;
+  __m512 a1;
   __m512i a2;
 };
 
-ONNXVQ_LN512 inline Sums NewSums() {
-  const __m512 z = _mm512_setzero_ps();
-  return {z, z, z, _mm512_setzero_si512()};
-}
+ONNXVQ_LN512 inline Sums NewSums() { return {_mm512_setzero_ps(), _mm512_setzero_si512()}; }
 
 // Adds xt (exact integers as floats) to the sums and stores it to the scratch row (masked-off
 // lanes hold xt = 0).
@@ -129,24 +126,18 @@ ONNXVQ_LN512 inline void Accumulate(__m512 xt, float* scratch, Sums& a) {
   _mm512_storeu_ps(scratch, xt);
   a.a1 = _mm512_add_ps(a.a1, xt);
   a.a2 = _mm512_add_epi32(a.a2, _mm512_cvtps_epi32(_mm512_mul_ps(xt, xt)));
-  a.lo = _mm512_min_ps(a.lo, xt);
-  a.hi = _mm512_max_ps(a.hi, xt);
 }
 
 // Lane sums through memory: GCC 12's reduce/extract intrinsics trip -Wuninitialized.
 ONNXVQ_LN512 inline RowStats Finish(const Sums& a) {
-  alignas(64) float l1[16], lo[16], hi[16];
+  alignas(64) float l1[16];
   alignas(64) uint32_t l2[16];
   _mm512_store_ps(l1, a.a1);
   _mm512_store_si512(l2, a.a2);
-  _mm512_store_ps(lo, a.lo);
-  _mm512_store_ps(hi, a.hi);
   RowStats st;
   for (int j = 0; j < 16; ++j) {
     st.s1 += static_cast<int64_t>(l1[j]);
     st.s2 += l2[j];
-    st.xt_min = std::min(st.xt_min, static_cast<int32_t>(lo[j]));
-    st.xt_max = std::max(st.xt_max, static_cast<int32_t>(hi[j]));
   }
   return st;
 }
