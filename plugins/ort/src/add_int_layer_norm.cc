@@ -6,11 +6,8 @@
 // Bit-exact with AddMulQuantizeLinear -> IntLayerNorm: the AVX-512 rows repeat the same float32
 // operations and integer steps (int_layer_norm_avx512.h); elsewhere the two ops' own rows run
 // back to back on a per-thread row of codes.
-// First: its guarded include of immintrin.h silences GCC 12's AVX-512 header warnings.
-#include "int_layer_norm_avx512_out.h"
-
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -18,6 +15,7 @@
 #include "broadcast_rows.h"
 #include "common.h"
 #include "int_layer_norm.h"
+#include "int_layer_norm_avx512_out.h"
 #include "int_layer_norm_cache.h"
 #include "parallel.h"
 
@@ -46,30 +44,20 @@ template <class TOut>
 void Rows512(const Rows& io, TOut* y, int64_t begin, int64_t end, const iln512::Consts& k,
              int64_t epsilon) {
   const int64_t c = io.channels;
-  // one row per thread, reused across calls (no allocation per call)
-  thread_local std::vector<float> scratch;
-  scratch.resize(std::max(scratch.size(), static_cast<size_t>(iln512::Padded(c))));
+  float* const scratch = iln512::ScratchRow(c);
   for (int64_t r = begin; r < end; ++r) {
     const iln512::RowStats st = iln512::FrontSum(io.a + r * c, io.b + (r % io.b_rows) * c,
-                                                 io.s + r * c, scratch.data(), k);
+                                                 io.s + r * c, scratch, k);
     const int64_t rcp = iln::RowReciprocal(st.s1, st.s2, c, epsilon);
     const int64_t next = r + 1 < end ? r + 1 : r;
-    iln512::Output(scratch.data(), y + r * c, st, rcp, k, io.a + next * c,
+    iln512::Output(scratch, y + r * c, st, rcp, k, io.a + next * c,
                    io.b + (next % io.b_rows) * c);
   }
 }
 
 template <class TIn>
-struct AddIntLayerNormKernel {
-  std::string missing;
-  int64_t zero_point, epsilon, gamma_shift, output_dtype;
-  iln::TableCache cache;
-
-  AddIntLayerNormKernel(const OrtApi*, const OrtKernelInfo* info)
-      : zero_point(IntAttr(info, "zero_point", 0, &missing)),
-        epsilon(IntAttr(info, "epsilon", 0, &missing)),
-        gamma_shift(IntAttr(info, "gamma_shift", 0, &missing)),
-        output_dtype(IntAttr(info, "output_dtype", iln::kUint8)) {}
+struct AddIntLayerNormKernel : iln::KernelBase {
+  using KernelBase::KernelBase;
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<float>& a,
                       const Ort::Custom::Tensor<float>& b, const Ort::Custom::Tensor<float>& m,

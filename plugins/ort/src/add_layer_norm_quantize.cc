@@ -18,7 +18,7 @@
 #include "parallel.h"
 
 #if defined(__AVX2__)
-#include <immintrin.h>
+#include "simd.h"
 #endif
 
 namespace onnxvq {

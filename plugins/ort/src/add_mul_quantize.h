@@ -9,7 +9,7 @@
 #include <type_traits>
 
 #if defined(__AVX2__)
-#include <immintrin.h>
+#include "simd.h"
 #endif
 
 namespace onnxvq {

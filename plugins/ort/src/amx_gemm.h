@@ -21,12 +21,7 @@
 #include <cstring>
 #include <vector>
 
-// GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "simd.h"
 
 namespace onnxvq {
 namespace amx {
@@ -93,7 +88,7 @@ struct alignas(64) TileConfig {
 };
 
 // Tiles 0-3: C (2 x 2 blocks of 16 x 16 int32); 4-5: A (16 rows x 64 bytes); 6-7: B.
-__attribute__((target("amx-tile"))) inline void LoadConfig() {
+ONNXVQ_AMX_TILE inline void LoadConfig() {
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.rows[t] = 16;
@@ -104,12 +99,12 @@ __attribute__((target("amx-tile"))) inline void LoadConfig() {
   __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
 }
 
-__attribute__((target("amx-tile"))) inline void Release() { _tile_release(); }
+ONNXVQ_AMX_TILE inline void Release() { _tile_release(); }
 
 // c[32][32] (row stride 32) = a[32][kp] (row stride lda) times the 32 packed columns starting
 // at column block nb (two 16-column blocks).
-__attribute__((target("amx-tile,amx-int8"))) inline void Block(
-    const uint8_t* a, int64_t lda, const PackedWeights& w, int64_t nb, int32_t* c) {
+ONNXVQ_AMX_INT8 inline void Block(const uint8_t* a, int64_t lda, const PackedWeights& w,
+                                  int64_t nb, int32_t* c) {
   const int64_t kblocks = w.kp / kTileK;
   const int8_t* b0 = w.tiles.data() + nb * kblocks * kTileBytes;
   const int8_t* b1 = b0 + kblocks * kTileBytes;

@@ -3,20 +3,13 @@
 // (the library itself targets x86-64-v3); attention.cc calls them after a run-time CPU check.
 #pragma once
 
-// GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "simd.h"
 
 #include <cstdint>
 #include <cstdlib>
 
 namespace onnxvq {
 namespace avx512 {
-
-#define ONNXVQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 inline bool Available() {
   // ONNXVQ_NO_VNNI forces the portable loops (to test them on a VNNI machine), as for LogIntMatMul.

@@ -5,12 +5,7 @@
 
 #include <cstdint>
 
-// GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "simd.h"
 
 namespace onnxvq {
 namespace gelu {
@@ -27,7 +22,7 @@ struct GeluParams {
 };
 
 // Eight elements: codes (as floats in [lo, hi], already rounded) of gelu(x) / scale + zp.
-__attribute__((target("avx2,fma"))) inline __m256 GeluCodes8(__m256 x, const GeluParams& p) {
+ONNXVQ_AVX2 inline __m256 GeluCodes8(__m256 x, const GeluParams& p) {
   const __m256 absx = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
   const __m256 z = _mm256_min_ps(_mm256_mul_ps(absx, _mm256_set1_ps(kInvSqrt2)),
                                  _mm256_set1_ps(kZMax));
@@ -49,8 +44,7 @@ __attribute__((target("avx2,fma"))) inline __m256 GeluCodes8(__m256 x, const Gel
 // The same sixteen at a time (AVX-512, for callers behind an AMX check): every step is the same
 // IEEE operation lane by lane (andnot, mul, fmadd, div, fmsub, compare-select, round to nearest
 // even, min/max), so the codes equal GeluCodes8's bit for bit.
-__attribute__((target("avx512f,avx512dq"))) inline __m512 GeluCodes16(__m512 x,
-                                                                      const GeluParams& p) {
+ONNXVQ_AVX512_DQ inline __m512 GeluCodes16(__m512 x, const GeluParams& p) {
   const __m512 absx = _mm512_andnot_ps(_mm512_set1_ps(-0.0f), x);
   const __m512 z = _mm512_min_ps(_mm512_mul_ps(absx, _mm512_set1_ps(kInvSqrt2)),
                                  _mm512_set1_ps(kZMax));

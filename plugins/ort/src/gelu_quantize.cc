@@ -16,7 +16,7 @@
 #include "parallel.h"
 
 #if defined(__AVX2__)
-#include <immintrin.h>
+#include "simd.h"
 #endif
 
 namespace onnxvq {

@@ -3,15 +3,13 @@
 // Per row: one pass for S1 = sum xt and S2 = sum xt^2, an exact isqrt and the row's single
 // division R = 2^54 // sig, then one vectorisable pass z = rnd(num * R, 32), Y = rnd(z*gamma+beta).
 // AVX-512 rows where the CPU has them (int_layer_norm_avx512.h), else the AVX2/scalar rows.
-// First: its guarded include of immintrin.h silences GCC 12's AVX-512 header warnings.
-#include "int_layer_norm_avx512_out.h"
-
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
 #include "common.h"
 #include "int_layer_norm.h"
+#include "int_layer_norm_avx512_out.h"
 #include "int_layer_norm_cache.h"
 #include "parallel.h"
 
@@ -21,27 +19,17 @@ namespace {
 template <class TIn, class TOut>
 void NormalizeRows512(const TIn* x, TOut* y, int64_t begin, int64_t end, const iln::RowParams& p,
                       const iln512::Consts& k) {
-  // one row per thread, reused across calls (no allocation per call)
-  thread_local std::vector<float> scratch;
-  scratch.resize(std::max(scratch.size(), static_cast<size_t>(iln512::Padded(p.channels))));
+  float* const scratch = iln512::ScratchRow(p.channels);
   for (int64_t row = begin; row < end; ++row) {
-    const iln512::RowStats st = iln512::FrontCodes(x + row * p.channels, scratch.data(), k);
+    const iln512::RowStats st = iln512::FrontCodes(x + row * p.channels, scratch, k);
     const int64_t r = iln::RowReciprocal(st.s1, st.s2, p.channels, p.epsilon);
-    iln512::Output(scratch.data(), y + row * p.channels, st, r, k);
+    iln512::Output(scratch, y + row * p.channels, st, r, k);
   }
 }
 
 template <class TIn>
-struct IntLayerNorm {
-  std::string missing;
-  int64_t zero_point, epsilon, gamma_shift, output_dtype;
-  iln::TableCache cache;
-
-  IntLayerNorm(const OrtApi*, const OrtKernelInfo* info)
-      : zero_point(IntAttr(info, "zero_point", 0, &missing)),
-        epsilon(IntAttr(info, "epsilon", 0, &missing)),
-        gamma_shift(IntAttr(info, "gamma_shift", 0, &missing)),
-        output_dtype(IntAttr(info, "output_dtype", iln::kUint8)) {}
+struct IntLayerNorm : iln::KernelBase {
+  using KernelBase::KernelBase;
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<TIn>& x,
                       const Ort::Custom::Tensor<uint8_t>& alpha,

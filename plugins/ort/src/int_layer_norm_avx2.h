@@ -11,7 +11,7 @@
 #pragma once
 
 #if defined(__AVX2__)
-#include <immintrin.h>
+#include "simd.h"
 
 #include <cstdint>
 #include <type_traits>

@@ -18,11 +18,7 @@
 // rounding is decided, and falls back to the integer steps for any 16 channels where it is not.
 #pragma once
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -33,8 +29,6 @@
 
 namespace onnxvq {
 namespace iln512 {
-
-#define ONNXVQ_LN512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
 // ONNXVQ_NO_AVX512=1 forces the AVX2 rows (to test them on an AVX-512 machine).
 inline bool Available() {
@@ -47,6 +41,14 @@ inline bool Available() {
 }
 
 inline int64_t Padded(int64_t c) { return (c + 15) & ~int64_t{15}; }
+
+// This thread's scratch row of at least Padded(c) floats, reused across calls and kernels (no
+// allocation per call).
+inline float* ScratchRow(int64_t c) {
+  thread_local std::vector<float> scratch;
+  scratch.resize(std::max(scratch.size(), static_cast<size_t>(Padded(c))));
+  return scratch.data();
+}
 
 // Per-call constants, the [C] arrays zero-padded to a multiple of 16 channels.
 struct Consts {

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "add_mul_quantize.h"
@@ -86,6 +87,21 @@ class TableCache {
  private:
   std::mutex mu_;
   std::shared_ptr<const Prepared> last_;
+};
+
+// What IntLayerNorm and AddIntLayerNorm both keep per kernel: their attributes and the tables.
+// The constructor runs inside ORT's C API and must not throw: a missing required attribute is
+// listed in `missing`, which Compute reports.
+struct KernelBase {
+  std::string missing;
+  int64_t zero_point, epsilon, gamma_shift, output_dtype;
+  TableCache cache;
+
+  KernelBase(const OrtApi*, const OrtKernelInfo* info)
+      : zero_point(IntAttr(info, "zero_point", 0, &missing)),
+        epsilon(IntAttr(info, "epsilon", 0, &missing)),
+        gamma_shift(IntAttr(info, "gamma_shift", 0, &missing)),
+        output_dtype(IntAttr(info, "output_dtype", kUint8)) {}
 };
 
 }  // namespace iln

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "amx_gemm.h"
@@ -79,7 +81,7 @@ inline Epilogue MakeEpilogue(const amx::PackedWeights& w, const Ort::Custom::Ten
 }
 
 // v[0, cols) = f32(c - zcol) * scale + bias for one row of a block (columns col0...).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) ONNXVQ_NO_FMA inline void FloatRow(
+ONNXVQ_AVX512_DQ ONNXVQ_NO_FMA inline void FloatRow(
     const int32_t* c, int64_t col0, int64_t cols, const Epilogue& e, float* v) {
   for (int64_t j = 0; j < cols; j += 16) {
     const int64_t left = cols - j;
@@ -205,6 +207,34 @@ inline bool ConstantWeights(const OrtApi* api, const OrtKernelInfo* info) {
   }
   return is_constant != 0;
 }
+
+// What every QuantizedLinear variant keeps per kernel: ORT's own op for the fallback, whether B
+// is a constant initializer, and B packed into AMX tiles on the first call that needs them.
+struct KernelBase {
+  Ort::Op fallback{nullptr};
+  bool constant_weights = false;
+  std::once_flag packed_once;
+  amx::PackedWeights packed;
+
+  KernelBase(const OrtApi* api, const OrtKernelInfo* info)
+      : fallback(CreateFallback(info)), constant_weights(ConstantWeights(api, info)) {}
+
+  // The packed weights when this call takes the AMX path (packed once), else nullptr.
+  const amx::PackedWeights* Amx(const Ort::Custom::Tensor<int8_t>& b, const Shape& s) {
+    if (!constant_weights || LoopsForced() || !amx::Available()) return nullptr;
+    std::call_once(packed_once, [&] { amx::Pack(b.Data(), s.k, s.n, packed); });
+    return &packed;
+  }
+
+  // ORT's MatMulIntegerToFloat on this call's seven inputs, written to `out`.
+  void InvokeFallback(OrtKernelContext* ctx, OrtValue* out) {
+    Ort::KernelContext kc(ctx);
+    const OrtValue* in[7];
+    for (size_t i = 0; i < 7; ++i) in[i] = kc.GetInput(i);
+    OrtValue* outs[1] = {out};
+    fallback.Invoke(ctx, in, 7, outs, 1);
+  }
+};
 
 }  // namespace linear
 }  // namespace onnxvq

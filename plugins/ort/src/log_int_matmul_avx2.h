@@ -9,7 +9,7 @@
 #pragma once
 
 #if defined(__AVX2__)
-#include <immintrin.h>
+#include "simd.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -108,7 +108,7 @@ __attribute__((optimize("no-tree-pre"))) void TileMadd(const int32_t* w, int64_t
 }
 
 template <int NR>
-__attribute__((target("avx2,avxvnni"))) void TileVnni(const int32_t* w, int64_t stride,
+ONNXVQ_AVX2_VNNI void TileVnni(const int32_t* w, int64_t stride,
                                                       const int16_t* vp, int64_t pairs,
                                                       int64_t dpad, __m256i* sums) {
   __m256i acc[NR][2];

@@ -6,7 +6,7 @@
 #pragma once
 
 #if defined(__AVX2__)
-#include <immintrin.h>
+#include "simd.h"
 
 #include <cstdint>
 #include <cstring>

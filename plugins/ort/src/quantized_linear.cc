@@ -9,10 +9,6 @@
 // (or with ONNXVQ_NO_AMX set) the kernel invokes ONNX Runtime's own com.microsoft
 // MatMulIntegerToFloat on the same inputs (so it is exactly as fast as the op it replaced), and
 // where ORT cannot create that op, or with ONNXVQ_NO_AMX=loops, plain loops compute the same.
-#include <mutex>
-#include <string>
-#include <vector>
-
 #include "linear_kernel.h"
 
 namespace onnxvq {
@@ -23,15 +19,8 @@ struct FloatSink {
   float* out;
 };
 
-struct QuantizedLinear {
-  Ort::Op fallback{nullptr};
-  bool constant_weights = false;
-  std::once_flag packed_once;
-  amx::PackedWeights packed;
-
-  QuantizedLinear(const OrtApi* api, const OrtKernelInfo* info)
-      : fallback(linear::CreateFallback(info)),
-        constant_weights(linear::ConstantWeights(api, info)) {}
+struct QuantizedLinear : linear::KernelBase {
+  using KernelBase::KernelBase;
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<uint8_t>& a,
                       const Ort::Custom::Tensor<int8_t>& b,
@@ -43,17 +32,11 @@ struct QuantizedLinear {
     return Guard("QuantizedLinear", [&] {
       const linear::Shape s = linear::Check(a, b, a_scale, b_scale, a_zero_point, b_zero_point,
                                             bias);
-      if (constant_weights && !linear::LoopsForced() && amx::Available()) {
-        std::call_once(packed_once, [&] { amx::Pack(b.Data(), s.k, s.n, packed); });
-        const linear::Epilogue e = linear::MakeEpilogue(packed, a_scale, b_scale, a_zero_point,
-                                                        bias);
-        linear::RunAmx(ctx, a.Data(), s.m, packed, e, FloatSink{y.Allocate(s.out)});
+      if (const amx::PackedWeights* w = Amx(b, s)) {
+        const linear::Epilogue e = linear::MakeEpilogue(*w, a_scale, b_scale, a_zero_point, bias);
+        linear::RunAmx(ctx, a.Data(), s.m, *w, e, FloatSink{y.Allocate(s.out)});
       } else if (fallback) {
-        Ort::KernelContext kc(ctx);
-        const OrtValue* in[7];
-        for (size_t i = 0; i < 7; ++i) in[i] = kc.GetInput(i);
-        OrtValue* out[1] = {kc.GetOutput(0, s.out)};
-        fallback.Invoke(ctx, in, 7, out, 1);
+        InvokeFallback(ctx, Ort::KernelContext(ctx).GetOutput(0, s.out));
       } else {
         linear::Loops(a.Data(), b.Data(), a_scale.Data()[0], a_zero_point.Data()[0],
                       b_scale.Data(), b_scale.NumberOfElement() == 1, bias.Data(),

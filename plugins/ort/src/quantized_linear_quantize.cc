@@ -24,8 +24,7 @@ struct CodeParams {
 };
 
 // 32 codes of the 32 floats v of columns col0...
-__attribute__((target("avx2,fma"))) inline void Codes32(const float* v, int64_t col0, uint8_t* y,
-                                                          const CodeParams& p) {
+ONNXVQ_AVX2 inline void Codes32(const float* v, int64_t col0, uint8_t* y, const CodeParams& p) {
   __m256 c[4];
   const gelu::GeluParams g{nullptr, 32, p.inv_scale, p.zero_point, 0.0f, 255.0f};
   for (int k = 0; k < 4; ++k) {
@@ -50,8 +49,8 @@ __attribute__((target("avx2,fma"))) inline void Codes32(const float* v, int64_t 
 
 // The AMX path's epilogue (AVX-512 is there): the same operations 16 lanes at a time, written
 // straight to the output with a masked saturating store (the codes are already in 0..255).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline void CodesAvx512(
-    const float* v, int64_t col0, int64_t cols, uint8_t* y, const CodeParams& p) {
+ONNXVQ_AVX512_DQ inline void CodesAvx512(const float* v, int64_t col0, int64_t cols, uint8_t* y,
+                                         const CodeParams& p) {
   const gelu::GeluParams g{nullptr, 32, p.inv_scale, p.zero_point, 0.0f, 255.0f};
   for (int64_t j = 0; j < cols; j += 16) {
     const __m512 x = _mm512_loadu_ps(v + j);
@@ -107,15 +106,8 @@ CodeParams Params(const Ort::Custom::Tensor<float>& y_scale,
 }
 
 template <bool kGelu>
-struct QuantizedLinearCodes {
-  Ort::Op fallback{nullptr};
-  bool constant_weights = false;
-  std::once_flag packed_once;
-  amx::PackedWeights packed;
-
-  QuantizedLinearCodes(const OrtApi* api, const OrtKernelInfo* info)
-      : fallback(linear::CreateFallback(info)),
-        constant_weights(linear::ConstantWeights(api, info)) {}
+struct QuantizedLinearCodes : linear::KernelBase {
+  using KernelBase::KernelBase;
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<uint8_t>& a,
                       const Ort::Custom::Tensor<int8_t>& b,
@@ -132,23 +124,17 @@ struct QuantizedLinearCodes {
                                             bias);
       const CodeParams p = Params<kGelu>(y_scale, y_zero_point, s.n);
       const CodeSink sink{y.Allocate(s.out), s.n, p};
-      if (constant_weights && !linear::LoopsForced() && amx::Available()) {
-        std::call_once(packed_once, [&] { amx::Pack(b.Data(), s.k, s.n, packed); });
-        const linear::Epilogue e = linear::MakeEpilogue(packed, a_scale, b_scale, a_zero_point,
-                                                        bias);
-        linear::RunAmx(ctx, a.Data(), s.m, packed, e, sink);
+      if (const amx::PackedWeights* w = Amx(b, s)) {
+        const linear::Epilogue e = linear::MakeEpilogue(*w, a_scale, b_scale, a_zero_point, bias);
+        linear::RunAmx(ctx, a.Data(), s.m, *w, e, sink);
         return;
       }
       std::vector<float> v(static_cast<size_t>(s.m * s.n));
       if (fallback) {
-        Ort::KernelContext kc(ctx);
-        const OrtValue* in[7];
-        for (size_t i = 0; i < 7; ++i) in[i] = kc.GetInput(i);
         const auto info = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeCPU);
         Ort::Value out = Ort::Value::CreateTensor<float>(info, v.data(), v.size(),
                                                          s.out.data(), s.out.size());
-        OrtValue* outs[1] = {out};
-        fallback.Invoke(ctx, in, 7, outs, 1);
+        InvokeFallback(ctx, out);
       } else {
         linear::Loops(a.Data(), b.Data(), a_scale.Data()[0], a_zero_point.Data()[0],
                       b_scale.Data(), b_scale.NumberOfElement() == 1, bias.Data(), v.data(),
