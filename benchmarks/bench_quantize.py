@@ -144,7 +144,27 @@ def quantize_nncf(name: str, method: str, n: int, out: Path, tmp: Path) -> Path:
     return out
 
 
-TOOLS = {"onnxvq": quantize_onnxvq, "ort": quantize_ort, "nncf": quantize_nncf}
+def forward_fp32(name: str, method: str, n: int, out: Path, tmp: Path) -> None:
+    """The floor of any calibration (`method` is ignored, nothing is written): every image decoded
+    and preprocessed once (the same preset, and the same prefetch thread as onnxvq) and one FP32
+    forward per batch at onnxvq's calibration batch size, in a lean session like onnxvq's, only
+    the model's own output fetched."""
+    from onnxvq.calibrate.prefetch import prefetched
+
+    model = onnx.load(str(model_path(name)))
+    inp = model.graph.input[0]
+    shape = [d.dim_value or "N" for d in inp.type.tensor_type.shape.dim]
+    source = open_source(calib_dir(n, tmp), resolve_preprocess(preset_of(name)), n, shape)
+    sess = make_session(model, lean=True)
+    outputs = [sess.get_outputs()[0].name]
+    for feeds in prefetched(batches(source, QuantConfig().batch_size, inp.name)):
+        sess.run(outputs, feeds)
+
+
+TOOLS = {"onnxvq": quantize_onnxvq, "ort": quantize_ort, "nncf": quantize_nncf,
+         "fp32": forward_fp32}
+TOOL_NAMES = {"onnxvq": "onnxvq", "ort": "quantize_static", "nncf": "NNCF",
+              "fp32": "FP32 forward only"}
 
 
 class Models:
@@ -261,13 +281,30 @@ def worker(spec: str) -> None:
     job = json.loads(spec)
     logging.basicConfig(level=logging.ERROR)
     base = vm_kib("VmRSS")
+    forward = timed_session_runs()
     with tempfile.TemporaryDirectory() as tmp:
         t0, c0 = time.perf_counter(), cpu_seconds()
         TOOLS[job["tool"]](job["model"], job["method"], job["n"], Path(tmp) / "q.onnx",
                            Path(tmp))
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    print(json.dumps({**job, "seconds": wall, "cpu_seconds": cpu, "base_rss_mb": base / 1024,
-                      "peak_rss_mb": vm_kib("VmHWM") / 1024}))
+    print(json.dumps({**job, "seconds": wall, "cpu_seconds": cpu, "run_seconds": forward[0],
+                      "base_rss_mb": base / 1024, "peak_rss_mb": vm_kib("VmHWM") / 1024}))
+
+
+def timed_session_runs() -> list[float]:
+    """Time every `InferenceSession.run` of this process from now on (the forward passes of a
+    calibration, whichever tool opens the session): the returned list's one item is the sum."""
+    spent, run = [0.0], ort.InferenceSession.run
+
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    ort.InferenceSession.run = timed
+    return spent
 
 
 def cpu_seconds() -> float:
@@ -299,7 +336,9 @@ def run_calib(args) -> dict:
     rows = []
     for n in args.calib_sizes:
         for method in args.calib_methods:
-            runs = {tool: [] for tool in ("onnxvq", "ort")}
+            # the FP32 floor does not depend on the method: it runs with the first one
+            floor = ("fp32",) if method == args.calib_methods[0] else ()
+            runs = {tool: [] for tool in ("onnxvq", "ort", *floor)}
             for _ in range(args.repeat):
                 for tool in runs:
                     runs[tool].append(calib_row("vit_cifar10", tool, method, n))
@@ -316,6 +355,7 @@ def _median_row(runs: list[dict]) -> dict:
     if len(runs) > 1:
         row["runs_seconds"] = [round(r["seconds"], 3) for r in ok]
         row["runs_cpu_seconds"] = [round(r["cpu_seconds"], 3) for r in ok]
+        row["runs_run_seconds"] = [round(r.get("run_seconds", 0.0), 3) for r in ok]
     return row
 
 
@@ -330,17 +370,42 @@ def run_memory(args) -> dict:
 
 def show_calib(res: dict) -> None:
     t = table(f"Calibration + quantization on {res['model']} (fresh process per run)", "tool",
-              "method", "images", "wall s", "CPU s", "peak RSS MiB", "RSS after imports MiB")
-    # wall: the run of median wall time; CPU: the median over the runs (each in its own process)
+              "method", "images", "wall s", "CPU s", "session.run s", "peak RSS MiB",
+              "RSS after imports MiB")
+    # wall: the run of median wall time; CPU: the median over the runs (each in its own process);
+    # session.run: that run's time inside InferenceSession.run (its forward passes)
     for r in res["rows"]:
-        tool = "onnxvq" if r["tool"] == "onnxvq" else "quantize_static"
+        tool = TOOL_NAMES.get(r["tool"], r["tool"])
+        method = "-" if r["tool"] == "fp32" else r["method"]
         if "error" in r:
-            t.add_row(tool, r["method"], str(r["n"]), "failed", r["error"][:40], "", "")
+            t.add_row(tool, method, str(r["n"]), "failed", r["error"][:40], "", "", "")
             continue
         cpus = r.get("runs_cpu_seconds") or ([r["cpu_seconds"]] if "cpu_seconds" in r else [])
         cpu = f"{sorted(cpus)[(len(cpus) - 1) // 2]:.2f}" if cpus else ""  # lower median
-        t.add_row(tool, r["method"], str(r["n"]), f"{r['seconds']:.2f}", cpu,
+        fwd = f"{r['run_seconds']:.2f}" if "run_seconds" in r else ""
+        t.add_row(tool, method, str(r["n"]), f"{r['seconds']:.2f}", cpu, fwd,
                   f"{r['peak_rss_mb']:.0f}", f"{r['base_rss_mb']:.0f}")
+    console.print(t)
+    show_floor(res)
+
+
+def show_floor(res: dict) -> None:
+    """quantize_static / onnxvq per size and method, against the FP32 floor of the same size:
+    the time 3x needs, and each tool's wall time in units of the floor's."""
+    ok = {(r["tool"], r["method"], r["n"]): r for r in res["rows"] if "error" not in r}
+    floors = {n: r["seconds"] for (tool, _, n), r in ok.items() if tool == "fp32"}
+    t = table("Against the floor (wall s; x floor = wall / FP32 forward only's)", "method",
+              "images", "quantize_static / onnxvq", "3x needs onnxvq <=", "onnxvq x floor",
+              "quantize_static x floor")
+    for (tool, method, n), r in ok.items():
+        ort_row = ok.get(("ort", method, n))
+        if tool != "onnxvq" or ort_row is None:
+            continue
+        floor = floors.get(n)
+        t.add_row(method, str(n), f"{ort_row['seconds'] / r['seconds']:.2f}x",
+                  f"{ort_row['seconds'] / 3:.2f}",
+                  f"{r['seconds'] / floor:.2f}" if floor else "",
+                  f"{ort_row['seconds'] / floor:.2f}" if floor else "")
     console.print(t)
 
 

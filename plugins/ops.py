@@ -53,9 +53,18 @@ def register_functions(graph: gs.Graph) -> None:
     graph.import_domains = domains
     have = {(f.domain, f.name) for f in graph.functions}
     opset = max(graph.opset or OPSET, OPSET)
-    for proto in all_function_protos(opset):
+    known = _FUNCTION_NAMES.get(opset)
+    if known is not None and known <= have:  # all there: building the protos costs ~15 ms a call
+        return
+    protos = all_function_protos(opset)
+    _FUNCTION_NAMES[opset] = frozenset((p.domain, p.name) for p in protos)
+    for proto in protos:
         if (proto.domain, proto.name) not in have:
             graph.functions.append(OnnxImporter.import_function(proto, model_opset=opset))
+
+
+# opset -> the (domain, name) of every function all_function_protos(opset) gives, once built
+_FUNCTION_NAMES: dict[int, frozenset] = {}
 
 
 def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:

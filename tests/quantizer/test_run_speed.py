@@ -3,7 +3,8 @@
 Each fast path is checked against the behaviour it replaced, switched back on by monkeypatching:
 - RewritePass.run skips graphsurgeon's cleanup + toposort when it rewrote nothing;
 - calibration (lean) sessions do not spin their threads between kernels;
-- the memory budget infers shapes once for all observed tensors, not once per tensor.
+- the memory budget infers shapes once for all observed tensors, not once per tensor;
+- register_functions builds the com.onnxvq function protos once, not once per custom node.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from onnxvq.calibrate import budget
 from onnxvq.core import pipeline, runtime
 from onnxvq.core.config import QuantConfig
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+from onnxvq.plugins import ops
 from onnxvq.quantizer.run import quantize
 
 NOISE = dict(calib_size=16, batch_size=8)
@@ -56,6 +58,12 @@ def _slow_paths(monkeypatch) -> None:
         return {t: all_at_once(model, [t])[t] for t in tensors}
 
     monkeypatch.setattr(budget, "tensor_bytes", per_tensor)
+    monkeypatch.setattr(ops, "_FUNCTION_NAMES", _Forgetful())  # every call builds the protos
+
+
+class _Forgetful(dict):
+    def __setitem__(self, key, value) -> None:
+        pass
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -98,3 +106,23 @@ def test_budget_infers_shapes_once_for_all_tensors(tiny, monkeypatch):
     calls.clear()
     budget.calibration_batch(bare, 16, norms, softmaxes)
     assert len(calls) == 1
+
+
+def test_functions_are_built_once_per_graph(tiny, monkeypatch):
+    """19 QuantizedLinear builders on DeiT-style models each called register_functions; only the
+    first may build the protos, and the graph ends with each function once, as before."""
+    import onnx_graphsurgeon as gs
+
+    calls = []
+    real = ops.all_function_protos
+    monkeypatch.setattr(ops, "all_function_protos", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(ops, "_FUNCTION_NAMES", {})
+    graph = gs.import_onnx(tiny)
+    for _ in range(5):
+        ops.register_functions(graph)
+    assert len(calls) == 1
+    names = [(f.domain, f.name) for f in graph.functions]
+    assert sorted(names) == sorted((p.domain, p.name) for p in real(max(graph.opset, ops.OPSET)))
+    fresh = gs.import_onnx(tiny)  # a new graph gets its functions, from the protos built again
+    ops.register_functions(fresh)
+    assert len(calls) == 2 and len(fresh.functions) == len(names)
