@@ -20,6 +20,7 @@ from onnx import helper
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from onnxvq.core.errors import OnnxvqError
+from onnxvq.core.graph import mark_tidy
 from onnxvq.plugins.attention_functions import attention_function_protos
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.fused_functions import fused_function_protos
@@ -60,7 +61,8 @@ def register_functions(graph: gs.Graph) -> None:
     _FUNCTION_NAMES[opset] = frozenset((p.domain, p.name) for p in protos)
     for proto in protos:
         if (proto.domain, proto.name) not in have:
-            graph.functions.append(OnnxImporter.import_function(proto, model_opset=opset))
+            graph.functions.append(mark_tidy(OnnxImporter.import_function(proto,
+                                                                          model_opset=opset)))
 
 
 # opset -> the (domain, name) of every function all_function_protos(opset) gives, once built

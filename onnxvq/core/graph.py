@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import onnx
@@ -112,9 +113,34 @@ def _opset_copy(d: onnx.OperatorSetIdProto) -> onnx.OperatorSetIdProto:
     return onnx.helper.make_opsetid(d.domain, d.version)
 
 
+# Local functions built clean and sorted (com.onnxvq's, plugins/ops.py), by id: `tidy` skips them
+_TIDY: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def mark_tidy(func: gs.Function) -> gs.Function:
+    """Clean and sort `func` once, as `tidy` would, and let later `tidy` calls skip it: nothing
+    edits a local function's body after it is added, and a second cleanup or (stable) sort is a
+    no-op. Sorting the 24 com.onnxvq bodies on every pass took ~0.2 s of a vit_cifar10 run."""
+    func.cleanup().toposort()
+    _TIDY[id(func)] = func
+    return func
+
+
+def tidy(graph: gs.Graph) -> gs.Graph:
+    """`graph.cleanup().toposort()` (graph inputs kept), recursing only into the local functions
+    `mark_tidy` did not mark."""
+    todo = [f for f in graph.functions if _TIDY.get(id(f)) is not f]
+    for func in todo:  # the order graphsurgeon's own recursion uses: functions, then the graph
+        func.cleanup()
+    graph.cleanup(remove_unused_graph_inputs=False, recurse_functions=False)
+    for func in todo:
+        func.toposort()
+    return graph.toposort(recurse_functions=False)
+
+
 def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export a graphsurgeon graph, keeping the metadata, IR and functions of `like`."""
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    tidy(graph)
     model = _export(graph)
     if like is not None:  # at least the IR its opsets need (opset 21 / INT4 weights: IR 10)
         model.ir_version = max(like.ir_version, helper.find_min_ir_version_for(

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.config import QuantConfig
-from onnxvq.core.graph import infer_shapes_into, to_graph, to_model
+from onnxvq.core.graph import infer_shapes_into, tidy, to_graph, to_model
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan
 from onnxvq.core.validate import NumericCheck, check_graph, numeric_check
 
@@ -130,7 +130,7 @@ class RewritePass(Pass):
                 result.records.append(record)
             result.applied += 1
         if result.applied:  # an untouched graph is as clean and sorted as it came (0.1-0.3 s each)
-            graph.cleanup().toposort()
+            tidy(graph)
         return result
 
     @abstractmethod

@@ -4,7 +4,8 @@ Each fast path is checked against the behaviour it replaced, switched back on by
 - RewritePass.run skips graphsurgeon's cleanup + toposort when it rewrote nothing;
 - calibration (lean) sessions do not spin their threads between kernels;
 - the memory budget infers shapes once for all observed tensors, not once per tensor;
-- register_functions builds the com.onnxvq function protos once, not once per custom node.
+- register_functions builds the com.onnxvq function protos once, not once per custom node;
+- cleanup + toposort skip the com.onnxvq function bodies (sorted once, when added).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import onnx
 import pytest
 
 from onnxvq.calibrate import budget
+from onnxvq.core import graph as core_graph
 from onnxvq.core import pipeline, runtime
 from onnxvq.core.config import QuantConfig
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
@@ -59,6 +61,12 @@ def _slow_paths(monkeypatch) -> None:
 
     monkeypatch.setattr(budget, "tensor_bytes", per_tensor)
     monkeypatch.setattr(ops, "_FUNCTION_NAMES", _Forgetful())  # every call builds the protos
+
+    def recursive_tidy(graph):  # graphsurgeon's own recursion into every function
+        return graph.cleanup(remove_unused_graph_inputs=False).toposort()
+
+    monkeypatch.setattr(core_graph, "tidy", recursive_tidy)
+    monkeypatch.setattr(pipeline, "tidy", recursive_tidy)
 
 
 class _Forgetful(dict):
