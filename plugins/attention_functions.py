@@ -1,10 +1,14 @@
 """ONNX local functions of the fused attention ops (QLinearAttention, LogIntAttention; spec:
 plugins/README.md).
 
-The body is the reference (plugins/reference/attention.py) in standard opset-17 ops: the integer
-products as int32 MatMuls (ONNX Runtime has int32 MatMul kernels; every sum is below 2^31),
-the float steps in the same float32 order as the reference, so the body equals the reference
-wherever the reference is exact (all but the softmax's exp and summation order).
+The body is the reference (plugins/reference/attention.py) in standard opset-17 ops, written for
+ONNX Runtime's speed (a model run without the native library inlines it): the integer products
+as MatMulInteger on the uint8 codes with their zero points (exact int32 on MLAS's int8 GEMM; an
+int32 MatMul is a naive loop there, and with it a W8/A8 model without the library was 1.6x slower
+than FP32), every requantization as one QuantizeLinear (IEEE division, round half to even,
+saturation: the reference's steps), and QLinearAttention's softmax as ORT's Softmax followed by
+the probabilities' QuantizeLinear, the unfused graph the op replaced. So the body equals the
+reference wherever the reference is exact (all but the softmax's exp and summation order).
 LogIntAttention's body calls the com.onnxvq LogIntSoftmax and LogIntMatMul nodes (their own
 kernels or functions), so it is exact throughout.
 """
@@ -16,7 +20,7 @@ from onnx import AttributeProto, TensorProto, helper
 
 from onnxvq.plugins.functions import DOMAIN, PLUGIN_ATTRS, _Body, _checked, _function
 
-I32, F32 = TensorProto.INT32, TensorProto.FLOAT
+F32, U8 = TensorProto.FLOAT, TensorProto.UINT8
 
 
 def _float_attr(f: _Body, name: str) -> str:
@@ -30,37 +34,39 @@ def _float_attr(f: _Body, name: str) -> str:
     return out
 
 
-def _split_heads(f: _Body) -> tuple[str, str, str, str]:
-    """q - z_q, k - z_k, v - z_v as int32 [B, H, N, D] from X; and the uint8 [3, B, H, N, D]."""
+def _split_heads(f: _Body) -> tuple[str, str, str]:
+    """q, k, v as uint8 [B, H, N, D] from X (uint8 [B, N, 3 * H * D])."""
     heads = f.op("Unsqueeze", f.attr("num_heads"), f.const([0], dims=(1,)))
     shape = f.op("Concat", f.const([0, 0, 3], dims=(3,)), heads, f.const([-1], dims=(1,)), axis=0)
     t8 = f.op("Transpose", f.op("Reshape", "X", shape), perm=[2, 0, 3, 1, 4])
-    t = f.op("Cast", t8, to=I32)
-    zero = {n: f.op("Cast", f.attr(f"{n}_zero_point"), to=I32) for n in "qkv"}
-    q, k, v = (f.op("Sub", f.op("Gather", t, f.const(i), axis=0), zero[n])
-               for i, n in enumerate("qkv"))
-    return q, k, v, t8
+    q, k, v = (f.op("Gather", t8, f.const(i), axis=0) for i in range(3))
+    return q, k, v
+
+
+def _zero_point(f: _Body, name: str) -> str:
+    """uint8 scalar holding the node's int attribute `name` (a MatMulInteger zero point)."""
+    return f.op("Cast", f.attr(name), to=U8)
 
 
 def _scores(f: _Body, q: str, k: str) -> str:
     """float32 scores: float(S) * qk_scale, S = (q - z_q)(k - z_k)^T exact in int32."""
-    s = f.op("MatMul", q, f.op("Transpose", k, perm=[0, 1, 3, 2]))
+    s = f.op("MatMulInteger", q, f.op("Transpose", k, perm=[0, 1, 3, 2]),
+             _zero_point(f, "q_zero_point"), _zero_point(f, "k_zero_point"))
     return f.op("Mul", f.op("Cast", s, to=F32), _float_attr(f, "qk_scale"))
 
 
-def _quantize(f: _Body, x: str, zero_point: str) -> str:
-    """sat(rne(x) + zp) in 0..255 as float32 (x already divided by the scale)."""
-    zp = f.op("Cast", f.attr(zero_point), to=F32)
-    lo, hi = (f.op("Constant", value=helper.make_tensor("v", F32, (), [v])) for v in (0.0, 255.0))
-    return f.op("Clip", f.op("Add", f.op("Round", x), zp), lo, hi)
+def _quantize(f: _Body, x: str, scale: str, zero_point: str) -> str:
+    """uint8 sat(rne(x / scale) + zp), zp the node's int attribute `zero_point`, as one
+    QuantizeLinear: IEEE division, round half to even and saturation are the reference's steps
+    (ORT's Round op alone costs more than the whole QuantizeLinear)."""
+    return f.op("QuantizeLinear", x, scale, _zero_point(f, zero_point))
 
 
 def _output(f: _Body, acc: str) -> str:
     """uint8 [B, N, H * D]: sat(rne((float(acc) * acc_scale) / out_scale) + z_o), heads merged."""
     y = f.op("Mul", f.op("Cast", acc, to=F32), _float_attr(f, "acc_scale"))
     y = f.op("Reshape", f.op("Transpose", y, perm=[0, 2, 1, 3]), f.const([0, 0, -1], dims=(3,)))
-    u = f.op("Div", y, _float_attr(f, "out_scale"))
-    return f.op("Cast", _quantize(f, u, "out_zero_point"), to=TensorProto.UINT8)
+    return _quantize(f, y, _float_attr(f, "out_scale"), "out_zero_point")
 
 
 COMMON = ("num_heads", "q_zero_point", "k_zero_point", "v_zero_point", "qk_scale", "acc_scale",
@@ -70,15 +76,14 @@ COMMON = ("num_heads", "q_zero_point", "k_zero_point", "v_zero_point", "qk_scale
 def qlinear_attention_function(opset: int = 17) -> onnx.FunctionProto:
     """QLinearAttention(X) -> Y; the W8/A8 mode (uniform uint8 probabilities)."""
     f = _Body("qla", _checked(opset))
-    q, k, v, _ = _split_heads(f)
+    q, k, v = _split_heads(f)
     x = _scores(f, q, k)
-    e = f.op("Exp", f.op("Sub", x, f.reduce_max_last(x)))
-    total = f.op("ReduceSum", e, f.const([-1], dims=(1,)), keepdims=1)
-    one = f.op("Constant", value=helper.make_tensor("v", F32, (), [1.0]))
-    r = f.op("Div", one, f.op("Mul", total, _float_attr(f, "probs_scale")))
-    p = f.op("Cast", _quantize(f, f.op("Mul", e, r), "probs_zero_point"), to=I32)
-    p = f.op("Sub", p, f.op("Cast", f.attr("probs_zero_point"), to=I32))
-    out = _output(f, f.op("MatMul", p, v))
+    # The softmax as the unfused graph had it (ORT's Softmax, then the probabilities'
+    # QuantizeLinear): within the stated rounding of the kernel's own softmax, at ORT's speed.
+    p = _quantize(f, f.op("Softmax", x, axis=-1), _float_attr(f, "probs_scale"),
+                  "probs_zero_point")
+    out = _output(f, f.op("MatMulInteger", p, v, _zero_point(f, "probs_zero_point"),
+                          _zero_point(f, "v_zero_point")))
     return _function("QLinearAttention", f, ["X"], out,
                      (*COMMON, "probs_scale", "probs_zero_point"))
 
@@ -99,12 +104,10 @@ LIS_ATTRS = ("x0", "b", "c", "n", "bits", "octave_steps")
 def log_int_attention_function(opset: int = 17) -> onnx.FunctionProto:
     """LogIntAttention(X) -> Y; the --lis mode: int8 scores, LogIntSoftmax, LogIntMatMul."""
     f = _Body("lia", _checked(opset))
-    q, k, _, t8 = _split_heads(f)
-    x = f.op("Div", _scores(f, q, k), _float_attr(f, "scores_scale"))
-    lo, hi = (f.op("Constant", value=helper.make_tensor("v", F32, (), [v])) for v in (-128., 127.))
-    xq = f.op("Cast", f.op("Clip", f.op("Round", x), lo, hi), to=TensorProto.INT8)
+    q, k, v8 = _split_heads(f)
+    xq = f.op("QuantizeLinear", _scores(f, q, k), _float_attr(f, "scores_scale"),
+              f.const(0, dtype=TensorProto.INT8))  # int8 scores, sat(rne(s / scores_scale))
     codes = _with_refs(f, "LogIntSoftmax", [xq], LIS_ATTRS)
-    v8 = f.op("Gather", t8, f.const(2), axis=0)
     acc = _with_refs(f, "LogIntMatMul", [codes, v8], ("bits", "octave_steps"))
     ref = helper.make_attribute_ref("zero_point", AttributeProto.INT, ref_attr_name="v_zero_point")
     f.nodes[-1].attribute.append(ref)

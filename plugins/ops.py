@@ -25,7 +25,7 @@ from onnxvq.plugins.attention_functions import attention_function_protos
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.fused_functions import fused_function_protos
 from onnxvq.plugins.linear_functions import INPUTS as LINEAR_INPUTS
-from onnxvq.plugins.linear_functions import linear_function_protos
+from onnxvq.plugins.linear_functions import MS_DOMAIN, linear_function_protos
 from onnxvq.plugins.reference import LayerNormParams, SoftmaxConstants
 from onnxvq.plugins.reference.softmax import _check_bits, _check_steps
 
@@ -51,6 +51,8 @@ def register_functions(graph: gs.Graph) -> None:
     domains = list(graph.import_domains or [helper.make_opsetid("", graph.opset)])
     if not any(d.domain == DOMAIN for d in domains):
         domains.append(helper.make_opsetid(DOMAIN, VERSION))
+    if not any(d.domain == MS_DOMAIN for d in domains):  # QuantizedLinear's bodies call it
+        domains.append(helper.make_opsetid(MS_DOMAIN, 1))
     graph.import_domains = domains
     have = {(f.domain, f.name) for f in graph.functions}
     opset = max(graph.opset or OPSET, OPSET)

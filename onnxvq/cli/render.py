@@ -88,7 +88,7 @@ def quantization_dict(result, model_path, written: dict) -> dict:
             "passes": [{"pass": r.pass_id, "applied": r.applied, **r.counts}
                        for r in result.passes],
             "skipped": [{"node": n, "reason": why} for n, why in result.plan.skipped],
-            "fidelity": result.fidelity,
+            "fidelity": result.fidelity, "custom_ops": custom_ops(result.model),
             **({"mixed_precision": result.mixed_precision} if result.mixed_precision else {})}
 
 
@@ -134,7 +134,21 @@ def render_quantization(console: Console, result, model_path, out_path) -> None:
         t.add_row("file size", f"{size_in / 1e6:.2f} MB → {size_out / 1e6:.2f} MB "
                   f"({size_in / max(size_out, 1):.1f}× smaller)")
     t.add_row("sidecar", str(Path(out_path).with_suffix(".json")))
+    ops = custom_ops(result.model)
+    if ops:
+        t.add_row("runtime", f"{sum(ops.values())} com.onnxvq nodes ("
+                  + ", ".join(f"{k} {v}" for k, v in ops.items()) + "): full speed with onnxvq's "
+                  "kernels registered (onnxvq.plugins.ort_library_path()); a stock ONNX Runtime "
+                  "session runs their local functions (slower; codes within one step)")
     console.print(t)
+
+
+def custom_ops(model) -> dict[str, int]:
+    """com.onnxvq node counts of a written model, by op type (sorted by name)."""
+    from collections import Counter
+
+    counts = Counter(n.op_type for n in model.graph.node if n.domain == "com.onnxvq")
+    return dict(sorted(counts.items()))
 
 
 def render_demo(console: Console, demo) -> None:
