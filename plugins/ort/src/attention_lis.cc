@@ -13,6 +13,7 @@
 #include "attention.h"
 #include "attention_avx512.h"
 #include "attention_lis_avx512.h"
+#include "lis_vbmi.h"
 #include "log_int_softmax.h"
 #include "parallel.h"
 
@@ -92,13 +93,16 @@ struct LogIntAttention {
     std::vector<uint8_t> codes, u;
     std::vector<uint16_t> w;
     std::vector<int32_t> acc;
+    std::vector<uint8_t> table, bytes;  // by value (GroupWeightsByValue): [row][u], [pass][u]
+    std::vector<uint16_t> wt;           // [row][u]
     int32_t usum[2][kGroup];
     int shift[kGroup];
     bool two_pass;
     Group(const HeadData& h)
         : x(static_cast<size_t>(kGroup * h.jpad)), codes(static_cast<size_t>(h.jpad)),
           u(static_cast<size_t>(2 * kGroup * h.jpad)), w(static_cast<size_t>(kGroup * h.jpad)),
-          acc(static_cast<size_t>(2 * kGroup * h.dpad)) {}
+          acc(static_cast<size_t>(2 * kGroup * h.dpad)), table(kGroup * 256), bytes(2 * 256),
+          wt(kGroup * 256) {}
   };
 
   // Per group of kGroup rows: the int8 score codes (fused with the scores GEMM), the softmax
@@ -145,6 +149,7 @@ struct LogIntAttention {
 
   // Softmax codes, weights and byte weights of the group's rows (see HeadAvx512).
   void GroupWeights(const HeadData& h, int64_t n, int rows, int64_t* scratch, Group& g) const {
+    if (GroupWeightsByValue(h, n, rows, g)) return;
     g.two_pass = false;
     for (int r = 0; r < rows; ++r) {
       rows_->Row(g.x.data() + r * h.jpad, n, g.codes.data(), scratch);
@@ -161,6 +166,38 @@ struct LogIntAttention {
                                                       (kGroup + r) * h.jpad)
                                 : 0;
     }
+  }
+
+  // GroupWeights with tables by value (AVX-512 VBMI): each row's codes, weights and byte weights
+  // for every u = max - x of its range, then one table lookup per element. The shift and the
+  // pass count come from the weights of the whole range, a superset of the row's own: every
+  // weight present is still a multiple of 2^shift, so Y stays exact. False where unavailable.
+  bool GroupWeightsByValue(const HeadData& h, int64_t n, int rows, Group& g) const {
+    int32_t mx[kGroup], range[kGroup];
+    g.two_pass = false;
+    for (int r = 0; r < rows; ++r) {
+      uint8_t* code = g.table.data() + r * 256;
+      if (!rows_->Table(g.x.data() + r * h.jpad, n, mx[r], range[r], code)) return false;
+      uint32_t wmax = 0, wor = 0;
+      lis512::WeightsRow(code, range[r] + 1, RoundUp(range[r] + 1, 16), weight,
+                         g.wt.data() + r * 256, wmax, wor);
+      g.shift[r] = wor == 0 ? 0 : __builtin_ctz(wor);
+      g.two_pass = g.two_pass || (wmax >> g.shift[r]) > 255;
+    }
+    for (int r = 0; r < rows; ++r) {
+      if (g.two_pass) g.shift[r] = 8;
+      const int64_t count = RoundUp(range[r] + 1, 16);
+      const int8_t* x = g.x.data() + r * h.jpad;
+      for (int pass = 0; pass < 1 + g.two_pass; ++pass) {
+        uint8_t* bytes = g.bytes.data() + pass * 256;
+        lis512::ByteWeights(g.wt.data() + r * 256, count, pass ? 0 : g.shift[r], bytes);
+        g.usum[pass][r] = vbmi::LookupRow(x, n, h.jpad, mx[r],
+                                          vbmi::LoadTable(bytes, range[r] >= 128),
+                                          g.u.data() + (pass * kGroup + r) * h.jpad);
+      }
+      if (!g.two_pass) g.usum[1][r] = 0;
+    }
+    return true;
   }
 
   // acc[pass][r][d] = sum_j u[pass][r][j] (v_jd - 128).

@@ -16,6 +16,7 @@
 #include "common.h"
 #include "log_int_softmax.h"
 #include "log_int_softmax_avx2.h"
+#include "lis_vbmi.h"
 #include "parallel.h"
 
 namespace onnxvq {
@@ -168,6 +169,9 @@ struct LogIntSoftmax {
   // key_bits < 0: no key resolution up to kMaxKeyBits achieves that, Steps searches instead.
   int key_bits = -1;
   uint16_t start[64 << kMaxKeyBits] = {};
+  // planes[p][u]: bits 8p..8p+7 of lut[u] >> plane_shift (vbmi::ExpSum), nplanes of them.
+  uint8_t planes[8][256] = {};
+  int nplanes = 0, plane_shift = 0;
 
   LogIntSoftmax(const OrtApi*, const OrtKernelInfo* info) {
     p.x0 = IntAttr(info, "x0", -1, &missing);
@@ -203,6 +207,18 @@ struct LogIntSoftmax {
     for (int u = 0; u < 256; ++u) lut[u] = IntExp(u, p);
     for (int u = 0; u < 256; ++u) lut_rev[255 - u] = lut[u];
     for (int i = 0; i < 16; ++i) coarse[i] = lut[16 * i + 15];
+    uint64_t any = 0;
+    for (int u = 0; u < 256; ++u) any |= static_cast<uint64_t>(lut[u]);
+    // I-BERT's exps are (t^2 + c) << n >> q with q small: the common low zero bits (often three
+    // of the six bytes) need no plane.
+    plane_shift = any == 0 ? 0 : __builtin_ctzll(any);
+    any >>= plane_shift;
+    nplanes = any == 0 ? 0 : (64 - __builtin_clzll(any) + 7) / 8;
+    for (int u = 0; u < 256; ++u) {
+      for (int b = 0; b < 8; ++b) {
+        planes[b][u] = static_cast<uint8_t>((static_cast<uint64_t>(lut[u]) >> plane_shift) >> (8 * b));
+      }
+    }
     monotone = true;
     for (int u = 1; u < 256; ++u) monotone = monotone && lut[u] <= lut[u - 1];
     if (monotone) BuildKeyTable();
@@ -311,6 +327,31 @@ struct LogIntSoftmax {
     Lookup(x, n, bytes + mx, y);
   }
 
+  // RowByValue's codes as a table by u = mx - x (Int8SoftmaxRows::Table): the exp sum from byte
+  // planes, then the code of every u in 0..range by the same exact steps as RowByValue's.
+  bool TableByValue(const TIn* __restrict x, int64_t n, int32_t& mx, int32_t& range,
+                    uint8_t* __restrict code) const {
+    if (!monotone || !vbmi::Available()) return false;
+    int32_t mn = 0;
+    avx2::MaxMin(x, n, mx, mn);
+    range = mx - mn;
+    const uint64_t s = vbmi::ExpSum(x, n, mx, planes[0], nplanes, range >= 128) << plane_shift;
+    const int bits = s == 0 ? 0 : 64 - __builtin_clzll(s);
+    const int h = std::max(bits - p.sum_bits, 0);
+    const uint64_t big = s >> h;
+    if (p.steps == 1) {  // CodesFromExps' formula per u: lut[u] <= lut[0] <= s, so E < 2^31
+      const auto root = static_cast<uint32_t>(IsqrtU64(2 * big * big));
+      vbmi::CodeTable(lut, range + 1, h, root, p.max_code, p.zero_code, code);
+      return true;
+    }
+    uint32_t thresholds[40] = {};
+    RowThresholds(big, p.steps, p.max_code + 1, thresholds);
+    alignas(32) int8_t values[256];  // mx, mx - 1, ..., mn: the step function at every u
+    for (int u = 0; u <= range; ++u) values[u] = static_cast<int8_t>(mx - u);
+    avx2::StepRow(values, range + 1, Steps(mx, range, h, thresholds), code);
+    return true;
+  }
+
   // Step 7 per t: E <= U_t  <=>  lut[u] <= (U_t + 1) * 2^h - 1 (< 2^63: U_t < 2^31 for log2,
   // < 2^15 for log-sqrt(2)), a suffix u >= u_t of the table; u_t = 0 counts for every element,
   // u_t > range for none.
@@ -408,6 +449,15 @@ class Int8Rows final : public Int8SoftmaxRows {
     } else {
       CodesFromExpsSqrt2(scratch, n, y, op_.p);
     }
+#endif
+  }
+  bool Table(const int8_t* x, int64_t n, int32_t& mx, int32_t& range,
+             uint8_t* code) const override {
+#if defined(__AVX2__)
+    return op_.TableByValue(x, n, mx, range, code);
+#else
+    (void)x, (void)n, (void)mx, (void)range, (void)code;
+    return false;
 #endif
   }
 

@@ -1,0 +1,141 @@
+// AVX-512 VBMI byte-table loops of LogIntAttention's softmax row (log_int_softmax.cc,
+// attention_lis.cc). For int8 scores everything per element is a function of u = max - x in
+// 0..255, so a row becomes a few 256-entry byte tables indexed by u with vpermi2b (two of them and
+// a blend by u's top bit when the row's range reaches 128):
+// - the exp sum: the exp table split into byte planes, each plane's bytes summed by vpsadbw and
+//   the plane sums recombined with their shifts (exact: every term is an integer);
+// - the log-code weights: one table of u8 weights (or two, high and low bytes) read per element
+//   straight from the scores, their row sum by vpsadbw.
+// Compiled for that target only inside these functions; callers check vbmi::Available() first.
+#pragma once
+
+// GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized (their _mm512_undefined_*, here also
+// where _mm512_reduce_add_epi64 is inlined below): silenced to the end of this header.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstdlib>
+
+namespace onnxvq {
+namespace vbmi {
+
+#define ONNXVQ_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
+
+inline bool Available() {
+  // ONNXVQ_NO_VBMI keeps the AVX2 row loops (to test them on a VBMI machine).
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") != 0 && __builtin_cpu_supports("avx512bw") != 0 &&
+           std::getenv("ONNXVQ_NO_VBMI") == nullptr;
+  }();
+  return has;
+}
+
+// A 256-entry byte table in four registers; `wide`: the row's u reach 128 and up.
+struct Table {
+  __m512i t[4];
+  bool wide;
+};
+
+ONNXVQ_VBMI inline Table LoadTable(const uint8_t* bytes, bool wide) {
+  Table t;
+  t.wide = wide;
+  for (int i = 0; i < 4; ++i) t.t[i] = _mm512_loadu_si512(bytes + 64 * i);
+  return t;
+}
+
+// table[idx] per byte where `live`, else 0.
+ONNXVQ_VBMI inline __m512i Lookup(const Table& t, __m512i idx, __mmask64 live) {
+  if (!t.wide) return _mm512_maskz_permutex2var_epi8(live, t.t[0], idx, t.t[1]);
+  const __mmask64 top = _mm512_movepi8_mask(idx);
+  return _mm512_or_si512(_mm512_maskz_permutex2var_epi8(live & ~top, t.t[0], idx, t.t[1]),
+                         _mm512_maskz_permutex2var_epi8(live & top, t.t[2], idx, t.t[3]));
+}
+
+inline __mmask64 Live(int64_t left) {
+  return left >= 64 ? ~__mmask64{0} : left <= 0 ? __mmask64{0} : (__mmask64{1} << left) - 1;
+}
+
+// u = mx - x per byte (0..255 for x <= mx), 0 past n.
+ONNXVQ_VBMI inline __m512i Index(const int8_t* x, int64_t left, __m512i vmx, __mmask64& live) {
+  live = Live(left);
+  return _mm512_sub_epi8(vmx, _mm512_maskz_loadu_epi8(live, x));
+}
+
+// sum_j lut[mx - x_j] for the table given as `planes` byte planes [p][256] (plane p: bits
+// 8p..8p+7 of each entry); the caller guarantees the sum < 2^64.
+ONNXVQ_VBMI inline uint64_t ExpSum(const int8_t* x, int64_t n, int32_t mx, const uint8_t* planes,
+                                   int nplanes, bool wide) {
+  const __m512i vmx = _mm512_set1_epi8(static_cast<char>(mx)), zero = _mm512_setzero_si512();
+  uint64_t s = 0;
+  for (int p = 0; p < nplanes; ++p) {
+    const Table t = LoadTable(planes + 256 * p, wide);
+    __m512i acc = zero;
+    for (int64_t j0 = 0; j0 < n; j0 += 64) {
+      __mmask64 live;
+      const __m512i idx = Index(x + j0, n - j0, vmx, live);
+      acc = _mm512_add_epi64(acc, _mm512_sad_epu8(Lookup(t, idx, live), zero));
+    }
+    s += static_cast<uint64_t>(_mm512_reduce_add_epi64(acc)) << (8 * p);
+  }
+  return s;
+}
+
+// u[j] = table[mx - x_j] for j < n and 0 up to jpad; returns sum_j u[j].
+ONNXVQ_VBMI inline int32_t LookupRow(const int8_t* x, int64_t n, int64_t jpad, int32_t mx,
+                                     const Table& t, uint8_t* u) {
+  const __m512i vmx = _mm512_set1_epi8(static_cast<char>(mx)), zero = _mm512_setzero_si512();
+  __m512i acc = zero;
+  for (int64_t j0 = 0; j0 < jpad; j0 += 64) {
+    __mmask64 live;
+    const __m512i idx = Index(x + j0, n - j0, vmx, live);
+    const __m512i b = Lookup(t, idx, live);
+    _mm512_mask_storeu_epi8(u + j0, Live(jpad - j0), b);
+    acc = _mm512_add_epi64(acc, _mm512_sad_epu8(b, zero));
+  }
+  return static_cast<int32_t>(_mm512_reduce_add_epi64(acc));
+}
+
+// code[u] for u < count (code has room for count rounded up to 16; lut is padded by 16): the
+// log2 code of E = lut[u] >> h < 2^31 as CodesFromExps (log_int_softmax.cc), 16 at a time:
+// k = #{t : E <= root >> t} from E's float exponent (which may round up by one) and two exact
+// tests, root = isqrt(2 S'^2).
+ONNXVQ_VBMI inline void CodeTable(const int64_t* lut, int count, int h, uint32_t root,
+                                  int max_code, int zero_code, uint8_t* code) {
+  const __m128i shift = _mm_cvtsi32_si128(h);
+  const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+  const __m512i c31 = _mm512_set1_epi32(31), c32 = _mm512_set1_epi32(32);
+  const __m512i vroot = _mm512_set1_epi32(static_cast<int32_t>(root));
+  const __m512i vlog = _mm512_set1_epi32(root == 0 ? -1 : 31 - __builtin_clz(root));
+  const __m512i vmax = _mm512_set1_epi32(max_code), vfull = _mm512_set1_epi32(max_code + 1);
+  const __m512i vzero_code = _mm512_set1_epi32(zero_code);
+  for (int u = 0; u < count; u += 16) {
+    const __m256i lo = _mm512_cvtepi64_epi32(_mm512_srl_epi64(_mm512_loadu_si512(lut + u), shift));
+    const __m256i hi =
+        _mm512_cvtepi64_epi32(_mm512_srl_epi64(_mm512_loadu_si512(lut + u + 8), shift));
+    const __m512i e = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    const __m512i elog = _mm512_sub_epi32(
+        _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(e)), 23), _mm512_set1_epi32(127));
+    const __m512i s0 = _mm512_sub_epi32(vlog, elog), s1 = _mm512_add_epi32(s0, one);
+    const __m512i t0 = _mm512_min_epi32(_mm512_max_epi32(s0, zero), c31);
+    const __m512i t1 = _mm512_min_epi32(_mm512_max_epi32(s1, zero), c31);
+    const __mmask16 le0 = _mm512_cmple_epu32_mask(e, _mm512_srlv_epi32(vroot, t0));
+    const __mmask16 le1 = _mm512_cmple_epu32_mask(e, _mm512_srlv_epi32(vroot, t1)) &
+                          _mm512_cmplt_epi32_mask(s1, c32);
+    __m512i k = _mm512_sub_epi32(s0, one);
+    k = _mm512_mask_add_epi32(k, le0, k, one);
+    k = _mm512_mask_add_epi32(k, le1, k, one);
+    k = _mm512_min_epi32(_mm512_max_epi32(k, zero), vfull);
+    const __mmask16 to_zero = _mm512_cmpeq_epi32_mask(e, zero) | _mm512_cmpgt_epi32_mask(k, vmax);
+    k = _mm512_mask_mov_epi32(k, to_zero, vzero_code);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(code + u), _mm512_cvtepi32_epi8(k));
+  }
+}
+
+}  // namespace vbmi
+}  // namespace onnxvq
+
+#pragma GCC diagnostic pop
