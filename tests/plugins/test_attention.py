@@ -141,6 +141,50 @@ def test_lis_kernel_bit_exact_across_scales(library, steps, spread):
     np.testing.assert_array_equal(run(x, attrs, library), log_int_attention(x, **attrs))
 
 
+def lis_table_cases():
+    """Rows for the byte-table path (AVX-512 VBMI): row lengths around the 64-byte blocks, score
+    ranges below 64, up to 127 and from 128 (one or two vpermi2b per lookup), codes within a few
+    log steps (one u8 pass) and spread wide (two), both octave steps, zero points at the ends."""
+    rng = np.random.default_rng(2026)
+    for i, n in enumerate((1, 2, 63, 64, 65, 128, 130, 197, 257)):
+        steps = 1 + i % 2
+        x, attrs = lis_case((1 + i % 2, n, 2, int(rng.integers(3, 40))), 100 + i, steps)
+        q, k, _ = split_heads(x, 2)
+        s_std = max(float(scores(q, k, attrs["q_zero_point"], attrs["k_zero_point"]).std()), 1)
+        for target in (0.5, 8.0, 30.0, 90.0):  # score-code deviation: row ranges ~4 .. 255
+            s_x = float(np.float32(10.0 ** rng.uniform(-2.5, -0.5)))
+            yield x, dict(attrs, qk_scale=float(np.float32(s_x * target / s_std)),
+                          scores_scale=s_x, **softmax_constants(s_x, 4, steps).attributes())
+
+
+def check_lis_tables(lib: str) -> None:
+    ranges, spans = [], []
+    for x, attrs in lis_table_cases():
+        q, k, _ = split_heads(x, attrs["num_heads"])
+        s = float_scores(scores(q, k, attrs["q_zero_point"], attrs["k_zero_point"]),
+                         attrs["qk_scale"])
+        sc = quantize(s, attrs["scores_scale"], 0, -128, 127).astype(np.int64)
+        ranges.append(int((sc.max(-1) - sc.min(-1)).max()))
+        codes = _lis_codes(x, attrs)
+        spans.append(int((np.where(codes <= 15, codes, -1).max(-1) - codes.min(-1)).max()))
+        np.testing.assert_array_equal(run(x, attrs, lib), log_int_attention(x, **attrs))
+    assert min(ranges) < 64 and max(ranges) >= 128 and any(64 <= r < 128 for r in ranges)
+    assert min(spans) <= 8 < max(spans)  # one u8 pass and two
+
+
+def test_lis_byte_tables_bit_exact(library):
+    check_lis_tables(library)
+
+
+def test_lis_row_loops_without_vbmi(library):
+    # ONNXVQ_NO_VBMI (read once per process) keeps the AVX2 row loops on a VBMI machine.
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_attention"
+            f" as t; t.check_lis_tables({library!r}); t.check_fuzz({library!r})")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONNXVQ_NO_VBMI": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("shape", FUZZ, ids=str)
 def test_kernel_and_function_match_reference(library, shape):
     x, attrs = fuzz_case(shape, FUZZ.index(shape))
