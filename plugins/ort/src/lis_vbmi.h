@@ -9,20 +9,13 @@
 // Compiled for that target only inside these functions; callers check vbmi::Available() first.
 #pragma once
 
-// GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized (their _mm512_undefined_*, here also
-// where _mm512_reduce_add_epi64 is inlined below): silenced to the end of this header.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
+#include "simd.h"
 
 #include <cstdint>
 #include <cstdlib>
 
 namespace onnxvq {
 namespace vbmi {
-
-#define ONNXVQ_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
 
 inline bool Available() {
   // ONNXVQ_NO_VBMI keeps the AVX2 row loops (to test them on a VBMI machine).
@@ -55,6 +48,13 @@ ONNXVQ_VBMI inline __m512i Lookup(const Table& t, __m512i idx, __mmask64 live) {
                          _mm512_maskz_permutex2var_epi8(live & top, t.t[2], idx, t.t[3]));
 }
 
+// The sum of the eight int64 lanes (not _mm512_reduce_add_epi64: GCC 12 warns inside it).
+ONNXVQ_VBMI inline int64_t Sum64(__m512i v) {
+  const __m512i a = _mm512_add_epi64(v, _mm512_shuffle_i64x2(v, v, 0x4e));  // + the other half
+  const __m128i c = _mm512_castsi512_si128(_mm512_add_epi64(a, _mm512_shuffle_i64x2(a, a, 0xb1)));
+  return _mm_cvtsi128_si64(_mm_add_epi64(c, _mm_unpackhi_epi64(c, c)));
+}
+
 inline __mmask64 Live(int64_t left) {
   return left >= 64 ? ~__mmask64{0} : left <= 0 ? __mmask64{0} : (__mmask64{1} << left) - 1;
 }
@@ -79,7 +79,7 @@ ONNXVQ_VBMI inline uint64_t ExpSum(const int8_t* x, int64_t n, int32_t mx, const
       const __m512i idx = Index(x + j0, n - j0, vmx, live);
       acc = _mm512_add_epi64(acc, _mm512_sad_epu8(Lookup(t, idx, live), zero));
     }
-    s += static_cast<uint64_t>(_mm512_reduce_add_epi64(acc)) << (8 * p);
+    s += static_cast<uint64_t>(Sum64(acc)) << (8 * p);
   }
   return s;
 }
@@ -96,7 +96,7 @@ ONNXVQ_VBMI inline int32_t LookupRow(const int8_t* x, int64_t n, int64_t jpad, i
     _mm512_mask_storeu_epi8(u + j0, Live(jpad - j0), b);
     acc = _mm512_add_epi64(acc, _mm512_sad_epu8(b, zero));
   }
-  return static_cast<int32_t>(_mm512_reduce_add_epi64(acc));
+  return static_cast<int32_t>(Sum64(acc));
 }
 
 // code[u] for u < count (code has room for count rounded up to 16; lut is padded by 16): the
@@ -137,5 +137,3 @@ ONNXVQ_VBMI inline void CodeTable(const int64_t* lut, int count, int h, uint32_t
 
 }  // namespace vbmi
 }  // namespace onnxvq
-
-#pragma GCC diagnostic pop

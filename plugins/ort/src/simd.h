@@ -25,6 +25,8 @@
 #define ONNXVQ_AVX512_DQ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 // AVX-512 F/BW/VL + VNNI: QLinearAttention / LogIntAttention (vpdpbusd on zmm).
 #define ONNXVQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+// AVX-512 F/BW/VL + VBMI: LogIntAttention's softmax rows as byte tables (vpermi2b, lis_vbmi.h).
+#define ONNXVQ_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
 // AMX: tile configuration alone, and the int8 tile multiply.
 #define ONNXVQ_AMX_TILE __attribute__((target("amx-tile")))
 #define ONNXVQ_AMX_INT8 __attribute__((target("amx-tile,amx-int8")))
