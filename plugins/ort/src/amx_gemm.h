@@ -101,10 +101,14 @@ ONNXVQ_AMX_TILE inline void LoadConfig() {
 
 ONNXVQ_AMX_TILE inline void Release() { _tile_release(); }
 
-// c[32][32] (row stride 32) = a[32][kp] (row stride lda) times the 32 packed columns starting
-// at column block nb (two 16-column blocks).
-ONNXVQ_AMX_INT8 inline void Block(const uint8_t* a, int64_t lda, const PackedWeights& w,
-                                  int64_t nb, int32_t* c) {
+// Tiles 0-3 = a[32][kp] (row stride lda) times the 32 packed columns starting at column block
+// nb (two 16-column blocks), left in the tiles (StoreC writes them out). The next K step's two
+// B tiles are prefetched into L1 while this one multiplies: B streams from L2 (the whole packed
+// matrix is reused by every row block), and a tile load that misses L1 stalls the tile unit;
+// past the last K step the lines prefetched are the next column blocks' first tiles (or just
+// past the array: a prefetch never faults, and the address is formed as an integer).
+ONNXVQ_AMX_INT8 inline void Multiply(const uint8_t* a, int64_t lda, const PackedWeights& w,
+                                     int64_t nb) {
   const int64_t kblocks = w.kp / kTileK;
   const int8_t* b0 = w.tiles.data() + nb * kblocks * kTileBytes;
   const int8_t* b1 = b0 + kblocks * kTileBytes;
@@ -113,6 +117,12 @@ ONNXVQ_AMX_INT8 inline void Block(const uint8_t* a, int64_t lda, const PackedWei
   _tile_zero(2);
   _tile_zero(3);
   for (int64_t kb = 0; kb < kblocks; ++kb) {
+    const uintptr_t next0 = reinterpret_cast<uintptr_t>(b0) + (kb + 1) * kTileBytes;
+    const uintptr_t next1 = reinterpret_cast<uintptr_t>(b1) + (kb + 1) * kTileBytes;
+    for (int64_t line = 0; line < kTileBytes; line += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next0 + line), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next1 + line), _MM_HINT_T0);
+    }
     _tile_loadd(4, a + kb * kTileK, lda);
     _tile_loadd(5, a + 16 * lda + kb * kTileK, lda);
     _tile_loadd(6, b0 + kb * kTileBytes, 64);
@@ -122,6 +132,10 @@ ONNXVQ_AMX_INT8 inline void Block(const uint8_t* a, int64_t lda, const PackedWei
     _tile_dpbusd(2, 5, 6);
     _tile_dpbusd(3, 5, 7);
   }
+}
+
+// c[32][32] (row stride 32) = tiles 0-3, once Multiply's products are done.
+ONNXVQ_AMX_TILE inline void StoreC(int32_t* c) {
   _tile_stored(0, c, 128);
   _tile_stored(1, c + 16, 128);
   _tile_stored(2, c + 16 * 32, 128);

@@ -12,6 +12,7 @@
 
 #include "amx_gemm.h"
 #include "common.h"
+#include "vnni_gemm.h"
 
 // The epilogue is a float32 multiply, then an add, each rounded, as ORT's MatMulIntegerToFloat
 // computes it (MLAS's scale-bias output processor): never contracted into an FMA.
@@ -106,14 +107,35 @@ struct AmxTask {
   int64_t m, groups, per_group;
 };
 
+// The epilogue of one finished 32 x 32 block c (row stride 32): `rows` rows from row0, the
+// columns of block nb.
 template <class Sink>
-void RunAmxTask(void* data, size_t index) {
+void FinishBlock(const Sink& sink, const Epilogue& e, const int32_t* c, int64_t row0, int64_t rows,
+                 int64_t nb, int64_t n) {
+  alignas(64) float v[amx::kBlockN];
+  const int64_t col0 = nb * amx::kBlockN, cols = std::min(amx::kBlockN, n - col0);
+  for (int64_t r = 0; r < rows; ++r) {
+    if constexpr (Sink::kFloat) {
+      FloatRow(c + r * amx::kBlockN, col0, cols, e, sink.out + (row0 + r) * n + col0);
+    } else {
+      FloatRow(c + r * amx::kBlockN, col0, amx::kBlockN, e, v);
+      sink.Codes(row0 + r, col0, cols, v);
+    }
+  }
+}
+
+// One task: a 32-row block times up to per_group column blocks. On AMX it is software-pipelined:
+// while the tile unit multiplies block nb, the vector units run block nb - 1's epilogue (c double
+// buffered), independent work the out-of-order core overlaps with the tdpbusd chain. On VNNI the
+// vector units do both, block by block.
+template <class Sink, bool kAmx>
+void RunTask(void* data, size_t index) {
   const auto& t = *static_cast<const AmxTask<Sink>*>(data);
   const auto& w = *t.w;
   const int64_t mb = static_cast<int64_t>(index) / t.groups;
   const int64_t g = static_cast<int64_t>(index) % t.groups;
-  const int64_t rows = std::min(amx::kBlockM, t.m - mb * amx::kBlockM);
-  const uint8_t* a = t.x + mb * amx::kBlockM * w.k;
+  const int64_t row0 = mb * amx::kBlockM, rows = std::min(amx::kBlockM, t.m - row0);
+  const uint8_t* a = t.x + row0 * w.k;
   int64_t lda = w.k;
   thread_local std::vector<uint8_t> pad;
   if (rows < amx::kBlockM || w.k != w.kp) {  // a partial block: zero-padded copy of its rows
@@ -122,37 +144,39 @@ void RunAmxTask(void* data, size_t index) {
     a = pad.data();
     lda = w.kp;
   }
-  alignas(64) int32_t c[amx::kBlockM * amx::kBlockN];
-  alignas(64) float v[amx::kBlockN];
-  const int64_t nb_end = std::min(w.np / amx::kBlockN, (g + 1) * t.per_group);
-  amx::LoadConfig();
-  for (int64_t nb = g * t.per_group; nb < nb_end; ++nb) {
-    amx::Block(a, lda, w, 2 * nb, c);
-    const int64_t col0 = nb * amx::kBlockN, cols = std::min(amx::kBlockN, w.n - col0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t row = mb * amx::kBlockM + r;
-      if constexpr (Sink::kFloat) {
-        FloatRow(c + r * amx::kBlockN, col0, cols, *t.e, t.sink->out + row * w.n + col0);
-      } else {
-        FloatRow(c + r * amx::kBlockN, col0, amx::kBlockN, *t.e, v);
-        t.sink->Codes(row, col0, cols, v);
-      }
+  alignas(64) int32_t c[2][amx::kBlockM * amx::kBlockN];
+  const int64_t nb0 = g * t.per_group;
+  const int64_t nb_end = std::min(w.np / amx::kBlockN, nb0 + t.per_group);
+  if constexpr (kAmx) {
+    amx::LoadConfig();
+    for (int64_t nb = nb0; nb < nb_end; ++nb) {
+      amx::Multiply(a, lda, w, 2 * nb);
+      if (nb > nb0) FinishBlock(*t.sink, *t.e, c[(nb - 1) & 1], row0, rows, nb - 1, w.n);
+      amx::StoreC(c[nb & 1]);
+    }
+    amx::Release();
+    FinishBlock(*t.sink, *t.e, c[(nb_end - 1) & 1], row0, rows, nb_end - 1, w.n);
+  } else {
+    for (int64_t nb = nb0; nb < nb_end; ++nb) {
+      vnni::Multiply(a, lda, w, nb, c[0]);
+      FinishBlock(*t.sink, *t.e, c[0], row0, rows, nb, w.n);
     }
   }
-  amx::Release();
 }
 
+// The packed paths: 32-row x up-to-128-column tasks on ORT's thread pool.
 template <class Sink>
-void RunAmx(OrtKernelContext* ctx, const uint8_t* x, int64_t m, const amx::PackedWeights& w,
-            const Epilogue& e, const Sink& sink) {
+void RunPacked(OrtKernelContext* ctx, const uint8_t* x, int64_t m, const amx::PackedWeights& w,
+               const Epilogue& e, const Sink& sink, bool amx_path) {
   if (m == 0) return;
   const int64_t blocks = w.np / amx::kBlockN, per_group = std::min<int64_t>(blocks, 4);
   AmxTask<Sink> task{x, &w, &e, &sink, m, (blocks + per_group - 1) / per_group, per_group};
   const int64_t tasks = (m + amx::kBlockM - 1) / amx::kBlockM * task.groups;
+  void (*run)(void*, size_t) = amx_path ? &RunTask<Sink, true> : &RunTask<Sink, false>;
   if (tasks == 1) {
-    RunAmxTask<Sink>(&task, 0);
+    run(&task, 0);
   } else {
-    Ort::KernelContext(ctx).ParallelFor(&RunAmxTask<Sink>, static_cast<size_t>(tasks), 0, &task);
+    Ort::KernelContext(ctx).ParallelFor(run, static_cast<size_t>(tasks), 0, &task);
   }
 }
 
@@ -208,21 +232,39 @@ inline bool ConstantWeights(const OrtApi* api, const OrtKernelInfo* info) {
   return is_constant != 0;
 }
 
-// What every QuantizedLinear variant keeps per kernel: ORT's own op for the fallback, whether B
-// is a constant initializer, and B packed into AMX tiles on the first call that needs them.
+// Which code computes a QuantizedLinear, decided per kernel (the switches are read once):
+// AMX tiles, else AVX-512 VNNI (both need B constant, to pack it once), else ORT's own
+// MatMulIntegerToFloat through InvokeOp, else the plain loops. ONNXVQ_NO_AMX=1 skips AMX,
+// =ort (or ONNXVQ_NO_VNNI) takes ORT's kernel where AMX is off, =loops the loops.
+enum class Path { kAmx, kVnni, kOrt, kLoops };
+
+inline Path ChoosePath(bool constant_weights, bool has_fallback) {
+  const char* v = std::getenv("ONNXVQ_NO_AMX");
+  const std::string mode = v == nullptr ? "" : v;
+  if (mode == "loops") return Path::kLoops;
+  if (constant_weights && v == nullptr && amx::Available()) return Path::kAmx;
+  if (constant_weights && mode != "ort" && vnni::Available()) return Path::kVnni;
+  return has_fallback ? Path::kOrt : Path::kLoops;
+}
+
+// What every QuantizedLinear variant keeps per kernel: ORT's own op for the fallback, the path,
+// and B packed (AMX tiles or VNNI panels) on the first call that needs it.
 struct KernelBase {
   Ort::Op fallback{nullptr};
-  bool constant_weights = false;
+  Path path;
   std::once_flag packed_once;
   amx::PackedWeights packed;
 
   KernelBase(const OrtApi* api, const OrtKernelInfo* info)
-      : fallback(CreateFallback(info)), constant_weights(ConstantWeights(api, info)) {}
+      : fallback(CreateFallback(info)),
+        path(ChoosePath(ConstantWeights(api, info), static_cast<bool>(fallback))) {}
 
-  // The packed weights when this call takes the AMX path (packed once), else nullptr.
-  const amx::PackedWeights* Amx(const Ort::Custom::Tensor<int8_t>& b, const Shape& s) {
-    if (!constant_weights || LoopsForced() || !amx::Available()) return nullptr;
-    std::call_once(packed_once, [&] { amx::Pack(b.Data(), s.k, s.n, packed); });
+  // The packed weights when this kernel takes a packed path (packed once), else nullptr.
+  const amx::PackedWeights* Packed(const Ort::Custom::Tensor<int8_t>& b, const Shape& s) {
+    if (path != Path::kAmx && path != Path::kVnni) return nullptr;
+    std::call_once(packed_once, [&] {
+      (path == Path::kAmx ? amx::Pack : vnni::Pack)(b.Data(), s.k, s.n, packed);
+    });
     return &packed;
   }
 

@@ -6,9 +6,10 @@
 // activation zero point comes back through the precomputed column sums:
 //   acc = sum_k A W - a_zero_point * sum_k W
 // Blocks of rows x column groups are tasks on ORT's thread pool (linear_kernel.h). Without AMX
-// (or with ONNXVQ_NO_AMX set) the kernel invokes ONNX Runtime's own com.microsoft
-// MatMulIntegerToFloat on the same inputs (so it is exactly as fast as the op it replaced), and
-// where ORT cannot create that op, or with ONNXVQ_NO_AMX=loops, plain loops compute the same.
+// (or with ONNXVQ_NO_AMX set) the same tasks run on AVX-512 VNNI where the CPU has it
+// (vnni_gemm.h), else the kernel invokes ONNX Runtime's own com.microsoft MatMulIntegerToFloat
+// on the same inputs, and where ORT cannot create that op, or with ONNXVQ_NO_AMX=loops, plain
+// loops compute the same.
 #include "linear_kernel.h"
 
 namespace onnxvq {
@@ -32,10 +33,11 @@ struct QuantizedLinear : linear::KernelBase {
     return Guard("QuantizedLinear", [&] {
       const linear::Shape s = linear::Check(a, b, a_scale, b_scale, a_zero_point, b_zero_point,
                                             bias);
-      if (const amx::PackedWeights* w = Amx(b, s)) {
+      if (const amx::PackedWeights* w = Packed(b, s)) {
         const linear::Epilogue e = linear::MakeEpilogue(*w, a_scale, b_scale, a_zero_point, bias);
-        linear::RunAmx(ctx, a.Data(), s.m, *w, e, FloatSink{y.Allocate(s.out)});
-      } else if (fallback) {
+        linear::RunPacked(ctx, a.Data(), s.m, *w, e, FloatSink{y.Allocate(s.out)},
+                          path == linear::Path::kAmx);
+      } else if (path == linear::Path::kOrt) {
         InvokeFallback(ctx, Ort::KernelContext(ctx).GetOutput(0, s.out));
       } else {
         linear::Loops(a.Data(), b.Data(), a_scale.Data()[0], a_zero_point.Data()[0],

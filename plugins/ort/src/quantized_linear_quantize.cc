@@ -4,7 +4,8 @@
 //   GeluQuantizeLinear    the erf-GELU codes of v (gelu_codes.h, the GeluQuantizeLinear kernel's)
 // so the float tensor is never written. v is computed exactly as QuantizedLinear computes it
 // (linear_kernel.h), so the codes are those of the two unfused kernels, bit for bit. Without AMX
-// the float rows come from ORT's MatMulIntegerToFloat kernel (or plain loops) into a buffer.
+// or AVX-512 VNNI the float rows come from ORT's MatMulIntegerToFloat kernel (or plain loops)
+// into a buffer.
 #include <algorithm>
 #include <mutex>
 #include <string>
@@ -47,7 +48,7 @@ ONNXVQ_AVX2 inline void Codes32(const float* v, int64_t col0, uint8_t* y, const 
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), bytes);
 }
 
-// The AMX path's epilogue (AVX-512 is there): the same operations 16 lanes at a time, written
+// The packed paths' epilogue (AVX-512 is there): the same operations 16 lanes at a time, written
 // straight to the output with a masked saturating store (the codes are already in 0..255).
 ONNXVQ_AVX512_DQ inline void CodesAvx512(const float* v, int64_t col0, int64_t cols, uint8_t* y,
                                          const CodeParams& p) {
@@ -124,13 +125,13 @@ struct QuantizedLinearCodes : linear::KernelBase {
                                             bias);
       const CodeParams p = Params<kGelu>(y_scale, y_zero_point, s.n);
       const CodeSink sink{y.Allocate(s.out), s.n, p};
-      if (const amx::PackedWeights* w = Amx(b, s)) {
+      if (const amx::PackedWeights* w = Packed(b, s)) {
         const linear::Epilogue e = linear::MakeEpilogue(*w, a_scale, b_scale, a_zero_point, bias);
-        linear::RunAmx(ctx, a.Data(), s.m, *w, e, sink);
+        linear::RunPacked(ctx, a.Data(), s.m, *w, e, sink, path == linear::Path::kAmx);
         return;
       }
       std::vector<float> v(static_cast<size_t>(s.m * s.n));
-      if (fallback) {
+      if (path == linear::Path::kOrt) {
         const auto info = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeCPU);
         Ort::Value out = Ort::Value::CreateTensor<float>(info, v.data(), v.size(),
                                                          s.out.data(), s.out.size());
