@@ -33,15 +33,16 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "SwinTransformerV2CrBlock", "AttentionPoolLatent", "TinyVitBlock", "HieraBlock",
            "PartitionAttentionCl", "MultiScaleBlock", "CLIPEncoderLayer", "SiglipEncoderLayer",
            "SiglipMultiheadAttentionPoolingHead", "BeitLayer", "Data2VecVisionLayer",
-           "PartitionAttentionLayer"}
+           "PartitionAttentionLayer", "SpatialBlock", "ChannelBlock"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
                "MaskUnitAttention", "AttentionCl", "Attention2d", "Attention2dDownsample",
                "MultiScaleAttention", "CLIPAttention", "SiglipAttention", "MultiheadAttention",
-               "BeitAttention", "Data2VecVisionAttention", "RelativePositionalMultiHeadAttention"}
+               "BeitAttention", "Data2VecVisionAttention", "RelativePositionalMultiHeadAttention",
+               "LocallyGroupedAttn", "GlobalSubSampleAttn", "ChannelAttention"}
 _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
-         "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate"}
+         "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate", "MlpWithDepthwiseConv"}
 # attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP)
 _BIAS_NETS = {"WindowMultiHeadAttention"}
 

@@ -226,3 +226,46 @@ def test_trace_linear_needs_one_projection_on_every_path(build, expect):
     graph = _graph(build)
     found = trace_linear(graph.outputs[0])
     assert (found.name if found is not None else None) == expect
+
+
+@pytest.mark.parametrize("group, expect_conv", [(16, True), (1, False)])
+def test_mlp_with_a_depthwise_conv_between_fc1_and_the_activation(group, expect_conv):
+    """PVTv2's MlpWithDepthwiseConv: fc1, the tokens laid out as a map, a depthwise 3x3 Conv, back
+    to tokens, GELU, fc2 is one MLP with its conv recorded (before, none of its 4 MLPs was found
+    and their residuals were missed). A dense Conv there is not an MLP's."""
+    import numpy as np
+
+    from onnxvq.recognise.activations import match_activation
+    from onnxvq.recognise.mlp import mlp_of
+
+    def build(b, x):
+        grid = b.op("Reshape", b.op("Transpose", _linear(b, x, 1), perm=[0, 2, 1]),
+                    b.const([2, 16, 2, 4], np.int64))
+        w = np.random.default_rng(3).standard_normal((16, 16 // group, 3, 3)).astype(np.float32)
+        conv = b.op("Conv", grid, b.weight("dw", w), group=group, pads=[1, 1, 1, 1])
+        tokens = b.op("Transpose", b.op("Reshape", conv, b.const([2, 16, 8], np.int64)),
+                      perm=[0, 2, 1])
+        return _linear(b, b.op("Relu", tokens), 2)
+
+    graph = _graph(build)
+    (relu,) = [n for n in graph.nodes if n.op == "Relu"]
+    mlp = mlp_of(*match_activation(relu))
+    assert (mlp is not None) == expect_conv
+    if mlp is not None:
+        assert (mlp.fc1.node, mlp.fc2.node) == ("MatMul_1", "MatMul_2")
+        assert [n.op for n in graph.nodes if n.name == mlp.conv] == ["Conv"]
+
+
+def test_layout_ops_without_a_conv_do_not_make_an_mlp():
+    """fc1, a Transpose pair, act, fc2: no depthwise conv, so not the PVTv2 form (a plain MLP's
+    fc1 feeds its activation through a bias Add only)."""
+    from onnxvq.recognise.activations import match_activation
+    from onnxvq.recognise.mlp import mlp_of
+
+    def build(b, x):
+        h = b.op("Transpose", b.op("Transpose", _linear(b, x, 1), perm=[0, 2, 1]), perm=[0, 2, 1])
+        return _linear(b, b.op("Relu", h), 2)
+
+    graph = _graph(build)
+    (relu,) = [n for n in graph.nodes if n.op == "Relu"]
+    assert mlp_of(*match_activation(relu)) is None

@@ -230,7 +230,7 @@ def unclaimed_ops(graph: gs.Graph, s: ViTStructure) -> Counter:
                 claimed |= {lin.node, lin.bias_add}
     for m in s.mlps:
         claimed |= {m.fc1.node, m.fc1.bias_add, m.fc2.node, m.fc2.bias_add, *m.activation.nodes,
-                    m.gate}
+                    m.gate, m.conv}
     for h in s.head:
         claimed.add(h.bias_add)
     return Counter(n.op for n in graph.nodes if n.name not in claimed and n.op != "Constant")

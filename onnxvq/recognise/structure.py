@@ -60,6 +60,7 @@ class Mlp:
     activation: Activation
     fc2: Linear
     gate: str | None = None  # the gated MLP's act(x₁)·x₂ Mul (SwiGLU), quantized like a MatMul
+    conv: str | None = None  # a depthwise Conv between fc1 and the activation (PVTv2)
 
 
 @dataclass(frozen=True)
