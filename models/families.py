@@ -8,7 +8,8 @@ against torch, and cached beside the main corpus (`corpus.corpus_dir()`). `count
 torch modules' own numbers (`family_modules.family_counts`, checked by
 tests/models/test_families.py) and what `onnxvq inspect` must find; `unsupported` says why
 recognition does not cover a family yet (its quantization with --pts/--lis is then refused by
-name instead of written silently as W8/A8).
+name instead of written silently as W8/A8); where it covers part of it, `found` is what inspect
+finds (--lis then warns about the Softmaxes it leaves float).
 Special exports: `external` writes the weights as external data, `dynamic_hw` keeps height and
 width symbolic. Tags: "ci" (CI's representative subset), "big" (no depth override: 24 M
 parameters, its torch-count check is a slow test).
@@ -43,6 +44,9 @@ class Family:
     dynamic_hw: bool = False
     patch_convs: int = 1  # Convs of the patch embedding (LeViT's stem is a chain of four)
     unsupported: str | None = None  # why recognition misses it (counts are torch's)
+    # what `inspect` finds where recognition covers part of the family (`unsupported` says
+    # what it misses); those families quantize through the gate as the supported ones do
+    found: Counts | None = None
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -137,6 +141,81 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "Conv and LayerNorm'd before Q·Kᵀ, and the decomposed relative positions are Einsum "
            "products scattered into the scores; the attention matcher traces q, k and v to a "
            "projection through elementwise and layout ops only (no Conv)"),
+    # --- session 6: more timm, Hugging Face and torchvision families ---
+    # spatial-reduction attention (k, v from a strided Conv + LayerNorm of the tokens) and an
+    # MLP with a depthwise 3x3 Conv between fc1 and its GELU
+    Family("pvt_v2_b0", "timm", "pvt_v2_b0", 224, Counts(4, 4, 19, 4, 8),
+           (("depths", (1, 1, 1, 1)),), tags=("ci",)),
+    # locally-grouped (windowed) and global sub-sampled attention, a conv position encoding
+    Family("twins_svt_small", "timm", "twins_svt_small", 224, Counts(5, 5, 16, 5, 10),
+           (("depths", (1, 1, 2, 1)),)),
+    Family("twins_pcpvt_small", "timm", "twins_pcpvt_small", 224, Counts(4, 4, 16, 4, 8),
+           (("depths", (1, 1, 1, 1)),)),
+    # window attention and channel attention (Softmax over a head's channels, as XCiT's)
+    Family("davit_tiny", "timm", "davit_tiny", 224, Counts(8, 8, 21, 8, 16),
+           (("depths", (1, 1, 1, 1)), ("embed_dims", (48, 96, 192, 384)),
+            ("num_heads", (2, 4, 8, 16)))),
+    Family("beitv2_tiny", "timm", "beitv2_base_patch16_224", 224, _vit(2),
+           (("embed_dim", 192), ("depth", 2), ("num_heads", 3))),
+    # four register tokens, global average pooling, layer-scale
+    Family("vit_reg4_gap", "timm", "vit_medium_patch16_reg4_gap_256", 256, _vit(2),
+           (("depth", 2),)),
+    Family("flexivit_small", "timm", "flexivit_small", 240, _vit(2), (("depth", 2),)),
+    # windowed and global attention with decomposed relative positions (Einsum), a conv neck
+    Family("samvit_tiny", "timm", "samvit_base_patch16_224", 224, _vit(2),
+           (("embed_dim", 192), ("depth", 2), ("num_heads", 3), ("global_attn_indexes", (1,)))),
+    # MBConv stages, then ViT blocks with GeGLU MLPs
+    Family("vitamin_small", "timm", "vitamin_small_224", 224, Counts(14, 14, 51, 14, 28),
+           tags=("big",)),
+    # two branches (patch 12 and 16): self-attention blocks, then cross attention (a branch's
+    # class token queries the other branch's tokens; one residual, no MLP)
+    Family("crossvit_tiny", "timm", "crossvit_tiny_240", 240, Counts(4, 4, 12, 2, 6),
+           (("depth", ((1, 1, 0),)),), heads=0, patch_convs=0),
+    Family("hf_swinv2", "huggingface", "swinv2", 256, Counts(5, 5, 15, 5, 10),
+           _SWIN_SMALL + (("window_size", 8),)),  # cosine attention, res-post-norm
+    # torchvision's Swin v1 (the v2 block above) and ViT at vit_h_14's patch 14 (vit_l_16 and
+    # vit_h_14 are the vit_b_16 class at other sizes: the same graph, deeper and wider)
+    Family("tv_swin_t", "torchvision", "swin", 224, Counts(5, 5, 15, 5, 10),
+           _SWIN_SMALL + (("window_size", (7, 7)),)),
+    Family("tv_vit_h14", "torchvision", "vit", 224, _vit(2),
+           (("patch_size", 14), ("num_layers", 2), ("num_heads", 4), ("hidden_dim", 128),
+            ("mlp_dim", 512))),
+    # partly recognised: `found` is what inspect finds, `unsupported` what it misses
+    Family("fastvit_sa12", "timm", "fastvit_sa12", 224, Counts(1, 1, 0, 4, 2),
+           (("layers", (1, 1, 1, 1)),), patch_convs=0, found=Counts(1, 1, 0, 0, 1),
+           unsupported="conv MLPs: ConvMlp is a depthwise 7x7 Conv then 1x1 Convs over [B, C, H, "
+           "W] maps, not MatMul/Gemm linears, so none of its 4 MLPs (nor the attention block's "
+           "MLP residual) is found; the attention of the last stage is, the RepMixer stages have "
+           "none"),
+    Family("convit_tiny", "timm", "convit_tiny", 224, Counts(2, 2, 5, 2, 4),
+           (("depth", 2), ("local_up_to_layer", 1)), found=Counts(1, 1, 5, 2, 3), tags=("ci",),
+           unsupported="gated positional self-attention (GPSA): the Q·Kᵀ Softmax is mixed with a "
+           "second, positional Softmax by a learned sigmoid gate and renormalised by its "
+           "ReduceSum before A·V, and the matcher follows the probabilities to A·V through "
+           "value-preserving ops only; the plain attention blocks after it are found"),
+    Family("gcvit_xxtiny", "timm", "gcvit_xxtiny", 224, Counts(12, 12, 33, 12, 24),
+           tags=("big",), found=Counts(6, 6, 33, 12, 18),
+           unsupported="global query attention: the 6 global blocks' queries are tokens generated "
+           "from the stage's feature map by convs (FeatureBlock: MBConv and max pooling), not a "
+           "projection of the block's input; the 6 local window blocks are found"),
+    # refused by name: no Q·Kᵀ Softmax attention the matcher can trace
+    Family("coat_lite_tiny", "timm", "coat_lite_tiny", 224, Counts(4, 4, 13, 4, 8),
+           (("serial_depths", (1, 1, 1, 1)),),
+           unsupported="factorised attention: a Softmax over the keys along the tokens, then "
+           "kᵀ·v before q (no N x N score matrix), plus a depthwise-conv relative position term"),
+    Family("efficientvit_b0", "timm", "efficientvit_b0", 224, Counts(2, 2, 1, 0, 4),
+           (("depths", (1, 1, 1, 1, 1)),),
+           unsupported="ReLU linear attention (MIT LiteMLA): q, k, v from 1x1 Convs with a "
+           "multi-scale depthwise aggregation, ReLU kernels and no Softmax"),
+    Family("efficientvit_m0", "timm", "efficientvit_m0", 224, Counts(3, 3, 0, 10, 6),
+           (("depth", (1, 1, 1)),), patch_convs=4,
+           unsupported="cascaded group attention (MSRA): each head's q, k, v are 1x1 Conv + "
+           "BatchNorm over [B, C, H, W] windows with a depthwise conv on q, each head's input "
+           "adding the previous head's output; no LayerNorm (BatchNorm)"),
+    Family("mobilevitv2_050", "timm", "mobilevitv2_050", 256, Counts(9, 9, 0, 9, 18),
+           unsupported="separable self-attention: a 1x1 Conv scores each token, a Softmax over the "
+           "tokens weights k into one context vector broadcast onto ReLU(v), no Q·Kᵀ; GroupNorm, "
+           "not LayerNorm"),
 )}
 
 def ensure(family: Family, *, force: bool = False) -> Path:

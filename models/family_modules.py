@@ -33,16 +33,23 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "SwinTransformerV2CrBlock", "AttentionPoolLatent", "TinyVitBlock", "HieraBlock",
            "PartitionAttentionCl", "MultiScaleBlock", "CLIPEncoderLayer", "SiglipEncoderLayer",
            "SiglipMultiheadAttentionPoolingHead", "BeitLayer", "Data2VecVisionLayer",
-           "PartitionAttentionLayer", "SpatialBlock", "ChannelBlock"}
+           "PartitionAttentionLayer", "SpatialBlock", "ChannelBlock",
+           "CrossAttentionBlock", "AttentionBlock", "GlobalContextVitBlock", "SerialBlock",
+           "LinearTransformerBlock", "EfficientVitBlock", "SwinTransformerBlock",
+           "EncoderBlock", "Swinv2Layer"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
                "MaskUnitAttention", "AttentionCl", "Attention2d", "Attention2dDownsample",
                "MultiScaleAttention", "CLIPAttention", "SiglipAttention", "MultiheadAttention",
                "BeitAttention", "Data2VecVisionAttention", "RelativePositionalMultiHeadAttention",
-               "LocallyGroupedAttn", "GlobalSubSampleAttn", "ChannelAttention"}
+               "LocallyGroupedAttn", "GlobalSubSampleAttn", "ChannelAttention",
+               "CrossAttention", "WindowAttentionGlobal", "GPSA", "MHSA",
+               "FactorAttnConvRelPosEnc", "LinearSelfAttention", "LiteMLA",
+               "LocalWindowAttention", "ShiftedWindowAttention", "Swinv2Attention"}
 _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
-         "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate", "MlpWithDepthwiseConv"}
+         "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate", "MlpWithDepthwiseConv",
+         "GeGluMlp", "ConvMlp", "MLPBlock", "Swinv2Intermediate"}
 # attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP)
 _BIAS_NETS = {"WindowMultiHeadAttention"}
 
@@ -51,21 +58,26 @@ def family_counts(module) -> Counts:
     """Blocks, attention modules, nn.LayerNorm, MLP modules and two residual Adds per block,
     read off the torch module. One residual: LeViT's downsample blocks and SigLIP's attention
     pools (timm's and Hugging Face's; their MLP's). XCiT's conv LPI residual is not counted
-    (neither attention nor MLP).
-    EfficientFormerV2's blocks without attention are an MLP and its residual."""
+    (neither attention nor MLP), nor FastViT's RepMixer blocks' (no attention).
+    EfficientFormerV2's blocks without attention are an MLP and its residual. CrossViT's
+    cross-attention blocks have one residual (no MLP); its MultiScaleBlock is a stage of them,
+    not MViTv2's block."""
     import torch
 
     names = Counter(type(m).__name__ for m in module.modules())
+    stages = sum(type(m).__name__ == "MultiScaleBlock" and "crossvit" in type(m).__module__
+                 for m in module.modules())
     bias_mlps = {id(m) for a in module.modules() if type(a).__name__ in _BIAS_NETS
                  for m in a.modules() if type(m).__name__ in _MLPS}
     mlps = sum(type(m).__name__ in _MLPS and id(m) not in bias_mlps for m in module.modules())
     mlps += names["PartitionAttentionLayer"]  # torchvision MaxViT's: an unnamed nn.Sequential
     former = [m for m in module.modules() if type(m).__name__ == "EfficientFormerV2Block"]
     attended = sum(m.token_mixer is not None for m in former)
-    blocks = sum(names[n] for n in _BLOCKS) + attended
+    blocks = sum(names[n] for n in _BLOCKS) + attended - stages
     layernorms = sum(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
     pools = names["AttentionPoolLatent"] + names["SiglipMultiheadAttentionPoolingHead"]
     residual = 2 * blocks - names["LevitDownsample"] - pools + len(former) - attended
+    residual -= names["CrossAttentionBlock"]
     return Counts(blocks, sum(names[n] for n in _ATTENTIONS), layernorms, mlps, residual)
 
 
@@ -90,54 +102,76 @@ def build(family: Family):
 
 
 def _huggingface(family: Family):
-    """A Hugging Face model from its config kind and sizes: a classifier's logits, or a vision
-    tower's pooled features (CLIP's class token, SigLIP's attention-pooling head)."""
+    """A Hugging Face model from its config kind and sizes, returning one plain tensor: a
+    classifier's logits, a vision tower's `pooler_output` (CLIP's class token, SigLIP's
+    attention-pooling head), an encoder's class token (ViTMAE: its rows come out in a random
+    order, the class token's does not) or feature map (ViTDet), a depth map (DPT)."""
     import transformers
 
-    from onnxvq.models.export import _Logits
-
-    kinds = {"dinov2": ("Dinov2Config", "Dinov2ForImageClassification"),
-             "swin": ("SwinConfig", "SwinForImageClassification"),
-             "clip_vision": ("CLIPVisionConfig", "CLIPVisionModel"),
-             "siglip_vision": ("SiglipVisionConfig", "SiglipVisionModel"),
-             "beit": ("BeitConfig", "BeitForImageClassification"),
-             "data2vec_vision": ("Data2VecVisionConfig", "Data2VecVisionForImageClassification")}
-    config_cls, model_cls = (getattr(transformers, n) for n in kinds[family.arch])
-    tower = family.arch in ("clip_vision", "siglip_vision")
-    labels = {} if tower else {"num_labels": 10}
+    config_name, model_name, output = _HF_KINDS[family.arch]
+    config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
+    labels = {"num_labels": 10} if output == "logits" else {}
     config = config_cls(image_size=family.image, **labels, **dict(family.kwargs))
-    model = model_cls(config)
-    return (_Pooled(model) if tower else _Logits(model)).eval()
+    return _Output(model_cls(config), output).eval()
 
 
-def _Pooled(model):
-    """A Hugging Face vision tower returning its `pooler_output` (a plain tensor to export)."""
+# kind: (config class, model class, what the export returns)
+_HF_KINDS = {"dinov2": ("Dinov2Config", "Dinov2ForImageClassification", "logits"),
+             "swin": ("SwinConfig", "SwinForImageClassification", "logits"),
+             "clip_vision": ("CLIPVisionConfig", "CLIPVisionModel", "pooler_output"),
+             "siglip_vision": ("SiglipVisionConfig", "SiglipVisionModel", "pooler_output"),
+             "beit": ("BeitConfig", "BeitForImageClassification", "logits"),
+             "data2vec_vision": ("Data2VecVisionConfig", "Data2VecVisionForImageClassification",
+                                 "logits"),
+             "dinov2_registers": ("Dinov2WithRegistersConfig",
+                                  "Dinov2WithRegistersForImageClassification", "logits"),
+             "swinv2": ("Swinv2Config", "Swinv2ForImageClassification", "logits"),
+             "deit_distilled": ("DeiTConfig", "DeiTForImageClassificationWithTeacher", "logits"),
+             "mobilevit": ("MobileViTConfig", "MobileViTForImageClassification", "logits"),
+             "pvt_v2": ("PvtV2Config", "PvtV2ForImageClassification", "logits"),
+             "vit_mae": ("ViTMAEConfig", "ViTMAEModel", "class_token"),
+             "yolos": ("YolosConfig", "YolosForObjectDetection", "logits"),
+             "vitdet": ("VitDetConfig", "VitDetModel", "last_hidden_state"),
+             "dpt": ("DPTConfig", "DPTForDepthEstimation", "predicted_depth")}
+
+
+def _Output(model, output: str):
+    """A Hugging Face model returning one field of its output (a plain tensor to export)."""
     import torch
 
-    class Pooled(torch.nn.Module):
+    class Output(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.model = inner
 
         def forward(self, x):
-            return self.model(pixel_values=x).pooler_output
+            out = self.model(pixel_values=x)
+            if output == "class_token":
+                return out.last_hidden_state[:, 0]
+            return getattr(out, output)
 
-    return Pooled(model)
+    return Output(model)
 
 
 def _torchvision(family: Family):
-    """torchvision's Swin-v2 or MaxViT at the family's sizes (the builders take no depth
-    override)."""
+    """torchvision's Swin (v1 or v2), MaxViT or ViT at the family's sizes (the builders take no
+    depth override; vit_l_16 / vit_h_14 are the ViT class at other sizes)."""
     kw = dict(family.kwargs)
     if family.arch == "maxvit":
         from torchvision.models.maxvit import MaxVit
 
         return MaxVit(input_size=(family.image, family.image), stochastic_depth_prob=0.0,
                       num_classes=10, **kw).eval()
+    if family.arch == "vit":
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(image_size=family.image, num_classes=10, **kw).eval()
     from torchvision.models import swin_transformer as st
 
+    v2 = family.arch == "swin_v2"
     return st.SwinTransformer(patch_size=[4, 4], embed_dim=kw["embed_dim"],
                               depths=list(kw["depths"]), num_heads=list(kw["num_heads"]),
                               window_size=list(kw["window_size"]), stochastic_depth_prob=0.0,
-                              block=st.SwinTransformerBlockV2,
-                              downsample_layer=st.PatchMergingV2, num_classes=10).eval()
+                              block=st.SwinTransformerBlockV2 if v2 else st.SwinTransformerBlock,
+                              downsample_layer=st.PatchMergingV2 if v2 else st.PatchMerging,
+                              num_classes=10).eval()

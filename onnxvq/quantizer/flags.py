@@ -41,6 +41,10 @@ def check_flags_applied(result) -> None:
     given = [f"--{flag}" for flag, *_ in _FLAGS if getattr(result.config, flag)]
     for flag, why in missing.items():
         log.warning("%s did nothing: %s", flag, why)
+    others = result.structure.other_softmax
+    if result.config.lis and others and "--lis" not in missing:  # partly recognised (ConViT)
+        log.warning("--lis left %d Softmax node(s) float: not in an attention onnxvq recognises "
+                    "(first: %r)", len(others), others[0])
     if given and len(missing) == len(given):
         raise UnsupportedModelError(
             "; ".join(f"{flag} cannot apply: {why}" for flag, why in missing.items())

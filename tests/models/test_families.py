@@ -18,7 +18,8 @@ from onnxvq.models.families import FAMILIES, ensure
 
 _HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
 needs_torch = pytest.mark.skipif(not _HAVE_TORCH, reason="needs torch and timm ([export] extra)")
-SUPPORTED = [n for n, f in FAMILIES.items() if f.unsupported is None]
+# partly recognised families (`found`) quantize through the gate as the supported ones do
+SUPPORTED = [n for n, f in FAMILIES.items() if f.unsupported is None or f.found is not None]
 # CI runs the representative subset (ci tag); benchmarks/run_families.py runs all of them.
 _FULL = pytest.mark.skipif(not os.environ.get("ONNXVQ_FULL_CORPUS"), reason="outside CI's "
                            "representative subset; benchmarks/run_families.sh runs every family")
@@ -58,7 +59,10 @@ GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'", "clip_b16": "'/norm_pre/Lay
 # above the floor or refused with a named culprit; both are right, a silent bad model is not.
 GATE_EDGE = {"hf_clip_vision", "hf_data2vec_vision"}
 UNSUPPORTED = [pytest.param(n, marks=() if "ci" in f.tags else _FULL)
-               for n, f in FAMILIES.items() if f.unsupported is not None]
+               for n, f in FAMILIES.items() if f.unsupported is not None and f.found is None]
+OTHER_SOFTMAX = {"fastvit_sa12": 0, "convit_tiny": 2, "gcvit_xxtiny": 6}
+PARTIAL = [pytest.param(n, marks=() if "ci" in f.tags else _FULL)
+           for n, f in FAMILIES.items() if f.found is not None]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,7 @@ def test_counts_are_the_torch_modules(name):
 def test_inspect_finds_exact_counts(exported, name):
     family = FAMILIES[name]
     result = onnxvq.inspect(exported(name))
-    assert result.structure.counts == family.counts.as_dict()
+    assert result.structure.counts == (family.found or family.counts).as_dict()
     summary = result.structure.summary()
     assert len(summary["head"]) == family.heads
     assert summary["heads"] and summary["heads"] > 0  # attention heads found (BEiT: was null)
@@ -256,3 +260,24 @@ def test_unsupported_families_refuse_lis_by_name(exported, name):
     with pytest.raises(UnsupportedModelError, match="--lis cannot apply: the model has no "
                        "attention Softmax onnxvq recognises"):
         onnxvq.quantize(path, None, QuantConfig(lis=True, **NOISE))
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+@pytest.mark.parametrize("name", PARTIAL)
+def test_partly_recognised_families_say_what_lis_leaves_float(exported, name, caplog):
+    """Families recognition covers in part (`found`, fewer than torch's attentions; `unsupported`
+    says what it misses): --lis replaces the Softmaxes of the attentions it finds and warns, by
+    name, about the ones it leaves float, instead of writing them silently."""
+    family = FAMILIES[name]
+    structure = onnxvq.inspect(exported(name)).structure
+    missed = OTHER_SOFTMAX[name]  # ConViT's GPSA has two (patch and positional scores)
+    assert len(structure.other_softmax) == missed
+    with caplog.at_level("WARNING", logger="onnxvq.quantizer.flags"):
+        result = onnxvq.quantize(exported(name), None, QuantConfig(lis=True, **NOISE))
+    ops = Counter(n.op_type for n in result.model.graph.node)
+    replaced = ops["LogIntSoftmax"] + ops["LogIntAttention"]
+    assert replaced == family.found.attentions
+    if missed:
+        assert f"--lis left {missed} Softmax node(s) float" in caplog.text
