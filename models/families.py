@@ -155,8 +155,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("davit_tiny", "timm", "davit_tiny", 224, Counts(8, 8, 21, 8, 16),
            (("depths", (1, 1, 1, 1)), ("embed_dims", (48, 96, 192, 384)),
             ("num_heads", (2, 4, 8, 16)))),
+    # layer-scale at 0.1, not BEiTv2's 1e-5 init (which leaves the blocks out of the output)
     Family("beitv2_tiny", "timm", "beitv2_base_patch16_224", 224, _vit(2),
-           (("embed_dim", 192), ("depth", 2), ("num_heads", 3))),
+           (("embed_dim", 192), ("depth", 2), ("num_heads", 3), ("init_values", 0.1))),
     # four register tokens, global average pooling, layer-scale
     Family("vit_reg4_gap", "timm", "vit_medium_patch16_reg4_gap_256", 256, _vit(2),
            (("depth", 2),)),
@@ -212,6 +213,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            unsupported="cascaded group attention (MSRA): each head's q, k, v are 1x1 Conv + "
            "BatchNorm over [B, C, H, W] windows with a depthwise conv on q, each head's input "
            "adding the previous head's output; no LayerNorm (BatchNorm)"),
+    Family("focalnet_tiny_srf", "timm", "focalnet_tiny_srf", 224, Counts(12, 0, 29, 12, 24),
+           tags=("big",), unsupported="focal modulation, no attention: each block's token mixer "
+           "gates depthwise-conv contexts of growing size (no Softmax, no Q·Kᵀ); its 29 LayerNorms "
+           "are found (`--pts` applies)"),
     Family("mobilevitv2_050", "timm", "mobilevitv2_050", 256, Counts(9, 9, 0, 9, 18),
            unsupported="separable self-attention: a 1x1 Conv scores each token, a Softmax over the "
            "tokens weights k into one context vector broadcast onto ReLU(v), no Q·Kᵀ; GroupNorm, "

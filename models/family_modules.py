@@ -36,7 +36,7 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "PartitionAttentionLayer", "SpatialBlock", "ChannelBlock",
            "CrossAttentionBlock", "AttentionBlock", "GlobalContextVitBlock", "SerialBlock",
            "LinearTransformerBlock", "EfficientVitBlock", "SwinTransformerBlock",
-           "EncoderBlock", "Swinv2Layer"}
+           "EncoderBlock", "Swinv2Layer", "FocalNetBlock"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
