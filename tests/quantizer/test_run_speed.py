@@ -134,3 +134,21 @@ def test_functions_are_built_once_per_graph(tiny, monkeypatch):
     fresh = gs.import_onnx(tiny)  # a new graph gets its functions, from the protos built again
     ops.register_functions(fresh)
     assert len(calls) == 2 and len(fresh.functions) == len(names)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_fast_paths_keep_the_real_model_bytes(shared_data, monkeypatch):
+    """The same on the shared vit_cifar10 with 64 real calibration images (MinMax, target ort:
+    QuantizedLinear lowering and its function bodies included)."""
+    from onnxvq.calibrate import resolve_preprocess
+
+    path, calib = shared_data / "models" / "vit_cifar10.onnx", shared_data / "cifar10" / "calib"
+    cfg, prep = QuantConfig(calib_size=64), resolve_preprocess("cifar10-vit")
+    fast = quantize(path, calib, cfg, preprocess=prep)
+    with monkeypatch.context() as m:
+        _slow_paths(m)
+        slow = quantize(path, calib, cfg, preprocess=prep)
+    assert fast.model.SerializeToString() == slow.model.SerializeToString()
+    assert fast.activation_qparams == slow.activation_qparams
+    assert len(fast.activation_qparams) == 50  # the input and 49 activations
