@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxvq.core.edit import bypass
+from onnxvq.core.graph import tidy
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
 
 
@@ -29,7 +30,7 @@ class FoldConstants(Pass):
         graph.fold_constants(fold_shapes=True, error_ok=True)
         graph.cleanup(remove_unused_graph_inputs=False)
         _drop_identities(graph)
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        tidy(graph)
         result.applied = before - len(graph.nodes)
         result.counts["nodes_removed"] = result.applied
         return result

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxvq.core.edit import bypass
-from onnxvq.core.graph import to_model
+from onnxvq.core.graph import tidy, to_model
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
 from onnxvq.core.walk import const_value
 
@@ -53,7 +53,7 @@ class FoldStaticShapes(Pass):
                     result.applied += 1
         if result.applied:
             ort.set_default_logger_severity(3)
-            graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
+            tidy(graph.fold_constants(error_ok=True))
         return result
 
 

@@ -18,6 +18,7 @@ from onnxvq.core import graph as core_graph
 from onnxvq.core import pipeline, runtime
 from onnxvq.core.config import QuantConfig
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+from onnxvq.passes import fold_constants, fold_static_shapes
 from onnxvq.plugins import ops
 from onnxvq.quantizer.run import quantize
 
@@ -65,8 +66,8 @@ def _slow_paths(monkeypatch) -> None:
     def recursive_tidy(graph):  # graphsurgeon's own recursion into every function
         return graph.cleanup(remove_unused_graph_inputs=False).toposort()
 
-    monkeypatch.setattr(core_graph, "tidy", recursive_tidy)
-    monkeypatch.setattr(pipeline, "tidy", recursive_tidy)
+    for module in (core_graph, pipeline, fold_constants, fold_static_shapes):
+        monkeypatch.setattr(module, "tidy", recursive_tidy)
 
 
 class _Forgetful(dict):
