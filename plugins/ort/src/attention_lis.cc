@@ -35,6 +35,8 @@ struct LogIntAttention {
   std::unique_ptr<Int8SoftmaxRows> rows_;
   int16_t neg_weight[256] = {};
   uint16_t weight[32] = {};  // codes are < 32 (bits <= 4): the vpermw table
+  int max_code = 15;
+  vbmi::WeightPlans plans;  // GroupWeightsByValue's passes and byte tables
 
   LogIntAttention(const OrtApi* api, const OrtKernelInfo* info)
       : bits(IntAttr(info, "bits", 4)), steps(IntAttr(info, "octave_steps", 1)),
@@ -46,6 +48,8 @@ struct LogIntAttention {
       neg_weight[a] = static_cast<int16_t>(-Weight(a, m, steps));
       if (a < 32) weight[a] = static_cast<uint16_t>(Weight(a, m, steps));
     }
+    max_code = static_cast<int>(std::min<int64_t>(m, 15));
+    if (bits <= 4) plans.Build(weight, max_code);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<uint8_t>& x,
@@ -94,15 +98,13 @@ struct LogIntAttention {
     std::vector<uint16_t> w;
     std::vector<int32_t> acc;
     std::vector<uint8_t> table, bytes;  // by value (GroupWeightsByValue): [row][u], [pass][u]
-    std::vector<uint16_t> wt;           // [row][u]
     int32_t usum[2][kGroup];
     int shift[kGroup];
     bool two_pass;
     Group(const HeadData& h)
         : x(static_cast<size_t>(kGroup * h.jpad)), codes(static_cast<size_t>(h.jpad)),
           u(static_cast<size_t>(2 * kGroup * h.jpad)), w(static_cast<size_t>(kGroup * h.jpad)),
-          acc(static_cast<size_t>(2 * kGroup * h.dpad)), table(kGroup * 256), bytes(2 * 256),
-          wt(kGroup * 256) {}
+          acc(static_cast<size_t>(2 * kGroup * h.dpad)), table(kGroup * 256), bytes(2 * 256) {}
   };
 
   // Per group of kGroup rows: the int8 score codes (fused with the scores GEMM), the softmax
@@ -168,29 +170,29 @@ struct LogIntAttention {
     }
   }
 
-  // GroupWeights with tables by value (AVX-512 VBMI): each row's codes, weights and byte weights
-  // for every u = max - x of its range, then one table lookup per element. The shift and the
-  // pass count come from the weights of the whole range, a superset of the row's own: every
-  // weight present is still a multiple of 2^shift, so Y stays exact. False where unavailable.
+  // GroupWeights with tables by value (AVX-512 VBMI): each row's code and byte weight for every
+  // u = max - x of its range, then one table lookup per element. The shift and the pass count
+  // are the span's (vbmi::WeightPlans) from the smallest to the largest nonzero-weight code in
+  // the table, a superset of the row's own: every weight present is still a multiple of
+  // 2^shift, so Y stays exact. False where unavailable.
   bool GroupWeightsByValue(const HeadData& h, int64_t n, int rows, Group& g) const {
     int32_t mx[kGroup], range[kGroup];
     g.two_pass = false;
     for (int r = 0; r < rows; ++r) {
       uint8_t* code = g.table.data() + r * 256;
       if (!rows_->Table(g.x.data() + r * h.jpad, n, mx[r], range[r], code)) return false;
-      uint32_t wmax = 0, wor = 0;
-      lis512::WeightsRow(code, range[r] + 1, RoundUp(range[r] + 1, 16), weight,
-                         g.wt.data() + r * 256, wmax, wor);
-      g.shift[r] = wor == 0 ? 0 : __builtin_ctz(wor);
-      g.two_pass = g.two_pass || (wmax >> g.shift[r]) > 255;
+      int lo = 0, hi = -1;
+      vbmi::CodeSpan(code, range[r] + 1, max_code, lo, hi);
+      g.shift[r] = hi < 0 ? 0 : plans.shift[lo][hi];
+      g.two_pass = g.two_pass || (hi >= 0 && plans.two_pass[lo][hi]);
     }
     for (int r = 0; r < rows; ++r) {
       if (g.two_pass) g.shift[r] = 8;
-      const int64_t count = RoundUp(range[r] + 1, 16);
       const int8_t* x = g.x.data() + r * h.jpad;
       for (int pass = 0; pass < 1 + g.two_pass; ++pass) {
         uint8_t* bytes = g.bytes.data() + pass * 256;
-        lis512::ByteWeights(g.wt.data() + r * 256, count, pass ? 0 : g.shift[r], bytes);
+        vbmi::MapBytes(g.table.data() + r * 256, range[r] + 1, plans.bytes[pass ? 0 : g.shift[r]],
+                       bytes);
         g.usum[pass][r] = vbmi::LookupRow(x, n, h.jpad, mx[r],
                                           vbmi::LoadTable(bytes, range[r] >= 128),
                                           g.u.data() + (pass * kGroup + r) * h.jpad);

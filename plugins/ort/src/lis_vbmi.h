@@ -135,5 +135,79 @@ ONNXVQ_VBMI inline void CodeTable(const int64_t* lut, int count, int h, uint32_t
   }
 }
 
+// The byte weights of every span of codes lo..hi <= max_code (max_code <= 15), per node: a row
+// whose nonzero-weight codes lie in the span takes one u8 pass of w >> shift[lo][hi] when that
+// is exact for the whole span (every weight a multiple of 2^shift, w >> shift <= 255), else two
+// (w >> 8, w & 255); bytes[s][a] = (w(a) >> s) & 255, the vpermb table of shift s.
+struct WeightPlans {
+  int8_t shift[16][16] = {};
+  bool two_pass[16][16] = {};
+  uint8_t bytes[16][64] = {};
+
+  void Build(const uint16_t* weight32, int max_code) {
+    for (int lo = 0; lo <= max_code; ++lo) {
+      uint32_t wor = 0, wmax = 0;
+      for (int hi = lo; hi <= max_code; ++hi) {
+        wor |= weight32[hi];
+        wmax = weight32[hi] > wmax ? weight32[hi] : wmax;
+        shift[lo][hi] = static_cast<int8_t>(wor == 0 ? 0 : __builtin_ctz(wor));
+        two_pass[lo][hi] = (wmax >> shift[lo][hi]) > 255;
+      }
+    }
+    for (int s = 0; s < 16; ++s) {
+      for (int a = 0; a < 32; ++a) bytes[s][a] = static_cast<uint8_t>((weight32[a] >> s) & 255);
+    }
+  }
+};
+
+// The smallest byte of lo and the largest of hi: halves folded onto byte 0 (the zeros shifted
+// in land in bytes that byte 0 never reads again).
+ONNXVQ_VBMI inline void MinMaxBytes(__m512i lo, __m512i hi, int& min, int& max) {
+  lo = _mm512_min_epu8(lo, _mm512_shuffle_i64x2(lo, lo, 0x4e));
+  hi = _mm512_max_epu8(hi, _mm512_shuffle_i64x2(hi, hi, 0x4e));
+  lo = _mm512_min_epu8(lo, _mm512_shuffle_i64x2(lo, lo, 0xb1));
+  hi = _mm512_max_epu8(hi, _mm512_shuffle_i64x2(hi, hi, 0xb1));
+  __m128i a = _mm512_castsi512_si128(lo), b = _mm512_castsi512_si128(hi);
+  a = _mm_min_epu8(a, _mm_unpackhi_epi64(a, a));
+  b = _mm_max_epu8(b, _mm_unpackhi_epi64(b, b));
+  a = _mm_min_epu8(a, _mm_srli_epi64(a, 32));
+  b = _mm_max_epu8(b, _mm_srli_epi64(b, 32));
+  a = _mm_min_epu8(a, _mm_srli_epi64(a, 16));
+  b = _mm_max_epu8(b, _mm_srli_epi64(b, 16));
+  a = _mm_min_epu8(a, _mm_srli_epi64(a, 8));
+  b = _mm_max_epu8(b, _mm_srli_epi64(b, 8));
+  min = _mm_cvtsi128_si32(a) & 255;
+  max = _mm_cvtsi128_si32(b) & 255;
+}
+
+// lo and hi: the smallest and largest code <= max_code of code[0..count), hi = -1 if none.
+ONNXVQ_VBMI inline void CodeSpan(const uint8_t* code, int count, int max_code, int& lo, int& hi) {
+  const __m512i cap = _mm512_set1_epi8(static_cast<char>(max_code));
+  __m512i vmin = _mm512_set1_epi8(-1), vmax = _mm512_setzero_si512();
+  __mmask64 seen = 0;
+  for (int j = 0; j < count; j += 64) {
+    const __mmask64 live = Live(count - j);
+    const __m512i v = _mm512_maskz_loadu_epi8(live, code + j);
+    const __mmask64 ok = _mm512_mask_cmple_epu8_mask(live, v, cap);
+    vmin = _mm512_mask_min_epu8(vmin, ok, vmin, v);
+    vmax = _mm512_mask_max_epu8(vmax, ok, vmax, v);
+    seen |= ok;
+  }
+  lo = 0;
+  hi = -1;
+  if (seen != 0) MinMaxBytes(vmin, vmax, lo, hi);
+}
+
+// out[u] = bytes64[code[u]] for u < count (codes < 64).
+ONNXVQ_VBMI inline void MapBytes(const uint8_t* code, int count, const uint8_t* bytes64,
+                                 uint8_t* out) {
+  const __m512i t = _mm512_loadu_si512(bytes64);
+  for (int j = 0; j < count; j += 64) {
+    const __mmask64 live = Live(count - j);
+    const __m512i c = _mm512_maskz_loadu_epi8(live, code + j);
+    _mm512_mask_storeu_epi8(out + j, live, _mm512_permutexvar_epi8(c, t));
+  }
+}
+
 }  // namespace vbmi
 }  // namespace onnxvq
