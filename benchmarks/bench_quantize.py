@@ -9,7 +9,10 @@ Sections (all by default; `--only` runs one and merges it into the existing JSON
   and the two trained CIFAR-10 models; median `session.run` time, the models' runs interleaved so
   that load from other processes hits them alike. Also the model file sizes and Q/DQ node counts.
 - calib: calibration wall time and peak RSS of each tool, MinMax and Percentile, on vit_cifar10,
-  each run in a fresh subprocess (peak RSS = the worker's own VmHWM).
+  each run in a fresh subprocess (peak RSS = the worker's own VmHWM), and the floor: "FP32
+  forward only" (the same images, preprocessing, prefetch thread and batch as onnxvq, one FP32
+  forward per batch, nothing else). Every row also reports its time inside
+  `InferenceSession.run` (its forward passes; quantize_static's share of its run).
 - memory: peak RSS and wall time of quantizing DeiT-S (224 px, MinMax) with onnxvq at 16, 64
   and 128 images, quantize_static and NNCF (the `[bench]` extra) at 64, fresh subprocess each.
 - accuracy: top-1 on cifar10/val and top-1 agreement with FP32 for every onnxvq method and
