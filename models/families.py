@@ -146,6 +146,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # MLP with a depthwise 3x3 Conv between fc1 and its GELU
     Family("pvt_v2_b0", "timm", "pvt_v2_b0", 224, Counts(4, 4, 19, 4, 8),
            (("depths", (1, 1, 1, 1)),), tags=("ci",)),
+    Family("pvt_v2_b0_dynamo", "timm", "pvt_v2_b0", 224, Counts(4, 4, 19, 4, 8),
+           (("depths", (1, 1, 1, 1)),), exporter="dynamo"),
     # locally-grouped (windowed) and global sub-sampled attention, a conv position encoding
     Family("twins_svt_small", "timm", "twins_svt_small", 224, Counts(5, 5, 16, 5, 10),
            (("depths", (1, 1, 2, 1)),)),
@@ -174,6 +176,35 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            (("depth", ((1, 1, 0),)),), heads=0, patch_convs=0),
     Family("hf_swinv2", "huggingface", "swinv2", 256, Counts(5, 5, 15, 5, 10),
            _SWIN_SMALL + (("window_size", 8),)),  # cosine attention, res-post-norm
+    Family("hf_deit_distilled", "huggingface", "deit_distilled", 224, _vit(2), _HF_SMALL,
+           heads=2),  # the class and distillation heads (their mean is the logits)
+    # mask_ratio 0: the export keeps the per-image random shuffle of the patch tokens
+    # (RandomUniformLike -> TopK -> GatherElements); the class token, returned, does not depend on
+    # their order, the other rows do
+    Family("hf_vit_mae", "huggingface", "vit_mae", 224, _vit(2),
+           _HF_SMALL + (("mask_ratio", 0.0),), heads=0),
+    Family("hf_pvt_v2", "huggingface", "pvt_v2", 224, Counts(4, 4, 19, 4, 8),
+           (("depths", (1, 1, 1, 1)),)),
+    Family("hf_mobilevit", "huggingface", "mobilevit", 256, Counts(9, 9, 21, 9, 18)),
+    # windowed attention with relative positions, then a global block; the feature map returned
+    Family("hf_vitdet", "huggingface", "vitdet", 224, Counts(2, 2, 4, 2, 4),
+           (("hidden_size", 192), ("num_hidden_layers", 2), ("num_attention_heads", 3),
+            ("mlp_ratio", 4), ("patch_size", 16), ("pretrain_image_size", 224),
+            ("window_block_indices", (0,)), ("window_size", 7),
+            ("use_relative_position_embeddings", True)), heads=0),
+    # a ViT encoder read at 4 depths by a conv reassemble/fusion decoder (depth map)
+    Family("hf_dpt", "huggingface", "dpt", 224, Counts(4, 4, 8, 4, 8),
+           (("hidden_size", 192), ("num_hidden_layers", 4), ("num_attention_heads", 3),
+            ("intermediate_size", 768), ("patch_size", 16), ("backbone_out_indices", (0, 1, 2, 3)),
+            ("neck_hidden_sizes", (24, 48, 96, 192)), ("fusion_hidden_size", 64)), heads=0),
+    # dynamo: TorchScript cannot export its antialiased bicubic position-embedding interpolation
+    Family("hf_dinov2_reg4", "huggingface", "dinov2_registers", 224, _vit(2),
+           _HF_SMALL[:4] + (("patch_size", 14), ("num_register_tokens", 4)), exporter="dynamo"),
+    # EVA (the first; no rotary, plain MLP), average pooling; dynamo (TorchScript fails on timm's
+    # `is_causal` tensor, as for EVA-02)
+    Family("eva_tiny", "timm", "eva_giant_patch14_224", 224, _vit(2),
+           (("embed_dim", 192), ("depth", 2), ("num_heads", 3), ("mlp_ratio", 4.0)),
+           exporter="dynamo"),
     # torchvision's Swin v1 (the v2 block above) and ViT at vit_h_14's patch 14 (vit_l_16 and
     # vit_h_14 are the vit_b_16 class at other sizes: the same graph, deeper and wider)
     Family("tv_swin_t", "torchvision", "swin", 224, Counts(5, 5, 15, 5, 10),

@@ -36,7 +36,9 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "PartitionAttentionLayer", "SpatialBlock", "ChannelBlock",
            "CrossAttentionBlock", "AttentionBlock", "GlobalContextVitBlock", "SerialBlock",
            "LinearTransformerBlock", "EfficientVitBlock", "SwinTransformerBlock",
-           "EncoderBlock", "Swinv2Layer", "FocalNetBlock"}
+           "EncoderBlock", "Swinv2Layer", "FocalNetBlock", "PvtV2BlockLayer",
+           "MobileViTTransformerLayer", "VitDetLayer", "YolosLayer", "DPTViTLayer",
+           "Dinov2WithRegistersLayer", "DeiTLayer", "ViTMAELayer"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
@@ -46,10 +48,15 @@ _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "Win
                "LocallyGroupedAttn", "GlobalSubSampleAttn", "ChannelAttention",
                "CrossAttention", "WindowAttentionGlobal", "GPSA", "MHSA",
                "FactorAttnConvRelPosEnc", "LinearSelfAttention", "LiteMLA",
-               "LocalWindowAttention", "ShiftedWindowAttention", "Swinv2Attention"}
+               "LocalWindowAttention", "ShiftedWindowAttention", "Swinv2Attention",
+               "PvtV2SelfAttention", "MobileViTAttention", "VitDetAttention", "YolosAttention",
+               "DPTViTAttention", "Dinov2WithRegistersAttention", "DeiTAttention",
+               "ViTMAEAttention"}
 _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
          "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate", "MlpWithDepthwiseConv",
-         "GeGluMlp", "ConvMlp", "MLPBlock", "Swinv2Intermediate"}
+         "GeGluMlp", "ConvMlp", "MLPBlock", "Swinv2Intermediate",
+         "PvtV2ConvFeedForwardNetwork", "MobileViTIntermediate", "VitDetMlp", "YolosIntermediate",
+         "DPTViTIntermediate", "Dinov2WithRegistersMLP", "DeiTMLP", "ViTMAEMLP"}
 # attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP)
 _BIAS_NETS = {"WindowMultiHeadAttention"}
 
@@ -61,7 +68,7 @@ def family_counts(module) -> Counts:
     (neither attention nor MLP), nor FastViT's RepMixer blocks' (no attention).
     EfficientFormerV2's blocks without attention are an MLP and its residual. CrossViT's
     cross-attention blocks have one residual (no MLP); its MultiScaleBlock is a stage of them,
-    not MViTv2's block."""
+    not MViTv2's block. DPT's depth head reads the encoder's layers, never its final norm."""
     import torch
 
     names = Counter(type(m).__name__ for m in module.modules())
@@ -75,6 +82,7 @@ def family_counts(module) -> Counts:
     attended = sum(m.token_mixer is not None for m in former)
     blocks = sum(names[n] for n in _BLOCKS) + attended - stages
     layernorms = sum(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
+    layernorms -= names["DPTForDepthEstimation"]  # its encoder's final norm: unused, not exported
     pools = names["AttentionPoolLatent"] + names["SiglipMultiheadAttentionPoolingHead"]
     residual = 2 * blocks - names["LevitDownsample"] - pools + len(former) - attended
     residual -= names["CrossAttentionBlock"]
@@ -111,7 +119,8 @@ def _huggingface(family: Family):
     config_name, model_name, output = _HF_KINDS[family.arch]
     config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
     labels = {"num_labels": 10} if output == "logits" else {}
-    config = config_cls(image_size=family.image, **labels, **dict(family.kwargs))
+    size = [family.image] * 2 if family.arch == "yolos" else family.image  # YOLOS takes (H, W)
+    config = config_cls(image_size=size, **labels, **dict(family.kwargs))
     return _Output(model_cls(config), output).eval()
 
 

@@ -47,6 +47,8 @@ FLOORS |= {("vit_qknorm", "w8a8"): 26, ("vit_qknorm", "pts-lis"): 9, ("vit_qknor
            ("hf_data2vec_vision", "pts-lis"): 14, ("hf_data2vec_vision", "trt"): 33,
            ("tv_maxvit", "w8a8"): 26, ("tv_maxvit", "pts-lis"): 9, ("tv_maxvit", "trt"): 27,
            ("maxvit_tiny", "w8a8"): 30, ("maxvit_tiny", "pts-lis"): 16, ("maxvit_tiny", "trt"): 29}
+FLOORS |= {("pvt_v2_b0", "w8a8"): 30, ("pvt_v2_b0", "pts-lis"): 26, ("pvt_v2_b0", "trt"): 30,
+           ("convit_tiny", "w8a8"): 28, ("convit_tiny", "pts-lis"): 9, ("convit_tiny", "trt"): 26}
 FLOORS |= {("swinv2_tiny_dynamo", k): v for (n, k), v in FLOORS.items() if n == "swinv2_tiny"}
 FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "vit_qknorm"}
 # --pts --lis on 6 samples: the gate names the final LayerNorm (tests below say why). DeiT-III's
