@@ -5,7 +5,12 @@ MatMul(DQ(q), DQ(kᵀ)), from q, k and v back to one packed uint8 tensor X [B, N
 Gather(Transpose(X, [2,0,3,1,4]), i) (what hoist-quantize-over-split leaves), and from the
 attention product forward through the head merge (Transpose [0,2,1,3], Reshape [B, N, H·D]) to
 one per-tensor uint8 QuantizeLinear. `probs_path` is the mode's own part (scores to P·V) and
-returns a `Probs`, or a refusal reason; so does `find_attention`.
+returns a `Probs`, or a refusal reason; so does `find_attention`. With `allow_bias`, constant
+additive biases between the scores MatMul and the Softmax are walked over (`_bias_chain`):
+Add(scores, C) with C broadcasting to [1, H, N, N] (relative positions, attention biases) and
+Reshape [-1, H, N, N] (Add(Reshape(scores, [-1, W, H, N, N]), M)) with M [1, W, 1|H, N, N] (a
+window mask repeating over the batch with period W), summed in graph order into one float32
+[W, 1|H, N, N] (`AttentionUnit.bias`); a bias that is not a constant is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class AttentionUnit:
     v_scale: float
     out_q: gs.Node
     probs: Probs
+    bias: np.ndarray | None = None  # float32 [W, 1|H, N, N] added to the scaled scores
 
     def replace_output(self, graph: gs.Graph, y: gs.Tensor) -> None:
         rewire(self.out_q.outputs[0], y, graph)
@@ -105,14 +111,19 @@ def _codes_of(dq: gs.Node | None, graph: gs.Graph, transposed: bool):
     return None if g is None or p is None else (*g, *p)
 
 
-def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path) -> AttentionUnit | str:
+def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
+                   allow_bias: bool = False) -> AttentionUnit | str:
     probs = probs_path(graph, anchor)
     if isinstance(probs, str):
         return probs
-    mm = producer(probs.scores)
-    if mm is None or mm.op != "MatMul" or len(probs.scores.outputs) != 1 or \
-            probs.scores in graph.outputs:
-        return "scores are not a plain MatMul (mask, attention bias or relative positions)"
+    walked = _bias_chain(graph, probs.scores) if allow_bias else (probs.scores, [])
+    if isinstance(walked, str):
+        return walked
+    scores, terms = walked
+    mm = producer(scores)
+    if mm is None or mm.op != "MatMul" or len(scores.outputs) != 1 or scores in graph.outputs:
+        return "scores are not a plain MatMul (mask, attention bias or relative positions)" \
+            if not allow_bias else "scores are not a MatMul plus constant biases"
     q = _codes_of(producer(mm.inputs[0]), graph, False)
     k = _codes_of(producer(mm.inputs[1]), graph, True)
     if q is None or k is None:
@@ -121,7 +132,7 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path) -> AttentionUni
     if v is None or not (q[0] is k[0] is v[0]) or (q[1], k[1], v[1]) != (0, 1, 2):
         return "q, k, v are not pieces 0, 1, 2 of one packed code tensor"
     x = q[0]
-    shape = x.shape or (producer(x).inputs[0].shape if producer(x) is not None else None)
+    shape = _packed_shape(x)
     if x.dtype != np.uint8 or shape is None or len(shape) != 5 or \
             not all(isinstance(d, int) for d in shape[1:]):
         return "packed codes are not uint8 [B, N, 3, H, D] with static N, H, D"
@@ -130,6 +141,9 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path) -> AttentionUni
         return f"head dim {dim} above {MAX_HEAD_DIM}"
     if n > MAX_TOKENS:
         return f"{n} tokens above {MAX_TOKENS}"
+    bias = _combined_bias(terms, n, heads) if terms else None
+    if isinstance(bias, str):
+        return bias
     out_q = _merged_output(graph, probs.product, n, heads * dim)
     if isinstance(out_q, str):
         return out_q
@@ -137,7 +151,25 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path) -> AttentionUni
     common = dict(num_heads=heads, q_zero_point=q[3], k_zero_point=k[3], v_zero_point=v_zp(probs),
                   qk_scale=float(np.float32(q[2]) * np.float32(k[2])), out_scale=float(s_o),
                   out_zero_point=z_o)
-    return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs)
+    return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs, bias)
+
+
+def _packed_shape(x: gs.Tensor) -> list | None:
+    """X's shape [B, N, 3, H, D]: its own, or its quantizer's input's; a head dim the export
+    left symbolic (timm's reshape(B, N, 3, H, -1) in BEiT and Swin) from the Reshape's input
+    width 3·H·D when that is static."""
+    q = producer(x)
+    shape = x.shape or (q.inputs[0].shape if q is not None else None)
+    if shape is None or len(shape) != 5 or isinstance(shape[4], int):
+        return shape
+    rs = producer(q.inputs[0]) if q is not None and q.op == "QuantizeLinear" else None
+    src = rs.inputs[0].shape if rs is not None and rs.op == "Reshape" else None
+    if src and len(src) == 3 and isinstance(src[-1], int) and \
+            all(isinstance(d, int) for d in shape[1:4]) and \
+            (not isinstance(src[1], int) or src[1] == shape[1]) and \
+            src[-1] % (shape[2] * shape[3]) == 0:
+        return [*shape[:4], src[-1] // (shape[2] * shape[3])]
+    return shape
 
 
 def v_zp(probs: Probs) -> int:
@@ -160,9 +192,96 @@ def _merged_output(graph: gs.Graph, t: gs.Tensor, n: int, width: int) -> gs.Node
 
 def _merges_heads(rs: gs.Node, n: int, width: int) -> bool:
     """The Reshape's target is [B, N, H·D]: a constant [0|B, 0|N, H·D], or (a target computed
-    from Shape, as exports with a dynamic batch write it) an inferred output shape [*, N, H·D]."""
+    from Shape, as exports with a dynamic batch write it) an inferred output shape [*, N, H·D],
+    or Concat(batch, [N], [-1 | H·D]) (timm Swin's reshape(B_, N, -1)): the input [B, N, H, D]
+    has B·N·H·D elements, so with the batch kept the last axis is H·D."""
     target = const_value(rs.inputs[1])
     if target is not None:
         return target.size == 3 and int(target[1]) in (0, n) and int(target[2]) == width
     shape = rs.outputs[0].shape
-    return shape is not None and len(shape) == 3 and list(shape[1:]) == [n, width]
+    if shape is not None and len(shape) == 3 and list(shape[1:]) == [n, width]:
+        return True
+    cat = producer(rs.inputs[1])
+    if cat is None or cat.op != "Concat" or len(cat.inputs) != 3:
+        return False
+    pieces = [const_value(i) for i in cat.inputs]
+    return pieces[0] is None and _batch_of(cat.inputs[0]) and \
+        all(p is not None and p.size == 1 for p in pieces[1:]) and \
+        int(pieces[1].ravel()[0]) == n and int(pieces[2].ravel()[0]) in (-1, width)
+
+
+def _batch_of(t: gs.Tensor) -> bool:
+    """t is Unsqueeze(Gather(Shape(·), 0)): some tensor's batch dimension."""
+    u = producer(t)
+    g = producer(u.inputs[0]) if u is not None and u.op == "Unsqueeze" else None
+    idx = const_value(g.inputs[1]) if g is not None and g.op == "Gather" else None
+    sh = producer(g.inputs[0]) if idx is not None and int(idx.ravel()[0]) == 0 else None
+    return sh is not None and sh.op == "Shape" and sh.attrs.get("start", 0) == 0
+
+
+def _bias_chain(graph: gs.Graph, t: gs.Tensor) -> tuple[gs.Tensor, list] | str:
+    """(the tensor before the biases, [(bias, windows)] in graph order) walking back from the
+    Softmax's input; each intermediate read only by the next step."""
+    terms = []
+    while True:
+        node = producer(t)
+        if node is None or len(t.outputs) != 1 or t in graph.outputs:
+            break
+        if node.op == "Add":
+            const = [const_value(i) for i in node.inputs]
+            if all(c is None for c in const):
+                return "attention bias is not a constant (computed from the input)"
+            side = 1 if const[1] is not None else 0
+            terms.append((const[side], 1, None))
+            t = node.inputs[1 - side]
+        elif node.op == "Reshape" and (window := _window_mask(graph, node)) is not None:
+            if isinstance(window, str):
+                return window
+            terms.append(window[1:])
+            t = window[0]
+        else:
+            break
+    return t, terms[::-1]
+
+
+def _window_mask(graph: gs.Graph, rs: gs.Node):
+    """Reshape(Add(Reshape(x, [-1, W, H, N, N]), M), [-1, H, N, N]): (x, M, W), a reason when
+    the mask is not constant, None when the Reshape is something else."""
+    add = producer(rs.inputs[0])
+    if add is None or add.op != "Add" or len(rs.inputs[0].outputs) != 1:
+        return None
+    inner = [(producer(i), i) for i in add.inputs]
+    view = [(p, i) for p, i in inner if p is not None and p.op == "Reshape"]
+    outer, target = const_value(rs.inputs[1]), view and const_value(view[0][0].inputs[1])
+    if len(view) != 1 or outer is None or target is None or outer.size != 4 or target.size != 5 \
+            or len(view[0][1].outputs) != 1 or int(outer[0]) != -1 or int(target[0]) != -1 \
+            or list(outer[1:]) != list(target[2:]):
+        return None
+    mask = const_value(add.inputs[1 - inner.index(view[0])])
+    if mask is None:
+        return "window mask is not a constant"
+    return view[0][0].inputs[0], mask, int(target[1]), [int(d) for d in outer[1:]]
+
+
+def _combined_bias(terms: list, n: int, heads: int) -> np.ndarray | str:
+    """The terms summed in float32 in graph order into [W, 1|H, N, N] (exact where all but one
+    term is 0 at an entry, as for a 0 / -100 window mask over relative positions)."""
+    total, windows = None, 1
+    for value, w, dims in terms:
+        v = np.asarray(value)
+        if v.dtype != np.float32:
+            return f"attention bias is {v.dtype}, not float32"
+        lead = v.shape[:-3] if v.ndim > 3 else ()
+        if w > 1:  # [.., W, 1|H, N, N] -> [W, 1|H, N, N]
+            ok = v.ndim >= 4 and v.shape[-4] == w and int(np.prod(v.shape[:-4])) == 1
+            v = v.reshape((w,) + v.shape[-3:]) if ok else None
+        else:
+            ok = int(np.prod(lead)) == 1 and v.ndim >= 1
+            v = v.reshape((1,) * (4 - min(v.ndim, 3)) + v.shape[-3:]) if ok else None
+        if v is None or v.shape[1] not in (1, heads) or dims not in (None, [heads, n, n]) or \
+                any(d not in (1, n) for d in v.shape[2:]) or (windows > 1 and w > 1):
+            return f"attention bias {list(np.shape(value))} is not [W, 1|{heads}, {n}, {n}]"
+        windows = max(windows, w)
+        v = np.broadcast_to(v, v.shape[:2] + (n, n))
+        total = v if total is None else total + v
+    return np.ascontiguousarray(total, np.float32)

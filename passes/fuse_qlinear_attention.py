@@ -9,14 +9,22 @@ Matches: a Softmax over the last axis whose input is MatMul(DQ(q), DQ(kᵀ)) (th
          tensor [B, N, 3, H, D] (hoist-quantize-over-split), the probabilities requantized to
          uint8, P·V's output merged (Transpose [0,2,1,3], Reshape to [B, N, H·D]) and quantized
          per-tensor to uint8 (the output projection's input).
-Refuses: anything else between the scores and the Softmax (a mask, attention bias, relative
-         positions), scores not from the packed codes (cosine attention, per-head norms,
+         Between the scores and the Softmax, constant additive biases (attention_walk): Add of a
+         constant [1|H, N, N] (Swin / BEiT / Data2Vec relative positions, LeViT / TinyViT /
+         MaxViT attention biases) and Swin's shifted-window mask, Reshape [-1, W, H, N, N], Add
+         of a constant [1, W, 1, N, N], Reshape back.
+Refuses: a bias that is not a constant (the reason names it), anything else between the scores
+         and the Softmax, scores not from the packed codes (cosine attention, per-head norms,
          non-hoisted quantizers, separate q/k/v projections), a float or per-axis merged output,
          non-static or too large shapes (head dim > 256), intermediates read elsewhere.
-Emits:   QLinearAttention(X) with the zero points and float32 scales as attributes; its output
-         replaces the merged Q's codes. Not bit-exact: the integer products are exact, the float
-         softmax rounds differently from ONNX Runtime's (a probability code moves by one where
-         p / s_p is within ~1e-6 of a half-integer; measured effect in tests/passes).
+Emits:   QLinearAttention(X) with the zero points and float32 scales as attributes and the
+         biases summed into one float32 tensor attribute `bias` [W, 1|H, N, N] (an attribute, not
+         an input: an ONNX local function cannot take an omitted optional input); its output
+         replaces the merged Q's codes. The bias is added to f32(S)·qk_scale, where the unfused
+         graph adds it to the float MatMul of the dequantized q, kᵀ: same order, within noise.
+         Not bit-exact: the integer products are exact, the float softmax rounds differently
+         from ONNX Runtime's (a probability code moves by one where p / s_p is within ~1e-6 of
+         a half-integer; measured effect in tests/passes).
 Speed:   fires on every match: on every shape measured (tiny ViT D=16/32, N=65 to DeiT-S D=64,
          N=197, batch 1-16) the fused graph is faster than the unfused lowering (README, speed).
 """
@@ -39,7 +47,7 @@ class FuseQLinearAttention(RewritePass):
     anchor_ops = ("Softmax",)
 
     def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> AttentionUnit | str:
-        return find_attention(graph, node, _probs_path)
+        return find_attention(graph, node, _probs_path, allow_bias=True)
 
     def check(self, graph: gs.Graph, m: AttentionUnit | str) -> str | None:
         return m if isinstance(m, str) else None
@@ -50,7 +58,7 @@ class FuseQLinearAttention(RewritePass):
                      acc_scale=float(np.float32(s_p) * np.float32(m.v_scale)))
         y = make_attention_node(graph, "QLinearAttention", m.x, attrs,
                                 name=f"{m.anchor.name}/QLinearAttention",
-                                out_shape=m.out_q.outputs[0].shape)
+                                out_shape=m.out_q.outputs[0].shape, bias=m.bias)
         m.replace_output(graph, y)
 
 

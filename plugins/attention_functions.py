@@ -15,8 +15,9 @@ kernels or functions), so it is exact throughout.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import AttributeProto, TensorProto, helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from onnxvq.plugins.functions import DOMAIN, PLUGIN_ATTRS, _Body, _checked, _function
 
@@ -55,6 +56,22 @@ def _scores(f: _Body, q: str, k: str) -> str:
     return f.op("Mul", f.op("Cast", s, to=F32), _float_attr(f, "qk_scale"))
 
 
+def _add_bias(f: _Body, x: str) -> str:
+    """x + bias[b mod W] for the node's `bias` attribute [W, 1|H, N, N]: x viewed as
+    [B / W, W, H, N, N] and back. Without the attribute its default zeros [1, 1, 1, 1] applies,
+    and x + 0 = x: the same codes as before the attribute existed."""
+    f._count += 1
+    bias = f"{f._prefix}_{f._count}"
+    node = helper.make_node("Constant", [], [bias])
+    node.attribute.append(helper.make_attribute_ref("value", AttributeProto.TENSOR,
+                                                    ref_attr_name="bias"))
+    f.nodes.append(node)
+    shape = f.op("Shape", x)
+    windows = f.op("Shape", bias, start=0, end=1)
+    view = f.op("Concat", f.const([-1], dims=(1,)), windows, f.op("Shape", x, start=1), axis=0)
+    return f.op("Reshape", f.op("Add", f.op("Reshape", x, view), bias), shape)
+
+
 def _quantize(f: _Body, x: str, scale: str, zero_point: str) -> str:
     """uint8 sat(rne(x / scale) + zp), zp the node's int attribute `zero_point`, as one
     QuantizeLinear: IEEE division, round half to even and saturation are the reference's steps
@@ -74,18 +91,21 @@ COMMON = ("num_heads", "q_zero_point", "k_zero_point", "v_zero_point", "qk_scale
 
 
 def qlinear_attention_function(opset: int = 17) -> onnx.FunctionProto:
-    """QLinearAttention(X) -> Y; the W8/A8 mode (uniform uint8 probabilities)."""
+    """QLinearAttention(X) -> Y; the W8/A8 mode (uniform uint8 probabilities), the optional
+    tensor attribute `bias` added to the float scores."""
     f = _Body("qla", _checked(opset))
     q, k, v = _split_heads(f)
-    x = _scores(f, q, k)
+    x = _add_bias(f, _scores(f, q, k))
     # The softmax as the unfused graph had it (ORT's Softmax, then the probabilities'
     # QuantizeLinear): within the stated rounding of the kernel's own softmax, at ORT's speed.
     p = _quantize(f, f.op("Softmax", x, axis=-1), _float_attr(f, "probs_scale"),
                   "probs_zero_point")
     out = _output(f, f.op("MatMulInteger", p, v, _zero_point(f, "probs_zero_point"),
                           _zero_point(f, "v_zero_point")))
-    return _function("QLinearAttention", f, ["X"], out,
-                     (*COMMON, "probs_scale", "probs_zero_point"))
+    fn = _function("QLinearAttention", f, ["X"], out, (*COMMON, "probs_scale", "probs_zero_point"))
+    no_bias = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32))
+    fn.attribute_proto.append(helper.make_attribute("bias", no_bias))  # optional: default zeros
+    return fn
 
 
 def _with_refs(f: _Body, op: str, inputs: list[str], refs: tuple[str, ...]) -> str:

@@ -241,15 +241,20 @@ def _append(
 
 
 def make_attention_node(graph: gs.Graph, op: str, x: gs.Tensor, attrs: dict, *, name: str,
-                        out_shape=None) -> gs.Variable:
+                        out_shape=None, bias: np.ndarray | None = None) -> gs.Variable:
     """A fused attention node (`QLinearAttention` or `LogIntAttention`) over packed uint8 QKV
-    codes `x` [B, N, 3, H, D]; `attrs` are the op's (plugins/README.md: ints, float32 scales).
-    Returns the merged-head uint8 codes [B, N, H * D] of (out_scale, out_zero_point)."""
+    codes `x` [B, N, 3, H, D]; `attrs` are the op's (plugins/README.md: ints, float32 scales);
+    `bias` (QLinearAttention only) the float32 [W, 1|H, N, N] tensor attribute added to the
+    scores. Returns the merged-head uint8 codes [B, N, H * D] of (out_scale, out_zero_point)."""
     if op not in ("QLinearAttention", "LogIntAttention"):
         raise OnnxvqError(f"{op} is not a fused attention op")
+    if bias is not None and (op != "QLinearAttention" or np.ndim(bias) != 4):
+        raise OnnxvqError(f"{op} takes no attention bias of shape {list(np.shape(bias))}")
     register_functions(graph)
     out = gs.Variable(f"{name}_out", dtype=np.uint8, shape=out_shape)
     typed = {k: float(v) if isinstance(v, float) else int(v) for k, v in attrs.items()}
+    if bias is not None:
+        typed["bias"] = gs.Constant(f"{name}/bias", np.ascontiguousarray(bias, np.float32))
     graph.nodes.append(gs.Node(op=op, name=name, domain=DOMAIN,
                                attrs={**typed, **PLUGIN_ATTRS}, inputs=[x], outputs=[out]))
     return out

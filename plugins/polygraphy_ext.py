@@ -122,6 +122,8 @@ def _qlinear_attention(node, tensors: dict) -> dict:
 
     (x,) = _inputs(node, tensors)
     attrs = {k: v for k, v in node.attrs.items() if k not in ("plugin_version", "plugin_namespace")}
+    if "bias" in attrs:  # a tensor attribute: gs imports it as a Constant
+        attrs["bias"] = np.asarray(getattr(attrs["bias"], "values", attrs["bias"]))
     return {node.outputs[0].name: qlinear_attention(x, **attrs)}
 
 

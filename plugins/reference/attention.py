@@ -2,6 +2,7 @@
 
     packed QKV codes X (uint8 [B, N, 3, H, D]) --split heads--> q, k, v
       S = (q - z_q)(k - z_k)^T                                 int32, exact
+      QLinearAttention with `bias` [W, 1|H, N, N]: x = S * qk_scale + bias[b mod W] (float32)
       QLinearAttention: P = uint8 codes of softmax(S * qk_scale) with (probs_scale, probs_zp)
       LogIntAttention:  P = LogIntSoftmax(int8 codes of S * qk_scale with scores_scale)
       acc = (P - z_p)(v - z_v)  or  LogIntMatMul(P, v)           integer, exact
@@ -61,14 +62,29 @@ def float_scores(s: np.ndarray, qk_scale: float) -> np.ndarray:
     return s.astype(np.float32) * np.float32(qk_scale)
 
 
+def add_bias(xf: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """x + bias[b mod W] in float32 (one rounding) for scores x [B, H, N, N] and an additive bias
+    [W, 1|H, N, N]: W = 1 a bias shared over the batch (relative positions), W > 1 a window
+    mask repeating with period W over the batch (Swin's shifted windows: B = images * W)."""
+    bias = np.asarray(bias, np.float32)
+    b, h, n, _ = xf.shape
+    w = bias.shape[0] if bias.ndim == 4 else 0
+    if w == 0 or b % w or bias.shape[1] not in (1, h) or bias.shape[2:] != (n, n):
+        raise OnnxvqError(f"attention bias {list(bias.shape)} is not [W, 1|{h}, {n}, {n}] with "
+                          f"W dividing the batch {b}")
+    return (xf.reshape(b // w, w, h, n, n) + bias[None]).reshape(b, h, n, n)
+
+
 def qlinear_attention(x: np.ndarray, *, num_heads: int, q_zero_point: int, k_zero_point: int,
                       v_zero_point: int, qk_scale: float, probs_scale: float,
                       probs_zero_point: int, acc_scale: float, out_scale: float,
-                      out_zero_point: int) -> np.ndarray:
-    """The W8/A8 mode: float softmax, its probabilities as uniform uint8 codes."""
+                      out_zero_point: int, bias: np.ndarray | None = None) -> np.ndarray:
+    """The W8/A8 mode: float softmax, its probabilities as uniform uint8 codes; `bias` (optional,
+    float32 [W, 1|H, N, N]) is added to the float scores before the softmax."""
     q, k, v = split_heads(x, num_heads)
-    p = quantized_probs(float_scores(scores(q, k, q_zero_point, k_zero_point), qk_scale),
-                        probs_scale, probs_zero_point)
+    xf = float_scores(scores(q, k, q_zero_point, k_zero_point), qk_scale)
+    p = quantized_probs(xf if bias is None else add_bias(xf, bias), probs_scale,
+                        probs_zero_point)
     acc = (p - probs_zero_point) @ (v - v_zero_point)
     return output_codes(acc, acc_scale, out_scale, out_zero_point)
 

@@ -1,5 +1,6 @@
-"""fuse-qlinear-attention: each quantized attention of the tiny ViT (Gather and Split head splits)
-becomes one QLinearAttention within W8/A8 noise of the unfused graph; every refusal has its case."""
+"""fuse-qlinear-attention: each quantized attention of the tiny ViT (Gather and Split head splits),
+with or without a constant attention bias / window mask, becomes one QLinearAttention within W8/A8
+noise of the unfused graph; every refusal has its case."""
 
 from __future__ import annotations
 
@@ -70,11 +71,41 @@ def _edit(model: onnx.ModelProto, how) -> onnx.ModelProto:
     return gs.export_onnx(g)
 
 
-def _mask(g: gs.Graph, sm: gs.Node) -> None:
-    bias = gs.Variable(f"{sm.name}/masked", dtype=np.float32)
-    g.nodes.append(gs.Node("Add", inputs=[sm.inputs[0], gs.Constant(
-        f"{sm.name}/mask", np.zeros((1, 1, 1, 65), np.float32))], outputs=[bias]))
-    sm.inputs[0] = bias
+def _add(g: gs.Graph, sm: gs.Node, other, name: str = "biased") -> None:
+    out = gs.Variable(f"{sm.name}/{name}", dtype=np.float32)
+    g.nodes.append(gs.Node("Add", inputs=[sm.inputs[0], other], outputs=[out]))
+    sm.inputs[0] = out
+
+
+def _relpos(g: gs.Graph, sm: gs.Node) -> None:  # BEiT / Swin: a constant [1, H, N, N]
+    rng = np.random.default_rng(len(sm.name))
+    _add(g, sm, gs.Constant(f"{sm.name}/rel", rng.normal(0, 1.5, (1, 3, 65, 65)).astype(
+        np.float32)))
+
+
+def _window_mask(g: gs.Graph, sm: gs.Node, windows: int = 2) -> None:
+    """Swin's shifted windows: the relative bias, then Reshape [-1, W, H, N, N], Add of a 0/-100
+    mask [1, W, 1, N, N], Reshape [-1, H, N, N] (here W = 2 "windows" per image pair)."""
+    _relpos(g, sm)
+    rng = np.random.default_rng(7)
+    mask = np.where(rng.random((1, windows, 1, 65, 65)) < 0.4, -100.0, 0.0).astype(np.float32)
+    view, added, back = (gs.Variable(f"{sm.name}/{n}", dtype=np.float32)
+                         for n in ("view", "masked", "back"))
+    g.nodes += [gs.Node("Reshape", inputs=[sm.inputs[0], gs.Constant(
+                    f"{sm.name}/v5", np.array([-1, windows, 3, 65, 65]))], outputs=[view]),
+                gs.Node("Add", inputs=[view, gs.Constant(f"{sm.name}/mask", mask)],
+                        outputs=[added]),
+                gs.Node("Reshape", inputs=[added, gs.Constant(
+                    f"{sm.name}/v4", np.array([-1, 3, 65, 65]))], outputs=[back])]
+    sm.inputs[0] = back
+
+
+def _computed_bias(g: gs.Graph, sm: gs.Node) -> None:  # a bias read off the scores themselves
+    _add(g, sm, sm.inputs[0])
+
+
+def _narrow_bias(g: gs.Graph, sm: gs.Node) -> None:  # a leading 2: a per-image bias
+    _add(g, sm, gs.Constant(f"{sm.name}/odd", np.ones((2, 3, 65, 65), np.float32)))
 
 
 def _float_output(g: gs.Graph, sm: gs.Node) -> None:
@@ -103,7 +134,8 @@ def _axis(g: gs.Graph, sm: gs.Node) -> None:
 
 
 @pytest.mark.parametrize(("edit", "why"), [
-    (_mask, "scores are not a plain MatMul (mask, attention bias or relative positions)"),
+    (_computed_bias, "attention bias is not a constant (computed from the input)"),
+    (_narrow_bias, "attention bias [2, 3, 65, 65] is not [W, 1|3, 65, 65]"),
     (_float_output, "merged output is not quantized per-tensor to uint8 (read in float)"),
     (_scaled_query, "q and kᵀ are not dequantized pieces of hoisted packed QKV codes"),
     (_probs_read, "attention probabilities are read in float"),
@@ -112,6 +144,30 @@ def _axis(g: gs.Graph, sm: gs.Node) -> None:
 def test_refusals(prepared, edit, why):
     _, result, _ = run_pass(FuseQLinearAttention(), _edit(prepared, edit), numeric="none")
     assert result.applied == 0 and reasons(result) == [why, why]
+
+
+@pytest.mark.parametrize("edit", [_relpos, _window_mask], ids=["relpos", "window_mask"])
+def test_constant_bias_fuses_within_w8a8_noise(prepared, edit):
+    """A relative-position bias and Swin's window mask fuse into the op's `bias` attribute (both
+    summed into [W, H, N, N]); the fused model stays within W8/A8 noise of the unfused graph,
+    the native kernel and the local function alike."""
+    model = _edit(prepared, edit)
+    out, result, _ = run_pass(FuseQLinearAttention(), model, numeric="none")
+    assert result.applied == 2 and not result.refused
+    nodes = [n for n in out.graph.node if n.op_type == "QLinearAttention"]
+    shapes = [list(onnx.numpy_helper.to_array(a.t).shape) for n in nodes for a in n.attribute
+              if a.name == "bias"]
+    windows = 2 if edit is _window_mask else 1
+    assert shapes == [[windows, 3, 65, 65]] * 2
+    ops = Counter(n.op_type for n in out.graph.node)
+    assert ops["Add"] == Counter(n.op_type for n in model.graph.node)["Add"] - 2 * windows
+    feeds = random_inputs(make_session(model), batch=16, seed=3)
+    want = make_session(model).run(None, feeds)[0]
+    got = make_session(out).run(None, feeds)[0]
+    inlined = make_session(out, custom_ops=False).run(None, feeds)[0]
+    plain = make_session(prepared).run(None, feeds)[0]
+    assert _sqnr(want, plain) < 30  # the bias matters
+    assert _sqnr(want, got) > 40 and _sqnr(want, inlined) > 40
 
 
 def test_refuses_unhoisted_separate_and_wide_heads():

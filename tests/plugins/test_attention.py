@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxvq.core.runtime import session_options
 from onnxvq.plugins.ops import add_functions
@@ -42,6 +42,8 @@ FUZZ = [(2, 65, 3, 32), (1, 1, 1, 1), (3, 17, 2, 13), (1, 197, 6, 64), (2, 50, 4
 
 def _model(attrs: dict, functions: bool, shape=None) -> onnx.ModelProto:
     op = "LogIntAttention" if "scores_scale" in attrs else "QLinearAttention"
+    if "bias" in attrs:  # the tensor attribute
+        attrs = dict(attrs, bias=numpy_helper.from_array(np.asarray(attrs["bias"], np.float32)))
     node = helper.make_node(op, ["x"], ["y"], domain="com.onnxvq", **attrs)
     graph = helper.make_graph([node], "attn", [helper.make_tensor_value_info(
         "x", TensorProto.UINT8, shape)], [helper.make_tensor_value_info("y", TensorProto.UINT8,
@@ -223,10 +225,55 @@ def test_exact_cases_are_bit_exact(library):
     check_exact(None)
 
 
+def bias_cases():
+    """(x, attrs with bias) over the bias layouts: [1, H, N, N] relative positions, [1, 1, N, N]
+    shared by the heads, a window mask [W, 1, N, N] of 0 / -100 (Swin's shifted windows, batch
+    3 W) and both summed [W, H, N, N]; N not a multiple of 16 (the masked tail)."""
+    for i, (w, n, h, d, heads) in enumerate([(1, 49, 3, 32, 3), (1, 65, 2, 16, 1),
+                                             (4, 49, 3, 32, 1), (4, 17, 2, 13, 2),
+                                             (1, 197, 6, 64, 6)]):
+        x, attrs = fuzz_case((3 * w, n, h, d), 20 + i)
+        rng = np.random.default_rng(40 + i)
+        bias = rng.normal(0, 2, (1, heads, n, n)).astype(np.float32)
+        if w > 1:
+            mask = np.where(rng.random((w, 1, n, n)) < 0.3, -100.0, 0.0).astype(np.float32)
+            bias = mask if heads == 1 else bias + mask
+        yield x, dict(attrs, bias=bias)
+
+
+def check_bias(lib: str | None) -> None:
+    for x, attrs in bias_cases():
+        want = qlinear_attention(x, **attrs)
+        assert want.std() > 0.5 and not np.array_equal(  # the bias moves the outputs
+            want, qlinear_attention(x, **{k: v for k, v in attrs.items() if k != "bias"}))
+        assert_close(run(x, attrs, lib), want)
+    # a bias of -1e4 off one key per row: one-hot probabilities, exact whatever the exp
+    x, attrs = fuzz_case((2, 33, 2, 24), 5)
+    one_hot = np.full((1, 2, 33, 33), -1e4, np.float32)
+    one_hot[0, :, np.arange(33), (7 * np.arange(33)) % 33] = 0
+    np.testing.assert_array_equal(run(x, dict(attrs, bias=one_hot), lib),
+                                  qlinear_attention(x, **attrs, bias=one_hot))
+
+
+def test_bias_kernel_and_function_match_reference(library):
+    check_bias(library)
+    check_bias(None)
+
+
+def test_bad_bias_is_a_clear_error(library):
+    x, attrs = fuzz_case((3, 9, 2, 8), 0)
+    for bias, why in ((np.zeros((2, 1, 9, 9)), "multiple of the bias' windows"),
+                      (np.zeros((1, 2, 8, 8)), "bias must be"),
+                      (np.zeros((1, 3, 9, 9)), "bias must be")):
+        with pytest.raises(Exception, match=why):
+            run(x, dict(attrs, bias=bias), library)
+
+
 def test_portable_path_without_vnni(library):
     # ONNXVQ_NO_VNNI is read once per process: the portable loops need a fresh one.
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_attention"
-            f" as t; t.check_fuzz({library!r}); t.check_exact({library!r})")
+            f" as t; t.check_fuzz({library!r}); t.check_exact({library!r});"
+            f" t.check_bias({library!r})")
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONNXVQ_NO_VNNI": "1"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -252,7 +299,8 @@ def test_polygraphy_reference_hook(library):
 
     get_arg_groups()
     for (x, attrs), reference in ((fuzz_case((2, 65, 3, 32), 0), qlinear_attention),
-                                  (lis_case((2, 65, 3, 32), 0, 2), log_int_attention)):
+                                  (lis_case((2, 65, 3, 32), 0, 2), log_int_attention),
+                                  (list(bias_cases())[2], qlinear_attention)):
         with PluginRefRunner(GsFromOnnx(_model(attrs, functions=False, shape=x.shape))) as ref:
             got = ref.infer({"x": x})["y"]
         np.testing.assert_array_equal(got, reference(x, **attrs))

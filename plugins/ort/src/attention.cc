@@ -7,6 +7,7 @@
 //   O_id = sum_j P_ij (v_jd - 128) + (128 - z_v) sum_j P_ij - z_p sum_j (v_jd - z_v)
 // all exact in int32. Between them the float softmax of one row; after, the output codes
 // sat(rne((float(O) * acc_scale) / out_scale) + z_o) written in merged-head layout.
+// The optional `bias` attribute (attention_bias.h) is added to the scaled scores of each row.
 // Without AVX-512 VNNI (or with ONNXVQ_NO_VNNI set) the same formulas run as plain loops.
 #include <algorithm>
 #include <cmath>
@@ -14,6 +15,7 @@
 
 #include "attention.h"
 #include "attention_avx512.h"
+#include "attention_bias.h"
 #include "parallel.h"
 
 namespace onnxvq {
@@ -24,8 +26,9 @@ struct QLinearAttention {
   AttentionShape attrs{};
   float probs_scale = 1;
   int64_t probs_zp = 0;
+  AttentionBias bias;
 
-  QLinearAttention(const OrtApi*, const OrtKernelInfo* info) {
+  QLinearAttention(const OrtApi*, const OrtKernelInfo* info) : bias(info) {
     ReadCommonAttrs(info, attrs, missing);
     probs_scale = FloatAttr(info, "probs_scale", 0, &missing);
     probs_zp = IntAttr(info, "probs_zero_point", 0);
@@ -39,6 +42,7 @@ struct QLinearAttention {
               "probs_scale must be > 0 and probs_zero_point in 0..255");
       AttentionShape s = attrs;
       ResolveShape(x.Shape(), s);
+      bias.Check(s);
       uint8_t* out = y.Allocate({s.batch, s.tokens, s.heads * s.dim});
       const uint8_t* in = x.Data();
       ParallelRows(ctx, s.batch * s.heads, s.tokens * s.tokens * s.dim,
@@ -82,7 +86,7 @@ struct QLinearAttention {
         const auto zq = static_cast<int32_t>(attrs.zq);
         for (int64_t j = 0; j < n; ++j) d[j] += row_term - zq * h.ksum[j];
         avx512::ProbsRow(d, n, attrs.qk_scale, probs_scale, static_cast<int32_t>(probs_zp),
-                         p.data() + r * h.jpad, e.data());
+                         p.data() + r * h.jpad, e.data(), bias.Row(h.b, h.head, i0 + r));
       }
       if (rows == kGroup) {
         avx512::DotRows<kGroup>(p.data(), h.jpad, h.vt.data(), h.jpad / 4, h.dpad / 16,
@@ -111,6 +115,7 @@ struct QLinearAttention {
     std::vector<int32_t> acc(static_cast<size_t>(h.dpad));
     std::vector<uint8_t> p(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
+      const float* b = bias.Row(h.b, h.head, i);
       float mx = -INFINITY;
       for (int64_t j = 0; j < n; ++j) {
         int32_t dot = 0;
@@ -118,6 +123,7 @@ struct QLinearAttention {
           dot += (int32_t{h.q[i * h.dq + c]} - static_cast<int32_t>(attrs.zq)) * h.KC(j, c);
         }
         e[j] = static_cast<float>(dot) * attrs.qk_scale;
+        if (b != nullptr) e[j] += b[j];  // after the product's rounding (ISO C++: no FMA)
         mx = std::max(mx, e[j]);
       }
       float sum = 0;

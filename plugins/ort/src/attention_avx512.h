@@ -90,15 +90,18 @@ ONNXVQ_AVX512 inline __m512 Exp(__m512 x) {
 }
 
 // One softmax row of int32 scores s[0..n) (padded to a multiple of 16) into uint8 codes
-// sat(rne(e_j * (1 / (sum e * probs_scale))) + zp); p[j] = 0 for the padding.
+// sat(rne(e_j * (1 / (sum e * probs_scale))) + zp); p[j] = 0 for the padding. With `bias`
+// (n floats, or nullptr) x_j = f32(s_j) * qk_scale + bias_j: a product then a sum, two
+// roundings as the reference and the unfused Mul/Add (no FMA).
 ONNXVQ_AVX512 inline void ProbsRow(const int32_t* s, int64_t n, float qk_scale, float probs_scale,
-                                   int32_t zp, uint8_t* p, float* e) {
+                                   int32_t zp, uint8_t* p, float* e, const float* bias = nullptr) {
   const int64_t blocks = (n + 15) / 16;
   const __m512 scale = _mm512_set1_ps(qk_scale);
   __m512 mx = _mm512_set1_ps(-INFINITY);
   for (int64_t jb = 0; jb < blocks; ++jb) {
     const __mmask16 m = jb + 1 < blocks ? 0xffff : static_cast<__mmask16>((1u << (n - 16 * jb)) - 1);
-    const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(s + 16 * jb)), scale);
+    __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(s + 16 * jb)), scale);
+    if (bias != nullptr) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, bias + 16 * jb));
     _mm512_storeu_ps(e + 16 * jb, x);
     mx = _mm512_mask_max_ps(mx, m, mx, x);
   }
