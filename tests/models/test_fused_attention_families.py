@@ -1,0 +1,69 @@
+"""Fused W8/A8 attention on the families with an attention bias (models/families.py, the corpus
+Swin-T): how many attentions become one QLinearAttention (with its `bias` attribute), the reason
+every other one is refused, and the fused model's SQNR against FP32 within 0.3 dB of the same
+plain QDQ model lowered without fuse-qlinear-attention (what onnxvq wrote before the bias was
+accepted)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from onnxvq.core.config import QuantConfig
+from onnxvq.core.pipeline import Pipeline
+from onnxvq.core.runtime import make_session, random_inputs
+from onnxvq.quantizer.run import quantize
+
+_HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
+needs_torch = pytest.mark.skipif(not _HAVE_TORCH, reason="needs torch and timm ([export] extra)")
+NOISE = dict(calib_size=6, batch_size=2)
+_SEPARATE = "q and kᵀ are not dequantized pieces of hoisted packed QKV codes"
+# family -> (attentions fused, {refusal reason: count}); the corpus Swin-T under its own name
+EXPECTED = {
+    "swin_tiny_patch4_window7_224": (12, {}),  # relative positions; 6 with the shifted mask
+    "beit_tiny": (2, {}),  # relative positions [1, H, N, N], timm's symbolic head dim
+    "hf_beit": (0, {_SEPARATE: 2}),  # separate q, k, v projections
+    "hf_swin": (0, {_SEPARATE: 4, "attention bias is not a constant (computed from the input)":
+                    1}),  # its shifted-window mask is computed from the input's shape
+    "levit_128s": (0, {_SEPARATE: 11}),  # q, k and v of different head dims (16, 16, 64)
+    "tiny_vit_5m": (0, {_SEPARATE: 10}),  # per-head packing [B, N, H, 3·D]
+    "maxvit_tiny": (0, {_SEPARATE: 8}),  # [B, N, 3, H, D] split on another axis
+}
+
+
+def _sqnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10((a**2).sum() / max(((a - b) ** 2).sum(), 1e-30)))
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_biased_attentions_fuse_and_keep_fidelity(name, corpus_model):
+    from onnxvq.models.families import FAMILIES, ensure
+    from onnxvq.passes.pipelines import ORT_LOWERING
+
+    path = ensure(FAMILIES[name]) if name in FAMILIES else corpus_model(name, "torchscript17")
+    plain = quantize(str(path), None, QuantConfig(ort_fusions=False, **NOISE)).model
+    fused, report = ORT_LOWERING.run(plain, numeric="none")
+    result = report.result("fuse-qlinear-attention")
+    applied, refused = EXPECTED[name]
+    assert result.applied == applied
+    assert Counter(why for _, why in result.refused) == Counter(refused)
+    ops = Counter(n.op_type for n in fused.graph.node)
+    assert ops["QLinearAttention"] == applied
+    biased = sum(a.name == "bias" for n in fused.graph.node if n.op_type == "QLinearAttention"
+                 for a in n.attribute)
+    assert biased == applied  # every fused one carried a bias
+    if not applied:
+        return
+    unfused, _ = Pipeline(tuple(p for p in ORT_LOWERING.passes
+                                if p.id != "fuse-qlinear-attention")).run(plain, numeric="none")
+    fp32 = make_session(str(path))
+    feeds = random_inputs(fp32, batch=4, seed=11)
+    ref = fp32.run(None, feeds)[0]
+    a, b = (make_session(m).run(None, feeds)[0] for m in (unfused, fused))
+    assert _sqnr(ref, b) > _sqnr(ref, a) - 0.3 and _sqnr(a, b) > 25
