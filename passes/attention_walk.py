@@ -2,7 +2,8 @@
 
 `find_attention(graph, anchor, probs_path)` walks from the softmax node `anchor` to the scores
 MatMul(DQ(q), DQ(kᵀ)), from q, k and v back to one packed uint8 tensor X [B, N, 3, H, D] through
-Gather(Transpose(X, [2,0,3,1,4]), i) (what hoist-quantize-over-split leaves), and from the
+Gather(Transpose(X, [2,0,3,1,4]), i) (what hoist-quantize-over-split leaves; MaxViT's perm and
+axis too) or X [B, N, H, 3·D] through Transposes of Split(X, axis 3) (TinyViT), and from the
 attention product forward through the head merge (Transpose [0,2,1,3], Reshape [B, N, H·D]) to
 one per-tensor uint8 QuantizeLinear. `probs_path` is the mode's own part (scores to P·V) and
 returns a `Probs`, or a refusal reason; so does `find_attention`. With `allow_bias`, constant
@@ -21,8 +22,6 @@ from onnxvq.core.walk import const_value, producer
 from onnxvq.passes.attention_bias import bias_chain, combined_bias
 from onnxvq.passes.ort_domain import rewire
 from onnxvq.plugins.reference.attention import MAX_HEAD_DIM, MAX_TOKENS
-
-_QKV_PERM = [2, 0, 3, 1, 4]
 
 
 @dataclass
@@ -45,8 +44,15 @@ class AttentionUnit:
     out_q: gs.Node
     probs: Probs
     bias: np.ndarray | None = None  # float32 [W, 1|H, N, N] added to the scaled scores
+    view: gs.Tensor | None = None  # the merge's own target when it is not [B, N, H·D]
 
     def replace_output(self, graph: gs.Graph, y: gs.Tensor) -> None:
+        if self.view is not None:  # MaxViT's [B, 7, 7, H·D]: the same codes, reshaped
+            y.shape = None  # the fused node's own is [B, N, H·D]
+            out = gs.Variable(f"{y.name}/view", dtype=np.uint8, shape=self.out_q.outputs[0].shape)
+            graph.nodes.append(gs.Node("Reshape", name=f"{y.name}/Reshape",
+                                       inputs=[y, self.view], outputs=[out]))
+            y = out
         rewire(self.out_q.outputs[0], y, graph)
         self.out_q.outputs.clear()
 
@@ -67,45 +73,71 @@ def _sole(t: gs.Tensor, graph: gs.Graph, op: str) -> gs.Node | None:
 
 
 def _gathered(t: gs.Tensor, graph: gs.Graph) -> tuple[gs.Tensor, int] | None:
-    """(X, piece i) when t is piece i of Transpose(X, [2,0,3,1,4]) along axis 0, read once:
-    Gather(·, i) (timm's qkv[i]) or Squeeze(Split(·)[i], 0) (its TorchScript unbind)."""
+    """(X, piece i) when t is piece i of Transpose(X, perm) along its axis a of X's size 3, the
+    other axes in [B, H, N, D] order (perm [2,0,3,1,4] with a = 0 in timm's ViT / Swin / BEiT,
+    [0,3,2,1,4] with a = 2 in MaxViT), read once: Gather(·, i) (timm's qkv[i]) or
+    Squeeze(Split(·)[i], a) (its TorchScript unbind)."""
     g = producer(t)
     if g is None or len(t.outputs) != 1:
         return None
     if g.op == "Squeeze":
         axes = const_value(g.inputs[1]) if len(g.inputs) > 1 else g.attrs.get("axes")
         sp = producer(g.inputs[0])
-        if axes is None or [int(a) for a in np.ravel(axes)] != [0] or sp is None or \
-                sp.op != "Split" or sp.attrs.get("axis", 0) != 0 or len(sp.outputs) != 3 or \
-                len(g.inputs[0].outputs) != 1:
+        axis = sp.attrs.get("axis", 0) if sp is not None and sp.op == "Split" else None
+        if axes is None or [int(a) for a in np.ravel(axes)] != [axis] or len(sp.outputs) != 3 \
+                or len(g.inputs[0].outputs) != 1:
             return None
         src, index = sp.inputs[0], sp.outputs.index(g.inputs[0])
-    elif g.op == "Gather" and g.attrs.get("axis", 0) == 0:
-        idx = const_value(g.inputs[1])
+    elif g.op == "Gather":
+        idx, axis = const_value(g.inputs[1]), g.attrs.get("axis", 0)
         if idx is None or idx.ndim != 0 or len(g.inputs[0].outputs) != 3:
             return None
         src, index = g.inputs[0], int(idx) % 3
     else:
         return None
     tr = producer(src)
-    if tr is None or tr.op != "Transpose" or list(tr.attrs.get("perm", [])) != _QKV_PERM:
+    perm = list(tr.attrs.get("perm", [])) if tr is not None and tr.op == "Transpose" else []
+    if len(perm) != 5 or perm[axis] != 2 or [p for i, p in enumerate(perm) if i != axis] != \
+            [0, 3, 1, 4]:
         return None
     return tr.inputs[0], index
 
 
-def _codes_of(dq: gs.Node | None, graph: gs.Graph, transposed: bool):
-    """(X, index, scale, zero point) of q/k/v's DequantizeLinear, or None."""
+# X [B, N, H, 3·D] (q, k, v packed per head: TinyViT's view(B, N, H, -1).split(D, 3)): the
+# Transposes that make each piece [B, H, N, D] (k directly [B, H, D, N])
+_PER_HEAD = {"q": [0, 2, 1, 3], "k": [0, 2, 3, 1], "v": [0, 2, 1, 3]}
+
+
+def _piece(t: gs.Tensor, graph: gs.Graph, role: str) -> tuple[gs.Tensor, int, int] | None:
+    """(X, piece index, qkv_layout) of q / kᵀ / v (`role`): layout 0 the packed [B, N, 3, H, D]
+    (kᵀ a Transpose [0,1,3,2] of the piece), layout 1 the per-head [B, N, H, 3·D]."""
+    tr = producer(t)
+    perm = list(tr.attrs.get("perm", [])) if tr is not None and tr.op == "Transpose" else None
+    if len(t.outputs) != 1:
+        return None
+    if role == "k" and perm == [0, 1, 3, 2] and len(tr.inputs[0].outputs) == 1:
+        g = _gathered(tr.inputs[0], graph)
+        if g is not None:
+            return (*g, 0)
+    if role != "k" and (g := _gathered(t, graph)) is not None:
+        return (*g, 0)
+    if perm != _PER_HEAD[role] or len(tr.inputs[0].outputs) != 1:
+        return None
+    sp = producer(tr.inputs[0])
+    if sp is None or sp.op != "Split" or sp.attrs.get("axis", 0) not in (3, -1) or \
+            len(sp.outputs) != 3:
+        return None
+    sizes = const_value(sp.inputs[1]) if len(sp.inputs) > 1 else None
+    if sizes is not None and len(set(np.ravel(sizes).tolist())) != 1:
+        return None  # LeViT: v wider than q and k
+    return sp.inputs[0], sp.outputs.index(tr.inputs[0]), 1
+
+
+def _codes_of(dq: gs.Node | None, graph: gs.Graph, role: str):
+    """(X, index, layout, scale, zero point) of q's / kᵀ's DequantizeLinear, or None."""
     if dq is None or dq.op != "DequantizeLinear" or len(dq.outputs[0].outputs) != 1:
         return None
-    t = dq.inputs[0]
-    if transposed:  # kᵀ: Transpose [0,1,3,2] of the gathered k
-        tr = producer(t)
-        if tr is None or tr.op != "Transpose" or list(tr.attrs.get("perm", [])) != [0, 1, 3, 2]:
-            return None
-        if len(t.outputs) != 1:
-            return None
-        t = tr.inputs[0]
-    g, p = _gathered(t, graph), scale_zp(dq)
+    g, p = _piece(dq.inputs[0], graph, role), scale_zp(dq)
     return None if g is None or p is None else (*g, *p)
 
 
@@ -122,19 +154,20 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
     if mm is None or mm.op != "MatMul" or len(scores.outputs) != 1 or scores in graph.outputs:
         return "scores are not a plain MatMul (mask, attention bias or relative positions)" \
             if not allow_bias else "scores are not a MatMul plus constant biases"
-    q = _codes_of(producer(mm.inputs[0]), graph, False)
-    k = _codes_of(producer(mm.inputs[1]), graph, True)
+    q = _codes_of(producer(mm.inputs[0]), graph, "q")
+    k = _codes_of(producer(mm.inputs[1]), graph, "k")
     if q is None or k is None:
         return "q and kᵀ are not dequantized pieces of hoisted packed QKV codes"
-    v = _gathered(probs.v_codes, graph)
-    if v is None or not (q[0] is k[0] is v[0]) or (q[1], k[1], v[1]) != (0, 1, 2):
+    v = _piece(probs.v_codes, graph, "v")
+    if v is None or not (q[0] is k[0] is v[0]) or (q[1], k[1], v[1]) != (0, 1, 2) or \
+            not q[2] == k[2] == v[2]:
         return "q, k, v are not pieces 0, 1, 2 of one packed code tensor"
-    x = q[0]
-    shape = _packed_shape(x)
-    if x.dtype != np.uint8 or shape is None or len(shape) != 5 or \
-            not all(isinstance(d, int) for d in shape[1:]):
-        return "packed codes are not uint8 [B, N, 3, H, D] with static N, H, D"
-    n, heads, dim = shape[1], shape[3], shape[4]
+    x, layout = q[0], q[2]
+    dims = _qkv_dims(x, layout)
+    if x.dtype != np.uint8 or dims is None:
+        return "packed codes are not uint8 [B, N, 3, H, D] with static N, H, D" if not layout \
+            else "packed codes are not uint8 [B, N, H, 3·D] with static N, H, D"
+    n, heads, dim = dims
     if dim > MAX_HEAD_DIM:
         return f"head dim {dim} above {MAX_HEAD_DIM}"
     if n > MAX_TOKENS:
@@ -142,57 +175,70 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
     bias = combined_bias(terms, n, heads) if terms else None
     if isinstance(bias, str):
         return bias
-    out_q = _merged_output(graph, probs.product, n, heads * dim)
-    if isinstance(out_q, str):
-        return out_q
+    merged = _merged_output(graph, probs.product, n, heads * dim)
+    if isinstance(merged, str):
+        return merged
+    out_q, view = merged
     s_o, z_o = scale_zp(out_q)
-    common = dict(num_heads=heads, q_zero_point=q[3], k_zero_point=k[3], v_zero_point=v_zp(probs),
-                  qk_scale=float(np.float32(q[2]) * np.float32(k[2])), out_scale=float(s_o),
+    common = dict(num_heads=heads, q_zero_point=q[4], k_zero_point=k[4], v_zero_point=v_zp(probs),
+                  qk_scale=float(np.float32(q[3]) * np.float32(k[3])), out_scale=float(s_o),
                   out_zero_point=z_o)
-    return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs, bias)
+    if layout:
+        common["qkv_layout"] = layout
+    return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs, bias, view)
 
 
-def _packed_shape(x: gs.Tensor) -> list | None:
-    """X's shape [B, N, 3, H, D]: its own, or its quantizer's input's; a head dim the export
-    left symbolic (timm's reshape(B, N, 3, H, -1) in BEiT and Swin) from the Reshape's input
-    width 3·H·D when that is static."""
+def _qkv_dims(x: gs.Tensor, layout: int) -> tuple[int, int, int] | None:
+    """(N, H, D) of X ([B, N, 3, H, D], or [B, N, H, 3·D] for layout 1): its own shape or its
+    quantizer's input's; a dim the export left symbolic (timm's reshape(B, N, 3, H, -1), MaxViT's
+    reshape(B, -1, 3, H, D)) from the projection output [B, ..., 3·H·D] the Reshape reads."""
     q = producer(x)
     shape = x.shape or (q.inputs[0].shape if q is not None else None)
-    if shape is None or len(shape) != 5 or isinstance(shape[4], int):
-        return shape
+    if shape is None or len(shape) != (4 if layout else 5):
+        return None
+    n, heads = shape[1], shape[2 if layout else 3]
     rs = producer(q.inputs[0]) if q is not None and q.op == "QuantizeLinear" else None
     src = rs.inputs[0].shape if rs is not None and rs.op == "Reshape" else None
-    if src and len(src) == 3 and isinstance(src[-1], int) and \
-            all(isinstance(d, int) for d in shape[1:4]) and \
-            (not isinstance(src[1], int) or src[1] == shape[1]) and \
-            src[-1] % (shape[2] * shape[3]) == 0:
-        return [*shape[:4], src[-1] // (shape[2] * shape[3])]
-    return shape
+    width = src[-1] if src and len(src) >= 3 and isinstance(src[-1], int) else None
+    if src and width and all(isinstance(d, int) for d in src[1:-1]):
+        tokens = int(np.prod(src[1:-1]))
+        if isinstance(n, int) and n != tokens:
+            return None
+        n = tokens
+    if not isinstance(n, int) or not isinstance(heads, int) or (not layout and shape[2] != 3):
+        return None
+    last = shape[3] // 3 if layout and isinstance(shape[3], int) else shape[-1]
+    if not isinstance(last, int):
+        last = width // (3 * heads) if width and width % (3 * heads) == 0 else None
+    return None if last is None else (n, heads, last)
 
 
 def v_zp(probs: Probs) -> int:
     return int(probs.nodes["v_zero_point"])
 
 
-def _merged_output(graph: gs.Graph, t: gs.Tensor, n: int, width: int) -> gs.Node | str:
+def _merged_output(graph: gs.Graph, t: gs.Tensor, n: int, width: int):
+    """(the merged output's QuantizeLinear, the merge's target when it is not [B, N, H·D])."""
     tr = _sole(t, graph, "Transpose")
     if tr is None or list(tr.attrs.get("perm", [])) != [0, 2, 1, 3]:
         return "attention output is not merged by Transpose [0, 2, 1, 3]"
     rs = _sole(tr.outputs[0], graph, "Reshape")
-    if rs is None or not _merges_heads(rs, n, width):
+    merges = None if rs is None else _merges_heads(rs, n, width)
+    if not merges:
         return "merged heads are not reshaped to [B, N, H·D]"
     q = _sole(rs.outputs[0], graph, "QuantizeLinear")
     p = None if q is None else scale_zp(q)
     if p is None or const_value(q.inputs[2]).dtype != np.uint8:
         return "merged output is not quantized per-tensor to uint8 (read in float)"
-    return q
+    return q, (rs.inputs[1] if merges == "view" else None)
 
 
-def _merges_heads(rs: gs.Node, n: int, width: int) -> bool:
+def _merges_heads(rs: gs.Node, n: int, width: int) -> bool | str:
     """The Reshape's target is [B, N, H·D]: a constant [0|B, 0|N, H·D], or (a target computed
     from Shape, as exports with a dynamic batch write it) an inferred output shape [*, N, H·D],
     or Concat(batch, [N], [-1 | H·D]) (timm Swin's reshape(B_, N, -1)): the input [B, N, H, D]
-    has B·N·H·D elements, so with the batch kept the last axis is H·D."""
+    has B·N·H·D elements, so with the batch kept the last axis is H·D. "view" for
+    Concat(batch, [h], [w], [-1 | H·D]) with h·w = N (MaxViT's [B, 7, 7, C] windows)."""
     target = const_value(rs.inputs[1])
     if target is not None:
         return target.size == 3 and int(target[1]) in (0, n) and int(target[2]) == width
@@ -200,12 +246,16 @@ def _merges_heads(rs: gs.Node, n: int, width: int) -> bool:
     if shape is not None and len(shape) == 3 and list(shape[1:]) == [n, width]:
         return True
     cat = producer(rs.inputs[1])
-    if cat is None or cat.op != "Concat" or len(cat.inputs) != 3:
+    if cat is None or cat.op != "Concat" or len(cat.inputs) < 3:
         return False
     pieces = [const_value(i) for i in cat.inputs]
-    return pieces[0] is None and _batch_of(cat.inputs[0]) and \
-        all(p is not None and p.size == 1 for p in pieces[1:]) and \
-        int(pieces[1].ravel()[0]) == n and int(pieces[2].ravel()[0]) in (-1, width)
+    if pieces[0] is not None or not _batch_of(cat.inputs[0]) or \
+            not all(p is not None and p.size == 1 for p in pieces[1:]):
+        return False
+    mid = [int(p.ravel()[0]) for p in pieces[1:-1]]
+    if min(mid) < 1 or int(np.prod(mid)) != n or int(pieces[-1].ravel()[0]) not in (-1, width):
+        return False
+    return True if len(mid) == 1 else "view"
 
 
 def _batch_of(t: gs.Tensor) -> bool:

@@ -6,7 +6,9 @@
 
 Matches: a Softmax over the last axis whose input is MatMul(DQ(q), DQ(kᵀ)) (the 1/√d already in
          k's DQ scale, fold-scale-into-dequantize), q, k, v gathered from one packed uint8 code
-         tensor [B, N, 3, H, D] (hoist-quantize-over-split), the probabilities requantized to
+         tensor [B, N, 3, H, D] (hoist-quantize-over-split; any Transpose + slice that gives
+         [B, H, N, D], as MaxViT's) or [B, N, H, 3·D] (TinyViT; `qkv_layout` 1), the
+         probabilities requantized to
          uint8, P·V's output merged (Transpose [0,2,1,3], Reshape to [B, N, H·D]) and quantized
          per-tensor to uint8 (the output projection's input).
          Between the scores and the Softmax, constant additive biases (attention_walk): Add of a

@@ -35,11 +35,32 @@ def _float_attr(f: _Body, name: str) -> str:
     return out
 
 
-def _split_heads(f: _Body) -> tuple[str, str, str]:
-    """q, k, v as uint8 [B, H, N, D] from X (uint8 [B, N, 3 * H * D])."""
+def _packed_order(f: _Body) -> str:
+    """X as [B, N, 3·H, D] in the packed order t·H + h whatever `qkv_layout` (0: already; 1: X
+    is [B, N, H, 3·D], piece (h, t) at h·3 + t): one Gather of index (1 - L)(t·H + h) + L(h·3 + t),
+    L the attribute (a function body cannot branch on an attribute without an If)."""
+    n_heads, layout = f.attr("num_heads"), f.attr("qkv_layout")
+    t = f.op("Unsqueeze", f.op("Range", f.const(0), f.const(3), f.const(1)),
+             f.const([1], dims=(1,)))
+    h = f.op("Unsqueeze", f.op("Range", f.const(0), n_heads, f.const(1)),
+             f.const([0], dims=(1,)))
+    packed = f.op("Add", f.op("Mul", t, n_heads), h)
+    per_head = f.op("Add", f.op("Mul", h, f.const(3)), t)
+    idx = f.op("Add", f.op("Mul", packed, f.op("Sub", f.const(1), layout)),
+               f.op("Mul", per_head, layout))
+    width = f.op("Unsqueeze", f.op("Mul", n_heads, f.const(3)), f.const([0], dims=(1,)))
+    shape = f.op("Concat", f.const([0, 0], dims=(2,)), width, f.const([-1], dims=(1,)), axis=0)
+    return f.op("Gather", f.op("Reshape", "X", shape), f.op("Reshape", idx, f.const(
+        [-1], dims=(1,))), axis=2)
+
+
+def _split_heads(f: _Body, layouts: bool = False) -> tuple[str, str, str]:
+    """q, k, v as uint8 [B, H, N, D] from X (uint8 [B, N, 3 * H * D]); `layouts`: the op has the
+    `qkv_layout` attribute (QLinearAttention), X possibly [B, N, H, 3 * D]."""
     heads = f.op("Unsqueeze", f.attr("num_heads"), f.const([0], dims=(1,)))
     shape = f.op("Concat", f.const([0, 0, 3], dims=(3,)), heads, f.const([-1], dims=(1,)), axis=0)
-    t8 = f.op("Transpose", f.op("Reshape", "X", shape), perm=[2, 0, 3, 1, 4])
+    x = _packed_order(f) if layouts else "X"
+    t8 = f.op("Transpose", f.op("Reshape", x, shape), perm=[2, 0, 3, 1, 4])
     q, k, v = (f.op("Gather", t8, f.const(i), axis=0) for i in range(3))
     return q, k, v
 
@@ -94,7 +115,7 @@ def qlinear_attention_function(opset: int = 17) -> onnx.FunctionProto:
     """QLinearAttention(X) -> Y; the W8/A8 mode (uniform uint8 probabilities), the optional
     tensor attribute `bias` added to the float scores."""
     f = _Body("qla", _checked(opset))
-    q, k, v = _split_heads(f)
+    q, k, v = _split_heads(f, layouts=True)
     x = _add_bias(f, _scores(f, q, k))
     # The softmax as the unfused graph had it (ORT's Softmax, then the probabilities'
     # QuantizeLinear): within the stated rounding of the kernel's own softmax, at ORT's speed.
@@ -105,6 +126,7 @@ def qlinear_attention_function(opset: int = 17) -> onnx.FunctionProto:
     fn = _function("QLinearAttention", f, ["X"], out, (*COMMON, "probs_scale", "probs_zero_point"))
     no_bias = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32))
     fn.attribute_proto.append(helper.make_attribute("bias", no_bias))  # optional: default zeros
+    fn.attribute_proto.append(helper.make_attribute("qkv_layout", 0))  # optional: packed
     return fn
 
 

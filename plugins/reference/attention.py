@@ -23,11 +23,15 @@ MAX_HEAD_DIM = 256  # |S| <= D * 255^2 < 2^24: the scores are exact in float32
 MAX_TOKENS = 1 << 15  # |A.V| <= N * 255^2 < 2^31: int32 accumulators in the kernels
 
 
-def split_heads(x: np.ndarray, num_heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """q, k, v as int64 [B, H, N, D] from packed codes [B, N, 3, H, D] or [B, N, 3 * H * D]."""
+def split_heads(x: np.ndarray, num_heads: int,
+                qkv_layout: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q, k, v as int64 [B, H, N, D] from packed codes [B, N, 3, H, D] or [B, N, 3 * H * D];
+    with qkv_layout 1 from [B, N, H, 3 * D] (q, k, v packed per head) or [B, N, H * 3 * D]."""
     x = np.asarray(x)
-    if x.dtype != np.uint8 or x.ndim not in (3, 5):
-        raise OnnxvqError("attention input must be uint8 [B, N, 3, H, D] or [B, N, 3*H*D]")
+    if x.dtype != np.uint8 or x.ndim not in ((3, 4) if qkv_layout == 1 else (3, 5)):
+        raise OnnxvqError("attention input must be uint8 [B, N, 3, H, D] or [B, N, 3*H*D]"
+                          if qkv_layout != 1 else "attention input (qkv_layout 1) must be "
+                          "uint8 [B, N, H, 3*D] or [B, N, H*3*D]")
     b, n = x.shape[:2]
     width = int(np.prod(x.shape[2:]))
     if num_heads < 1 or width % (3 * num_heads):
@@ -35,7 +39,8 @@ def split_heads(x: np.ndarray, num_heads: int) -> tuple[np.ndarray, np.ndarray, 
     d = width // (3 * num_heads)
     if d > MAX_HEAD_DIM or n > MAX_TOKENS:
         raise OnnxvqError(f"head dim {d} or {n} tokens exceed {MAX_HEAD_DIM} / {MAX_TOKENS}")
-    parts = x.reshape(b, n, 3, num_heads, d).transpose(2, 0, 3, 1, 4).astype(np.int64)
+    parts = (x.reshape(b, n, num_heads, 3, d).transpose(3, 0, 2, 1, 4) if qkv_layout == 1 else
+             x.reshape(b, n, 3, num_heads, d).transpose(2, 0, 3, 1, 4)).astype(np.int64)
     return parts[0], parts[1], parts[2]
 
 
@@ -78,10 +83,12 @@ def add_bias(xf: np.ndarray, bias: np.ndarray) -> np.ndarray:
 def qlinear_attention(x: np.ndarray, *, num_heads: int, q_zero_point: int, k_zero_point: int,
                       v_zero_point: int, qk_scale: float, probs_scale: float,
                       probs_zero_point: int, acc_scale: float, out_scale: float,
-                      out_zero_point: int, bias: np.ndarray | None = None) -> np.ndarray:
+                      out_zero_point: int, bias: np.ndarray | None = None,
+                      qkv_layout: int = 0) -> np.ndarray:
     """The W8/A8 mode: float softmax, its probabilities as uniform uint8 codes; `bias` (optional,
-    float32 [W, 1|H, N, N]) is added to the float scores before the softmax."""
-    q, k, v = split_heads(x, num_heads)
+    float32 [W, 1|H, N, N]) is added to the float scores before the softmax; `qkv_layout` 1
+    reads X as [B, N, H, 3·D] (TinyViT's per-head packing)."""
+    q, k, v = split_heads(x, num_heads, qkv_layout)
     xf = float_scores(scores(q, k, q_zero_point, k_zero_point), qk_scale)
     p = quantized_probs(xf if bias is None else add_bias(xf, bias), probs_scale,
                         probs_zero_point)

@@ -29,8 +29,8 @@ EXPECTED = {
     "hf_swin": (0, {_SEPARATE: 4, "attention bias is not a constant (computed from the input)":
                     1}),  # its shifted-window mask is computed from the input's shape
     "levit_128s": (0, {_SEPARATE: 11}),  # q, k and v of different head dims (16, 16, 64)
-    "tiny_vit_5m": (0, {_SEPARATE: 10}),  # per-head packing [B, N, H, 3·D]
-    "maxvit_tiny": (0, {_SEPARATE: 8}),  # [B, N, 3, H, D] split on another axis
+    "tiny_vit_5m": (10, {}),  # attention biases [H, N, N], per-head packing [B, N, H, 3·D]
+    "maxvit_tiny": (8, {}),  # [B, N, 3, H, D] split on axis 2, merged to [B, 7, 7, C]
 }
 
 

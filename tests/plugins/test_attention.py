@@ -260,6 +260,27 @@ def test_bias_kernel_and_function_match_reference(library):
     check_bias(None)
 
 
+def per_head(x: np.ndarray) -> np.ndarray:
+    """Packed codes [B, N, 3, H, D] rearranged as qkv_layout 1's [B, N, H, 3·D]."""
+    b, n, _, h, d = x.shape
+    return np.ascontiguousarray(x.transpose(0, 1, 3, 2, 4).reshape(b, n, h, 3 * d))
+
+
+def check_layout(lib: str | None) -> None:
+    """qkv_layout 1 (TinyViT's per-head packing) computes what layout 0 does on the same q, k, v:
+    the reference exactly, the kernel and the function within the softmax bound; with a bias."""
+    cases = [fuzz_case(shape, i) for i, shape in enumerate(FUZZ[:4])] + list(bias_cases())[2:4]
+    for x, attrs in cases:
+        want = qlinear_attention(x, **attrs)
+        np.testing.assert_array_equal(qlinear_attention(per_head(x), **attrs, qkv_layout=1), want)
+        assert_close(run(per_head(x), dict(attrs, qkv_layout=1), lib), want)
+
+
+def test_per_head_layout_matches_packed(library):
+    check_layout(library)
+    check_layout(None)
+
+
 def test_bad_bias_is_a_clear_error(library):
     x, attrs = fuzz_case((3, 9, 2, 8), 0)
     for bias, why in ((np.zeros((2, 1, 9, 9)), "multiple of the bias' windows"),
@@ -273,7 +294,7 @@ def test_portable_path_without_vnni(library):
     # ONNXVQ_NO_VNNI is read once per process: the portable loops need a fresh one.
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_attention"
             f" as t; t.check_fuzz({library!r}); t.check_exact({library!r});"
-            f" t.check_bias({library!r})")
+            f" t.check_bias({library!r}); t.check_layout({library!r})")
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONNXVQ_NO_VNNI": "1"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -32,6 +32,7 @@ struct QLinearAttention {
     ReadCommonAttrs(info, attrs, missing);
     probs_scale = FloatAttr(info, "probs_scale", 0, &missing);
     probs_zp = IntAttr(info, "probs_zero_point", 0);
+    attrs.layout = IntAttr(info, "qkv_layout", 0);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<uint8_t>& x,

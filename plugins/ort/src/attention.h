@@ -32,6 +32,7 @@ struct AttentionShape {
   int64_t heads = 0, zq = 0, zk = 0, zv = 0, zo = 0;
   float qk_scale = 0, acc_scale = 0, out_scale = 0;
   int64_t batch = 0, tokens = 0, dim = 0;  // from the input shape
+  int64_t layout = 0;  // qkv_layout: 0 X [B, N, 3, H, D], 1 X [B, N, H, 3 * D] (QLinearAttention)
 };
 
 inline void ReadCommonAttrs(const OrtKernelInfo* info, AttentionShape& s, std::string& missing) {
@@ -45,16 +46,21 @@ inline void ReadCommonAttrs(const OrtKernelInfo* info, AttentionShape& s, std::s
   s.out_scale = FloatAttr(info, "out_scale", 0, &missing);
 }
 
-// X is [B, N, 3, H, D] (H == num_heads) or [B, N, 3 * H * D].
+// X is [B, N, 3, H, D] (H == num_heads) or [B, N, 3 * H * D]; with layout 1 [B, N, H, 3 * D].
 inline void ResolveShape(const std::vector<int64_t>& x, AttentionShape& s) {
-  Require(x.size() == 3 || x.size() == 5, "X must be [B, N, 3, H, D] or [B, N, 3*H*D]");
+  const bool per_head = s.layout == 1;
+  Require(s.layout == 0 || per_head, "qkv_layout must be 0 or 1");
+  Require(x.size() == 3 || x.size() == (per_head ? 4u : 5u),
+          per_head ? "X must be [B, N, H, 3*D] or [B, N, H*3*D] (qkv_layout 1)"
+                   : "X must be [B, N, 3, H, D] or [B, N, 3*H*D]");
   Require(s.heads >= 1, "num_heads must be >= 1");
   for (int64_t z : {s.zq, s.zk, s.zv, s.zo}) Require(z >= 0 && z <= 255, "zero points: 0..255");
   Require(s.out_scale > 0 && std::isfinite(s.qk_scale) && std::isfinite(s.acc_scale),
           "out_scale must be > 0, qk_scale and acc_scale finite");
   int64_t width = 1;
   for (size_t i = 2; i < x.size(); ++i) width *= x[i];
-  Require(x.size() == 3 || (x[2] == 3 && x[3] == s.heads), "X must be [B, N, 3, num_heads, D]");
+  Require(x.size() == 3 || (per_head ? x[2] == s.heads : (x[2] == 3 && x[3] == s.heads)),
+          per_head ? "X must be [B, N, num_heads, 3 * D]" : "X must be [B, N, 3, num_heads, D]");
   Require(width % (3 * s.heads) == 0, "X's last axis is not 3 * num_heads * head_dim");
   s.batch = x[0];
   s.tokens = x[1];
@@ -81,7 +87,10 @@ struct HeadData {
         vt(quads_of_v ? static_cast<size_t>(jpad * dpad) : 0), qsum(static_cast<size_t>(s.tokens)),
         ksum(static_cast<size_t>(s.tokens)), vsum(static_cast<size_t>(dpad)) {
     const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
-    auto row = [&](int64_t j, int t) { return in + ((b * n + j) * 3 + t) * hd + head * d; };
+    auto row = [&](int64_t j, int t) {  // piece t (q, k, v) of token j, this head
+      return s.layout == 1 ? in + (b * n + j) * 3 * hd + (head * 3 + t) * d
+                           : in + ((b * n + j) * 3 + t) * hd + head * d;
+    };
     uint8_t kq[kMaxHeadDim + 4];
     for (int64_t j = 0; j < n; ++j) {
       const uint8_t *qr = row(j, 0), *kr = row(j, 1);
