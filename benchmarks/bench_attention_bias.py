@@ -31,7 +31,14 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_quantize  # noqa: E402
-from bench_quantize import console, interleaved_latency, quantize_nncf, quantize_ort, table  # noqa: E402
+from bench_quantize import (  # noqa: E402
+    console,
+    interleaved_latency,
+    op_type_table,
+    quantize_nncf,
+    quantize_ort,
+    table,
+)
 
 from onnxvq.calibrate import resolve_preprocess  # noqa: E402
 from onnxvq.core.config import QuantConfig  # noqa: E402
@@ -109,15 +116,8 @@ def show(name: str, res: dict) -> None:
     bd = res.get("breakdown")
     if not bd:
         return
-    ops = sorted({op for v in bd.values() for op in v["op_types"]},
-                 key=lambda op: -max(v["op_types"].get(op, [0])[0] for v in bd.values()))
-    b = table(f"{TIMM[name]} batch 8, ms per op type (ORT profiler)", "op type", *bd)
-    for op in ops:
-        if max(v["op_types"].get(op, [0])[0] for v in bd.values()) >= 0.5:
-            b.add_row(op, *[f"{v['op_types'][op][0]:.1f} ({v['op_types'][op][1]})"
-                            if op in v["op_types"] else "" for v in bd.values()])
-    b.add_row("total", *[f"{v['total_ms']:.1f}" for v in bd.values()])
-    console.print(b)
+    console.print(op_type_table(f"{TIMM[name]} batch 8, ms per op type (ORT profiler)", bd,
+                                0.5))
 
 
 def main() -> None:

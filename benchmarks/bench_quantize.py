@@ -62,6 +62,23 @@ def table(title: str, *columns: str) -> Table:
     return t
 
 
+def op_type_table(title: str, breakdown: dict[str, dict], min_ms: float) -> Table:
+    """Per-op-type profile of several models side by side (`{label: {"total_ms": ..,
+    "op_types": {op: [ms, nodes]}}}`), the ops by their largest time, those under `min_ms`
+    everywhere left out, then the totals."""
+    def most(op: str) -> float:
+        return max(v["op_types"].get(op, [0])[0] for v in breakdown.values())
+
+    t = table(title, "op type", *breakdown)
+    ops = {op for v in breakdown.values() for op in v["op_types"]}
+    for op in sorted(ops, key=lambda o: -most(o)):
+        if most(op) >= min_ms:
+            t.add_row(op, *[f"{v['op_types'][op][0]:.1f} ({v['op_types'][op][1]})"
+                            if op in v["op_types"] else "" for v in breakdown.values()])
+    t.add_row("total", *[f"{v['total_ms']:.1f}" for v in breakdown.values()])
+    return t
+
+
 def model_path(name: str) -> Path:
     if name == "deit_s":
         from onnxvq.models.corpus import ensure_export

@@ -33,6 +33,7 @@ from bench_quantize import (  # noqa: E402
     DATA,
     console,
     model_path,
+    op_type_table,
     prime_denormals,
     quantize_nncf,
     quantize_ort,
@@ -104,17 +105,8 @@ def show(res: dict) -> None:
     console.print(t)
     if "breakdown" not in res:
         return
-    bd = res["breakdown"]
-    ops = sorted({op for v in bd.values() for op in v["op_types"]},
-                 key=lambda op: -max(v["op_types"].get(op, [0])[0] for v in bd.values()))
-    b = table("batch 8, ms per op type (ORT profiler, runs interleaved)", "op type", *bd)
-    for op in ops:
-        cells = [f"{v['op_types'][op][0]:.1f} ({v['op_types'][op][1]})" if op in v["op_types"]
-                 else "" for v in bd.values()]
-        if max(v["op_types"].get(op, [0])[0] for v in bd.values()) >= 0.2:
-            b.add_row(op, *cells)
-    b.add_row("total", *[f"{v['total_ms']:.1f}" for v in bd.values()])
-    console.print(b)
+    console.print(op_type_table("batch 8, ms per op type (ORT profiler, runs interleaved)",
+                                res["breakdown"], 0.2))
 
 
 def main() -> None:
