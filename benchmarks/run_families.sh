@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole grown corpus (models/families.py): export every family (cached in .corpus), check its
+# The whole grown corpus (models/families/): export every family (cached in .corpus), check its
 # recognition counts and quantize it with W8/A8, --pts --lis and --target trt through the gate.
 # CI runs the families tagged "ci" only; this runs all of them.
 set -euo pipefail

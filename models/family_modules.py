@@ -1,4 +1,4 @@
-"""The torch side of the grown corpus (models/families.py): each family's module, built from its
+"""The torch side of the grown corpus (models/families/): each family's module, built from its
 library at the family's sizes, and the recognition counts read off that module (`family_counts`,
 what `onnxvq inspect` must find on the export)."""
 

@@ -1,4 +1,4 @@
-"""The grown corpus (models/families.py): exact recognition counts against the torch modules,
+"""The grown corpus (models/families/): exact recognition counts against the torch modules,
 and every recognised family quantizes with W8/A8, --pts --lis and --target trt through the
 fidelity gate. Families recognition does not cover yet refuse --pts --lis by name."""
 

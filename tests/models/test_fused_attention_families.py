@@ -1,4 +1,4 @@
-"""Fused W8/A8 attention on the families with an attention bias (models/families.py, the corpus
+"""Fused W8/A8 attention on the families with an attention bias (models/families/, the corpus
 Swin-T): how many attentions become one QLinearAttention (with its `bias` attribute), the reason
 every other one is refused, and the fused model's SQNR against FP32 within 0.3 dB of the same
 plain QDQ model lowered without fuse-qlinear-attention (what onnxvq wrote before the bias was
