@@ -71,6 +71,13 @@ inline void ResolveShape(const std::vector<int64_t>& x, AttentionShape& s) {
 
 inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// Each axis of HeadData rounded up to: the query / key depth `dq`, tokens (K^T's columns, V's
+// rows), V's columns; and rows of q allocated (zero past N). The defaults suit vpdpbusd on zmm
+// rows; AMX tiles read 64-byte K steps and 32-row / 32-column blocks (attention_lis_amx.h).
+struct HeadPad {
+  int64_t depth = 4, tokens = 16, dim = 16, rows = 1;
+};
+
 // One head of one batch item: q raw [N][dq]; k - 128 as [dq/4][jpad][4] (K^T in quads) and, with
 // `quads_of_v`, v - 128 as [jpad/4][dpad][4] (V in quads along tokens); zero padding everywhere.
 // k - 128 and v - 128 as int8 are the codes with their top bit flipped (x ^ 0x80).
@@ -80,10 +87,12 @@ struct HeadData {
   std::vector<int8_t> kt, vt;
   std::vector<int32_t> qsum, ksum, vsum;  // sum_d q, sum_d (k - z_k), sum_j (v - z_v)
 
-  HeadData(const uint8_t* in, const AttentionShape& s, int64_t task, bool quads_of_v = true)
-      : b(task / s.heads), head(task % s.heads), dq(RoundUp(s.dim, 4)),
-        jpad(RoundUp(std::max<int64_t>(s.tokens, 1), 16)), dpad(RoundUp(s.dim, 16)), zk(s.zk),
-        q(static_cast<size_t>(s.tokens * dq)), kt(static_cast<size_t>(dq * jpad)),
+  HeadData(const uint8_t* in, const AttentionShape& s, int64_t task, bool quads_of_v = true,
+           HeadPad pad = {})
+      : b(task / s.heads), head(task % s.heads), dq(RoundUp(s.dim, pad.depth)),
+        jpad(RoundUp(std::max<int64_t>(s.tokens, 1), pad.tokens)), dpad(RoundUp(s.dim, pad.dim)),
+        zk(s.zk), q(static_cast<size_t>(RoundUp(s.tokens, pad.rows) * dq)),
+        kt(static_cast<size_t>(dq * jpad)),
         vt(quads_of_v ? static_cast<size_t>(jpad * dpad) : 0), qsum(static_cast<size_t>(s.tokens)),
         ksum(static_cast<size_t>(s.tokens)), vsum(static_cast<size_t>(dpad)) {
     const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
@@ -91,11 +100,11 @@ struct HeadData {
       return s.layout == 1 ? in + (b * n + j) * 3 * hd + (head * 3 + t) * d
                            : in + ((b * n + j) * 3 + t) * hd + head * d;
     };
-    uint8_t kq[kMaxHeadDim + 4];
+    uint8_t kq[kMaxHeadDim + 64];
     for (int64_t j = 0; j < n; ++j) {
       const uint8_t *qr = row(j, 0), *kr = row(j, 1);
       std::memcpy(q.data() + j * dq, qr, static_cast<size_t>(d));
-      std::memset(kq + d, 0x80, 4);  // the padding becomes 0 after the flip
+      std::memset(kq + d, 0x80, static_cast<size_t>(dq - d));  // 0 after the flip
       std::memcpy(kq, kr, static_cast<size_t>(d));
       int32_t qs = 0, ks = 0;
       for (int64_t c = 0; c < d; ++c) {

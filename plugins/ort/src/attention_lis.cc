@@ -12,7 +12,9 @@
 
 #include "attention.h"
 #include "attention_avx512.h"
+#include "attention_lis_amx.h"
 #include "attention_lis_avx512.h"
+#include "attention_lis_portable.h"
 #include "lis_vbmi.h"
 #include "log_int_softmax.h"
 #include "parallel.h"
@@ -74,53 +76,113 @@ struct LogIntAttention {
 
   void Head(const uint8_t* in, uint8_t* out, const AttentionShape& s, int64_t task) const {
     const bool fast = avx512::Available();
-    const HeadData h(in, s, task, /*quads_of_v=*/fast);
-    if (fast) {
-      HeadAvx512(h, s, out);
-      return;
+    if (fast && amx::Available()) {
+      constexpr HeadPad pad{amx::kTileK, amx::kTileK, lisamx::kRows, lisamx::kRows};
+      HeadAmx(HeadData(in, s, task, true, pad), s, out);
+    } else if (fast) {
+      HeadAvx512(HeadData(in, s, task), s, out);
+    } else {
+      const HeadData h(in, s, task, /*quads_of_v=*/false);
+      lisportable::Head(in, h, s, {attrs, scores_scale, *rows_, neg_weight}, out);
     }
-    // v - z_v as int16 pairs along tokens: [jpad/2][dpad][2]
-    std::vector<int16_t> vp(static_cast<size_t>(h.jpad * h.dpad));
-    const int64_t n = s.tokens, hd = s.heads * s.dim;
-    for (int64_t j = 0; j < n; ++j) {
-      const uint8_t* row = in + (h.b * n + j) * 3 * hd + 2 * hd + h.head * s.dim;
-      int16_t* dst = vp.data() + (j / 2) * h.dpad * 2 + j % 2;
-      for (int64_t c = 0; c < s.dim; ++c) dst[c * 2] = static_cast<int16_t>(row[c] - attrs.zv);
-    }
-    HeadPortable(h, vp.data(), s, out);
   }
 
-  // One group's buffers on the AVX-512 path: per row int8 score codes, weights, byte weights of
-  // up to two vpdpbusd passes and their products.
-  struct Group {
+  // A block of score rows on the AVX-512 paths: per row the int8 score codes x, the byte weights
+  // u (pass 0: w >> shift; pass 1, for rows whose weights need more than 8 bits after their
+  // common power of two: shift 8 and w & 255; zero in a two-pass block's other rows), their sums.
+  struct Rows {
+    int64_t count, jpad;
     std::vector<int8_t> x;
-    std::vector<uint8_t> codes, u;
+    std::vector<uint8_t> u, code, codes, bytes;
     std::vector<uint16_t> w;
-    std::vector<int32_t> acc;
-    std::vector<uint8_t> table, bytes;  // by value (GroupWeightsByValue): [row][u], [pass][u]
-    int32_t usum[2][kGroup];
-    int shift[kGroup];
-    bool two_pass;
-    Group(const HeadData& h)
-        : x(static_cast<size_t>(kGroup * h.jpad)), codes(static_cast<size_t>(h.jpad)),
-          u(static_cast<size_t>(2 * kGroup * h.jpad)), w(static_cast<size_t>(kGroup * h.jpad)),
-          acc(static_cast<size_t>(2 * kGroup * h.dpad)), table(kGroup * 256), bytes(2 * 256) {}
+    std::vector<int64_t> scratch;
+    std::vector<int32_t> usum;  // [pass][row]
+    std::vector<int> shift;
+    std::vector<char> two;
+    bool any_two = false;
+    Rows(int64_t rows, int64_t jpad_, int64_t n)
+        : count(rows), jpad(jpad_), x(static_cast<size_t>(rows * jpad)),
+          u(static_cast<size_t>(2 * rows * jpad)), code(256), codes(static_cast<size_t>(jpad)),
+          bytes(256), w(static_cast<size_t>(jpad)), scratch(static_cast<size_t>(n)),
+          usum(static_cast<size_t>(2 * rows)), shift(static_cast<size_t>(rows)),
+          two(static_cast<size_t>(rows)) {}
+    uint8_t* U(int pass, int64_t r) { return u.data() + (pass * count + r) * jpad; }
   };
 
-  // Per group of kGroup rows: the int8 score codes (fused with the scores GEMM), the softmax
-  // codes and their weights w <= 2^15, then Y = sum_j w_j (v_jd - z_v) as u8 x s8 products on
-  // V's quads (v - 128) with the (128 - z_v) sum_j u_j correction. When every row's weights are
-  // multiples of 2^t with w >> t <= 255 (its codes span <= 8 log2 steps), one pass of u = w >> t;
-  // otherwise two, u = w >> 8 and w & 255. Either way exact: |Y| < 2^24 (module comment).
-  void HeadAvx512(const HeadData& h, const AttentionShape& s, uint8_t* out) const {
-    const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
+  // Per row of the block: scores -> softmax codes -> byte weights (Rows). A row's pass count
+  // and shift are its own: a one-pass row's weights are multiples of 2^shift with w >> shift <=
+  // 255, so Y = (sum_j u0_j (v_jd - z_v)) << shift exactly; the others Y = 256 P_hi + P_lo.
+  void Weights(Rows& g, int rows, int64_t n) const {
+    g.any_two = false;
+    for (int r = 0; r < rows; ++r) {
+      RowBytes(g, r, n);
+      g.any_two = g.any_two || g.two[r];
+    }
+    for (int r = 0; r < rows && g.any_two; ++r) {
+      if (g.two[r]) continue;
+      std::fill(g.U(1, r), g.U(1, r) + g.jpad, uint8_t{0});
+      g.usum[g.count + r] = 0;
+    }
+  }
+
+  // Row r: with tables by value (AVX-512 VBMI) each code and byte weight is looked up per
+  // u = max - x; the shift and pass count are the span's (vbmi::WeightPlans) from the smallest
+  // to the largest nonzero-weight code in the table, a superset of the row's own, so every
+  // weight present is still a multiple of 2^shift. Else the codes, then their weights (vpermw).
+  void RowBytes(Rows& g, int r, int64_t n) const {
+    const int8_t* x = g.x.data() + r * g.jpad;
+    int32_t mx = 0, range = 0;
+    if (rows_->Table(x, n, mx, range, g.code.data())) {
+      int lo = 0, hi = -1;
+      vbmi::CodeSpan(g.code.data(), range + 1, max_code, lo, hi);
+      g.two[r] = hi >= 0 && plans.two_pass[lo][hi];
+      g.shift[r] = g.two[r] ? 8 : hi < 0 ? 0 : plans.shift[lo][hi];
+      for (int pass = 0; pass < 1 + g.two[r]; ++pass) {
+        vbmi::MapBytes(g.code.data(), range + 1, plans.bytes[pass ? 0 : g.shift[r]],
+                       g.bytes.data());
+        g.usum[pass * g.count + r] = vbmi::LookupRow(
+            x, n, g.jpad, mx, vbmi::LoadTable(g.bytes.data(), range >= 128), g.U(pass, r));
+      }
+      return;
+    }
+    rows_->Row(x, n, g.codes.data(), g.scratch.data());
+    uint32_t wmax = 0, wor = 0;
+    lis512::WeightsRow(g.codes.data(), n, g.jpad, weight, g.w.data(), wmax, wor);
+    const int t = wor == 0 ? 0 : __builtin_ctz(wor);
+    g.two[r] = (wmax >> t) > 255;
+    g.shift[r] = g.two[r] ? 8 : t;
+    g.usum[r] = lis512::ByteWeights(g.w.data(), g.jpad, g.shift[r], g.U(0, r));
+    if (g.two[r]) g.usum[g.count + r] = lis512::ByteWeights(g.w.data(), g.jpad, 0, g.U(1, r));
+  }
+
+  // Output codes of the block's rows i0 .. i0 + rows - 1 from acc [pass][count][dpad].
+  void Outputs(const Rows& g, const int32_t* acc, int64_t dpad, const HeadData& h,
+               const AttentionShape& s, int64_t i0, int rows, uint8_t* out) const {
+    const lis512::Requant rq = lis512::MakeRequant(attrs.acc_scale, attrs.out_scale);
+    const auto zv = 128 - static_cast<int32_t>(attrs.zv), zo = static_cast<int32_t>(attrs.zo);
+    for (int r = 0; r < rows; ++r) {
+      const int32_t* a1 = acc + r * dpad;
+      lis512::OutputCodes(a1, zv * g.usum[r], g.shift[r], g.any_two ? a1 + g.count * dpad : nullptr,
+                          zv * g.usum[g.count + r], s.dim, rq, zo,
+                          out + (h.b * s.tokens + i0 + r) * s.heads * s.dim + h.head * s.dim);
+    }
+  }
+
+  std::vector<int32_t> ColumnTerms(const HeadData& h, int64_t n) const {
     std::vector<int32_t> col_term(static_cast<size_t>(h.jpad));
     for (int64_t j = 0; j < n; ++j) col_term[j] = static_cast<int32_t>(-attrs.zq * h.ksum[j]);
-    Group g(h);
-    std::vector<int64_t> scratch(static_cast<size_t>(n));
+    return col_term;
+  }
+
+  // AVX-512 VNNI, kGroup rows at a time: the int8 score codes fused with the scores GEMM
+  // (ScoreCodeRows), the byte weights (Weights), then Y = sum_j w_j (v_jd - z_v) as u8 x s8
+  // products on V's quads (v - 128) with the (128 - z_v) sum_j u_j correction (OutputCodes).
+  void HeadAvx512(const HeadData& h, const AttentionShape& s, uint8_t* out) const {
+    const int64_t n = s.tokens;
+    const std::vector<int32_t> col_term = ColumnTerms(h, n);
+    Rows g(kGroup, h.jpad, n);
+    std::vector<int32_t> acc(static_cast<size_t>(2 * kGroup * h.dpad));
     const lis512::Requant scores = lis512::MakeRequant(attrs.qk_scale, scores_scale);
-    const lis512::Requant output = lis512::MakeRequant(attrs.acc_scale, attrs.out_scale);
-    const auto zv = 128 - static_cast<int32_t>(attrs.zv), zo = static_cast<int32_t>(attrs.zo);
     for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
       const int rows = static_cast<int>(std::min<int64_t>(kGroup, n - i0));
       int32_t row_term[kGroup];
@@ -138,145 +200,55 @@ struct LogIntAttention {
                                    0);
         }
       }
-      GroupWeights(h, n, rows, scratch.data(), g);
-      for (int pass = 0; pass < 1 + g.two_pass; ++pass) GroupProduct(h, rows, pass, g);
-      for (int r = 0; r < rows; ++r) {
-        const int32_t* a1 = g.acc.data() + r * h.dpad;
-        const int32_t* a2 = g.two_pass ? a1 + kGroup * h.dpad : nullptr;
-        lis512::OutputCodes(a1, zv * g.usum[0][r], g.shift[r], a2, zv * g.usum[1][r], d, output,
-                            zo, out + (h.b * n + i0 + r) * hd + h.head * d);
-      }
-    }
-  }
-
-  // Softmax codes, weights and byte weights of the group's rows (see HeadAvx512).
-  void GroupWeights(const HeadData& h, int64_t n, int rows, int64_t* scratch, Group& g) const {
-    if (GroupWeightsByValue(h, n, rows, g)) return;
-    g.two_pass = false;
-    for (int r = 0; r < rows; ++r) {
-      rows_->Row(g.x.data() + r * h.jpad, n, g.codes.data(), scratch);
-      uint32_t wmax = 0, wor = 0;
-      lis512::WeightsRow(g.codes.data(), n, h.jpad, weight, g.w.data() + r * h.jpad, wmax, wor);
-      g.shift[r] = wor == 0 ? 0 : __builtin_ctz(wor);
-      g.two_pass = g.two_pass || (wmax >> g.shift[r]) > 255;
-    }
-    for (int r = 0; r < rows; ++r) {
-      if (g.two_pass) g.shift[r] = 8;
-      const uint16_t* wr = g.w.data() + r * h.jpad;
-      g.usum[0][r] = lis512::ByteWeights(wr, h.jpad, g.shift[r], g.u.data() + r * h.jpad);
-      g.usum[1][r] = g.two_pass ? lis512::ByteWeights(wr, h.jpad, 0, g.u.data() +
-                                                      (kGroup + r) * h.jpad)
-                                : 0;
-    }
-  }
-
-  // GroupWeights with tables by value (AVX-512 VBMI): each row's code and byte weight for every
-  // u = max - x of its range, then one table lookup per element. The shift and the pass count
-  // are the span's (vbmi::WeightPlans) from the smallest to the largest nonzero-weight code in
-  // the table, a superset of the row's own: every weight present is still a multiple of
-  // 2^shift, so Y stays exact. False where unavailable.
-  bool GroupWeightsByValue(const HeadData& h, int64_t n, int rows, Group& g) const {
-    int32_t mx[kGroup], range[kGroup];
-    g.two_pass = false;
-    for (int r = 0; r < rows; ++r) {
-      uint8_t* code = g.table.data() + r * 256;
-      if (!rows_->Table(g.x.data() + r * h.jpad, n, mx[r], range[r], code)) return false;
-      int lo = 0, hi = -1;
-      vbmi::CodeSpan(code, range[r] + 1, max_code, lo, hi);
-      g.shift[r] = hi < 0 ? 0 : plans.shift[lo][hi];
-      g.two_pass = g.two_pass || (hi >= 0 && plans.two_pass[lo][hi]);
-    }
-    for (int r = 0; r < rows; ++r) {
-      if (g.two_pass) g.shift[r] = 8;
-      const int8_t* x = g.x.data() + r * h.jpad;
-      for (int pass = 0; pass < 1 + g.two_pass; ++pass) {
-        uint8_t* bytes = g.bytes.data() + pass * 256;
-        vbmi::MapBytes(g.table.data() + r * 256, range[r] + 1, plans.bytes[pass ? 0 : g.shift[r]],
-                       bytes);
-        g.usum[pass][r] = vbmi::LookupRow(x, n, h.jpad, mx[r],
-                                          vbmi::LoadTable(bytes, range[r] >= 128),
-                                          g.u.data() + (pass * kGroup + r) * h.jpad);
-      }
-      if (!g.two_pass) g.usum[1][r] = 0;
-    }
-    return true;
-  }
-
-  // acc[pass][r][d] = sum_j u[pass][r][j] (v_jd - 128).
-  static void GroupProduct(const HeadData& h, int rows, int pass, Group& g) {
-    const uint8_t* u = g.u.data() + pass * kGroup * h.jpad;
-    int32_t* acc = g.acc.data() + pass * kGroup * h.dpad;
-    if (rows == kGroup) {
-      avx512::DotRows<kGroup>(u, h.jpad, h.vt.data(), h.jpad / 4, h.dpad / 16, acc, h.dpad);
-      return;
-    }
-    for (int r = 0; r < rows; ++r) {
-      avx512::DotRow(u + r * h.jpad, h.vt.data(), h.jpad / 4, h.dpad / 16, acc + r * h.dpad);
-    }
-  }
-
-  // The same steps as plain loops (no AVX-512 VNNI, or ONNXVQ_NO_VNNI).
-  void HeadPortable(const HeadData& h, const int16_t* vp, const AttentionShape& s,
-                    uint8_t* out) const {
-    const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
-    std::vector<int32_t> dot(static_cast<size_t>(kGroup * h.jpad));
-    std::vector<int32_t> acc(static_cast<size_t>(kGroup * h.dpad));
-    std::vector<int8_t> x(static_cast<size_t>(h.jpad));
-    std::vector<uint8_t> codes(static_cast<size_t>(h.jpad));
-    std::vector<int16_t> w(static_cast<size_t>(kGroup * h.jpad));
-    std::vector<int64_t> scratch(static_cast<size_t>(n));
-    for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
-      const int rows = static_cast<int>(std::min<int64_t>(kGroup, n - i0));
-      Scores(h, s, i0, rows, dot.data());
-      for (int r = 0; r < rows; ++r) {
-        const int32_t* dr = dot.data() + r * h.jpad;
-        for (int64_t j = 0; j < n; ++j) x[j] = ScoreCode(dr[j]);
-        rows_->Row(x.data(), n, codes.data(), scratch.data());
-        int16_t* wr = w.data() + r * h.jpad;
-        for (int64_t j = 0; j < n; ++j) wr[j] = neg_weight[codes[j]];
-      }
-      PortableProduct(w.data(), vp, h, s, rows, acc.data());
-      for (int r = 0; r < rows; ++r) {
-        const int32_t* ar = acc.data() + r * h.dpad;
-        uint8_t* yrow = out + (h.b * n + i0 + r) * hd + h.head * d;
-        for (int64_t c = 0; c < d; ++c) yrow[c] = OutputCode(-int64_t{ar[c]}, attrs);
-      }
-    }
-  }
-
-  // acc[r][d] = sum_j w[r][j] (v_jd - z_v), plain loops.
-  static void PortableProduct(const int16_t* w, const int16_t* vp, const HeadData& h,
-                              const AttentionShape& s, int rows, int32_t* acc) {
-    for (int r = 0; r < rows; ++r) {
-      int32_t* ar = acc + r * h.dpad;
-      std::fill(ar, ar + h.dpad, 0);
-      for (int64_t j = 0; j < s.tokens; ++j) {
-        const int32_t wj = w[r * h.jpad + j];
-        const int16_t* v = vp + (j / 2) * h.dpad * 2 + j % 2;
-        for (int64_t c = 0; c < s.dim; ++c) ar[c] += wj * v[c * 2];
-      }
-    }
-  }
-
-  // Rows i0 .. i0 + rows - 1 of S = (q - z_q)(k - z_k)^T, row stride jpad, plain loops.
-  void Scores(const HeadData& h, const AttentionShape& s, int64_t i0, int rows,
-              int32_t* dot) const {
-    const uint8_t* q = h.q.data() + i0 * h.dq;
-    for (int r = 0; r < rows; ++r) {
-      for (int64_t j = 0; j < s.tokens; ++j) {
-        int32_t sum = 0;
-        for (int64_t c = 0; c < s.dim; ++c) {
-          sum += (int32_t{q[r * h.dq + c]} - static_cast<int32_t>(attrs.zq)) * h.KC(j, c);
+      Weights(g, rows, n);
+      for (int pass = 0; pass < 1 + g.any_two; ++pass) {
+        int32_t* a = acc.data() + pass * kGroup * h.dpad;
+        if (rows == kGroup) {
+          avx512::DotRows<kGroup>(g.U(pass, 0), h.jpad, h.vt.data(), h.jpad / 4, h.dpad / 16, a,
+                                  h.dpad);
+          continue;
         }
-        dot[r * h.jpad + j] = sum;
+        for (int r = 0; r < rows; ++r) {
+          avx512::DotRow(g.U(pass, r), h.vt.data(), h.jpad / 4, h.dpad / 16, a + r * h.dpad);
+        }
       }
+      Outputs(g, acc.data(), h.dpad, h, s, i0, rows, out);
     }
   }
 
-  int8_t ScoreCode(int32_t v) const {
-    const float u = std::clamp((static_cast<float>(v) * attrs.qk_scale) / scores_scale, -1024.0f,
-                               1024.0f);
-    return static_cast<int8_t>(std::clamp(std::nearbyint(u), -128.0f, 127.0f));
+  // AMX-INT8 (attention_lis_amx.h), blocks of 32 rows: the scores 32 x 32 at a time from q and
+  // K^T as HeadData packs them, their int8 codes (BlockCodes), the byte weights (Weights), then
+  // each pass's products with V 32 x 32 at a time. The same integers as HeadAvx512's.
+  void HeadAmx(const HeadData& h, const AttentionShape& s, uint8_t* out) const {
+    const int64_t n = s.tokens, block = lisamx::kRows;
+    const std::vector<int32_t> col_term = ColumnTerms(h, n);
+    Rows g(block, h.jpad, n);
+    std::vector<int32_t> c(static_cast<size_t>(block * block));
+    std::vector<int32_t> acc(static_cast<size_t>(2 * block * h.dpad));
+    const lis512::Requant scores = lis512::MakeRequant(attrs.qk_scale, scores_scale);
+    amx::LoadConfig();
+    for (int64_t i0 = 0; i0 < n; i0 += block) {
+      const int rows = static_cast<int>(std::min(block, n - i0));
+      int32_t row_term[lisamx::kRows];
+      for (int r = 0; r < rows; ++r) {
+        row_term[r] = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
+      }
+      for (int64_t j0 = 0; j0 < n; j0 += block) {
+        lisamx::Block(h.q.data() + i0 * h.dq, h.dq, h.kt.data() + j0 * 4, h.jpad * 4,
+                      h.dq / amx::kTileK, c.data(), block);
+        lis512::BlockCodes(c.data(), rows, j0, n, row_term, col_term.data(), scores, g.x.data(),
+                           h.jpad);
+      }
+      Weights(g, rows, n);
+      for (int pass = 0; pass < 1 + g.any_two; ++pass) {
+        for (int64_t d0 = 0; d0 < h.dpad; d0 += block) {
+          lisamx::Block(g.U(pass, 0), h.jpad, h.vt.data() + d0 * 4, h.dpad * 4,
+                        h.jpad / amx::kTileK, acc.data() + pass * block * h.dpad + d0, h.dpad);
+        }
+      }
+      Outputs(g, acc.data(), h.dpad, h, s, i0, rows, out);
+    }
+    amx::Release();
   }
 };
 

@@ -95,6 +95,25 @@ ONNXVQ_AVX512 inline void ScoreCodeRows(const uint8_t* q, int64_t q_stride, cons
   }
 }
 
+// The int8 codes of columns j0 .. j0 + 31 (those < n) of `rows` score rows from their raw
+// products c (an AMX block, row stride 32): S_rj = c_rj + row_term[r] + col_term[j] as
+// ScoreBlocks' (col_term padded to j0 + 32).
+ONNXVQ_AVX512 inline void BlockCodes(const int32_t* c, int rows, int64_t j0, int64_t n,
+                                     const int32_t* row_term, const int32_t* col_term,
+                                     const Requant& rq, int8_t* x, int64_t x_stride) {
+  const int halves = n - j0 > 16 ? 2 : 1;
+  for (int r = 0; r < rows; ++r) {
+    const __m512i rt = _mm512_set1_epi32(row_term[r]);
+    for (int half = 0; half < halves; ++half) {
+      const int64_t j = j0 + 16 * half;
+      const __m512i s = _mm512_add_epi32(_mm512_loadu_si512(c + r * 32 + 16 * half),
+                                         _mm512_add_epi32(_mm512_loadu_si512(col_term + j), rt));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(x + r * x_stride + j),
+                       _mm512_cvtsepi32_epi8(rq.Codes(s)));
+    }
+  }
+}
+
 // w[j] = table[codes[j]] for j < n and 0 up to jpad (a multiple of 16): codes < 32 (bits <= 4),
 // 32 lookups per vpermw. Also the row's largest weight and the OR of its weights.
 ONNXVQ_AVX512 inline void WeightsRow(const uint8_t* codes, int64_t n, int64_t jpad,

@@ -1,0 +1,47 @@
+// AMX-INT8 tiles for LogIntAttention's two integer products (attention_lis.cc), on HeadData's
+// packed operands as they are: K^T and V are already in AMX's B layout (four consecutive K
+// values per 32-bit word: [K/4][columns][4]), so a B tile is 16 of those rows read with the
+// array's own stride, and an A tile 16 rows of q or of the byte weights. Every block is 32 rows
+// by 32 columns (2 x 2 tiles of 16 x 16 int32, tdpbusd), as QuantizedLinear's (amx_gemm.h).
+// Called between amx::LoadConfig() and amx::Release() (one task's tile state), only after
+// amx::Available(); compiled for that target only inside these functions.
+#pragma once
+
+#include <cstdint>
+
+#include "amx_gemm.h"
+
+namespace onnxvq {
+namespace lisamx {
+
+constexpr int64_t kRows = 32;  // rows of one block (two A tiles), and columns (two B tiles)
+
+// c[32][32] (row stride ldc int32) = a[32 rows, stride lda bytes][64 * ksteps] times the 32
+// columns of b starting at b (two 16-column tiles 64 bytes apart; K rows of quads, stride ldb
+// bytes; one K step is 16 such rows). Exact int32 (the callers' sums fit: attention.h bounds).
+ONNXVQ_AMX_INT8 inline void Block(const uint8_t* a, int64_t lda, const int8_t* b, int64_t ldb,
+                                  int64_t ksteps, int32_t* c, int64_t ldc) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t kb = 0; kb < ksteps; ++kb) {
+    const int8_t* bk = b + kb * 16 * ldb;
+    _tile_loadd(4, a + kb * amx::kTileK, lda);
+    _tile_loadd(5, a + 16 * lda + kb * amx::kTileK, lda);
+    _tile_loadd(6, bk, ldb);
+    _tile_loadd(7, bk + 64, ldb);
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(1, 4, 7);
+    _tile_dpbusd(2, 5, 6);
+    _tile_dpbusd(3, 5, 7);
+  }
+  const int64_t stride = ldc * static_cast<int64_t>(sizeof(int32_t));
+  _tile_stored(0, c, stride);
+  _tile_stored(1, c + 16, stride);
+  _tile_stored(2, c + 16 * ldc, stride);
+  _tile_stored(3, c + 16 * ldc + 16, stride);
+}
+
+}  // namespace lisamx
+}  // namespace onnxvq
