@@ -10,7 +10,10 @@ statistics from the graph itself: ReduceMin, ReduceMax and ReduceL1 (finite exac
 value is, barring a float32 overflow of the sum) appended to the copy, three scalar outputs in place
 of the tensor. The tensor then never becomes a graph output: ORT reuses its buffer, nothing is
 copied into numpy, and the reductions run on ORT's threads. On DeiT-S that is most of the
-calibration's memory (each of the ~60 observed tensors held at batch size, twice). A tensor that
+calibration's memory (each of the ~60 observed tensors held at batch size, twice). With onnxvq's
+native library the three are one com.onnxvq `RangeStats` node, one pass over the tensor (the
+same min and max bits, plugins/README.md); a library without that kernel falls back to the
+three standard reductions. A tensor that
 is a view of another (a Reshape/Transpose/... of it, `value_sources`) is reduced at that source:
 the same values, and ORT keeps its own rewrites of the view.
 """
@@ -30,6 +33,7 @@ import onnx
 from onnxvq.calibrate.observers import Observer
 from onnxvq.calibrate.prefetch import prefetched
 from onnxvq.core.errors import CalibrationError
+from onnxvq.plugins.functions import DOMAIN
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ def collect(
 
 
 _REDUCTIONS = {"min": "ReduceMin", "max": "ReduceMax", "l1": "ReduceL1"}
+_STATS_OP = "RangeStats"  # com.onnxvq: the three above in one pass (plugins/ort/src/range_stats.cc)
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)  # ORT's CPU ReduceL1 types
 
 
@@ -102,9 +107,22 @@ def exposed_session(model: onnx.ModelProto, names: Sequence[str],
         return output_session(model, exposed_outputs(model, [*names, *reduced]), lean=True), []
     exposed = expose(model, names, reduced)
     outs = {o.name for o in exposed.graph.output}
-    factory = session_factory or partial(make_session, lean=True)
     source = value_sources(model, reduced)
-    return factory(exposed), [n for n in reduced if _reduced(source[n], "min") in outs]
+    reduced = [n for n in reduced if _reduced(source[n], "min") in outs]
+    if session_factory is None and reduced and _native_stats():
+        try:  # one RangeStats node per tensor instead of three reductions
+            return make_session(expose(model, names, reduced, native=True), lean=True), reduced
+        except Exception as exc:  # noqa: BLE001 - a library built before RangeStats existed
+            log.info("RangeStats kernel unavailable (%s); reducing with standard ops", exc)
+    factory = session_factory or partial(make_session, lean=True)
+    return factory(exposed), reduced
+
+
+def _native_stats() -> bool:
+    """Whether sessions load onnxvq's native library (which has the RangeStats kernel)."""
+    from onnxvq.plugins.native import native_available
+
+    return native_available()
 
 
 _SAME_VALUES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
@@ -126,12 +144,13 @@ def value_sources(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, str
 
 
 def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] = (),
-           ) -> onnx.ModelProto:
+           *, native: bool = False) -> onnx.ModelProto:
     """A copy of `model` whose graph outputs are exactly `names`, typed from shape inference,
     then, for each float tensor of `reduced`, the scalar `::onnxvq_{min,max,l1}` reductions of
     its value source (`value_sources`; one set per source), each node right after the source's
     producer (first, for a graph input), so that ORT runs it before freeing the tensor (a
-    tensor of `reduced` that is not float is exposed whole instead)."""
+    tensor of `reduced` that is not float is exposed whole instead). `native`: one com.onnxvq
+    RangeStats node per source gives the three (a session needs onnxvq's native library)."""
     typed = {o.name: o for o in exposed_outputs(model, [*names, *reduced])}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -144,11 +163,11 @@ def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] 
             continue
         if src in after:
             continue
-        for kind, op in _REDUCTIONS.items():
-            out = _reduced(src, kind)
-            after.setdefault(src, []).append(onnx.helper.make_node(
-                op, [src], [out], keepdims=0, name=f"{out}/node"))
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(out, elem, []))
+        after[src] = _stats_nodes(src, native)
+        copy.graph.output.extend(onnx.helper.make_tensor_value_info(_reduced(src, kind), elem, [])
+                                 for kind in _REDUCTIONS)
+    if native and after and not any(o.domain == DOMAIN for o in copy.opset_import):
+        copy.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     if after:
         nodes = list(copy.graph.node)
         produced = {o for node in nodes for o in node.output}
@@ -158,6 +177,15 @@ def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] 
             copy.graph.node.extend([node, *(r for o in node.output for r in after.get(o, ()))])
     copy.graph.output.extend(typed[n] for n in whole)
     return copy
+
+
+def _stats_nodes(src: str, native: bool) -> list[onnx.NodeProto]:
+    outs = [_reduced(src, kind) for kind in _REDUCTIONS]
+    if native:
+        return [onnx.helper.make_node(_STATS_OP, [src], outs, name=f"{src}::onnxvq_stats/node",
+                                      domain=DOMAIN)]
+    return [onnx.helper.make_node(op, [src], [out], keepdims=0, name=f"{out}/node")
+            for op, out in zip(_REDUCTIONS.values(), outs, strict=True)]
 
 
 def exposed_outputs(model: onnx.ModelProto, names: Sequence[str],

@@ -5,10 +5,13 @@ Each fast path is checked against the behaviour it replaced, switched back on by
 - calibration (lean) sessions do not spin their threads between kernels;
 - the memory budget infers shapes once for all observed tensors, not once per tensor;
 - register_functions builds the com.onnxvq function protos once, not once per custom node;
-- cleanup + toposort skip the com.onnxvq function bodies (sorted once, when added).
+- cleanup + toposort skip the com.onnxvq function bodies (sorted once, when added);
+- range-only observers read one native RangeStats node per tensor, not three reductions.
 """
 
 from __future__ import annotations
+
+import sys
 
 import onnx
 import pytest
@@ -68,6 +71,7 @@ def _slow_paths(monkeypatch) -> None:
 
     for module in (core_graph, pipeline, fold_constants, fold_static_shapes):
         monkeypatch.setattr(module, "tidy", recursive_tidy)
+    monkeypatch.setattr(sys.modules["onnxvq.calibrate.collect"], "_native_stats", lambda: False)
 
 
 class _Forgetful(dict):

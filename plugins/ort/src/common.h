@@ -93,5 +93,6 @@ void AddAddMulQuantizeLinear(Ort::CustomOpDomain& domain);
 void AddQuantizedLinear(Ort::CustomOpDomain& domain);
 void AddAddIntLayerNorm(Ort::CustomOpDomain& domain);
 void AddQuantizedLinearCodes(Ort::CustomOpDomain& domain);
+void AddRangeStats(Ort::CustomOpDomain& domain);
 
 }  // namespace onnxvq

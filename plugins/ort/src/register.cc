@@ -27,6 +27,7 @@ OrtCustomOpDomain* Domain() {
     onnxvq::AddQuantizedLinear(d);
     onnxvq::AddAddIntLayerNorm(d);
     onnxvq::AddQuantizedLinearCodes(d);
+    onnxvq::AddRangeStats(d);
     domain = d.release();
   });
   return domain;
