@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxvq.core.edit import bypass
-from onnxvq.core.graph import tidy
+from onnxvq.core.order import tidy
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
 
 

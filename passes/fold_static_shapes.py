@@ -21,7 +21,8 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxvq.core.edit import bypass
-from onnxvq.core.graph import tidy, to_model
+from onnxvq.core.graph import to_model
+from onnxvq.core.order import tidy
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
 from onnxvq.core.walk import const_value
 

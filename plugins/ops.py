@@ -20,7 +20,7 @@ from onnx import helper
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from onnxvq.core.errors import OnnxvqError
-from onnxvq.core.graph import mark_tidy
+from onnxvq.core.order import mark_tidy
 from onnxvq.plugins.attention_functions import attention_function_protos
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.fused_functions import fused_function_protos

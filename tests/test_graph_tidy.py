@@ -1,4 +1,4 @@
-"""core.graph.tidy: graphsurgeon's cleanup + toposort, node for node, without its recursion.
+"""core.order.tidy: graphsurgeon's cleanup + toposort, node for node, without its recursion.
 
 `tidy` orders the nodes itself (`_sorted_nodes`) and skips the com.onnxvq function bodies sorted
 when they were added (`mark_tidy`); every test here compares it with graphsurgeon's own
@@ -12,7 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from onnxvq.core.graph import _sorted_nodes, tidy, to_graph
+from onnxvq.core.graph import to_graph
+from onnxvq.core.order import _sorted_nodes, tidy
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
 from onnxvq.plugins.ops import register_functions
 

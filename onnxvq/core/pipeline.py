@@ -21,7 +21,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.config import QuantConfig
-from onnxvq.core.graph import infer_shapes_into, tidy, to_graph, to_model
+from onnxvq.core.graph import infer_shapes_into, to_graph, to_model
+from onnxvq.core.order import tidy
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan
 from onnxvq.core.validate import NumericCheck, check_graph, numeric_check
 
