@@ -228,11 +228,13 @@ def _fuzz_constants(rng: np.random.Generator) -> list[SoftmaxConstants]:
     return out
 
 
-def test_log_int_softmax_int8_fuzz(library):
+@pytest.mark.parametrize(("octave_steps", "seed"), [(1, 2024), (2, 2025)])
+def test_log_int_softmax_int8_fuzz(library, octave_steps, seed):
     # The int8 kernel's row paths (threshold key table, search fallback, per-value lookup) against
-    # the reference on random constants, row lengths and score spreads.
-    rng = np.random.default_rng(2024)
-    for i, consts in enumerate(_fuzz_constants(rng)):
+    # the reference on random constants, row lengths and score spreads, for either code base.
+    rng = np.random.default_rng(seed)
+    for i, base in enumerate(_fuzz_constants(rng)):
+        consts = SoftmaxConstants(**{**base.attributes(), "octave_steps": octave_steps})
         n = int(rng.choice([1, 5, 31, 32, 33, 127, 128, 129, 197, 300]))
         spread = float(rng.choice([2.0, 20.0, 60.0, 200.0]))
         x = np.clip(np.round(rng.normal(0, spread, (48, n))), -128, 127).astype(np.int8)
@@ -250,19 +252,27 @@ def test_log_int_softmax_int8_fuzz(library):
 # ---------------------------------------------------------------- LogIntMatMul
 
 @pytest.mark.parametrize(
-    ("lead", "r", "k", "d", "vdtype", "bits", "zp"),
+    ("lead", "r", "k", "d", "vdtype", "bits", "zp", "octave_steps"),
     [
-        ((1, 6), 197, 197, 64, np.int8, 4, 0),
-        ((64,), 5, 33, 8, np.uint8, 4, 128),
-        ((2,), 3, 4096, 16, np.int8, 4, -7),
-        ((2, 2), 7, 300, 5, np.uint8, 8, 255),
-        ((3,), 4, 20, 9, np.int8, 5, 127),
+        ((1, 6), 197, 197, 64, np.int8, 4, 0, 1),
+        ((64,), 5, 33, 8, np.uint8, 4, 128, 1),
+        ((2,), 3, 4096, 16, np.int8, 4, -7, 1),
+        ((2, 2), 7, 300, 5, np.uint8, 8, 255, 1),
+        ((3,), 4, 20, 9, np.int8, 5, 127, 1),
+        ((1, 6), 197, 197, 64, np.int8, 4, 0, 2),
+        ((64,), 5, 33, 8, np.uint8, 4, 128, 2),
+        ((2,), 3, 4096, 16, np.int8, 4, -7, 2),
+        ((2, 2), 7, 300, 5, np.uint8, 8, 255, 2),
+        ((3,), 4, 20, 9, np.int8, 3, 127, 2),
     ],
 )
-def test_log_int_matmul_kernel_is_bit_exact(library, lead, r, k, d, vdtype, bits, zp):
-    rng = np.random.default_rng(r * k + bits)
+def test_log_int_matmul_kernel_is_bit_exact(library, lead, r, k, d, vdtype, bits, zp,
+                                            octave_steps):
+    rng = np.random.default_rng(r * k + bits + octave_steps - 1)
     codes = rng.integers(0, 256, (*lead, r, k)).astype(np.uint8)  # every code, zero codes too
     codes.reshape(-1, k)[0] = 0  # the largest weights everywhere
+    if octave_steps == 2:
+        codes.reshape(-1, k)[1] = 1  # the largest odd weights
     info = np.iinfo(vdtype)
     v = rng.integers(info.min, info.max + 1, (*lead, k, d)).astype(vdtype)
     v.reshape(-1, d)[: min(k, 8)] = info.min if zp >= 0 else info.max  # extreme |V - zp|
@@ -270,8 +280,9 @@ def test_log_int_matmul_kernel_is_bit_exact(library, lead, r, k, d, vdtype, bits
     a_var = gs.Variable("a", np.uint8, list(codes.shape))
     v_var = gs.Variable("v", vdtype, list(v.shape))
     g.inputs = [a_var, v_var]
-    g.outputs = [make_log_int_matmul_node(g, a_var, v_var, bits=bits, zero_point=zp, name="mm")]
-    want = log_int_matmul(codes, v, bits=bits, zero_point=zp)
+    g.outputs = [make_log_int_matmul_node(g, a_var, v_var, bits=bits, zero_point=zp,
+                                          octave_steps=octave_steps, name="mm")]
+    want = log_int_matmul(codes, v, bits=bits, zero_point=zp, octave_steps=octave_steps)
     _check_all_backends(g, {"a": codes, "v": v}, [want], library, with_functions=k <= 300)
 
 
@@ -281,7 +292,7 @@ _NO_VNNI_SCRIPT = textwrap.dedent("""
     from onnxvq.plugins.ops import make_log_int_matmul_node
     from onnxvq.plugins.reference import log_int_matmul
     from onnxvq.core.runtime import session_options
-    lib, lead, r, k, d, bits, zp = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])
+    lib, lead, r, k, d, bits, zp, steps = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])
     rng = np.random.default_rng(r * k + bits)
     a = rng.integers(0, 256, (lead, r, k)).astype(np.uint8)
     v = rng.integers(-128, 128, (lead, k, d)).astype(np.int8)
@@ -289,7 +300,8 @@ _NO_VNNI_SCRIPT = textwrap.dedent("""
     av = gs.Variable("a", np.uint8, list(a.shape))
     vv = gs.Variable("v", np.int8, list(v.shape))
     g.inputs = [av, vv]
-    g.outputs = [make_log_int_matmul_node(g, av, vv, bits=bits, zero_point=zp, name="mm")]
+    g.outputs = [make_log_int_matmul_node(g, av, vv, bits=bits, zero_point=zp,
+                                          octave_steps=steps, name="mm")]
     model = gs.export_onnx(g)
     model.ir_version = 10
     del model.functions[:]
@@ -297,25 +309,28 @@ _NO_VNNI_SCRIPT = textwrap.dedent("""
     so.register_custom_ops_library(lib)
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {"a": a, "v": v})
-    np.testing.assert_array_equal(got, log_int_matmul(a, v, bits=bits, zero_point=zp))
+    want = log_int_matmul(a, v, bits=bits, zero_point=zp, octave_steps=steps)
+    np.testing.assert_array_equal(got, want)
 """)
 
 
-@pytest.mark.parametrize(("lead", "r", "k", "d", "bits", "zp"),
-                         [(6, 197, 197, 64, 4, 0), (2, 7, 300, 5, 8, -7)])
-def test_log_int_matmul_avx2_path_without_vnni(library, lead, r, k, d, bits, zp):
+@pytest.mark.parametrize(("lead", "r", "k", "d", "bits", "zp", "octave_steps"),
+                         [(6, 197, 197, 64, 4, 0, 1), (2, 7, 300, 5, 8, -7, 1),
+                          (6, 197, 197, 64, 4, 0, 2)])
+def test_log_int_matmul_avx2_path_without_vnni(library, lead, r, k, d, bits, zp, octave_steps):
     # ONNXVQ_NO_VNNI is read once per process, so the AVX2 path needs a fresh one; on a CPU
     # without AVX-VNNI both tests run the AVX2 path anyway.
     env = {**os.environ, "ONNXVQ_NO_VNNI": "1"}
-    args = [str(a) for a in (lead, r, k, d, bits, zp)]
+    args = [str(a) for a in (lead, r, k, d, bits, zp, octave_steps)]
     proc = subprocess.run([sys.executable, "-c", _NO_VNNI_SCRIPT, library, *args], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_softmax_then_matmul_chain(library):
-    rng = np.random.default_rng(12)
-    consts = softmax_constants(0.05, 4)
+@pytest.mark.parametrize(("octave_steps", "seed"), [(1, 12), (2, 13)])
+def test_softmax_then_matmul_chain(library, octave_steps, seed):
+    rng = np.random.default_rng(seed)
+    consts = softmax_constants(0.05, 4, octave_steps=octave_steps)
     scores = rng.integers(-128, 128, (2, 6, 197, 197)).astype(np.int8)
     v = rng.integers(-128, 128, (2, 6, 197, 64)).astype(np.int8)
     g = gs.Graph(opset=17)
@@ -323,8 +338,10 @@ def test_softmax_then_matmul_chain(library):
     v_var = gs.Variable("v", np.int8, list(v.shape))
     g.inputs = [s_var, v_var]
     codes = make_log_int_softmax_node(g, s_var, consts, name="sm")
-    g.outputs = [make_log_int_matmul_node(g, codes, v_var, bits=4, name="mm")]
-    want = log_int_matmul(log_int_softmax(scores, **consts.attributes()), v, bits=4)
+    g.outputs = [make_log_int_matmul_node(g, codes, v_var, bits=4, octave_steps=octave_steps,
+                                          name="mm")]
+    want = log_int_matmul(log_int_softmax(scores, **consts.attributes()), v, bits=4,
+                          octave_steps=octave_steps)
     _check_all_backends(g, {"s": scores, "v": v}, [want], library)
 
 
@@ -344,79 +361,6 @@ def test_log_sqrt2_softmax_int32_full_range_and_non_monotone(library):
         xv = gs.Variable("x", xs.dtype, list(xs.shape))
         g.inputs, g.outputs = [xv], [make_log_int_softmax_node(g, xv, consts, name="sm")]
         _check_all_backends(g, {"x": xs}, [log_int_softmax(xs, **consts.attributes())], library)
-
-
-def test_log_sqrt2_softmax_int8_fuzz(library):
-    # The three int8 row paths (key table, search fallback, per-value lookup) with sqrt(2) codes.
-    rng = np.random.default_rng(2025)
-    for i, base in enumerate(_fuzz_constants(rng)):
-        consts = SoftmaxConstants(**{**base.attributes(), "octave_steps": 2})
-        n = int(rng.choice([1, 5, 31, 32, 33, 127, 128, 129, 197, 300]))
-        spread = float(rng.choice([2.0, 20.0, 60.0, 200.0]))
-        x = np.clip(np.round(rng.normal(0, spread, (48, n))), -128, 127).astype(np.int8)
-        x[0] = rng.integers(-128, 128, n)
-        x[1, : n // 2] = 127
-        x[1, n // 2 :] = -128
-        g = gs.Graph(opset=17)
-        xv = gs.Variable("x", np.int8, list(x.shape))
-        g.inputs, g.outputs = [xv], [make_log_int_softmax_node(g, xv, consts, name="sm")]
-        got = _run(g, {"x": x}, library)[0]
-        want = log_int_softmax(x, **consts.attributes())
-        np.testing.assert_array_equal(got, want, err_msg=f"case {i}: {consts}")
-
-
-@pytest.mark.parametrize(
-    ("lead", "r", "k", "d", "vdtype", "bits", "zp"),
-    [
-        ((1, 6), 197, 197, 64, np.int8, 4, 0),
-        ((64,), 5, 33, 8, np.uint8, 4, 128),
-        ((2,), 3, 4096, 16, np.int8, 4, -7),
-        ((2, 2), 7, 300, 5, np.uint8, 8, 255),
-        ((3,), 4, 20, 9, np.int8, 3, 127),
-    ],
-)
-def test_log_sqrt2_matmul_kernel_is_bit_exact(library, lead, r, k, d, vdtype, bits, zp):
-    rng = np.random.default_rng(r * k + bits + 1)
-    codes = rng.integers(0, 256, (*lead, r, k)).astype(np.uint8)
-    codes.reshape(-1, k)[0] = 0  # the largest weights everywhere
-    codes.reshape(-1, k)[1] = 1  # the largest odd weights
-    info = np.iinfo(vdtype)
-    v = rng.integers(info.min, info.max + 1, (*lead, k, d)).astype(vdtype)
-    v.reshape(-1, d)[: min(k, 8)] = info.min if zp >= 0 else info.max
-    g = gs.Graph(opset=17)
-    a_var = gs.Variable("a", np.uint8, list(codes.shape))
-    v_var = gs.Variable("v", vdtype, list(v.shape))
-    g.inputs = [a_var, v_var]
-    g.outputs = [make_log_int_matmul_node(g, a_var, v_var, bits=bits, zero_point=zp,
-                                          octave_steps=2, name="mm")]
-    want = log_int_matmul(codes, v, bits=bits, zero_point=zp, octave_steps=2)
-    _check_all_backends(g, {"a": codes, "v": v}, [want], library, with_functions=k <= 300)
-
-
-def test_log_sqrt2_matmul_avx2_path_without_vnni(library):
-    script = _NO_VNNI_SCRIPT.replace("bits=bits, zero_point=zp", "bits=bits, zero_point=zp, "
-                                     "octave_steps=2")
-    assert script.count("octave_steps=2") == 2
-    env = {**os.environ, "ONNXVQ_NO_VNNI": "1"}
-    proc = subprocess.run([sys.executable, "-c", script, library, "6", "197", "197", "64", "4",
-                           "0"], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-def test_log_sqrt2_softmax_then_matmul_chain(library):
-    rng = np.random.default_rng(13)
-    consts = softmax_constants(0.05, 4, octave_steps=2)
-    scores = rng.integers(-128, 128, (2, 6, 197, 197)).astype(np.int8)
-    v = rng.integers(-128, 128, (2, 6, 197, 64)).astype(np.int8)
-    g = gs.Graph(opset=17)
-    s_var = gs.Variable("s", np.int8, list(scores.shape))
-    v_var = gs.Variable("v", np.int8, list(v.shape))
-    g.inputs = [s_var, v_var]
-    codes = make_log_int_softmax_node(g, s_var, consts, name="sm")
-    g.outputs = [make_log_int_matmul_node(g, codes, v_var, bits=4, octave_steps=2, name="mm")]
-    want = log_int_matmul(log_int_softmax(scores, **consts.attributes()), v, bits=4,
-                          octave_steps=2)
-    _check_all_backends(g, {"s": scores, "v": v}, [want], library)
 
 
 def test_bad_octave_steps_is_an_error(library):
