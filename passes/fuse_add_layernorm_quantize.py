@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.pipeline import PassContext, RewritePass
-from onnxvq.core.walk import const_value, producer
+from onnxvq.core.walk import byte_quantizer_refusal, const_value, producer
 from onnxvq.plugins.ops import make_add_layer_norm_quantize_node
 
 
@@ -92,12 +92,9 @@ class FuseAddLayerNormQuantize(RewritePass):
         params = [const_value(t) for t in ln.inputs[1:3]]
         if any(v is None or v.ndim != 1 for v in params):
             return "non-constant or not 1-D LayerNorm scale/bias"
-        s = const_value(m.q.inputs[1])
-        zp = const_value(m.q.inputs[2]) if len(m.q.inputs) > 2 else None
-        if s is None or s.size != 1 or zp is None or zp.size != 1:
-            return "per-axis or non-constant quantization of the LayerNorm output"
-        if zp.dtype not in (np.uint8, np.int8):
-            return f"LayerNorm output quantized to {zp.dtype}, not uint8/int8"
+        reason = byte_quantizer_refusal(m.q, "LayerNorm output")
+        if reason:
+            return reason
         if m.operands is None:
             return "the Add's operands broadcast other than over leading dimensions (or unknown)"
         return None

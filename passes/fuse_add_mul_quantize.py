@@ -22,7 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.pipeline import PassContext, RewritePass
-from onnxvq.core.walk import const_value, producer
+from onnxvq.core.walk import byte_quantizer_refusal, const_value, producer
 from onnxvq.passes.fuse_add_layernorm_quantize import residual_operands
 from onnxvq.plugins.ops import make_add_mul_quantize_linear_node
 
@@ -53,12 +53,9 @@ class FuseAddMulQuantize(RewritePass):
         return _AddMulQ(add, mul, node, m)
 
     def check(self, graph: gs.Graph, m: _AddMulQ) -> str | None:
-        s = const_value(m.q.inputs[1])
-        zp = const_value(m.q.inputs[2]) if len(m.q.inputs) > 2 else None
-        if s is None or s.size != 1 or zp is None or zp.size != 1:
-            return "per-axis or non-constant quantization"
-        if zp.dtype not in (np.uint8, np.int8):
-            return f"quantized to {zp.dtype}, not uint8/int8"
+        reason = byte_quantizer_refusal(m.q)
+        if reason:
+            return reason
         mid = m.mul.outputs[0]
         if len(mid.outputs) != 1 or mid in graph.outputs:
             return "the Mul's output is read by more than the QuantizeLinear"

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.pipeline import PassContext, RewritePass
-from onnxvq.core.walk import const_value, producer
+from onnxvq.core.walk import byte_quantizer_refusal, const_value, producer
 from onnxvq.plugins.ops import make_gelu_quantize_linear_node
 from onnxvq.recognise.activations import match_exact_gelu
 
@@ -77,13 +77,9 @@ class FuseGeluQuantize(RewritePass):
         readers = list(m.out.outputs)
         if len(readers) != 1 or readers[0].op != "QuantizeLinear" or m.out in graph.outputs:
             return "GELU output is read in float (not only by one QuantizeLinear)"
-        q = readers[0]
-        s = const_value(q.inputs[1])
-        zp = const_value(q.inputs[2]) if len(q.inputs) > 2 else None
-        if s is None or s.size != 1 or zp is None or zp.size != 1:
-            return "per-axis or non-constant quantization of the GELU output"
-        if zp.dtype not in (np.uint8, np.int8):
-            return f"GELU output quantized to {zp.dtype}, not uint8/int8"
+        reason = byte_quantizer_refusal(readers[0], "GELU output")
+        if reason:
+            return reason
         if m.x.dtype not in (np.float32, None):
             return f"GELU input is {m.x.dtype}, not float32"
         n = m.x.shape[-1] if m.x.shape and isinstance(m.x.shape[-1], int) else None

@@ -41,6 +41,19 @@ def scalar(t: gs.Tensor) -> float | None:
     return float(v.reshape(-1)[0])
 
 
+def byte_quantizer_refusal(q: gs.Node, subject: str | None = None) -> str | None:
+    """Why QuantizeLinear `q` is not a per-tensor uint8/int8 quantizer with constant scale and
+    zero point (the only one the fused com.onnxvq epilogues take), or None. `subject` names the
+    quantized tensor in the reason ("GELU output")."""
+    s = const_value(q.inputs[1])
+    zp = const_value(q.inputs[2]) if len(q.inputs) > 2 else None
+    if s is None or s.size != 1 or zp is None or zp.size != 1:
+        return "per-axis or non-constant quantization" + (f" of the {subject}" if subject else "")
+    if zp.dtype not in (np.uint8, np.int8):
+        return f"{subject + ' ' if subject else ''}quantized to {zp.dtype}, not uint8/int8"
+    return None
+
+
 def data_inputs(node: gs.Node) -> list[gs.Variable]:
     """Inputs that carry activations (not constants, not shape tensors of Reshape/Expand/...)."""
     ins = node.inputs
