@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxvq.core.metrics import sqnr
 from onnxvq.core.runtime import make_session
 from onnxvq.models.tiny_vit import TinyViTConfig
 
@@ -65,8 +66,7 @@ def run_in_ort(fp32: Path, quant: Path, batch: int) -> dict:
         del sess
     a, b = outs
     cos = float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-    sqnr = 10 * np.log10(np.sum(a * a) / np.sum((a - b) ** 2))
-    return {"cosine": round(cos, 4), "sqnr_db": round(float(sqnr), 2),
+    return {"cosine": round(cos, 4), "sqnr_db": round(sqnr(a, b), 2),
             "fp32_run_s": secs[0], "int8_run_s": secs[1], "batch": batch}
 
 

@@ -62,3 +62,25 @@ def corpus_model() -> Callable[[str, str], Path]:
         return found
 
     return get
+
+
+@pytest.fixture(scope="session")
+def unfused_fused_sqnr() -> Callable:
+    """`f(fp32_path, plain, fused, pass_id)` -> (unfused dB, fused dB, apart dB): `plain` (a QDQ
+    model) lowered by ORT_LOWERING without `pass_id`, and `fused` (lowered with it), each against
+    the FP32 model on the same 4 random inputs, and the two lowerings against each other."""
+    from onnxvq.core.metrics import sqnr
+    from onnxvq.core.pipeline import Pipeline
+    from onnxvq.core.runtime import make_session, random_inputs
+    from onnxvq.passes.pipelines import ORT_LOWERING
+
+    def measure(path: Path, plain, fused, pass_id: str) -> tuple[float, float, float]:
+        unfused, _ = Pipeline(tuple(p for p in ORT_LOWERING.passes if p.id != pass_id)).run(
+            plain, numeric="none")
+        fp32 = make_session(str(path))
+        feeds = random_inputs(fp32, batch=4, seed=11)
+        ref = fp32.run(None, feeds)[0]
+        a, b = (make_session(m).run(None, feeds)[0] for m in (unfused, fused))
+        return sqnr(ref, a), sqnr(ref, b), sqnr(a, b)
+
+    return measure

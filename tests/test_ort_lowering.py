@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.metrics import sqnr
 from onnxvq.core.pipeline import Pipeline
 from onnxvq.core.runtime import make_session, random_inputs, session_options
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
@@ -33,10 +34,6 @@ def _ort_ops(model: onnx.ModelProto, tmp_path) -> Counter:
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
-
-
-def _sqnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10((a**2).sum() / max(((a - b) ** 2).sum(), 1e-30)))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +88,7 @@ def test_lowered_model_matches_plain_qdq(tiny, fq, tmp_path):
     y = make_session(low.model).run(None, feeds)[0]
     # the fused kernel's erf moves a GELU code only within ~1e-6 of a rounding midpoint: the
     # error against FP32 stays within a small fraction of a dB of the plain QDQ model's
-    assert abs(_sqnr(ref, y) - _sqnr(ref, x)) < 0.2
+    assert abs(sqnr(ref, y) - sqnr(ref, x)) < 0.2
     assert (ref.argmax(1) == y.argmax(1)).mean() >= (ref.argmax(1) == x.argmax(1)).mean() - 0.07
     # the other passes are exact: the same outputs bit for bit
     exact, _ = Pipeline(tuple(p for p in ORT_LOWERING.passes if p.id not in INEXACT)).run(

@@ -15,6 +15,7 @@ import numpy as np
 
 from onnxvq.calibrate.pts import PtsErrorObserver, pts_candidate_scales
 from onnxvq.calibrate.quant import fake_quant, qrange
+from onnxvq.core.metrics import sqnr
 
 # A row spanning under one layer-wise step is coded as at most two values: IntLayerNorm then
 # returns beta or noise for it. Measured narrowest tokens (random weights, noise calibration):
@@ -58,8 +59,7 @@ class PtsRowObserver(PtsErrorObserver):
         scales = pts_candidate_scales(self.scale, self.levels)[self.alphas()]
         xq = fake_quant(x, scales, self.zero_point, *qrange(self.bits, self.signed))
         ref, got = _normalise(x), _normalise(xq)
-        noise = float(((ref - got) ** 2).sum())
-        return np.inf if noise == 0 else 10 * np.log10(float((ref ** 2).sum()) / noise)
+        return sqnr(ref, got)
 
     def thin_rows(self) -> str | None:
         """Why PTS would erase some tokens of this input, or None when every row is wide enough."""

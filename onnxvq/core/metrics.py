@@ -23,6 +23,13 @@ def sqnr_db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def sqnr(ref: np.ndarray, out: np.ndarray) -> float:
+    """SQNR in dB of `out` against `ref` (the same size, any shapes), summed in float64."""
+    a = np.asarray(ref, np.float64).ravel()
+    d = a - np.asarray(out, np.float64).ravel()
+    return sqnr_db(float(a @ a), float(d @ d))
+
+
 def cosine(dot: float, ref_sq: float, out_sq: float) -> float:
     """cos from the dot product and the two squared norms."""
     denom = math.sqrt(ref_sq) * math.sqrt(out_sq)

@@ -19,6 +19,7 @@ import onnx
 from onnxvq.calibrate.denoiser import OnnxDenoiser, find_roles, initial_noise, sample_shape
 from onnxvq.calibrate.diffusion import DDIMSampler, DDIMSchedule
 from onnxvq.core.errors import CalibrationError
+from onnxvq.core.metrics import sqnr
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,6 @@ class DenoiserComparison:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(((ref - got) ** 2).sum())
-    return float("inf") if noise == 0 else float(10 * np.log10((ref**2).sum() / noise))
 
 
 def _trajectory(model, roles, labels, sampler_args: dict, x_t: np.ndarray):
@@ -64,7 +60,7 @@ def compare_denoiser(fp32: onnx.ModelProto | str | os.PathLike,
     mse = float(((x_ref - x_q) ** 2).mean())
     psnr = float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
     return DenoiserComparison(steps, samples, tuple(ts),
-                              tuple(_sqnr(a, b) for a, b in zip(eps_ref, eps_q, strict=True)),
+                              tuple(sqnr(a, b) for a, b in zip(eps_ref, eps_q, strict=True)),
                               mse, psnr)
 
 

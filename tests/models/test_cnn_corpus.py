@@ -13,6 +13,7 @@ import pytest
 
 from onnxvq.api import inspect
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.metrics import sqnr
 from onnxvq.models.corpus import CNN_ENTRIES, CNN_EXPORTERS
 from onnxvq.quantizer.run import quantize
 
@@ -70,5 +71,5 @@ def test_cnn_export_runs_as_int8_convolutions(corpus_model, tmp_path, name: str,
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None,
                                                                                 {"input": x})[0]
     got = sess.run(None, {"input": x})[0]
-    sqnr = 10 * np.log10((ref**2).sum() / ((ref - got) ** 2).sum())
-    assert sqnr > 10, sqnr  # 8 noise calibration images, random weights (MobileNetV2: 13 dB)
+    db = sqnr(ref, got)
+    assert db > 10, db  # 8 noise calibration images, random weights (MobileNetV2: 13 dB)

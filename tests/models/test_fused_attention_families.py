@@ -9,12 +9,9 @@ from __future__ import annotations
 import importlib.util
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from onnxvq.core.config import QuantConfig
-from onnxvq.core.pipeline import Pipeline
-from onnxvq.core.runtime import make_session, random_inputs
 from onnxvq.quantizer.run import quantize
 
 _HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
@@ -34,15 +31,11 @@ EXPECTED = {
 }
 
 
-def _sqnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10((a**2).sum() / max(((a - b) ** 2).sum(), 1e-30)))
-
-
 @pytest.mark.corpus
 @pytest.mark.slow
 @needs_torch
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_biased_attentions_fuse_and_keep_fidelity(name, corpus_model):
+def test_biased_attentions_fuse_and_keep_fidelity(name, corpus_model, unfused_fused_sqnr):
     from onnxvq.models.families import FAMILIES, ensure
     from onnxvq.passes.pipelines import ORT_LOWERING
 
@@ -60,10 +53,6 @@ def test_biased_attentions_fuse_and_keep_fidelity(name, corpus_model):
     assert biased == applied  # every fused one carried a bias
     if not applied:
         return
-    unfused, _ = Pipeline(tuple(p for p in ORT_LOWERING.passes
-                                if p.id != "fuse-qlinear-attention")).run(plain, numeric="none")
-    fp32 = make_session(str(path))
-    feeds = random_inputs(fp32, batch=4, seed=11)
-    ref = fp32.run(None, feeds)[0]
-    a, b = (make_session(m).run(None, feeds)[0] for m in (unfused, fused))
-    assert _sqnr(ref, b) > _sqnr(ref, a) - 0.3 and _sqnr(a, b) > 25
+    unfused_db, fused_db, apart_db = unfused_fused_sqnr(path, plain, fused,
+                                                        "fuse-qlinear-attention")
+    assert fused_db > unfused_db - 0.3 and apart_db > 25

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from qdq_graphs import Builder, op_types, run_model
 
+from onnxvq.core.metrics import sqnr
 from onnxvq.core.pipeline import Pipeline
 from onnxvq.core.runtime import make_session
 from onnxvq.passes.fuse_gelu_quantize import FuseGeluQuantize
@@ -38,10 +39,6 @@ def _feeds():
     return {"x": np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)}
 
 
-def _sqnr(a, b):
-    return 10 * np.log10((a**2).sum() / max(((a - b) ** 2).sum(), 1e-30))
-
-
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_rewrites_and_keeps_the_codes(bias):
     model = _mlp(bias=bias)
@@ -56,7 +53,7 @@ def test_rewrites_and_keeps_the_codes(bias):
     # the local function is the unfused graph itself: the same outputs bit for bit
     np.testing.assert_array_equal(make_session(out, custom_ops=False).run(None, feeds)[0], a)
     # the native kernel's erf may move a code by one within ~1e-6 of a midpoint (rare)
-    assert _sqnr(a, make_session(out).run(None, feeds)[0]) > 60
+    assert sqnr(a, make_session(out).run(None, feeds)[0]) > 60
 
 
 def test_int8_zero_point_gives_int8_codes():

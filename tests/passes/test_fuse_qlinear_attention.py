@@ -13,6 +13,7 @@ import pytest
 from passtools import reasons, run_pass
 
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.metrics import sqnr
 from onnxvq.core.pipeline import Pipeline
 from onnxvq.core.runtime import make_session, random_inputs
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
@@ -31,10 +32,6 @@ def _prepared(hoist: bool = True, **vit) -> onnx.ModelProto:
     plain = quantize(fp32, None, QuantConfig(ort_fusions=False, **NOISE)).model
     passes = BEFORE if hoist else BEFORE[:1]
     return Pipeline(passes).run(plain, numeric="none")[0]
-
-
-def _sqnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10((a**2).sum() / max(((a - b) ** 2).sum(), 1e-30)))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,7 @@ def test_fused_model_within_w8a8_noise(qkv, prepared):
     inlined = make_session(out, custom_ops=False).run(None, feeds)[0]
     # measured: identical logits on these inputs; the bound leaves room for a probability code
     # moving by one (float softmax rounding), i.e. a few 1e-3 of the logits' scale
-    assert _sqnr(want, got) > 40 and _sqnr(want, inlined) > 40
+    assert sqnr(want, got) > 40 and sqnr(want, inlined) > 40
     assert (want.argmax(1) == got.argmax(1)).mean() >= 0.9
 
 
@@ -166,8 +163,8 @@ def test_constant_bias_fuses_within_w8a8_noise(prepared, edit):
     got = make_session(out).run(None, feeds)[0]
     inlined = make_session(out, custom_ops=False).run(None, feeds)[0]
     plain = make_session(prepared).run(None, feeds)[0]
-    assert _sqnr(want, plain) < 30  # the bias matters
-    assert _sqnr(want, got) > 40 and _sqnr(want, inlined) > 40
+    assert sqnr(want, plain) < 30  # the bias matters
+    assert sqnr(want, got) > 40 and sqnr(want, inlined) > 40
 
 
 def test_refuses_unhoisted_separate_and_wide_heads():
@@ -185,7 +182,7 @@ def test_refuses_unhoisted_separate_and_wide_heads():
 
 @pytest.mark.slow
 @pytest.mark.corpus
-def test_corpus_deit_tiny_fused_equals_unfused(corpus_model):
+def test_corpus_deit_tiny_fused_equals_unfused(corpus_model, unfused_fused_sqnr):
     """The TorchScript DeiT-tiny (Split/Squeeze head split, Shape-computed Reshapes): all 12
     attentions fuse, and the lowered model stays within W8/A8 noise of the unfused lowering."""
     from onnxvq.passes.pipelines import ORT_LOWERING
@@ -194,11 +191,7 @@ def test_corpus_deit_tiny_fused_equals_unfused(corpus_model):
     plain = quantize(str(path), None, QuantConfig(ort_fusions=False, **NOISE)).model
     fused, report = ORT_LOWERING.run(plain, numeric="none")
     assert report.result("fuse-qlinear-attention").applied == 12
-    unfused, _ = Pipeline(tuple(p for p in ORT_LOWERING.passes
-                                if p.id != "fuse-qlinear-attention")).run(plain, numeric="none")
-    fp32 = make_session(str(path))
-    feeds = random_inputs(fp32, batch=4, seed=11)
-    ref = fp32.run(None, feeds)[0]
-    a, b = (make_session(m).run(None, feeds)[0] for m in (unfused, fused))
+    unfused_db, fused_db, apart_db = unfused_fused_sqnr(path, plain, fused,
+                                                        "fuse-qlinear-attention")
     # measured (noise calibration): 30.99 dB unfused, 31.15 fused against FP32; 35.5 dB apart
-    assert _sqnr(ref, b) > _sqnr(ref, a) - 0.1 and _sqnr(a, b) > 30
+    assert fused_db > unfused_db - 0.1 and apart_db > 30
