@@ -171,19 +171,23 @@ def test_layernorm_params_folds_into_documented_ranges_and_refuses_tiny_scales()
 
 
 # ----------------------------------------------------------------------------- LogIntSoftmax
-def _big_log_int_softmax_row(x, x0, b, c, n, bits):
-    """README steps 1-7 in unbounded Python integers; the sqrt(2) test as 2 S^2 >= 4^t E^2."""
-    m, zc = max_code(bits), zero_code(bits)
+def _big_terms(x, x0, b, c, n, width):
+    """The README's exponentials in unbounded Python integers, (((r + b)^2 + c) << n) >> q per
+    element, and their sum's shift h and shifted sum S for a sum of `width` bits."""
     top = max(int(v) for v in x)
     e = []
     for v in x:
         d = int(v) - top
         q = (-d) // (-x0)
-        r = d - q * x0
-        e.append((((r + b) ** 2 + c) << n) >> min(q, 63))
-    s = sum(e)
-    h = max(s.bit_length() - 31, 0)
-    big = s >> h
+        e.append(((((d - q * x0) + b) ** 2 + c) << n) >> min(q, 63))
+    h = max(sum(e).bit_length() - width, 0)
+    return e, h, sum(e) >> h
+
+
+def _big_log_int_softmax_row(x, x0, b, c, n, bits):
+    """README steps 1-7 in unbounded Python integers; the sqrt(2) test as 2 S^2 >= 4^t E^2."""
+    m, zc = max_code(bits), zero_code(bits)
+    e, h, big = _big_terms(x, x0, b, c, n, 31)
     codes = []
     for ej in e:
         small = ej >> h
@@ -298,15 +302,7 @@ def _big_log_sqrt2_row(x, x0, b, c, n, bits):
     """README "Base sqrt(2)" in unbounded Python integers: S' < 2^15, and the quarter-octave
     threshold S'/E >= 2^((2t-1)/4) stated as 2 S'^4 >= 2^(2t) E^4."""
     m, zc = max_code(bits), zero_code(bits)
-    top = max(int(v) for v in x)
-    e = []
-    for v in x:
-        d = int(v) - top
-        q = (-d) // (-x0)
-        e.append(((((d - q * x0) + b) ** 2 + c) << n) >> min(q, 63))
-    s = sum(e)
-    h = max(s.bit_length() - 15, 0)
-    big = s >> h
+    e, h, big = _big_terms(x, x0, b, c, n, 15)
     codes = []
     for ej in e:
         small = ej >> h
