@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_lowbit import DATA, PRESETS, load_val, logits  # noqa: E402
+from bench_lowbit import DATA, PRESETS, accuracy, load_val, logits, merge_results  # noqa: E402
 
 from onnxvq.calibrate import batches, resolve_preprocess  # noqa: E402
 from onnxvq.core.config import QuantConfig  # noqa: E402
@@ -67,9 +67,8 @@ def quantize_nncf(fp32: onnx.ModelProto, preset: str, samples: int) -> onnx.Mode
 def measure(label: str, model: onnx.ModelProto, x, y, ref, threads: int) -> dict:
     z = logits(make_session(model, threads=threads), x)
     corr = correlation(z.astype(np.float64), ref.astype(np.float64))
-    return {"config": label, "top1": float((z.argmax(1) == y).mean()),
-            "agreement": float((z.argmax(1) == ref.argmax(1)).mean()),
-            "corr_mean": float(corr.mean()), "corr_min": float(corr.min())}
+    return {"config": label, **accuracy(z, ref, y), "corr_mean": float(corr.mean()),
+            "corr_min": float(corr.min())}
 
 
 def run_model(name: str, args) -> list[dict]:
@@ -119,11 +118,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     rows = [r for m in args.models.split(",") for r in run_model(m, args)]
-    old = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
-    merged = {(r["model"], r["config"]): r for r in [*old, *rows]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"configs": CONFIGS, "rows": list(merged.values())}, indent=1))
-    print(markdown(sorted(merged.values(), key=lambda r: (r["model"], r["config"]))))
+    merged = merge_results(args.out, rows, ("model", "config"), configs=CONFIGS)
+    print(markdown(sorted(merged, key=lambda r: (r["model"], r["config"]))))
 
 
 if __name__ == "__main__":

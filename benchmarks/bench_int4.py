@@ -52,7 +52,7 @@ CIFAR = {"wo4-max": {"weight_only": True, "w_bits": 4},
 
 
 def cifar(limit: int | None) -> None:
-    from bench_lowbit import DATA, PRESETS, load_val, logits
+    from bench_lowbit import DATA, PRESETS, accuracy, load_val, logits
 
     from onnxvq.calibrate import resolve_preprocess
 
@@ -66,10 +66,7 @@ def cifar(limit: int | None) -> None:
                               preprocess=resolve_preprocess(preset))
             z = logits(make_session(result.model, threads=2), x)
             c = [np.corrcoef(a, b)[0, 1] for a, b in zip(ref, z, strict=True)]
-            rows.append({"model": name, "config": kind,
-                         "fp32_top1": float((ref.argmax(1) == y).mean()),
-                         "top1": float((z.argmax(1) == y).mean()),
-                         "agreement": float((z.argmax(1) == ref.argmax(1)).mean()),
+            rows.append({"model": name, "config": kind, **accuracy(z, ref, y),
                          "corr_mean": float(np.mean(c)), "corr_min": float(np.min(c)),
                          "bytes": len(result.model.SerializeToString()), "images": len(y)})
             print(json.dumps(rows[-1]), flush=True)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import onnx
-from bench_lowbit import DATA, PRESETS, load_val, logits
+from bench_lowbit import DATA, PRESETS, accuracy, load_val, logits, merge_results
 
 from onnxvq.calibrate import resolve_preprocess
 from onnxvq.core.config import QuantConfig
@@ -52,9 +52,7 @@ def run_model(name: str, args) -> list[dict]:
             z = logits(make_session(result.model, threads=args.threads), x)
             lis = sum(n.op_type == "LogIntSoftmax" for n in result.model.graph.node)
             row = {"model": name, "w_bits": w, "a_bits": a, "lis_base": base, "lis_nodes": lis,
-                   "fp32_top1": float((ref.argmax(1) == y).mean()),
-                   "top1": float((z.argmax(1) == y).mean()),
-                   "agreement": float((z.argmax(1) == ref.argmax(1)).mean()),
+                   **accuracy(z, ref, y),
                    "quantize_s": round(seconds, 1), "images": len(y),
                    "load": os.getloadavg()[0]}
             print(json.dumps(row), flush=True)
@@ -84,12 +82,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     rows = [r for m in args.models.split(",") for r in run_model(m, args)]
-    old = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
-    key = ("model", "w_bits", "a_bits", "lis_base")
-    merged = {tuple(r[k] for k in key): r for r in [*old, *rows]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": list(merged.values())}, indent=1))
-    print(markdown(list(merged.values())))
+    print(markdown(merge_results(args.out, rows, ("model", "w_bits", "a_bits", "lis_base"))))
 
 
 if __name__ == "__main__":

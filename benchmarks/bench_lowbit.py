@@ -46,6 +46,23 @@ def load_val(preset: str, limit: int | None):
     return (np.concatenate([f["input"] for f, _ in xs]), np.concatenate([y for _, y in xs]))
 
 
+def accuracy(z: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Top-1 of the logits `z` and of FP32's `ref` on the labels `y`, and their top-1 agreement."""
+    return {"fp32_top1": float((ref.argmax(1) == y).mean()),
+            "top1": float((z.argmax(1) == y).mean()),
+            "agreement": float((z.argmax(1) == ref.argmax(1)).mean())}
+
+
+def merge_results(path: Path, rows: list[dict], key: tuple[str, ...], **extra) -> list[dict]:
+    """`rows` merged into the JSON rows at `path` (a row replaces the old one with the same `key`
+    fields, rows of entries not run this time are kept), written with `extra` beside them."""
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    merged = list({tuple(r[k] for k in key): r for r in [*old, *rows]}.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**extra, "rows": merged}, indent=1))
+    return merged
+
+
 def latency_ratio(fp32: onnx.ModelProto, q: onnx.ModelProto, x: np.ndarray, threads: int,
                   runs: int = 5) -> float:
     sessions = [make_session(m, threads=threads) for m in (fp32, q)]
@@ -82,9 +99,7 @@ def run_model(name: str, bits: list[str], args) -> list[dict]:
             seconds = time.perf_counter() - t0
             z = logits(make_session(result.model, threads=args.threads), x)
             row = {"model": name, "w_bits": w, "a_bits": a, "config": kind,
-                   "fp32_top1": float((ref.argmax(1) == y).mean()),
-                   "top1": float((z.argmax(1) == y).mean()),
-                   "agreement": float((z.argmax(1) == ref.argmax(1)).mean()),
+                   **accuracy(z, ref, y),
                    "size_ratio": result.model.ByteSize() / fp32.ByteSize(),
                    "latency_ratio": latency_ratio(fp32, result.model, x[:64], args.threads),
                    "quantize_s": round(seconds, 1), "images": len(y),
@@ -115,13 +130,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     rows = [r for m in args.models.split(",") for r in run_model(m, args.bits.split(","), args)]
-    out = args.out
-    old = json.loads(out.read_text())["rows"] if out.exists() else []
-    key = ("model", "w_bits", "a_bits", "config")
-    merged = {tuple(r[k] for k in key): r for r in [*old, *rows]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"recipes": RECIPES, "rows": list(merged.values())}, indent=1))
-    print(markdown(list(merged.values())))
+    print(markdown(merge_results(args.out, rows, ("model", "w_bits", "a_bits", "config"),
+                                 recipes=RECIPES)))
 
 
 if __name__ == "__main__":
