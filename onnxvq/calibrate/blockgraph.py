@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxvq.calibrate.quant import qrange
 from onnxvq.recognise.structure import Block
 
 _EPS = np.float32(1e-12)
@@ -88,9 +89,7 @@ class ActParam:
 
     @property
     def qrange(self) -> tuple[int, int]:
-        if self.signed:
-            return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
-        return 0, 2 ** self.bits - 1
+        return qrange(self.bits, self.signed)
 
 
 @dataclass(frozen=True)
