@@ -21,10 +21,12 @@ class Counts:
     layernorms: int
     mlps: int
     residual_adds: int
+    rmsnorms: int = 0  # AIMv2's, the VLM encoders'; inspect reports them where there are any
 
     def as_dict(self) -> dict[str, int]:
         return dict(blocks=self.blocks, attentions=self.attentions, layernorms=self.layernorms,
-                    mlps=self.mlps, residual_adds=self.residual_adds)
+                    mlps=self.mlps, residual_adds=self.residual_adds,
+                    **({"rmsnorms": self.rmsnorms} if self.rmsnorms else {}))
 
 
 _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
@@ -38,7 +40,8 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "LinearTransformerBlock", "EfficientVitBlock", "SwinTransformerBlock",
            "EncoderBlock", "Swinv2Layer", "FocalNetBlock", "PvtV2BlockLayer",
            "MobileViTTransformerLayer", "VitDetLayer", "YolosLayer", "DPTViTLayer",
-           "Dinov2WithRegistersLayer", "DeiTLayer", "ViTMAELayer"}
+           "Dinov2WithRegistersLayer", "DeiTLayer", "ViTMAELayer", "Gemma4Block",
+           "DeepseekVitBlock"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
@@ -51,19 +54,22 @@ _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "Win
                "LocalWindowAttention", "ShiftedWindowAttention", "Swinv2Attention",
                "PvtV2SelfAttention", "MobileViTAttention", "VitDetAttention", "YolosAttention",
                "DPTViTAttention", "Dinov2WithRegistersAttention", "DeiTAttention",
-               "ViTMAEAttention"}
+               "ViTMAEAttention", "AttentionRope", "Gemma4Attention"}
 _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
          "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate", "MlpWithDepthwiseConv",
          "GeGluMlp", "ConvMlp", "MLPBlock", "Swinv2Intermediate",
          "PvtV2ConvFeedForwardNetwork", "MobileViTIntermediate", "VitDetMlp", "YolosIntermediate",
-         "DPTViTIntermediate", "Dinov2WithRegistersMLP", "DeiTMLP", "ViTMAEMLP"}
+         "DPTViTIntermediate", "Dinov2WithRegistersMLP", "DeiTMLP", "ViTMAEMLP", "SwiGLU",
+         "Gemma4GatedMlp", "Qwen3VitPatchMerger", "DeepseekVitAligner"}  # the VLM encoders'
+# merger / aligner: the projection to the LLM's width, fc1 GELU fc2
 # attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP)
 _BIAS_NETS = {"WindowMultiHeadAttention"}
 
 
 def family_counts(module) -> Counts:
-    """Blocks, attention modules, nn.LayerNorm, MLP modules and two residual Adds per block,
-    read off the torch module. One residual: LeViT's downsample blocks and SigLIP's attention
+    """Blocks, attention modules, nn.LayerNorm, MLP modules, two residual Adds per block and
+    RMSNorm modules (timm's RmsNorm, torch's nn.RMSNorm, the VLM encoders' own), read off the
+    torch module. One residual: LeViT's downsample blocks and SigLIP's attention
     pools (timm's and Hugging Face's; their MLP's). XCiT's conv LPI residual is not counted
     (neither attention nor MLP), nor FastViT's RepMixer blocks' (no attention).
     EfficientFormerV2's blocks without attention are an MLP and its residual. CrossViT's
@@ -86,7 +92,8 @@ def family_counts(module) -> Counts:
     pools = names["AttentionPoolLatent"] + names["SiglipMultiheadAttentionPoolingHead"]
     residual = 2 * blocks - names["LevitDownsample"] - pools + len(former) - attended
     residual -= names["CrossAttentionBlock"]
-    return Counts(blocks, sum(names[n] for n in _ATTENTIONS), layernorms, mlps, residual)
+    rms = sum("rmsnorm" in type(m).__name__.lower() for m in module.modules())
+    return Counts(blocks, sum(names[n] for n in _ATTENTIONS), layernorms, mlps, residual, rms)
 
 
 def build(family: Family):

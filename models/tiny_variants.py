@@ -11,11 +11,18 @@ tests of those matchers:
               fc1 ─ Split ─ x₁·σ(x₁)·x₂ ─ fc2
     qknorm    timm's `qk_norm=True`: a LayerNorm over each head's q and k (head_dim channels)
               between the packed projection and Q·Kᵀ, pre-norm blocks
+    subln     BEiT-3's sub-LN (timm's `scale_attn_norm` / `scale_mlp_norm`): a LayerNorm between
+              A·V and the output projection and between the GELU and fc2, pre-norm blocks
+    rmsnorm   AIMv2: every norm an RMSNorm as dynamo writes it at opset 20 (Pow, ReduceMean, Add
+              ε, Sqrt, Reciprocal, Mul x, Mul γ), SwiGLU with two fc1 linears
+              fc1_g ─ SiLU ─ · fc1_x ─ fc2
 
 The patch embedding, LayerNorms, linears and head are tiny_vit's (`TinyViTConfig` sizes).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -33,7 +40,7 @@ from onnxvq.models.tiny_vit import (
     make_weights,
 )
 
-VARIANTS = ("cosine", "rotary", "qknorm")
+VARIANTS = ("cosine", "rotary", "qknorm", "subln", "rmsnorm")
 _I64 = np.int64
 
 
@@ -62,11 +69,15 @@ def build_variant(kind: str, config: TinyViTConfig = TinyViTConfig()) -> onnx.Mo
             hidden = _activation(b, config, _linear(b, w, pre + "mlp.fc1",
                                                     _layernorm(b, config, w, pre + "norm2", x)))
             x = b.op("Add", x, _linear(b, w, pre + "mlp.fc2", hidden))
+        elif kind in ("subln", "rmsnorm"):
+            x = _modern_block(b, config, w, pre, rng, x, kind)
         else:
             att = _rotary_attention(b, config, w, pre, _layernorm(b, config, w, pre + "norm1", x))
             x = b.op("Add", x, att)
             x = b.op("Add", x, _swiglu(b, config, rng, pre,
                                        _layernorm(b, config, w, pre + "norm2", x)))
+    if kind == "rmsnorm":
+        x, config = _rmsnorm(b, rng, "norm", config.dim, x), replace(config, final_norm=False)
     _head(b, config, w, x)
     inputs = [float_input("input", ["batch", config.channels, config.image, config.image])]
     return b.build(inputs, [float_input("logits", ["batch", config.classes])], name=kind)
@@ -81,11 +92,51 @@ def _split_heads(b: GraphBuilder, cfg: TinyViTConfig, w: dict, pre: str, x: str)
     return [b.op("Squeeze", p, b.const([0], _I64)) for p in parts]
 
 
-def _attend(b: GraphBuilder, cfg: TinyViTConfig, w: dict, pre: str, scores: str, v: str) -> str:
+def _attend(b: GraphBuilder, cfg: TinyViTConfig, w: dict, pre: str, scores: str, v: str,
+            subln: bool = False) -> str:
     out = b.op("MatMul", b.op("Softmax", scores, axis=-1), v)
     out = b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]),
                b.const([0, cfg.tokens, cfg.dim], _I64))
+    if subln:  # BEiT-3: proj(norm(A·V))
+        out = _layernorm(b, cfg, w, pre + "attn.norm", out)
     return _linear(b, w, pre + "attn.proj", out)
+
+
+def _modern_block(b: GraphBuilder, cfg: TinyViTConfig, w: dict, pre: str, rng, x: str,
+                  kind: str) -> str:
+    """A pre-norm block with BEiT-3's sub-LNs (`subln`) or AIMv2's RMSNorms and SwiGLU."""
+    if kind == "subln":
+        for name, dim in (("attn.norm", cfg.dim), ("mlp.norm", cfg.dim * cfg.mlp_ratio)):
+            w |= _layernorm_weights(rng, pre + name, dim)
+        q, k, v = _split_heads(b, cfg, w, pre, _layernorm(b, cfg, w, pre + "norm1", x))
+        scores = b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2]))
+        scores = b.op("Mul", scores, b.const(cfg.head_dim ** -0.5))
+        x = b.op("Add", x, _attend(b, cfg, w, pre, scores, v, subln=True))
+        hidden = _activation(b, cfg, _linear(b, w, pre + "mlp.fc1",
+                                             _layernorm(b, cfg, w, pre + "norm2", x)))
+        hidden = _layernorm(b, cfg, w, pre + "mlp.norm", hidden)
+        return b.op("Add", x, _linear(b, w, pre + "mlp.fc2", hidden))
+    q, k, v = _split_heads(b, cfg, w, pre, _rmsnorm(b, rng, pre + "norm1", cfg.dim, x))
+    scores = b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2]))
+    x = b.op("Add", x, _attend(b, cfg, w, pre, b.op("Mul", scores, b.const(cfg.head_dim ** -0.5)),
+                               v))
+    h = _rmsnorm(b, rng, pre + "norm2", cfg.dim, x)
+    hidden = cfg.dim * cfg.mlp_ratio
+    for name, fan_in, fan_out in (("fc1_g", cfg.dim, hidden), ("fc1_x", cfg.dim, hidden),
+                                  ("fc2", hidden, cfg.dim)):
+        w |= _linear_weights(rng, f"{pre}mlp.{name}", fan_in, fan_out)
+    gate = _linear(b, w, pre + "mlp.fc1_g", h)
+    gated = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)),
+                 _linear(b, w, pre + "mlp.fc1_x", h))
+    return b.op("Add", x, _linear(b, w, pre + "mlp.fc2", gated))
+
+
+def _rmsnorm(b: GraphBuilder, rng, name: str, dim: int, x: str) -> str:
+    """x·γ / √(mean(x²) + ε) in dynamo's opset-20 ops for torch's rms_norm."""
+    mean = b.reduce_mean(b.op("Pow", x, b.const(2.0)), [-1])
+    inv = b.op("Reciprocal", b.op("Sqrt", b.op("Add", mean, b.const(1e-6))))
+    gamma = rng.uniform(0.5, 1.5, dim).astype(np.float32)
+    return b.op("Mul", b.op("Mul", x, inv), b.weight(name + ".weight", gamma))
 
 
 def _l2_normalise(b: GraphBuilder, t: str) -> str:

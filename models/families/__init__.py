@@ -13,7 +13,8 @@ finds (--lis then warns about the Softmaxes it leaves float).
 Special exports: `external` writes the weights as external data, `dynamic_hw` keeps height and
 width symbolic. Tags: "ci" (CI's representative subset), "big" (no depth override: 24 M
 parameters, its torch-count check is a slow test).
-The entries live by source (timm.py, hf.py, torchvision.py; `base.Family` is their record);
+The entries live by source (timm.py, hf.py, torchvision.py; timm_modern.py: today's timm exports,
+RoPE, RMSNorm, registers; `base.Family` is their record);
 FAMILIES is all of them by name.
 """
 
@@ -29,6 +30,7 @@ from onnxvq.models.corpus import CorpusError
 from onnxvq.models.families.base import HF_SMALL, SWIN_SMALL, Family, vit
 from onnxvq.models.families.hf import HUGGINGFACE
 from onnxvq.models.families.timm import TIMM
+from onnxvq.models.families.timm_modern import TIMM_MODERN
 from onnxvq.models.families.torchvision import TORCHVISION
 from onnxvq.models.family_modules import Counts, build
 
@@ -47,7 +49,7 @@ def _by_name(*groups: tuple[Family, ...]) -> dict[str, Family]:
     return families
 
 
-FAMILIES: dict[str, Family] = _by_name(TIMM, HUGGINGFACE, TORCHVISION)
+FAMILIES: dict[str, Family] = _by_name(TIMM, HUGGINGFACE, TORCHVISION, TIMM_MODERN)
 
 
 def ensure(family: Family, *, force: bool = False) -> Path:

@@ -1,6 +1,6 @@
 """Did the flags the user gave do anything? `--pts` on a model without LayerNorm (LeViT) or
 `--lis` on one whose attention the recogniser does not find used to write a file byte-identical
-to W8/A8 and say nothing.
+to W8/A8 and say nothing. RMSNorms (AIMv2) are named: `--pts` leaves them float.
 
 Each integer-op flag that replaced nothing gets a warning naming the flag and why; when every
 such flag the user gave replaced nothing, the run is refused (UnsupportedModelError, exit 4)."""
@@ -28,6 +28,8 @@ def unapplied_flags(result) -> dict[str, str]:
             continue
         if not found[flag]:
             why = f"the model has no {what} onnxvq recognises, so there is nothing for {op}"
+            if flag == "pts" and result.structure.rmsnorms:
+                why += f" ({_rms_reason(result.structure)})"
         else:
             reasons = sorted({why for _, why in (r.refused if r else [])}) or ["not planned"]
             why = f"all {found[flag]} {what} nodes refused: {'; '.join(reasons)[:300]}"
@@ -45,7 +47,16 @@ def check_flags_applied(result) -> None:
     if result.config.lis and others and "--lis" not in missing:  # partly recognised (ConViT)
         log.warning("--lis left %d Softmax node(s) float: not in an attention onnxvq recognises "
                     "(first: %r)", len(others), others[0])
+    rms = result.structure.rmsnorms
+    if result.config.pts and rms and "--pts" not in missing:  # LayerNorms and RMSNorms both
+        log.warning("--pts left %d RMSNorm(s) float: %s (first: %r)", len(rms),
+                    _rms_reason(result.structure), rms[0].node)
     if given and len(missing) == len(given):
         raise UnsupportedModelError(
             "; ".join(f"{flag} cannot apply: {why}" for flag, why in missing.items())
             + "; nothing written (drop the flag for plain W8/A8)")
+
+
+def _rms_reason(structure) -> str:
+    return (f"its {len(structure.rmsnorms)} RMSNorms, x·γ/√(mean(x²)+ε) without the mean, are not "
+            "a LayerNorm, which IntLayerNorm's integer mean and variance need")

@@ -141,8 +141,12 @@ def _context_matmul(t: gs.Tensor, mixing: list[str]) -> gs.Node | None:
 
 def _out_projection(t: gs.Tensor) -> gs.Node | None:
     """The node after the context (through layout ops); past an activation unit when one sits
-    in front of the output projection (LeViT's proj is Hardswish then Linear)."""
+    in front of the output projection (LeViT's proj is Hardswish then Linear), or a LayerNorm
+    (BEiT-3's sub-LN, timm's `scale_attn_norm`: proj(norm(A·V)))."""
     node = _consumer_through(t, LAYOUT_OPS, None)
+    if node is not None and node.op == "LayerNormalization":
+        after = _consumer_through(node.outputs[0], LAYOUT_OPS, None)
+        return after if after is not None and is_linear(after) else node
     if node is None or is_linear(node):
         return node
     unit = match_activation(node)

@@ -16,6 +16,7 @@ from onnxvq.core.walk import (
     sole_data_consumer,
     weight_of,
 )
+from onnxvq.recognise.norms import norm_input
 from onnxvq.recognise.structure import Block, Linear, Residual, ViTStructure
 
 
@@ -56,7 +57,8 @@ def _residual_for(lin: Linear | None, candidates: list[Residual], nodes,
 
 
 def _reaches(t: gs.Tensor, target: str, through_constant: bool = False) -> bool:
-    """Whether walking back from `t` (layout ops, LayerNorm, constant ops) meets node `target`."""
+    """Whether walking back from `t` (layout ops, LayerNorm/RMSNorm, constant ops) meets node
+    `target`."""
     frontier, seen = [t], set()
     while frontier and len(seen) < 48:
         cur = frontier.pop(0)
@@ -69,7 +71,10 @@ def _reaches(t: gs.Tensor, target: str, through_constant: bool = False) -> bool:
         if p.name == target:
             return True
         constant_op = p.op in ("Add", "Mul") and len(data_inputs(p)) == 1
-        if p.op in LAYOUT_OPS or p.op == "LayerNormalization" or (through_constant and constant_op):
+        normed = norm_input(p)  # a LayerNorm or an RMSNorm: its input
+        if normed is not None:
+            frontier.append(normed)
+        elif p.op in LAYOUT_OPS or (through_constant and constant_op):
             frontier.extend(data_inputs(p))
     return False
 
@@ -81,7 +86,7 @@ def _norm_before(t: gs.Tensor) -> gs.Node | None:
         seen += 1
         if p is None:
             continue
-        if p.op == "LayerNormalization":
+        if norm_input(p) is not None:  # a LayerNorm, or an RMSNorm's last node (AIMv2)
             return p
         if p.op in LAYOUT_OPS:
             frontier.extend(data_inputs(p))
@@ -105,7 +110,7 @@ def _placement(att, mlp, r_att, r_mlp, nodes, tensors) -> tuple[str, tuple[str, 
     # stage-transition blocks add pool(proj(norm(x)))); after a post-norm block the previous
     # norm feeds q too.
     if pre_att is not None and r_att is not None and (
-            _reads(pre_att.inputs[0], r_att.skip)
+            _reads(norm_input(pre_att), r_att.skip)
             or _projected_shortcut(tensors[r_att.skip], pre_att)):
         norms = tuple(n.name for n in (pre_att, pre_mlp) if n is not None)
         return "pre-norm", norms
@@ -127,6 +132,8 @@ def _projected_shortcut(skip: gs.Tensor, norm: gs.Node) -> bool:
             return False
         if is_linear(p):
             return _norm_before(p.inputs[0]) is norm
+        if not data_inputs(p):  # a constant (the class token's Expand, positions)
+            return False
         skip = data_inputs(p)[0]
     return False
 
@@ -216,12 +223,13 @@ def _claimed_linears(s: ViTStructure) -> set[str]:
         if a.out_proj:
             names.add(a.out_proj.node)
     for m in s.mlps:
-        names |= {m.fc1.node, m.fc2.node}
+        names |= {m.fc1.node, m.fc2.node} | ({m.fc1_x.node} if m.fc1_x else set())
     return names
 
 
 def unclaimed_ops(graph: gs.Graph, s: ViTStructure) -> Counter:
     claimed = {ln.node for ln in s.layernorms} | {r.node for r in s.residuals}
+    claimed |= {n for rms in s.rmsnorms for n in rms.nodes}
     claimed |= set(s.patch_embed) | {h.node for h in s.head}
     for a in s.attentions:
         claimed |= {a.softmax, a.scores_matmul, a.context_matmul, *a.score_nodes, *a.head_mixing}
@@ -231,6 +239,8 @@ def unclaimed_ops(graph: gs.Graph, s: ViTStructure) -> Counter:
     for m in s.mlps:
         claimed |= {m.fc1.node, m.fc1.bias_add, m.fc2.node, m.fc2.bias_add, *m.activation.nodes,
                     m.gate, m.conv}
+        if m.fc1_x is not None:
+            claimed |= {m.fc1_x.node, m.fc1_x.bias_add}
     for h in s.head:
         claimed.add(h.bias_add)
     return Counter(n.op for n in graph.nodes if n.name not in claimed and n.op != "Constant")

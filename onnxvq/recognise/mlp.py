@@ -1,6 +1,7 @@
 """MLPs around a recognised activation unit (activations.py):
 
-    fc1 ─[bias]─ act ─[Dropout/Identity/Cast]─ fc2                plain (GELU, ReLU, SiLU, ...)
+    fc1 ─[bias]─ act ─[Dropout/Identity/Cast]─[LayerNorm]─ fc2    plain (GELU, ReLU, SiLU, ...);
+                                                                  the norm: BEiT-3's sub-LN
     fc1 ─[bias]─ Split/Slice ─ act(x₁) · x₂ ─ fc2                  gated: timm GluMlp / SwiGLU
                                                                   with the packed fc1 (EVA-02)
     fc1_g ─ act(·) · fc1_x ─ fc2, both linears on the same input   gated, two linears
@@ -27,24 +28,27 @@ from onnxvq.core.walk import (
 from onnxvq.recognise.blocks import linear_info
 from onnxvq.recognise.structure import Activation, Mlp
 
-_MLP_PATH = frozenset({"Dropout", "Identity", "Cast"})
+# between the activation (or the gate product) and fc2: value-preserving ops, and the LayerNorm
+# of BEiT-3's sub-LN MLP (timm's `scale_mlp_norm`: fc2(norm(act(fc1(x)))))
+_MLP_PATH = frozenset({"Dropout", "Identity", "Cast", "LayerNormalization"})
 
 
 def mlp_of(act: Activation, t_in: gs.Tensor, t_out: gs.Tensor) -> Mlp | None:
     """The MLP the activation unit sits in, or None when a linear is missing on either side."""
     fc1, conv = _producing_linear(t_in)
     fc2 = _next_compute(t_out)
-    gate = None
+    gate, fc1_x = None, None
     if fc1 is not None and fc2 is not None and fc2.op == "Mul" and len(data_inputs(fc2)) == 2:
         other = next((i for i in data_inputs(fc2) if i is not t_out), None)
         x2, x2_conv = _producing_linear(other) if other is not None else (None, None)
         if x2 is None or x2_conv or conv or not (x2 is fc1 or x2.inputs[0] is fc1.inputs[0]):
             return None
         gate, fc2 = fc2, _next_compute(fc2.outputs[0])
+        fc1_x = None if x2 is fc1 else linear_info(x2)
     if fc1 is None or fc2 is None or not is_linear(fc2):
         return None
     return Mlp(linear_info(fc1), act, linear_info(fc2), gate.name if gate else None,
-               conv.name if conv else None)
+               conv.name if conv else None, fc1_x)
 
 
 def _producing_linear(t: gs.Tensor) -> tuple[gs.Node | None, gs.Node | None]:
@@ -75,7 +79,8 @@ def _depthwise(node: gs.Node) -> bool:
 
 
 def _next_compute(t: gs.Tensor) -> gs.Node | None:
-    """The sole consumer of `t` past value-preserving Dropout/Identity/Cast nodes."""
+    """The sole consumer of `t` past value-preserving Dropout/Identity/Cast nodes and a
+    sub-LN LayerNorm."""
     for _ in range(12):
         c = sole_data_consumer(t)
         if c is None or c.op not in _MLP_PATH:

@@ -3,7 +3,8 @@ recognisers in order.
 
 Units: attentions (attention.py), every activation unit (Relu, Gelu, the Erf and Tanh GELU
 decompositions, SiLU) between two linears is an MLP (mlp.py, gated forms too), residuals
-(residuals.py). Blocks pair an attention residual with the MLP that consumes it (blocks.py).
+(residuals.py), RMSNorms (norms.py). Blocks pair an attention residual with the MLP that
+consumes it (blocks.py).
 Whatever no unit claims is counted in `unrecognised`, never dropped.
 """
 
@@ -20,8 +21,9 @@ from onnxvq.recognise.blocks import assemble_blocks, head_linears, patch_embed, 
 from onnxvq.recognise.cnn import summarise_cnn
 from onnxvq.recognise.dit import summarise_adaln
 from onnxvq.recognise.mlp import mlp_of
+from onnxvq.recognise.norms import rms_norm_at
 from onnxvq.recognise.residuals import find_residuals
-from onnxvq.recognise.structure import Activation, LayerNorm, ViTStructure
+from onnxvq.recognise.structure import Activation, LayerNorm, RmsNorm, ViTStructure
 
 
 def recognise_model(model: onnx.ModelProto) -> ViTStructure:
@@ -43,6 +45,7 @@ def recognise_model(model: onnx.ModelProto) -> ViTStructure:
 def recognise(graph: gs.Graph) -> ViTStructure:
     s = ViTStructure(opset=graph.opset)
     s.layernorms = [_layernorm(n) for n in graph.nodes if n.op == "LayerNormalization"]
+    s.rmsnorms = _rmsnorms(graph)
     for node in graph.nodes:
         if node.op == "Softmax":
             att = attention_at(node)
@@ -70,6 +73,13 @@ def _layernorm(n: gs.Node) -> LayerNorm:
     channels = shape[-1] if shape and isinstance(shape[-1], int) else None
     return LayerNorm(n.name, n.inputs[0].name, n.outputs[0].name, channels,
                      tuple(c.name for c in n.outputs[0].outputs))
+
+
+def _rmsnorms(graph: gs.Graph) -> list[RmsNorm]:
+    """Each RMSNorm once, at its last node (its normalising Mul, before the γ Mul, is not one)."""
+    found = [r for r in (rms_norm_at(n) for n in graph.nodes) if r is not None]
+    inner = {n for r in found for n in r.nodes if n != r.node}
+    return [r for r in found if r.node not in inner]
 
 
 def _activations(nodes: Iterable[gs.Node]) -> list[tuple[Activation, gs.Tensor, gs.Tensor]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.walk import LAYOUT_OPS, data_inputs, producer
+from onnxvq.recognise.norms import norm_input
 from onnxvq.recognise.structure import Attention, Mlp, Residual
 
 
@@ -62,7 +63,10 @@ def _branch_kind(t: gs.Tensor, ends: dict[str, str]) -> str | None:
         if p.name in ends:
             return ends[p.name]
         constant_op = p.op in ("Add", "Mul") and len(data_inputs(p)) == 1
-        # a LayerNorm on the branch: SwinV2's res-post-norm x + norm(attn(x))
-        if p.op in LAYOUT_OPS or constant_op or p.op in ("Cast", "LayerNormalization"):
+        # a LayerNorm (or RMSNorm) on the branch: SwinV2's res-post-norm x + norm(attn(x))
+        normed = norm_input(p) if p.op != "LayerNormalization" else None
+        if normed is not None:
+            frontier.append(normed)
+        elif p.op in LAYOUT_OPS or constant_op or p.op in ("Cast", "LayerNormalization"):
             frontier.extend(data_inputs(p))
     return None

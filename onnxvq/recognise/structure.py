@@ -61,6 +61,7 @@ class Mlp:
     fc2: Linear
     gate: str | None = None  # the gated MLP's act(x₁)·x₂ Mul (SwiGLU), quantized like a MatMul
     conv: str | None = None  # a depthwise Conv between fc1 and the activation (PVTv2)
+    fc1_x: Linear | None = None  # the gate's own linear x₂ where fc1 is two (AIMv2's SwiGLU)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ class LayerNorm:
     output: str
     channels: int | None
     consumers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RmsNorm:
+    """x·γ / √(mean(x²) + ε): an RMSNormalization node or its decomposition (norms.py)."""
+    node: str  # the last node (the γ Mul)
+    input: str
+    output: str
+    channels: int | None
+    nodes: tuple[str, ...]  # every node of the decomposition
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class ViTStructure:
     attentions: list[Attention] = field(default_factory=list)
     mlps: list[Mlp] = field(default_factory=list)
     layernorms: list[LayerNorm] = field(default_factory=list)
+    rmsnorms: list[RmsNorm] = field(default_factory=list)
     residuals: list[Residual] = field(default_factory=list)
     patch_embed: list[str] = field(default_factory=list)
     head: list[Linear] = field(default_factory=list)
@@ -114,6 +126,8 @@ class ViTStructure:
             "layernorms": len(self.layernorms),
             "mlps": len(self.mlps),
             "residual_adds": len(self.residuals),
+            # reported where a model has them (AIMv2, the VLM encoders), as `cnn` and `adaln`
+            **({"rmsnorms": len(self.rmsnorms)} if self.rmsnorms else {}),
         }
 
     @property

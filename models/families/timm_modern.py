@@ -1,0 +1,41 @@
+"""Today's timm exports (session 7): rotary position embeddings, register tokens, RMSNorm with
+SwiGLU, sub-LN, attention pooling; small configs (random weights, layer-scale raised from the
+1e-5 init to 0.1 where the model has one, so the blocks reach the output, as BEiTv2's entry).
+
+timm's EVA-based models (DINOv3, the RoPE ViTs, PE) export with dynamo only: TorchScript fails
+on their `is_causal` tensor, as for EVA-02; AIMv2's `aten::rms_norm` has no TorchScript (opset 17)
+symbolic, NaFlexViT's antialiased bicubic position resize neither.
+"""
+
+from __future__ import annotations
+
+from onnxvq.models.families.base import Family, vit
+from onnxvq.models.family_modules import Counts
+
+_SMALL = (("embed_dim", 192), ("depth", 2), ("num_heads", 3))
+_LS = (("init_values", 0.1),)
+
+TIMM_MODERN: tuple[Family, ...] = (
+    # DINOv3: rotary q/k (the patch tokens only; class and 4 register tokens pass unrotated),
+    # layer-scale, no classifier
+    Family("dinov3_small", "timm", "vit_small_patch16_dinov3", 224, vit(2),
+           (("depth", 2),) + _LS, exporter="dynamo", heads=0, tags=("ci",)),
+    # RoPE-ViT (naver-ai): axial and mixed (learned per-head frequencies) rotary attention
+    Family("rope_vit", "timm", "vit_base_patch16_rope_224", 224, vit(2), _SMALL + _LS,
+           exporter="dynamo"),
+    Family("rope_mixed", "timm", "vit_base_patch16_rope_mixed_224", 224, vit(2), _SMALL + _LS,
+           exporter="dynamo"),
+    Family("rope_reg1_gap", "timm", "vit_base_patch16_rope_reg1_gap_256", 256, vit(2),
+           _SMALL + _LS, exporter="dynamo"),  # one register token, average pooling
+    # Perception Encoder: norm_pre, rotary attention, an attention-pooling (MAP) head: a block
+    # of its own (one residual), then the projection
+    Family("pe_core_tiny", "timm", "vit_pe_core_tiny_patch16_384", 384, Counts(3, 3, 7, 3, 5),
+           (("depth", 2),), exporter="dynamo"),
+    # BEiT-3: sub-LN, a LayerNorm before each attention's output projection and each fc2
+    Family("beit3", "timm", "beit3_base_patch16_224", 224, Counts(2, 2, 9, 2, 4), _SMALL,
+           tags=("ci",)),
+    # AIMv2: RMSNorm everywhere (the patch embedding's too), SwiGLU with two fc1 linears, no
+    # class token, average pooling, no classifier; --pts has no RMSNorm form (refused by name)
+    Family("aimv2", "timm", "aimv2_large_patch14_224", 224, Counts(2, 2, 0, 2, 4, rmsnorms=6),
+           _SMALL, exporter="dynamo", heads=0, tags=("ci",)),
+)
