@@ -31,6 +31,10 @@ TIMM_MODERN: tuple[Family, ...] = (
     # of its own (one residual), then the projection
     Family("pe_core_tiny", "timm", "vit_pe_core_tiny_patch16_384", 384, Counts(3, 3, 7, 3, 5),
            (("depth", 2),), exporter="dynamo"),
+    # NaFlexViT with a plain image input: the patches cut by Reshape/Transpose and embedded by a
+    # Linear (quantized as any linear; no patch Conv), 4 register tokens, average pooling
+    Family("naflexvit", "timm", "naflexvit_base_patch16_gap", 224, vit(2), _SMALL + _LS,
+           exporter="dynamo", patch_convs=0),
     # BEiT-3: sub-LN, a LayerNorm before each attention's output projection and each fc2
     Family("beit3", "timm", "beit3_base_patch16_224", 224, Counts(2, 2, 9, 2, 4), _SMALL,
            tags=("ci",)),
@@ -38,4 +42,14 @@ TIMM_MODERN: tuple[Family, ...] = (
     # class token, average pooling, no classifier; --pts has no RMSNorm form (refused by name)
     Family("aimv2", "timm", "aimv2_large_patch14_224", 224, Counts(2, 2, 0, 2, 4, rmsnorms=6),
            _SMALL, exporter="dynamo", heads=0, tags=("ci",)),
+    # VLM vision encoders (their smallest forms at dim 192, depth 2): EVA blocks with rotary
+    # attention, then the LLM-side merger / aligner (norm, fc1, GELU, fc2: one more MLP) to
+    # `out_features`; the token sequence is the output (no classifier)
+    Family("qwen3_vit_enc", "timm", "qwen3_vit_88m_enc", 224, Counts(2, 2, 5, 3, 4),
+           _SMALL + (("out_features", 256),), exporter="dynamo", heads=0),
+    # DeepSeek: RMSNorms (fp32), SwiGLU (packed fc1); 210 px: a multiple of patch 14 times the
+    # aligner's 3x3 downsampling
+    Family("deepseek_vit_enc", "timm", "deepseek_vit_412m_enc", 210,
+           Counts(2, 2, 0, 3, 4, rmsnorms=5), _SMALL + (("out_features", 256),),
+           exporter="dynamo", heads=0),
 )
