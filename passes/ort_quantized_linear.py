@@ -1,5 +1,7 @@
 """Run ONNX Runtime's int8 Linears as onnxvq's QuantizedLinear, whose native kernel multiplies on
-AMX tiles where the CPU has AMX-INT8 (ORT's MLAS stops at AVX-512 VNNI, about a fifth of that).
+AMX tiles where the CPU has AMX-INT8 (B packed once). MLAS (ORT 1.32) uses AMX on such a CPU
+too (measured, README "Int8 Linears on AMX"), so the gain is less the GEMM than what follows it:
+fuse-linear-quantize moves the reader's quantizer or GELU codes into this op's epilogue.
 
     x_q ─┐                                           x_q ─┐
          MatMulIntegerToFloat(x_q, W_q, s_x, s_w,  ->      QuantizedLinear(the same inputs)

@@ -35,7 +35,7 @@ from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
 from onnxvq.plugins.functions import DOMAIN
-from onnxvq.plugins.ops import all_function_protos
+from onnxvq.plugins.ops import all_function_protos, has_attention_bias
 
 INT4_OPSET = 21
 _READERS = {("DequantizeLinear", 0), ("MatMulIntegerToFloat", 1), ("MatMulInteger", 1),
@@ -124,4 +124,4 @@ def raise_opset(graph: gs.Graph, opset: int) -> None:
         names = {f.name for f in ours}
         graph.functions = [f for f in graph.functions if f.domain != DOMAIN] + [
             OnnxImporter.import_function(p, model_opset=opset)
-            for p in all_function_protos(opset) if p.name in names]
+            for p in all_function_protos(opset, has_attention_bias(ours)) if p.name in names]

@@ -79,8 +79,8 @@ def _scores(f: _Body, q: str, k: str) -> str:
 
 def _add_bias(f: _Body, x: str) -> str:
     """x + bias[b mod W] for the node's `bias` attribute [W, 1|H, N, N]: x viewed as
-    [B / W, W, H, N, N] and back. Without the attribute its default zeros [1, 1, 1, 1] applies,
-    and x + 0 = x: the same codes as before the attribute existed."""
+    [B / W, W, H, N, N] and back. A node without the attribute gets its default zeros
+    [1, 1, 1, 1], and x + 0 = x (a model whose other attentions carry a bias)."""
     f._count += 1
     bias = f"{f._prefix}_{f._count}"
     node = helper.make_node("Constant", [], [bias])
@@ -111,12 +111,15 @@ COMMON = ("num_heads", "q_zero_point", "k_zero_point", "v_zero_point", "qk_scale
           "out_scale", "out_zero_point")
 
 
-def qlinear_attention_function(opset: int = 17) -> onnx.FunctionProto:
-    """QLinearAttention(X) -> Y; the W8/A8 mode (uniform uint8 probabilities), the optional
-    tensor attribute `bias` added to the float scores."""
+def qlinear_attention_function(opset: int = 17, bias: bool = False) -> onnx.FunctionProto:
+    """QLinearAttention(X) -> Y; the W8/A8 mode (uniform uint8 probabilities). `bias`: the body
+    adds the optional tensor attribute `bias` to the float scores (a model with a biased node
+    gets this one, `ops.register_functions`); without, the body has no bias ops at all (the
+    zero bias cost two Reshapes and an Add over the scores in every attention)."""
     f = _Body("qla", _checked(opset))
     q, k, v = _split_heads(f, layouts=True)
-    x = _add_bias(f, _scores(f, q, k))
+    x = _scores(f, q, k)
+    x = _add_bias(f, x) if bias else x
     # The softmax as the unfused graph had it (ORT's Softmax, then the probabilities'
     # QuantizeLinear): within the stated rounding of the kernel's own softmax, at ORT's speed.
     p = _quantize(f, f.op("Softmax", x, axis=-1), _float_attr(f, "probs_scale"),
@@ -124,8 +127,9 @@ def qlinear_attention_function(opset: int = 17) -> onnx.FunctionProto:
     out = _output(f, f.op("MatMulInteger", p, v, _zero_point(f, "probs_zero_point"),
                           _zero_point(f, "v_zero_point")))
     fn = _function("QLinearAttention", f, ["X"], out, (*COMMON, "probs_scale", "probs_zero_point"))
-    no_bias = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32))
-    fn.attribute_proto.append(helper.make_attribute("bias", no_bias))  # optional: default zeros
+    if bias:
+        no_bias = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32))
+        fn.attribute_proto.append(helper.make_attribute("bias", no_bias))  # optional: zeros
     fn.attribute_proto.append(helper.make_attribute("qkv_layout", 0))  # optional: packed
     return fn
 
@@ -160,5 +164,5 @@ def log_int_attention_function(opset: int = 17) -> onnx.FunctionProto:
         attributes=[*COMMON, "scores_scale", *LIS_ATTRS, *PLUGIN_ATTRS])
 
 
-def attention_function_protos(opset: int = 17) -> list[onnx.FunctionProto]:
-    return [qlinear_attention_function(opset), log_int_attention_function(opset)]
+def attention_function_protos(opset: int = 17, bias: bool = False) -> list[onnx.FunctionProto]:
+    return [qlinear_attention_function(opset, bias), log_int_attention_function(opset)]

@@ -21,7 +21,7 @@ from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.core.order import mark_tidy
-from onnxvq.plugins.attention_functions import attention_function_protos
+from onnxvq.plugins.attention_functions import attention_function_protos, qlinear_attention_function
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.fused_functions import fused_function_protos
 from onnxvq.plugins.linear_functions import INPUTS as LINEAR_INPUTS
@@ -39,11 +39,38 @@ LINEAR_OPS = ("QuantizedLinear", "QuantizedLinearQuantize", "QuantizedLinearGelu
 _OUT_NUMPY = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
 
 
-def all_function_protos(opset: int = OPSET) -> list[onnx.FunctionProto]:
+def all_function_protos(opset: int = OPSET, attention_bias: bool = False,
+                        ) -> list[onnx.FunctionProto]:
     """Every com.onnxvq local function: the integer ops', the fused attention ops', the
-    fused float-to-code ops', then QuantizedLinear's."""
-    return (function_protos(opset) + attention_function_protos(opset) +
+    fused float-to-code ops', then QuantizedLinear's. `attention_bias`: QLinearAttention's body
+    adds its `bias` attribute (for a model with a biased node); by default it has no bias ops."""
+    return (function_protos(opset) + attention_function_protos(opset, attention_bias) +
             fused_function_protos(opset) + linear_function_protos(opset))
+
+
+def has_attention_bias(functions) -> bool:
+    """Whether these local functions (graphsurgeon's or protos) hold the QLinearAttention body
+    that adds the `bias` attribute: a rebuild at another opset keeps that body."""
+    return any(f.domain == DOMAIN and f.name == "QLinearAttention" and "bias" in _attr_names(f)
+               for f in functions)
+
+
+def _attr_names(f) -> set[str]:
+    if isinstance(f, onnx.FunctionProto):
+        return {a.name for a in f.attribute_proto} | set(f.attribute)
+    return set(f.attrs)
+
+
+def _use_biased_attention(graph: gs.Graph) -> None:
+    """Swap the graph's bias-free QLinearAttention body for the one adding `bias`, once a node
+    with a bias is added (the bodies are per op, not per node)."""
+    if has_attention_bias(graph.functions):
+        return
+    opset = max(graph.opset or OPSET, OPSET)
+    biased = mark_tidy(OnnxImporter.import_function(
+        qlinear_attention_function(opset, bias=True), model_opset=opset))
+    graph.functions = [biased if (f.domain, f.name) == (DOMAIN, "QLinearAttention") else f
+                       for f in graph.functions]
 
 
 def register_functions(graph: gs.Graph) -> None:
@@ -78,7 +105,10 @@ def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     have = {(f.domain, f.name) for f in model.functions}
     opset = max(next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                      OPSET), OPSET)
-    model.functions.extend(p for p in all_function_protos(opset) if (p.domain, p.name) not in have)
+    bias = any(n.op_type == "QLinearAttention" and n.domain == DOMAIN
+               and any(a.name == "bias" for a in n.attribute) for n in model.graph.node)
+    model.functions.extend(p for p in all_function_protos(opset, bias)
+                           if (p.domain, p.name) not in have)
     return model
 
 
@@ -255,6 +285,7 @@ def make_attention_node(graph: gs.Graph, op: str, x: gs.Tensor, attrs: dict, *, 
     typed = {k: float(v) if isinstance(v, float) else int(v) for k, v in attrs.items()}
     if bias is not None:
         typed["bias"] = gs.Constant(f"{name}/bias", np.ascontiguousarray(bias, np.float32))
+        _use_biased_attention(graph)
     graph.nodes.append(gs.Node(op=op, name=name, domain=DOMAIN,
                                attrs={**typed, **PLUGIN_ATTRS}, inputs=[x], outputs=[out]))
     return out

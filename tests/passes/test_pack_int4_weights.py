@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from qdq_graphs import Builder, op_types, run_model
 
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.graph import to_graph
 from onnxvq.core.pipeline import PassContext, Pipeline
-from onnxvq.passes.pack_int4_weights import PackInt4Weights
+from onnxvq.passes.pack_int4_weights import PackInt4Weights, raise_opset
+from onnxvq.plugins.ops import has_attention_bias, make_attention_node
 
 ORT = PassContext(config=QuantConfig())
 
@@ -75,3 +77,20 @@ def test_refusals(why):
     r = PackInt4Weights().run(graph, ctx)
     assert r.applied == 0
     assert ("TensorRT" if why == "trt" else "GridSample") in r.refused[0][1]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_raising_the_opset_keeps_the_attention_body(bias):
+    """The com.onnxvq bodies are rebuilt at opset 21: a graph holding QLinearAttention's biased
+    body (a node with a bias) keeps that one, a graph without keeps the bias-free one."""
+    g = gs.Graph(opset=17)
+    x = gs.Variable("x", np.uint8, [4, 9, 3, 1, 8])
+    attrs = dict(num_heads=1, q_zero_point=128, k_zero_point=128, v_zero_point=128,
+                 qk_scale=0.01, probs_scale=1 / 255, probs_zero_point=0, acc_scale=1e-4,
+                 out_scale=0.02, out_zero_point=128)
+    g.inputs = [x]
+    g.outputs = [make_attention_node(g, "QLinearAttention", x, attrs, name="attn",
+                                     bias=np.zeros((1, 1, 9, 9), np.float32) if bias else None)]
+    raise_opset(g, 21)
+    body = next(f for f in g.functions if f.name == "QLinearAttention")
+    assert body.opset == 21 and has_attention_bias(g.functions) is bias

@@ -15,16 +15,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxvq.core.graph import to_model
 from onnxvq.core.runtime import session_options
-from onnxvq.plugins.ops import add_functions
+from onnxvq.plugins.attention_functions import qlinear_attention_function
+from onnxvq.plugins.ops import add_functions, has_attention_bias, make_attention_node
 from onnxvq.plugins.reference import acc_shift, softmax_constants
 from onnxvq.plugins.reference.attention import (
     float_scores,
@@ -326,3 +330,38 @@ def test_polygraphy_reference_hook(library):
             got = ref.infer({"x": x})["y"]
         np.testing.assert_array_equal(got, reference(x, **attrs))
         assert_close(run(x, attrs, library), got)
+
+
+def test_the_bias_ops_are_in_the_body_only_with_a_bias():
+    """The default QLinearAttention body has none of the bias' ops (it used to add a zero bias
+    in every attention); the biased body has exactly them more: the bias constant, its window
+    view (three Shapes, a -1 constant, a Concat), the two Reshapes and the Add."""
+    plain, biased = (qlinear_attention_function(17, bias=b) for b in (False, True))
+    ops = [Counter(n.op_type for n in f.node) for f in (plain, biased)]
+    assert ops[1] - ops[0] == Counter(Shape=3, Constant=2, Reshape=2, Concat=1, Add=1)
+    assert not ops[0] - ops[1] and (len(plain.node), len(biased.node)) == (78, 87)
+    assert [a.name for a in plain.attribute_proto] == ["qkv_layout"]
+    assert [a.name for a in biased.attribute_proto] == ["bias", "qkv_layout"]
+
+
+def test_a_graph_takes_the_biased_body_with_its_first_biased_node():
+    """Bodies are per op, not per node: the graph keeps the bias-free one until a node with a
+    bias is added, then holds the biased one, whose default zeros serve the unbiased nodes."""
+    (x, attrs), (xb, battrs) = fuzz_case((2, 17, 2, 13), 3), list(bias_cases())[3]
+    g = gs.Graph(opset=17)
+    ins = [gs.Variable(n, np.uint8, list(v.shape)) for n, v in (("x", x), ("xb", xb))]
+    g.inputs = ins
+    g.outputs = [make_attention_node(g, "QLinearAttention", ins[0], attrs, name="plain")]
+    assert not has_attention_bias(g.functions)
+    bias = battrs.pop("bias")
+    g.outputs.append(make_attention_node(g, "QLinearAttention", ins[1], battrs, name="biased",
+                                         bias=bias))
+    assert has_attention_bias(g.functions)
+    assert sum(f.name == "QLinearAttention" for f in g.functions) == 1
+    model = to_model(g)
+    assert has_attention_bias(model.functions)
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(custom_ops=False),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x, "xb": xb})
+    assert_close(got[0], qlinear_attention(x, **attrs))
+    assert_close(got[1], qlinear_attention(xb, **battrs, bias=bias))
