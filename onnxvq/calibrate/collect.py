@@ -63,18 +63,18 @@ def collect(
         whole = [n for n in from_session if n not in set(reduced)]
         sess, reduced = exposed_session(model, whole, session_factory, reduced)
     source = value_sources(model, reduced)
-    outputs = list(dict.fromkeys(o for n in from_session for o in (
-        [_reduced(source[n], k) for k in _REDUCTIONS] if n in source else [n])))
+    slot = {s: i for i, s in enumerate(dict.fromkeys(source.values()))}  # row of STATS
+    outputs = [n for n in from_session if n not in source] + ([STATS] if slot else [])
     count, started = 0, time.perf_counter()
     for index, feeds in enumerate(prefetched(batches)):
         values = dict(zip(outputs, _run(sess, outputs, feeds, index), strict=True))
+        rows = values.pop(STATS).reshape(-1, 3).tolist() if slot else []  # Python floats
         values.update((n, np.asarray(feeds[n])) for n in from_feeds)
         for name in names:
-            if name in values:
-                _observe(observers[name], name, values[name], index)
+            if name in source:
+                _observe_range(observers[name], name, *rows[slot[source[name]]], index)
             else:
-                _observe_range(observers[name], name, *(values[_reduced(source[name], k)]
-                                                        for k in _REDUCTIONS), index)
+                _observe(observers[name], name, values[name], index)
         del values  # before the next run allocates its outputs
         count = index + 1
     if count == 0:
@@ -86,7 +86,8 @@ def collect(
 
 _REDUCTIONS = {"min": "ReduceMin", "max": "ReduceMax", "l1": "ReduceL1"}
 _STATS_OP = "RangeStats"  # com.onnxvq: the three above in one pass (plugins/ort/src/range_stats.cc)
-_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)  # ORT's CPU ReduceL1 types
+STATS = "onnxvq::range_stats"  # the one output: (min, max, l1) of each reduced source, in order
+_AXIS0 = "onnxvq::axis0"  # Unsqueeze's axes for the standard reductions' scalars
 
 
 def _reduced(name: str, kind: str) -> str:
@@ -105,15 +106,16 @@ def exposed_session(model: onnx.ModelProto, names: Sequence[str],
 
     if session_factory is None and is_large(model):
         return output_session(model, exposed_outputs(model, [*names, *reduced]), lean=True), []
-    exposed = expose(model, names, reduced)
-    outs = {o.name for o in exposed.graph.output}
-    source = value_sources(model, reduced)
-    reduced = [n for n in reduced if _reduced(source[n], "min") in outs]
-    if session_factory is None and reduced and _native_stats():
+    native = session_factory is None and bool(reduced) and _native_stats()
+    exposed = expose(model, names, reduced, native=native)
+    source, kept = value_sources(model, reduced), set(_stats_sources(model, reduced))
+    reduced = [n for n in reduced if source[n] in kept]
+    if native:
         try:  # one RangeStats node per tensor instead of three reductions
-            return make_session(expose(model, names, reduced, native=True), lean=True), reduced
+            return make_session(exposed, lean=True), reduced
         except Exception as exc:  # noqa: BLE001 - a library built before RangeStats existed
             log.info("RangeStats kernel unavailable (%s); reducing with standard ops", exc)
+            exposed = expose(model, names, reduced)
     factory = session_factory or partial(make_session, lean=True)
     return factory(exposed), reduced
 
@@ -146,28 +148,19 @@ def value_sources(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, str
 def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] = (),
            *, native: bool = False) -> onnx.ModelProto:
     """A copy of `model` whose graph outputs are exactly `names`, typed from shape inference,
-    then, for each float tensor of `reduced`, the scalar `::onnxvq_{min,max,l1}` reductions of
-    its value source (`value_sources`; one set per source), each node right after the source's
-    producer (first, for a graph input), so that ORT runs it before freeing the tensor (a
-    tensor of `reduced` that is not float is exposed whole instead). `native`: one com.onnxvq
+    then, if any float32 tensor is in `reduced`, the one output `STATS`: min, max and L1 of
+    each one's value source (`value_sources`; once per source, in order), from reductions
+    right after the source's producer (first, for a graph input), so that ORT runs them
+    before freeing the tensor, concatenated at the end: one output instead of three scalars
+    per tensor, each of which cost ORT's Python binding a few microseconds a run. A tensor of
+    `reduced` that is not float32 is exposed whole instead. `native`: one com.onnxvq
     RangeStats node per source gives the three (a session needs onnxvq's native library)."""
     typed = {o.name: o for o in exposed_outputs(model, [*names, *reduced])}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     del copy.graph.output[:]
-    whole, after = list(names), {}
-    for name, src in value_sources(model, reduced).items():
-        elem = typed[name].type.tensor_type.elem_type
-        if elem not in _FLOATS:
-            whole.append(name)
-            continue
-        if src in after:
-            continue
-        after[src] = _stats_nodes(src, native)
-        copy.graph.output.extend(onnx.helper.make_tensor_value_info(_reduced(src, kind), elem, [])
-                                 for kind in _REDUCTIONS)
-    if native and after and not any(o.domain == DOMAIN for o in copy.opset_import):
-        copy.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    sources = _stats_sources(model, reduced, typed)
+    after = {src: _stats_nodes(src, native) for src in sources}
     if after:
         nodes = list(copy.graph.node)
         produced = {o for node in nodes for o in node.output}
@@ -175,17 +168,46 @@ def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] 
         copy.graph.node.extend(r for t, rs in after.items() if t not in produced for r in rs)
         for node in nodes:
             copy.graph.node.extend([node, *(r for o in node.output for r in after.get(o, ()))])
-    copy.graph.output.extend(typed[n] for n in whole)
+        pieces = [out for rs in after.values() for node in rs[-1 if native else -3:]
+                  for out in node.output]
+        copy.graph.node.append(onnx.helper.make_node("Concat", pieces, [STATS], axis=0,
+                                                     name=f"{STATS}/node"))
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(
+            STATS, onnx.TensorProto.FLOAT, [3 * len(after)]))
+        if native and not any(o.domain == DOMAIN for o in copy.opset_import):
+            copy.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+        if not native:
+            copy.graph.initializer.append(onnx.numpy_helper.from_array(
+                np.zeros(1, np.int64), _AXIS0))
+    kept = set(sources)
+    source = value_sources(model, reduced)
+    copy.graph.output.extend(typed[n] for n in [*names, *(r for r in reduced
+                                                          if source[r] not in kept)])
     return copy
 
 
+def _stats_sources(model: onnx.ModelProto, reduced: Sequence[str],
+                   typed: Mapping[str, onnx.ValueInfoProto] | None = None) -> list[str]:
+    """The value sources `expose` reduces for `reduced`, in STATS order: those of float32
+    tensors (the others are exposed whole), each once."""
+    typed = typed or {o.name: o for o in exposed_outputs(model, reduced)}
+    return list(dict.fromkeys(
+        src for name, src in value_sources(model, reduced).items()
+        if typed[name].type.tensor_type.elem_type == onnx.TensorProto.FLOAT))
+
+
 def _stats_nodes(src: str, native: bool) -> list[onnx.NodeProto]:
-    outs = [_reduced(src, kind) for kind in _REDUCTIONS]
+    """(min, max, l1) of `src` as one float [3] (RangeStats) or three [1] (standard ops)."""
     if native:
-        return [onnx.helper.make_node(_STATS_OP, [src], outs, name=f"{src}::onnxvq_stats/node",
-                                      domain=DOMAIN)]
-    return [onnx.helper.make_node(op, [src], [out], keepdims=0, name=f"{out}/node")
-            for op, out in zip(_REDUCTIONS.values(), outs, strict=True)]
+        return [onnx.helper.make_node(_STATS_OP, [src], [f"{src}::onnxvq_stats"],
+                                      name=f"{src}::onnxvq_stats/node", domain=DOMAIN)]
+    scalars = [onnx.helper.make_node(op, [src], [_reduced(src, k)], keepdims=0,
+                                     name=f"{_reduced(src, k)}/node")
+               for k, op in _REDUCTIONS.items()]
+    return scalars + [onnx.helper.make_node("Unsqueeze", [_reduced(src, k), _AXIS0],
+                                            [_reduced(src, k) + "/1d"],
+                                            name=f"{_reduced(src, k)}/1d/node")
+                      for k in _REDUCTIONS]
 
 
 def exposed_outputs(model: onnx.ModelProto, names: Sequence[str],

@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxvq.calibrate import EmaObserver, MinMaxObserver, PercentileObserver, collect
-from onnxvq.calibrate.collect import expose, exposed_outputs, value_sources
+from onnxvq.calibrate.collect import STATS, expose, exposed_outputs, value_sources
 from onnxvq.calibrate.prefetch import prefetched
 from onnxvq.core import external
 from onnxvq.core.config import QuantConfig
@@ -175,9 +175,10 @@ def test_views_are_reduced_at_their_source_once():
     assert value_sources(model, ["hr", "ht", "h", "r", "xr"]) == {
         "hr": "h", "ht": "h", "h": "h", "r": "r", "xr": "x"}
     exposed = expose(model, [], ["hr", "ht", "xr", "r"])
-    outs = [o.name for o in exposed.graph.output]
-    assert sorted(outs) == sorted(f"{t}::onnxvq_{k}" for t in ("h", "x", "r")
-                                  for k in ("min", "max", "l1"))
+    assert [o.name for o in exposed.graph.output] == [STATS]
+    concat = exposed.graph.node[-1]  # the standard reductions' scalars, one set per source
+    assert list(concat.input) == [f"{t}::onnxvq_{k}/1d" for t in ("h", "x", "r")
+                                  for k in ("min", "max", "l1")]
     order = [n.output[0] for n in exposed.graph.node]
     assert order.index("x::onnxvq_min") < order.index("xr")  # a graph input's: first
     assert order.index("h") < order.index("h::onnxvq_min") < order.index("ht")
