@@ -5,17 +5,17 @@ and its outputs replaced by exactly the requested tensors, so ORT prunes nodes t
 them. Each batch runs once; observers keep statistics only, so memory is flat in the number of
 images. Requested graph inputs are observed from the feeds directly.
 
-A range-only observer (MinMax, EMA: `Observer.range_only`) of a float tensor gets its batch
+A range-only observer (MinMax, EMA: `Observer.range_only`) of a float32 tensor gets its batch
 statistics from the graph itself: ReduceMin, ReduceMax and ReduceL1 (finite exactly when every
-value is, barring a float32 overflow of the sum) appended to the copy, three scalar outputs in place
-of the tensor. The tensor then never becomes a graph output: ORT reuses its buffer, nothing is
-copied into numpy, and the reductions run on ORT's threads. On DeiT-S that is most of the
-calibration's memory (each of the ~60 observed tensors held at batch size, twice). With onnxvq's
-native library the three are one com.onnxvq `RangeStats` node, one pass over the tensor (the
-same min and max bits, plugins/README.md); a library without that kernel falls back to the
-three standard reductions. A tensor that
-is a view of another (a Reshape/Transpose/... of it, `value_sources`) is reduced at that source:
-the same values, and ORT keeps its own rewrites of the view.
+value is, barring a float32 overflow of the sum) appended to the copy, and every tensor's three
+concatenated into one output vector (`STATS`). The tensor then never becomes a graph output: ORT
+reuses its buffer, nothing is copied into numpy, and the reductions run on ORT's threads. On
+DeiT-S that is most of the calibration's memory (each of the ~60 observed tensors held at batch
+size, twice). With onnxvq's native library the three are one com.onnxvq `RangeStats` node, one
+pass over the tensor (the same min and max bits, plugins/README.md); a library without that
+kernel falls back to the three standard reductions. A tensor that is a view of another (a
+Reshape/Transpose/... of it, `value_sources`) is reduced at that source: the same values, and
+ORT keeps its own rewrites of the view.
 """
 
 from __future__ import annotations
