@@ -32,7 +32,7 @@ from onnxvq.quantizer.calibration import calibrate, calibration_spec, is_traject
 from onnxvq.quantizer.canonical import model_proto, prepare
 from onnxvq.quantizer.placement import plan
 from onnxvq.quantizer.result import QuantResult
-from onnxvq.quantizer.stages import reparameterize_stage, smooth_stage, split_shortcuts_stage
+from onnxvq.quantizer.stages import fp32_rewrites
 from onnxvq.quantizer.weights import moment_tensors, needs_moments
 
 __all__ = ["calibrate", "calibration_spec", "model_proto", "prepare", "quantize"]
@@ -59,27 +59,17 @@ def quantize(
     `ONNXVQ_VALIDATE=each`, checks after every pass instead). `gate(result, rebuild, replaced)`
     judges the result at the end (`onnxvq.api.quantize` passes the fidelity gate)."""
     cfg = QuantConfig.coerce(config)
-    if is_trajectory(calib):  # a denoiser's own DDIM run (calibrate/denoiser)
-        spec, shape = calib, _no_symbolic_sample
-    else:
-        spec = calibration_spec(calib, cfg, preprocess)
-        spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
+    spec = _checked_spec(calib, cfg, preprocess)
     proto = model_proto(model)
-    if isinstance(spec, DataSpec):
-        spec = spec.fitted(proto)  # a preset's crop follows a fixed 256-px input
-        shape = partial(sample_shape, spec)
+    spec, shape = _fitted(spec, proto)
     graph, canonical, canon_report, structure = prepare(proto, cfg, validate=validate,
                                                         sample_shape=shape)
     symbolic, large = symbolic_image_dims(proto), is_large(proto)
     del proto  # loaded here, it is freed now (a model over 2 GB is not held twice)
     if large:
         release_freed()
-    canonical, structure, split = split_shortcuts_stage(graph, canonical, structure, spec, cfg)
-    canonical, structure, smooth_passes = smooth_stage(graph, canonical, structure, spec, cfg,
-                                                  validate)
-    canonical, structure, overrides, reparam_passes = reparameterize_stage(
-        graph, canonical, structure, spec, cfg, validate)
-    reparam_passes = [*smooth_passes, *reparam_passes]
+    canonical, structure, overrides, fp32_passes = fp32_rewrites(graph, canonical, structure,
+                                                                 spec, cfg, validate)
     if not structure.is_vit and not structure.is_cnn:
         log.warning("no transformer blocks recognised: only weighted MatMul/Gemm/Conv inputs "
                     "will be quantized")
@@ -93,9 +83,9 @@ def quantize(
     if large:  # the float weights quantize-weights read are gone
         release_freed()
     weights = {r.node: r for p in report.passes for r in p.records if isinstance(r, WeightQParams)}
-    passes = [*split, *reparam_passes, *report.passes]
-    result = QuantResult(out, cfg, structure, the_plan, qparams, weights, passes, calib_info,
-                         fq_params, canonicalization=canon_report, canonical=canonical,
+    result = QuantResult(out, cfg, structure, the_plan, qparams, weights,
+                         [*fp32_passes, *report.passes], calib_info, fq_params,
+                         canonicalization=canon_report, canonical=canonical,
                          data_spec=spec if isinstance(spec, DataSpec) else None,
                          source_path=None if isinstance(model, onnx.ModelProto) else str(model))
     if gate is not None:
@@ -104,6 +94,25 @@ def quantize(
     result.external_data = large  # written with its weights beside it, as it came
     restore_input(result.model, symbolic)  # folded at the calibration shape
     return result
+
+
+def _checked_spec(calib, cfg: QuantConfig, preprocess: Preprocess | None):
+    """`calib` as the calibration DataSpec (checked against `cfg`), or a denoiser's own DDIM run
+    (calibrate/denoiser) as it is."""
+    if is_trajectory(calib):
+        return calib
+    spec = calibration_spec(calib, cfg, preprocess)
+    spec.resolve_preprocess()  # a bad preprocessing config fails now, not after canonicalising
+    return spec
+
+
+def _fitted(spec, proto: onnx.ModelProto) -> tuple:
+    """(spec, sample_shape()) for the model: a preset's crop follows a fixed 256-px input; a DDIM
+    run has no data spec to size symbolic dims from."""
+    if not isinstance(spec, DataSpec):
+        return spec, _no_symbolic_sample
+    spec = spec.fitted(proto)
+    return spec, partial(sample_shape, spec)
 
 
 def _calibrated_context(graph, canonical, structure, spec, cfg: QuantConfig, progress,

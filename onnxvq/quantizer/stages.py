@@ -54,3 +54,14 @@ def reparameterize_stage(graph, canonical, structure, spec, cfg, validate):
     rep = reparameterize(graph, canonical, structure, spec, cfg, validate)
     infer_shapes_into(graph, rep.model)
     return rep.model, recognise(graph), rep.site_qparams, rep.passes
+
+
+def fp32_rewrites(graph, canonical, structure, spec, cfg: QuantConfig, validate):
+    """The three in order on the same graph: the FP32 model, its structure, the site qparams
+    RepQ-ViT fixes and the pass results of all three."""
+    canonical, structure, split = split_shortcuts_stage(graph, canonical, structure, spec, cfg)
+    canonical, structure, smoothed = smooth_stage(graph, canonical, structure, spec, cfg,
+                                                  validate)
+    canonical, structure, overrides, reparam = reparameterize_stage(graph, canonical, structure,
+                                                                    spec, cfg, validate)
+    return canonical, structure, overrides, [*split, *smoothed, *reparam]
