@@ -11,7 +11,9 @@ Matches: com.microsoft MatMulIntegerToFloat nodes (ort-matmul-bias and patch-con
          them), and MatMul(DQ(x_q), DQ(W_q)) without a bias Add (fc1 before GeluQuantizeLinear,
          which ORT itself would fuse into a MatMulIntegerToFloat), each DQ read by the MatMul
          only; when QuantConfig.quantized_linear is "on", or "auto" (the default) and this
-         machine has AMX-INT8; "off", or "auto" without AMX, leaves every node as it is.
+         machine has AMX-INT8 or AVX-512 VNNI (the kernel's two packed-B paths; measured on
+         DeiT-S without AMX: as fast at batch 1, ~10 % faster at batch 8, README); "off", or
+         "auto" with neither, leaves every node as it is.
 Refuses: activations that are not uint8 with a constant scalar scale and zero point, a weight
          that is not a constant 2-D int8 tensor with K <= 65536, a weight zero point that is not
          0, a weight scale that is neither a scalar nor one per column (a DQ on axis 0), a bias
@@ -31,14 +33,14 @@ import onnx_graphsurgeon as gs
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import const_value, producer
 from onnxvq.passes.ort_domain import MS_DOMAIN
-from onnxvq.plugins.native import cpu_has_amx
+from onnxvq.plugins.native import cpu_has_amx, cpu_has_avx512_vnni
 from onnxvq.plugins.ops import make_quantized_linear_node
 from onnxvq.plugins.reference.linear import MAX_K
 
 
 def quantized_linear_enabled(ctx: PassContext) -> bool:
     mode = ctx.config.quantized_linear if ctx.config is not None else "auto"
-    return mode == "on" or (mode == "auto" and cpu_has_amx())
+    return mode == "on" or (mode == "auto" and (cpu_has_amx() or cpu_has_avx512_vnni()))
 
 
 @dataclass
@@ -51,7 +53,7 @@ class _Linear:
 class OrtQuantizedLinear(RewritePass):
     id = "quantized-linear"
     matches = "MatMulIntegerToFloat, or MatMul(DQ(x_q), DQ(W_q)), with a constant int8 weight"
-    emits = "com.onnxvq QuantizedLinear (AMX tiles where the CPU has them)"
+    emits = "com.onnxvq QuantizedLinear (AMX tiles, else AVX-512 VNNI, B packed once)"
     anchor_ops = ("MatMulIntegerToFloat", "MatMul")
 
     def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> _Linear | None:

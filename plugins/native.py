@@ -7,8 +7,9 @@ any onnxruntime >= 1.21.
 
 Environment:
     ONNXVQ_NO_NATIVE=1      never use the native library (every lookup answers None).
-    ONNXVQ_NO_AMX           QuantizedLinear's kernel skips AMX (=1: ORT's MatMulIntegerToFloat
-                            kernel, =loops: plain loops); ``cpu_has_amx()`` then answers False.
+    ONNXVQ_NO_AMX           QuantizedLinear's kernel skips AMX (=1: its AVX-512 VNNI tasks where
+                            the CPU has them, else ORT's MatMulIntegerToFloat kernel; =loops:
+                            plain loops); ``cpu_has_amx()`` then answers False.
     ONNXVQ_ORT_LIBRARY      path of a prebuilt library to use instead of building one.
     ONNXVQ_ORT_BUILD_DIR    where to build (default ``plugins/ort/build``).
     CXX                     the C++ compiler (default g++).
@@ -45,13 +46,23 @@ def cpu_has_amx() -> bool:
     native kernel checks CPUID and XCR0 itself). False with ONNXVQ_NO_AMX set."""
     if os.environ.get("ONNXVQ_NO_AMX") is not None:
         return False
+    return {"amx_tile", "amx_int8"} <= _cpu_flags()
+
+
+def cpu_has_avx512_vnni() -> bool:
+    """Whether QuantizedLinear's AVX-512 VNNI tasks (B packed once, the same fused epilogues)
+    run here where AMX does not: the flags the kernel's VNNI path is compiled for."""
+    return {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _cpu_flags()
+
+
+def _cpu_flags() -> set[str]:
+    """Linux's cpuinfo flags of the first CPU (empty where there is none to read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return "amx_tile" in flags and "amx_int8" in flags
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                     if line.startswith("flags")), []))
 
 
 def build_dir() -> Path:

@@ -120,7 +120,8 @@ def quantize(
         "Linear inputs into their weights.")] = False,
     quantized_linear: Annotated[str, typer.Option(
         help="Target ort: run the int8 Linears as onnxvq's QuantizedLinear (AMX tiles, bit-exact "
-        "with MatMulIntegerToFloat): auto (where this CPU has AMX-INT8), on or off.")] = "auto",
+        "with MatMulIntegerToFloat): auto (where this CPU has AMX-INT8 or AVX-512 VNNI), on or "
+        "off.")] = "auto",
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
     split_shortcut: Annotated[float | None, typer.Option(

@@ -10,7 +10,7 @@ from onnxvq.core.errors import UsageError
 METHODS = ("minmax", "ema", "percentile", "omse", "block-mse", "similarity", "twin")
 TARGETS = ("ort", "trt")
 WEIGHT_METHODS = ("max", "mse", "output", "gptq")  # onnxvq.calibrate.weights
-QUANTIZED_LINEAR = ("auto", "on", "off")  # --quantized-linear: auto = where this CPU has AMX
+QUANTIZED_LINEAR = ("auto", "on", "off")  # --quantized-linear: auto = where AMX or AVX-512 VNNI
 LIS_BASES = {"2": 1, "sqrt2": 2}  # --lis-base -> LogIntSoftmax octave_steps (codes per octave)
 RANKINGS = ("sensitivity", "nuclear")  # onnxvq.verify.mixed: which Linears to raise first
 # One switch for the best low-bit result (README "Low bits"): each recipe fills the fields a user
@@ -65,7 +65,7 @@ class QuantConfig:
     fisher: bool = False  # block-mse/twin: weight the output error by a Fisher estimate
     fail_below: float | None = None  # fidelity gate: minimum SQNR in dB (None: collapse only)
     ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
-    # target ort: int8 Linears as com.onnxvq QuantizedLinear (AMX tiles): auto = if this CPU has AMX
+    # target ort: int8 Linears as com.onnxvq QuantizedLinear: auto = if this CPU has AMX or VNNI
     quantized_linear: str = "auto"
     split_shortcut: float | None = None  # split Conv/MatMul over Concats with ranges > this ratio
     weight_only: bool = False  # Linear weights at w_bits, activations float (MatMulNBits) (h9)

@@ -65,8 +65,10 @@ def test_auto_follows_the_cpu(monkeypatch):
     import onnxvq.passes.ort_quantized_linear as mod
 
     ctx = PassContext(config=QuantConfig())
-    for has_amx, applied in ((False, 0), (True, 1)):
+    for has_amx, has_vnni, applied in ((False, False, 0), (True, False, 1), (False, True, 1),
+                                       (True, True, 1)):
         monkeypatch.setattr(mod, "cpu_has_amx", lambda v=has_amx: v)
+        monkeypatch.setattr(mod, "cpu_has_avx512_vnni", lambda v=has_vnni: v)
         assert _lower(_graph(), ctx)[1].result("quantized-linear").applied == applied
     off = PassContext(config=QuantConfig(quantized_linear="off"))
     out, report = _lower(_graph(), off)
