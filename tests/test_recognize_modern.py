@@ -94,3 +94,63 @@ def test_pts_on_rmsnorms_is_refused_by_name(models, caplog):
     ops = {n.op_type for n in result.model.graph.node}
     assert "LogIntSoftmax" in ops or "LogIntAttention" in ops
     assert not ops & {"IntLayerNorm", "AddIntLayerNorm"}
+
+
+def test_queries_max_pooled_over_the_token_map_trace_to_their_projection():
+    """SAM2's HieraDet pools q at each stage transition with a MaxPool2d over the tokens laid
+    out as a [B, C, H, W] map; before, those attentions (3 of 5) were not found."""
+    import numpy as np
+    import onnx
+
+    from onnxvq.models.onnx_builder import GraphBuilder, float_input
+    from onnxvq.recognise.attention import trace_linear
+
+    b = GraphBuilder(17)
+    w = np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32)
+    q = b.op("MatMul", "x", b.weight("w", w))  # [2, 16 tokens, 16]
+    grid = b.op("Reshape", b.op("Transpose", q, perm=[0, 2, 1]), b.const([2, 16, 4, 4],
+                                                                         np.int64))
+    pooled = b.op("MaxPool", grid, kernel_shape=[2, 2], strides=[2, 2])
+    out = b.op("Transpose", b.op("Reshape", pooled, b.const([2, 16, 4], np.int64)), perm=[0, 2, 1])
+    model = b.build([float_input("x", [2, 16, 16])], [float_input(out, [2, 4, 16])], "g")
+    onnx.checker.check_model(model)
+    found = trace_linear(to_graph(model).outputs[0])
+    assert found is not None and found.op == "MatMul" and found.inputs[0].name == "x"
+
+
+def test_an_opset_23_rmsnormalization_node_is_an_rmsnorm():
+    """The one-node form (opset 23) beside the decomposition: the same unit, the same walks."""
+    import numpy as np
+    import onnx
+
+    from onnxvq.models.onnx_builder import GraphBuilder, float_input
+
+    b = GraphBuilder(23)
+    gamma = b.weight("g", np.full(16, 1.5, np.float32))
+    out = b.op("RMSNormalization", "x", gamma, axis=-1, epsilon=1e-6)
+    model = b.build([float_input("x", [2, 8, 16])], [float_input(out, [2, 8, 16])], "g")
+    onnx.checker.check_model(model)
+    (rms,) = recognise(to_graph(model)).rmsnorms
+    assert (rms.input, rms.output, rms.channels) == ("x", out, 16)
+
+
+def test_queries_under_an_rmsnorm_trace_to_their_projection():
+    """Gemma4 RMSNorms q, k and v between the projection and the attention MatMuls."""
+    import numpy as np
+    import onnx
+
+    from onnxvq.models.onnx_builder import GraphBuilder, float_input
+    from onnxvq.recognise.attention import trace_linear
+
+    b = GraphBuilder(20)
+    w = np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32)
+    q = b.op("MatMul", "x", b.weight("w", w))
+    mean = b.reduce_mean(b.op("Pow", q, b.const(2.0)), [-1])
+    normed = b.op("Mul", q, b.op("Reciprocal", b.op("Sqrt", b.op("Add", mean, b.const(1e-6)))))
+    out = b.op("Mul", normed, b.weight("g", np.full(16, 1.5, np.float32)))
+    model = b.build([float_input("x", [2, 8, 16])], [float_input(out, [2, 8, 16])], "g")
+    onnx.checker.check_model(model)
+    graph = to_graph(model)
+    found = trace_linear(graph.outputs[0])
+    assert found is not None and found.op == "MatMul"
+    assert len(recognise(graph).rmsnorms) == 1

@@ -96,7 +96,7 @@ def export(family: Family) -> dict:
         want = module(x).numpy()
     got = make_session(model).run(None, {model.graph.input[0].name: x.numpy()})[0]
     diff = float(np.abs(got - want).max())
-    if not diff <= 1e-4:
+    if not diff <= family.atol:
         raise CorpusError(f"{family.name}: ORT differs from torch by {diff:.3g}")
     save_model(model, family.path, external_data=family.external)
     record = {"name": family.name, "exporter": family.exporter, "export_seconds": round(seconds, 2),

@@ -27,6 +27,7 @@ class Family:
     # what it misses); those families quantize through the gate as the supported ones do
     found: Counts | None = None
     tags: tuple[str, ...] = field(default=())
+    atol: float = 1e-4  # the export check's max |ORT - torch| (outputs scaled up need more)
 
     @property
     def path(self) -> Path:

@@ -42,11 +42,27 @@ TIMM_MODERN: tuple[Family, ...] = (
     # class token, average pooling, no classifier; --pts has no RMSNorm form (refused by name)
     Family("aimv2", "timm", "aimv2_large_patch14_224", 224, Counts(2, 2, 0, 2, 4, rmsnorms=6),
            _SMALL, exporter="dynamo", heads=0, tags=("ci",)),
+    # SAM2's Hiera image encoder (HieraDet; one block a stage but two in the third, its second
+    # global, dim 48): q max-pooled by a MaxPool over the token map at each stage transition,
+    # the shortcut pool(proj(norm(x))) (before: 2 of 5 attentions, 7 of 10 residuals found)
+    Family("sam2_hiera_tiny", "timm", "sam2_hiera_tiny", 224, Counts(5, 5, 11, 5, 10),
+           (("stages", (1, 1, 2, 1)), ("global_att_blocks", (3,)), ("embed_dim", 48)), heads=0),
+    Family("hieradet_small", "timm", "hieradet_small", 224, Counts(5, 5, 11, 5, 10),
+           (("stages", (1, 1, 2, 1)), ("global_att_blocks", (3,)), ("embed_dim", 48)) + _LS),
     # VLM vision encoders (their smallest forms at dim 192, depth 2): EVA blocks with rotary
     # attention, then the LLM-side merger / aligner (norm, fc1, GELU, fc2: one more MLP) to
     # `out_features`; the token sequence is the output (no classifier)
     Family("qwen3_vit_enc", "timm", "qwen3_vit_88m_enc", 224, Counts(2, 2, 5, 3, 4),
            _SMALL + (("out_features", 256),), exporter="dynamo", heads=0),
+    # Gemma4 (167M form's layout at dim 192; 192 px: a multiple of patch 16 times its 3x3 soft
+    # pool): RMSNorm before and after each branch and on q, k and v, 2-D rotary tables computed
+    # in the graph (Cos/Sin of the patch positions), a GELU-gated MLP, patches embedded by a
+    # Linear. Clipped linears off: with them, dynamo writes a graph ORT rejects (a clamp bound
+    # read before it is computed). Its soft-token pool scales by √192: atol 1e-3 (1.5e-4)
+    Family("gemma4_vit_enc", "timm", "gemma4_vit_167m_enc", 192,
+           Counts(2, 2, 0, 2, 4, rmsnorms=14),
+           _SMALL + (("intermediate_size", 768), ("use_clipped_linears", False)),
+           exporter="dynamo", heads=0, patch_convs=0, atol=1e-3),
     # DeepSeek: RMSNorms (fp32), SwiGLU (packed fc1); 210 px: a multiple of patch 14 times the
     # aligner's 3x3 downsampling
     Family("deepseek_vit_enc", "timm", "deepseek_vit_412m_enc", 210,

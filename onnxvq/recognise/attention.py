@@ -28,10 +28,13 @@ _PROBS_PATH = frozenset({"Cast", "Dropout", "Identity", "Reshape"})
 # input comes from that one projection: cosine attention's L2 normalisation
 # x / Expand(Clip(ReduceL2(x))) (SwinV2), rotary embedding x·cos + rot(x)·sin with the class
 # token re-attached by Concat (EVA-02), bias Adds and scalar scales, the per-head LayerNorm
-# of qk-norm attention (timm's `qk_norm=True`: norm(q)·norm(k)ᵀ) and the max-pooled queries of
-# Hiera's stage transitions (q.view(.., stride, ..).amax()).
+# of qk-norm attention (timm's `qk_norm=True`: norm(q)·norm(k)ᵀ; Gemma4's RMSNorms on q, k and v,
+# decomposed or one node) and the max-pooled queries of
+# Hiera's stage transitions (q.view(.., stride, ..).amax(); SAM2's HieraDet: a MaxPool2d on q
+# laid out as a map).
 _DERIVED = frozenset({"Add", "Mul", "Div", "Neg", "Clip", "ReduceL2", "Sqrt", "Cast",
-                      "LayerNormalization", "ReduceMax"})
+                      "LayerNormalization", "ReduceMax", "MaxPool",
+                      "Pow", "ReduceMean", "Reciprocal", "RMSNormalization"})  # q/k/v RMSNorm
 
 
 def trace_linear(t: gs.Tensor) -> gs.Node | None:
@@ -50,10 +53,28 @@ def trace_linear(t: gs.Tensor) -> gs.Node | None:
             found[p.name] = p
             continue
         ins = [i for i in data_inputs(p) if i.name]  # "" is an omitted optional input
+        if p.op not in LAYOUT_OPS and p.op not in _DERIVED and _value_free(cur):
+            continue  # a table from shapes and constants (Gemma4's in-graph rotary cos/sin)
         if not ins or (p.op not in LAYOUT_OPS and p.op not in _DERIVED):
             return None
         frontier.extend(ins)
     return next(iter(found.values())) if len(found) == 1 and not frontier else None
+
+
+def _value_free(t: gs.Tensor, limit: int = 64) -> bool:
+    """`t` is computed from constants and Shape reads only: no activation value reaches it."""
+    frontier, seen = [t], set()
+    while frontier:
+        cur = frontier.pop()
+        if cur.name in seen or isinstance(cur, gs.Constant):
+            continue
+        seen.add(cur.name)
+        p = producer(cur)
+        if p is None or len(seen) > limit:
+            return False  # a graph input (or too far to tell)
+        if p.op != "Shape":
+            frontier.extend(i for i in p.inputs if i.name)
+    return True
 
 
 def attention_at(softmax: gs.Node) -> Attention | None:

@@ -124,11 +124,12 @@ def _placement(att, mlp, r_att, r_mlp, nodes, tensors) -> tuple[str, tuple[str, 
 
 def _projected_shortcut(skip: gs.Tensor, norm: gs.Node) -> bool:
     """`skip` is a linear of `norm`'s output, then its bias, layout ops and max pooling
-    (Hiera)."""
+    (Hiera's ReduceMax, SAM2 HieraDet's MaxPool)."""
     for _ in range(12):
         p = producer(skip)
         bias = p is not None and p.op == "Add" and len(data_inputs(p)) == 1
-        if p is None or not (is_linear(p) or bias or p.op in LAYOUT_OPS or p.op == "ReduceMax"):
+        pool = p is not None and p.op in ("ReduceMax", "MaxPool")  # Hiera's; SAM2 HieraDet's
+        if p is None or not (is_linear(p) or bias or p.op in LAYOUT_OPS or pool):
             return False
         if is_linear(p):
             return _norm_before(p.inputs[0]) is norm
