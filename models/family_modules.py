@@ -41,7 +41,10 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "EncoderBlock", "Swinv2Layer", "FocalNetBlock", "PvtV2BlockLayer",
            "MobileViTTransformerLayer", "VitDetLayer", "YolosLayer", "DPTViTLayer",
            "Dinov2WithRegistersLayer", "DeiTLayer", "ViTMAELayer", "Gemma4Block",
-           "DeepseekVitBlock"}
+           "DeepseekVitBlock", "MetaBlock1d",
+           "TransformerBlock2d", "SegformerLayer", "IJepaLayer",
+           "ViTMSNLayer", "OwlViTEncoderLayer", "Owlv2EncoderLayer",
+           "TransformerLayer", "NextTransformerBlock"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
@@ -54,16 +57,27 @@ _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "Win
                "LocalWindowAttention", "ShiftedWindowAttention", "Swinv2Attention",
                "PvtV2SelfAttention", "MobileViTAttention", "VitDetAttention", "YolosAttention",
                "DPTViTAttention", "Dinov2WithRegistersAttention", "DeiTAttention",
-               "ViTMAEAttention", "AttentionRope", "Gemma4Attention"}
+               "ViTMAEAttention", "AttentionRope", "Gemma4Attention",
+               "EfficientAdditiveAttention", "SHSA",
+               "SegformerAttention", "LevitAttention", "LevitAttentionSubsample",
+               "IJepaAttention", "ViTMSNAttention", "OwlViTAttention", "Owlv2Attention",
+               "EfficientAttention"}
 _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
          "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate", "MlpWithDepthwiseConv",
          "GeGluMlp", "ConvMlp", "MLPBlock", "Swinv2Intermediate",
          "PvtV2ConvFeedForwardNetwork", "MobileViTIntermediate", "VitDetMlp", "YolosIntermediate",
          "DPTViTIntermediate", "Dinov2WithRegistersMLP", "DeiTMLP", "ViTMAEMLP", "SwiGLU",
-         "Gemma4GatedMlp", "Qwen3VitPatchMerger", "DeepseekVitAligner"}  # the VLM encoders'
-# merger / aligner: the projection to the LLM's width, fc1 GELU fc2
-# attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP)
-_BIAS_NETS = {"WindowMultiHeadAttention"}
+         "Gemma4GatedMlp", "Qwen3VitPatchMerger", "DeepseekVitAligner",  # the VLM encoders'
+         # merger / aligner: the projection to the LLM's width, fc1 GELU fc2
+         "SpatialMlp", "FFN", "YolosMLPPredictionHead", "SegformerMixMLP", "LevitMLPLayer",
+         "IJepaMLP", "ViTMSNMLP", "OwlViTMLP", "Owlv2MLP"}
+# blocks whose attention is optional ((timm module, class): its attribute, None or Identity in
+# some stages): those without one are an MLP and its residual, not blocks
+_OPTIONAL = {("efficientformer_v2", "EfficientFormerV2Block"): "token_mixer",
+             ("visformer", "Block"): "attn"}
+# attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP,
+# MaxxViT's RelPosMlp)
+_BIAS_NETS = {"WindowMultiHeadAttention", "AttentionCl"}
 
 
 def family_counts(module) -> Counts:
@@ -84,16 +98,46 @@ def family_counts(module) -> Counts:
                  for m in a.modules() if type(m).__name__ in _MLPS}
     mlps = sum(type(m).__name__ in _MLPS and id(m) not in bias_mlps for m in module.modules())
     mlps += names["PartitionAttentionLayer"]  # torchvision MaxViT's: an unnamed nn.Sequential
-    former = [m for m in module.modules() if type(m).__name__ == "EfficientFormerV2Block"]
-    attended = sum(m.token_mixer is not None for m in former)
-    blocks = sum(names[n] for n in _BLOCKS) + attended - stages
+    attended, plain, named = _optional_attention(module)
+    blocks = sum(names[n] for n in _BLOCKS) - named + attended - stages + _tnt_inner(module)
+    blocks += names["SHSA"]  # SHViT: a BasicBlock with single-head attention
+    blocks += names["LevitAttention"] + names["LevitAttentionSubsample"]  # HF LeViT: no block class
+    mlps -= names["YolosForObjectDetection"]  # its box head is not in the exported logits
     layernorms = sum(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
     layernorms -= names["DPTForDepthEstimation"]  # its encoder's final norm: unused, not exported
     pools = names["AttentionPoolLatent"] + names["SiglipMultiheadAttentionPoolingHead"]
-    residual = 2 * blocks - names["LevitDownsample"] - pools + len(former) - attended
-    residual -= names["CrossAttentionBlock"]
+    residual = 2 * blocks - names["LevitDownsample"] - names["LevitAttentionSubsample"] - pools
+    residual += plain
+    residual -= names["CrossAttentionBlock"] + 2 * names["SHSA"] - _shvit_residuals(module)
     rms = sum("rmsnorm" in type(m).__name__.lower() for m in module.modules())
     return Counts(blocks, sum(names[n] for n in _ATTENTIONS), layernorms, mlps, residual, rms)
+
+
+def _optional_attention(module) -> tuple[int, int, int]:
+    """(blocks of _OPTIONAL with an attention, without one, how many of them _BLOCKS names)."""
+    import torch
+
+    attended = plain = named = 0
+    for m in module.modules():
+        attr = _OPTIONAL.get((type(m).__module__.rsplit(".", 1)[-1], type(m).__name__))
+        if attr is not None:
+            mixer = getattr(m, attr)
+            has = mixer is not None and not isinstance(mixer, torch.nn.Identity)
+            attended, plain, named = attended + has, plain + (not has), named + (
+                type(m).__name__ in _BLOCKS)
+    return attended, plain, named
+
+
+def _tnt_inner(module) -> int:
+    """TNT's Block is two transformer blocks: the inner one over each patch's pixel tokens
+    (attn_in, mlp_in, two residuals), then the outer one over the patches."""
+    return sum(type(m).__name__ == "Block" and hasattr(m, "attn_in") for m in module.modules())
+
+
+def _shvit_residuals(module) -> int:
+    """SHViT's Residual(SHSA) and Residual(FFN) wrappers (its PatchMerging has FFNs too)."""
+    return sum(type(m).__name__ == "Residual" and type(getattr(m, "m", None)).__name__ in
+               ("SHSA", "FFN") for m in module.modules())
 
 
 def build(family: Family):
@@ -104,7 +148,9 @@ def build(family: Family):
     from onnxvq.models.export import _spread_constant_parameters
 
     torch.manual_seed(0)
-    if family.source == "timm":
+    if family.source == "timm" and "." in family.arch:
+        module = _timm_class(family).eval()
+    elif family.source == "timm":
         module = timm.create_model(family.arch, pretrained=False, **dict(family.kwargs)).eval()
     elif family.source == "huggingface":
         module = _huggingface(family)
@@ -114,6 +160,26 @@ def build(family: Family):
         raise CorpusError(f"{family.name}: unknown source {family.source!r}")
     _spread_constant_parameters(module)
     return module
+
+
+def _timm_class(family: Family):
+    """A timm model class (`arch` "module.Class") built from its own defaults and the family's
+    kwargs, for the builders that fix the sizes they would be overridden by (nest_tiny, volo_d1,
+    caformer_s18 pass `depths=` themselves). A kwarg value "timm:module.name" (also inside a
+    tuple) is that timm object: MetaFormer's token mixer and norm classes."""
+    import importlib
+
+    def resolve(value):
+        if isinstance(value, tuple):
+            return tuple(resolve(v) for v in value)
+        if isinstance(value, str) and value.startswith("timm:"):
+            module, _, name = value[5:].rpartition(".")
+            return getattr(importlib.import_module(f"timm.models.{module}"), name)
+        return value
+
+    module, _, name = family.arch.rpartition(".")
+    cls = getattr(importlib.import_module(f"timm.models.{module}"), name)
+    return cls(**{k: resolve(v) for k, v in family.kwargs})
 
 
 def _huggingface(family: Family):
@@ -148,7 +214,15 @@ _HF_KINDS = {"dinov2": ("Dinov2Config", "Dinov2ForImageClassification", "logits"
              "vit_mae": ("ViTMAEConfig", "ViTMAEModel", "class_token"),
              "yolos": ("YolosConfig", "YolosForObjectDetection", "logits"),
              "vitdet": ("VitDetConfig", "VitDetModel", "last_hidden_state"),
-             "dpt": ("DPTConfig", "DPTForDepthEstimation", "predicted_depth")}
+             "dpt": ("DPTConfig", "DPTForDepthEstimation", "predicted_depth"),
+             "segformer": ("SegformerConfig", "SegformerForImageClassification", "logits"),
+             "levit": ("LevitConfig", "LevitForImageClassification", "logits"),
+             "ijepa": ("IJepaConfig", "IJepaForImageClassification", "logits"),
+             "vit_msn": ("ViTMSNConfig", "ViTMSNForImageClassification", "logits"),
+             "owlvit_vision": ("OwlViTVisionConfig", "OwlViTVisionModel", "pooler_output"),
+             "owlv2_vision": ("Owlv2VisionConfig", "Owlv2VisionModel", "pooler_output"),
+             "cvt": ("CvtConfig", "CvtForImageClassification", "logits"),
+             "vitmatte": ("VitMatteConfig", "VitMatteForImageMatting", "alphas")}
 
 
 def _Output(model, output: str):

@@ -269,3 +269,44 @@ def test_layout_ops_without_a_conv_do_not_make_an_mlp():
     graph = _graph(build)
     (relu,) = [n for n in graph.nodes if n.op == "Relu"]
     assert mlp_of(*match_activation(relu)) is None
+
+
+@pytest.mark.parametrize("layers, units", [(2, 1), (3, 2), (4, 3)])
+def test_a_deeper_mlp_is_one_mlp(layers, units):
+    """YOLOS' (and DETR's) 3-layer ReLU box and class heads, linear-act-linear-act-linear: each
+    act is a unit between two linears (both pairs keep their MLP records for placement), but the
+    chain is one MLP in the counts, as the torch module is (before: two for YOLOS' heads)."""
+    from onnxvq.recognise.model import recognise
+
+    def build(b, x):
+        h = _linear(b, x, 1)
+        for seed in range(2, layers + 1):
+            h = _linear(b, b.op("Relu", h), seed)
+        return h
+
+    s = recognise(_graph(build))
+    assert len(s.mlps) == units and s.chained_mlps == units - 1 and s.counts["mlps"] == 1
+
+
+@pytest.mark.parametrize("square", ["pow", "mul"])
+def test_star_relu_is_one_activation(square):
+    """MetaFormer's StarReLU s·relu(x)² + b (CAFormer's and ConvFormer's MLPs) between two
+    linears is one unit, an MLP (before: the Relu's consumer was the square, no MLP found)."""
+    import numpy as np
+
+    from onnxvq.recognise.activations import match_activation
+    from onnxvq.recognise.mlp import mlp_of
+
+    def build(b, x):
+        r = b.op("Relu", _linear(b, x, 1))
+        sq = b.op("Pow", r, b.const(np.float32(2.0))) if square == "pow" else b.op("Mul", r, r)
+        act = b.op("Add", b.op("Mul", b.const(np.array([0.8], np.float32)), sq),
+                   b.const(np.array([-0.1], np.float32)))
+        return _linear(b, act, 2)
+
+    graph = _graph(build)
+    (relu,) = [n for n in graph.nodes if n.op == "Relu"]
+    unit = match_activation(relu)
+    assert unit[0].kind == "star_relu" and len(unit[0].nodes) == 4
+    mlp = mlp_of(*unit)
+    assert (mlp.fc1.node, mlp.fc2.node) == ("MatMul_1", "MatMul_2")

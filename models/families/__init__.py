@@ -14,7 +14,8 @@ Special exports: `external` writes the weights as external data, `dynamic_hw` ke
 width symbolic. Tags: "ci" (CI's representative subset), "big" (no depth override: 24 M
 parameters, its torch-count check is a slow test).
 The entries live by source (timm.py, hf.py, torchvision.py; timm_modern.py: today's timm exports,
-RoPE, RMSNorm, registers; `base.Family` is their record);
+RoPE, RMSNorm, registers; classic.py: the seventh round's conv-hybrid, nested and detection
+families; `base.Family` is their record);
 FAMILIES is all of them by name.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from onnxvq.models.corpus import CorpusError
 from onnxvq.models.families.base import HF_SMALL, SWIN_SMALL, Family, vit
+from onnxvq.models.families.classic import CLASSIC
 from onnxvq.models.families.hf import HUGGINGFACE
 from onnxvq.models.families.timm import TIMM
 from onnxvq.models.families.timm_modern import TIMM_MODERN
@@ -49,7 +51,7 @@ def _by_name(*groups: tuple[Family, ...]) -> dict[str, Family]:
     return families
 
 
-FAMILIES: dict[str, Family] = _by_name(TIMM, HUGGINGFACE, TORCHVISION, TIMM_MODERN)
+FAMILIES: dict[str, Family] = _by_name(TIMM, HUGGINGFACE, TORCHVISION, TIMM_MODERN, CLASSIC)
 
 
 def ensure(family: Family, *, force: bool = False) -> Path:
@@ -69,8 +71,8 @@ def export(family: Family) -> dict:
     from onnxvq.core.graph import save_model
     from onnxvq.core.runtime import make_session
     module = build(family)
-    example = torch.randn(2, 3, family.image, family.image, generator=torch.Generator()
-                          .manual_seed(1))
+    shape = (family.channels, family.image, family.image)
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
     family.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = family.path.with_name(f".{family.path.name}.export.onnx")
     start = time.perf_counter()
@@ -91,7 +93,7 @@ def export(family: Family) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
-    x = torch.randn(3, 3, family.image, family.image, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want = module(x).numpy()
     got = make_session(model).run(None, {model.graph.input[0].name: x.numpy()})[0]

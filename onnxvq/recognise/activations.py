@@ -6,6 +6,7 @@
     x ─Sigmoid─Mul(x)                          SiLU / Swish (MobileViT, EVA-02's SwiGLU)
     x ─Mul(1.702)─Sigmoid─Mul(x)               QuickGELU (OpenAI CLIP, Hugging Face CLIP)
     HardSwish (opset 14), x ─HardSigmoid─Mul(x)   Hardswish (LeViT)
+    x ─Relu─Pow(2) (or r·r)─Mul(s)─Add(b)     StarReLU s·relu(x)² + b (MetaFormer: CAFormer)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ Unit = tuple[Activation, gs.Tensor, gs.Tensor]
 
 def match_activation(node: gs.Node) -> Unit | None:
     if node.op == "Relu":
-        return _unit("relu", [node], node.inputs[0], node.outputs[0])
+        star = _star_relu(node)
+        return star or _unit("relu", [node], node.inputs[0], node.outputs[0])
     if node.op == "Gelu":
         return _unit("gelu", [node], node.inputs[0], node.outputs[0])
     if node.op == "Erf":
@@ -49,6 +51,22 @@ def _gated(gate: gs.Node, kind: str) -> Unit | None:
     if factor is None or abs(factor - 1.702) > 1e-3 or data_inputs(pre)[0] not in mul.inputs:
         return None
     return _unit("gelu_quick", [pre, gate, mul], data_inputs(pre)[0], mul.outputs[0])
+
+
+def _star_relu(relu: gs.Node) -> Unit | None:
+    """s·relu(x)² + b with scalar s and b (timm's StarReLU), the square a Pow(2) or r·r."""
+    r = relu.outputs[0]
+    readers = list({id(c): c for c in r.outputs if c.op != "Shape"}.values())  # r·r reads twice
+    sq = readers[0] if len(readers) == 1 and readers[0].op in ("Pow", "Mul") else None
+    if sq is None or not (sq.op == "Pow" and sq.inputs[0] is r and scalar(sq.inputs[1]) == 2.0
+                          or sq.op == "Mul" and sq.inputs[0] is r and sq.inputs[1] is r):
+        return None
+    mul = sole_data_consumer(sq.outputs[0], "Mul")
+    add = None if mul is None or len(_scalars(mul)) != 1 else \
+        sole_data_consumer(mul.outputs[0], "Add")
+    if add is None or len(_scalars(add)) != 1:
+        return None
+    return _unit("star_relu", [relu, sq, mul, add], relu.inputs[0], add.outputs[0])
 
 
 def _unit(kind: str, nodes: list[gs.Node], t_in: gs.Tensor, t_out: gs.Tensor) -> Unit:

@@ -27,7 +27,7 @@ class Linear:
 @dataclass(frozen=True)
 class Activation:
     kind: Literal["gelu_erf", "gelu_tanh", "gelu_quick", "gelu", "relu", "silu", "hardswish",
-                  "other"]
+                  "star_relu", "other"]
     nodes: tuple[str, ...]
     input: str
     output: str
@@ -124,11 +124,19 @@ class ViTStructure:
             "blocks": len(self.blocks),
             "attentions": len(self.attentions),
             "layernorms": len(self.layernorms),
-            "mlps": len(self.mlps),
+            "mlps": len(self.mlps) - self.chained_mlps,
             "residual_adds": len(self.residuals),
             # reported where a model has them (AIMv2, the VLM encoders), as `cnn` and `adaln`
             **({"rmsnorms": len(self.rmsnorms)} if self.rmsnorms else {}),
         }
+
+    @property
+    def chained_mlps(self) -> int:
+        """MLPs whose fc1 is another MLP's fc2: the later pairs of a deeper MLP (YOLOS' and
+        DETR's 3-layer box and class heads, linear-act-linear-act-linear), found as one
+        activation unit each but one MLP, as the torch module is."""
+        fc2s = {m.fc2.node for m in self.mlps}
+        return sum(m.fc1.node in fc2s for m in self.mlps)
 
     @property
     def is_vit(self) -> bool:

@@ -51,22 +51,42 @@ FLOORS |= {("pvt_v2_b0", "w8a8"): 30, ("pvt_v2_b0", "pts-lis"): 26, ("pvt_v2_b0"
            ("convit_tiny", "w8a8"): 28, ("convit_tiny", "pts-lis"): 9, ("convit_tiny", "trt"): 26}
 FLOORS |= {("beit3", "w8a8"): 27, ("beit3", "pts-lis"): 15, ("beit3", "trt"): 30,
            ("aimv2", "w8a8"): 37, ("aimv2", "pts-lis"): 37, ("aimv2", "trt"): 37}
+FLOORS |= {("tnt_small", "w8a8"): 29, ("tnt_small", "trt"): 27,
+           ("efficientformer_l1", "w8a8"): 35, ("efficientformer_l1", "pts-lis"): 31,
+           ("efficientformer_l1", "trt"): 35, ("maxxvit_rmlp_nano", "w8a8"): 37,
+           ("maxxvit_rmlp_nano", "pts-lis"): 37, ("maxxvit_rmlp_nano", "trt"): 36,
+           ("hf_yolos", "w8a8"): 33, ("hf_yolos", "pts-lis"): 16, ("hf_yolos", "trt"): 31,
+           ("hf_segformer", "w8a8"): 28, ("hf_segformer", "pts-lis"): 19,
+           ("hf_segformer", "trt"): 31, ("hf_levit", "w8a8"): 41, ("hf_levit", "pts-lis"): 30,
+           ("hf_levit", "trt"): 39, ("hf_ijepa", "w8a8"): 36, ("hf_ijepa", "pts-lis"): 32,
+           ("hf_ijepa", "trt"): 35, ("hf_vit_msn", "w8a8"): 30, ("hf_vit_msn", "pts-lis"): 13,
+           ("hf_vit_msn", "trt"): 28, ("hf_owlvit_vision", "w8a8"): 37,
+           ("hf_owlvit_vision", "trt"): 34, ("hf_owlv2_vision", "w8a8"): 37,
+           ("hf_owlv2_vision", "pts-lis"): 18, ("hf_owlv2_vision", "trt"): 35,
+           ("nest_tiny", "w8a8"): 33, ("nest_tiny", "pts-lis"): 27, ("nest_tiny", "trt"): 33,
+           ("nextvit_small", "w8a8"): 36, ("nextvit_small", "pts-lis"): 21,
+           ("nextvit_small", "trt"): 36}
 FLOORS |= {("swinv2_tiny_dynamo", k): v for (n, k), v in FLOORS.items() if n == "swinv2_tiny"}
 FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "vit_qknorm"}
 # --pts --lis on 6 samples: the gate names the final LayerNorm (tests below say why). DeiT-III's
 # and CaiT's final norms are refused per flag at calibration instead (their pooled class token).
 # CLIP's norm_pre (before the blocks: the class token's row is the same for every image) too.
 # Hugging Face BEiT's pooler norm (the mean-pooled [B, 192] vector, as EVA-02's) too.
+# TNT-S: the first block's outer MLP norm (9.3 dB against W8/A8's 32.3); OWL-ViT's pre_layernorm
+# (16.9 dB: as CLIP's norm_pre).
 GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'", "clip_b16": "'/norm_pre/LayerNormalization'",
-                "hf_beit": "'/model/beit/pooler/layernorm/LayerNormalization'"}
+                "hf_beit": "'/model/beit/pooler/layernorm/LayerNormalization'",
+                "tnt_small": "'/blocks.0/norm_mlp/LayerNormalization'",
+                "hf_owlvit_vision": "'/model/vision_model/pre_layernorm/LayerNormalization'"}
 # On the gate's edge (measured 19.4 and 19.9 dB below W8/A8, the gate's limit is 20): either
 # above the floor or refused with a named culprit; both are right, a silent bad model is not.
-GATE_EDGE = {"hf_clip_vision", "hf_data2vec_vision"}
+GATE_EDGE = {"hf_clip_vision", "hf_data2vec_vision", "hf_owlv2_vision"}
 # the RoPE ViTs and NaFlexViT: 18.7-20.9 dB below (W8/A8 at 35-77 dB)
 GATE_EDGE |= {"rope_vit", "rope_mixed", "rope_reg1_gap", "naflexvit"}
 UNSUPPORTED = [pytest.param(n, marks=() if "ci" in f.tags else _FULL)
                for n, f in FAMILIES.items() if f.unsupported is not None and f.found is None]
-OTHER_SOFTMAX = {"fastvit_sa12": 0, "convit_tiny": 2, "gcvit_xxtiny": 6}
+OTHER_SOFTMAX = {"fastvit_sa12": 0, "convit_tiny": 2, "gcvit_xxtiny": 6, "efficientformer_l1": 0,
+                 "maxxvit_rmlp_nano": 0, "nextvit_small": 0}
 PARTIAL = [pytest.param(n, marks=() if "ci" in f.tags else _FULL)
            for n, f in FAMILIES.items() if f.found is not None]
 
