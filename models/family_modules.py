@@ -44,7 +44,7 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "DeepseekVitBlock", "MetaBlock1d",
            "TransformerBlock2d", "SegformerLayer", "IJepaLayer",
            "ViTMSNLayer", "OwlViTEncoderLayer", "Owlv2EncoderLayer",
-           "TransformerLayer", "NextTransformerBlock"}
+           "TransformerLayer", "NextTransformerBlock", "CvtLayer"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
@@ -61,7 +61,7 @@ _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "Win
                "EfficientAdditiveAttention", "SHSA",
                "SegformerAttention", "LevitAttention", "LevitAttentionSubsample",
                "IJepaAttention", "ViTMSNAttention", "OwlViTAttention", "Owlv2Attention",
-               "EfficientAttention"}
+               "EfficientAttention", "CvtAttention"}
 _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
          "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate", "MlpWithDepthwiseConv",
          "GeGluMlp", "ConvMlp", "MLPBlock", "Swinv2Intermediate",
@@ -70,11 +70,12 @@ _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", 
          "Gemma4GatedMlp", "Qwen3VitPatchMerger", "DeepseekVitAligner",  # the VLM encoders'
          # merger / aligner: the projection to the LLM's width, fc1 GELU fc2
          "SpatialMlp", "FFN", "YolosMLPPredictionHead", "SegformerMixMLP", "LevitMLPLayer",
-         "IJepaMLP", "ViTMSNMLP", "OwlViTMLP", "Owlv2MLP"}
-# blocks whose attention is optional ((timm module, class): its attribute, None or Identity in
-# some stages): those without one are an MLP and its residual, not blocks
+         "IJepaMLP", "ViTMSNMLP", "OwlViTMLP", "Owlv2MLP",
+         "CvtIntermediate"}
+# blocks whose token mixer is an attention in some stages only ((timm module, class): its
+# attribute; None, Identity or a conv mixer elsewhere): the others are an MLP and its residual
 _OPTIONAL = {("efficientformer_v2", "EfficientFormerV2Block"): "token_mixer",
-             ("visformer", "Block"): "attn"}
+             ("visformer", "Block"): "attn", ("metaformer", "MetaFormerBlock"): "token_mixer"}
 # attentions whose MLPs compute a position bias, a constant in the export (SwinV2-CR's meta MLP,
 # MaxxViT's RelPosMlp)
 _BIAS_NETS = {"WindowMultiHeadAttention", "AttentionCl"}
@@ -115,14 +116,11 @@ def family_counts(module) -> Counts:
 
 def _optional_attention(module) -> tuple[int, int, int]:
     """(blocks of _OPTIONAL with an attention, without one, how many of them _BLOCKS names)."""
-    import torch
-
     attended = plain = named = 0
     for m in module.modules():
         attr = _OPTIONAL.get((type(m).__module__.rsplit(".", 1)[-1], type(m).__name__))
         if attr is not None:
-            mixer = getattr(m, attr)
-            has = mixer is not None and not isinstance(mixer, torch.nn.Identity)
+            has = type(getattr(m, attr)).__name__ in _ATTENTIONS
             attended, plain, named = attended + has, plain + (not has), named + (
                 type(m).__name__ in _BLOCKS)
     return attended, plain, named
@@ -221,8 +219,7 @@ _HF_KINDS = {"dinov2": ("Dinov2Config", "Dinov2ForImageClassification", "logits"
              "vit_msn": ("ViTMSNConfig", "ViTMSNForImageClassification", "logits"),
              "owlvit_vision": ("OwlViTVisionConfig", "OwlViTVisionModel", "pooler_output"),
              "owlv2_vision": ("Owlv2VisionConfig", "Owlv2VisionModel", "pooler_output"),
-             "cvt": ("CvtConfig", "CvtForImageClassification", "logits"),
-             "vitmatte": ("VitMatteConfig", "VitMatteForImageMatting", "alphas")}
+             "cvt": ("CvtConfig", "CvtForImageClassification", "logits")}
 
 
 def _Output(model, output: str):

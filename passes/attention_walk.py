@@ -9,6 +9,8 @@ one per-tensor uint8 QuantizeLinear. `probs_path` is the mode's own part (scores
 returns a `Probs`, or a refusal reason; so does `find_attention`. With `allow_bias`, constant
 additive biases between the scores MatMul and the Softmax are walked over (attention_bias.py)
 into one float32 [W, 1|H, N, N] (`AttentionUnit.bias`); a bias that is not a constant is refused.
+Three separate projections, each quantized after its head split, are packed into X when the
+attention fuses (attention_separate.py); the head merge is attention_merge.py's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import onnx_graphsurgeon as gs
 
 from onnxvq.core.walk import const_value, producer
 from onnxvq.passes.attention_bias import bias_chain, combined_bias
+from onnxvq.passes.attention_merge import merged_output, scale_zp
+from onnxvq.passes.attention_separate import SeparateCodes, separate_codes
 from onnxvq.passes.ort_domain import rewire
 from onnxvq.plugins.reference.attention import MAX_HEAD_DIM, MAX_TOKENS
 
@@ -45,8 +49,11 @@ class AttentionUnit:
     probs: Probs
     bias: np.ndarray | None = None  # float32 [W, 1|H, N, N] added to the scaled scores
     view: gs.Tensor | None = None  # the merge's own target when it is not [B, N, H·D]
+    separate: SeparateCodes | None = None  # packs three projections' codes into `x`
 
     def replace_output(self, graph: gs.Graph, y: gs.Tensor) -> None:
+        if self.separate is not None:  # the packed codes the fused node reads, built now
+            self.separate.emit(graph)
         if self.view is not None:  # MaxViT's [B, 7, 7, H·D]: the same codes, reshaped
             y.shape = None  # the fused node's own is [B, N, H·D]
             out = gs.Variable(f"{y.name}/view", dtype=np.uint8, shape=self.out_q.outputs[0].shape)
@@ -55,21 +62,6 @@ class AttentionUnit:
             y = out
         rewire(self.out_q.outputs[0], y, graph)
         self.out_q.outputs.clear()
-
-
-def scale_zp(q: gs.Node) -> tuple[np.float32, int] | None:
-    """Per-tensor (scale, zero point) of a Q/DQ node with constant parameters, else None."""
-    s = const_value(q.inputs[1])
-    z = const_value(q.inputs[2]) if len(q.inputs) > 2 else None
-    if s is None or z is None or s.size != 1 or z.size != 1:
-        return None
-    return np.float32(s.reshape(())), int(z.reshape(()))
-
-
-def _sole(t: gs.Tensor, graph: gs.Graph, op: str) -> gs.Node | None:
-    readers = t.outputs
-    ok = len(readers) == 1 and readers[0].op == op and t not in graph.outputs
-    return readers[0] if ok else None
 
 
 def _gathered(t: gs.Tensor, graph: gs.Graph) -> tuple[gs.Tensor, int] | None:
@@ -156,9 +148,13 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
             if not allow_bias else "scores are not a MatMul plus constant biases"
     q = _codes_of(producer(mm.inputs[0]), graph, "q")
     k = _codes_of(producer(mm.inputs[1]), graph, "k")
+    separate = None if q or k else _separate(graph, mm, probs)
+    if separate is not None:
+        q, k, v, separate = separate
     if q is None or k is None:
         return "q and kᵀ are not dequantized pieces of hoisted packed QKV codes"
-    v = _piece(probs.v_codes, graph, "v")
+    if separate is None:
+        v = _piece(probs.v_codes, graph, "v")
     if v is None or not (q[0] is k[0] is v[0]) or (q[1], k[1], v[1]) != (0, 1, 2) or \
             not q[2] == k[2] == v[2]:
         return "q, k, v are not pieces 0, 1, 2 of one packed code tensor"
@@ -175,7 +171,7 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
     bias = combined_bias(terms, n, heads) if terms else None
     if isinstance(bias, str):
         return bias
-    merged = _merged_output(graph, probs.product, n, heads * dim)
+    merged = merged_output(graph, probs.product, n, heads * dim)
     if isinstance(merged, str):
         return merged
     out_q, view = merged
@@ -185,7 +181,21 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
                   out_zero_point=z_o)
     if layout:
         common["qkv_layout"] = layout
-    return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs, bias, view)
+    return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs, bias, view, separate)
+
+
+def _separate(graph: gs.Graph, mm: gs.Node, probs: Probs):
+    """(q, k, v as _codes_of's tuples, SeparateCodes) for three separate projections, or None."""
+    dqs = [producer(mm.inputs[0]), producer(mm.inputs[1])]
+    if any(d is None or d.op != "DequantizeLinear" or len(d.outputs[0].outputs) != 1
+           for d in dqs) or any(scale_zp(d) is None for d in dqs):
+        return None
+    found = separate_codes(graph, dqs[0].inputs[0], dqs[1].inputs[0], probs.v_codes)
+    if found is None:
+        return None
+    sep, x = found
+    (s_q, z_q), (s_k, z_k) = (scale_zp(d) for d in dqs)
+    return (x, 0, 0, s_q, z_q), (x, 1, 0, s_k, z_k), (x, 2, 0), sep
 
 
 def _qkv_dims(x: gs.Tensor, layout: int) -> tuple[int, int, int] | None:
@@ -215,54 +225,3 @@ def _qkv_dims(x: gs.Tensor, layout: int) -> tuple[int, int, int] | None:
 
 def v_zp(probs: Probs) -> int:
     return int(probs.nodes["v_zero_point"])
-
-
-def _merged_output(graph: gs.Graph, t: gs.Tensor, n: int, width: int):
-    """(the merged output's QuantizeLinear, the merge's target when it is not [B, N, H·D])."""
-    tr = _sole(t, graph, "Transpose")
-    if tr is None or list(tr.attrs.get("perm", [])) != [0, 2, 1, 3]:
-        return "attention output is not merged by Transpose [0, 2, 1, 3]"
-    rs = _sole(tr.outputs[0], graph, "Reshape")
-    merges = None if rs is None else _merges_heads(rs, n, width)
-    if not merges:
-        return "merged heads are not reshaped to [B, N, H·D]"
-    q = _sole(rs.outputs[0], graph, "QuantizeLinear")
-    p = None if q is None else scale_zp(q)
-    if p is None or const_value(q.inputs[2]).dtype != np.uint8:
-        return "merged output is not quantized per-tensor to uint8 (read in float)"
-    return q, (rs.inputs[1] if merges == "view" else None)
-
-
-def _merges_heads(rs: gs.Node, n: int, width: int) -> bool | str:
-    """The Reshape's target is [B, N, H·D]: a constant [0|B, 0|N, H·D], or (a target computed
-    from Shape, as exports with a dynamic batch write it) an inferred output shape [*, N, H·D],
-    or Concat(batch, [N], [-1 | H·D]) (timm Swin's reshape(B_, N, -1)): the input [B, N, H, D]
-    has B·N·H·D elements, so with the batch kept the last axis is H·D. "view" for
-    Concat(batch, [h], [w], [-1 | H·D]) with h·w = N (MaxViT's [B, 7, 7, C] windows)."""
-    target = const_value(rs.inputs[1])
-    if target is not None:
-        return target.size == 3 and int(target[1]) in (0, n) and int(target[2]) == width
-    shape = rs.outputs[0].shape
-    if shape is not None and len(shape) == 3 and list(shape[1:]) == [n, width]:
-        return True
-    cat = producer(rs.inputs[1])
-    if cat is None or cat.op != "Concat" or len(cat.inputs) < 3:
-        return False
-    pieces = [const_value(i) for i in cat.inputs]
-    if pieces[0] is not None or not _batch_of(cat.inputs[0]) or \
-            not all(p is not None and p.size == 1 for p in pieces[1:]):
-        return False
-    mid = [int(p.ravel()[0]) for p in pieces[1:-1]]
-    if min(mid) < 1 or int(np.prod(mid)) != n or int(pieces[-1].ravel()[0]) not in (-1, width):
-        return False
-    return True if len(mid) == 1 else "view"
-
-
-def _batch_of(t: gs.Tensor) -> bool:
-    """t is Unsqueeze(Gather(Shape(·), 0)): some tensor's batch dimension."""
-    u = producer(t)
-    g = producer(u.inputs[0]) if u is not None and u.op == "Unsqueeze" else None
-    idx = const_value(g.inputs[1]) if g is not None and g.op == "Gather" else None
-    sh = producer(g.inputs[0]) if idx is not None and int(idx.ravel()[0]) == 0 else None
-    return sh is not None and sh.op == "Shape" and sh.attrs.get("start", 0) == 0
-

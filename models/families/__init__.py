@@ -71,7 +71,7 @@ def export(family: Family) -> dict:
     from onnxvq.core.graph import save_model
     from onnxvq.core.runtime import make_session
     module = build(family)
-    shape = (family.channels, family.image, family.image)
+    shape = (3, family.image, family.image)
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
     family.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = family.path.with_name(f".{family.path.name}.export.onnx")

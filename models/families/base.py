@@ -22,7 +22,6 @@ class Family:
     external: bool = False
     dynamic_hw: bool = False
     patch_convs: int = 1  # Convs of the patch embedding (LeViT's stem is a chain of four)
-    channels: int = 3  # input channels (ViTMatte: the image and its trimap, 4)
     unsupported: str | None = None  # why recognition misses it (counts are torch's)
     # what `inspect` finds where recognition covers part of the family (`unsupported` says
     # what it misses); those families quantize through the gate as the supported ones do

@@ -9,6 +9,8 @@ from __future__ import annotations
 from onnxvq.models.families.base import HF_SMALL, Family, vit
 from onnxvq.models.family_modules import Counts
 
+_METAFORMER = (("depths", (1, 1, 1, 1)), ("dims", (32, 64, 128, 192)))
+
 CLASSIC: tuple[Family, ...] = (
     # Transformer-in-Transformer: each Block is an inner block over each patch's 16 pixel
     # tokens (projected into the patch token) and an outer one over the patches
@@ -37,6 +39,26 @@ CLASSIC: tuple[Family, ...] = (
            HF_SMALL[:4] + (("patch_size", 32),), heads=0),
     Family("hf_owlv2_vision", "huggingface", "owlv2_vision", 224, Counts(2, 2, 6, 2, 4),
            HF_SMALL, heads=0),
+    # convolutional projections: q, k, v each a depthwise Conv + BatchNorm of the token map
+    # (strided for k and v) before its Linear; a class token in the last stage. Depths 1-2-3:
+    # its drop-path rates index a stage's list by the stage, so stage i needs i + 1 layers
+    Family("hf_cvt", "huggingface", "cvt", 224, Counts(6, 6, 16, 6, 12), (("depth", (1, 2, 3)),)),
+    # MetaFormer built from its class (caformer_s18's builder fixes the depths): separable-conv
+    # stages, then attention stages; StarReLU MLPs (s·relu(x)² + b, one activation unit)
+    Family("caformer_s18", "timm", "metaformer.MetaFormer", 224, Counts(2, 2, 14, 4, 6),
+           _METAFORMER + (("token_mixers", ("timm:metaformer.SepConv",) * 2
+                           + ("timm:metaformer.Attention",) * 2),
+                          ("norm_layers", ("timm:metaformer.LayerNorm2dNoBias",) * 2
+                           + ("timm:metaformer.LayerNormNoBias",) * 2)),
+           found=Counts(2, 2, 14, 2, 4),
+           unsupported="separable-conv stages: their token mixer is a depthwise conv (no "
+           "attention) and their MLPs are 1x1 Convs over [B, C, H, W] maps, so those 2 MLPs and "
+           "their residuals are not found; the attention stages' blocks are"),
+    Family("convformer_s18", "timm", "metaformer.MetaFormer", 224, Counts(0, 0, 14, 4, 4),
+           _METAFORMER + (("token_mixers", "timm:metaformer.SepConv"),
+                          ("norm_layers", "timm:metaformer.LayerNorm2dNoBias")),
+           unsupported="no attention: every token mixer is a separable depthwise conv and every "
+           "MLP 1x1 Convs over [B, C, H, W] maps; its 14 LayerNorms are found (`--pts` applies)"),
     Family("coatnet_0_rw", "timm", "coatnet_0_rw_224", 224, Counts(9, 9, 19, 9, 18),
            tags=("big",), unsupported="conv attention on maps: TransformerBlock2d's Attention2d "
            "takes q, k and v from one 1x1 Conv over [B, C, H, W] (no MatMul/Gemm projection), with "

@@ -65,7 +65,9 @@ FLOORS |= {("tnt_small", "w8a8"): 29, ("tnt_small", "trt"): 27,
            ("hf_owlv2_vision", "pts-lis"): 18, ("hf_owlv2_vision", "trt"): 35,
            ("nest_tiny", "w8a8"): 33, ("nest_tiny", "pts-lis"): 27, ("nest_tiny", "trt"): 33,
            ("nextvit_small", "w8a8"): 36, ("nextvit_small", "pts-lis"): 21,
-           ("nextvit_small", "trt"): 36}
+           ("nextvit_small", "trt"): 36, ("hf_cvt", "w8a8"): 29, ("hf_cvt", "trt"): 26,
+           ("caformer_s18", "w8a8"): 25, ("caformer_s18", "pts-lis"): 8,
+           ("caformer_s18", "trt"): 24}
 FLOORS |= {("swinv2_tiny_dynamo", k): v for (n, k), v in FLOORS.items() if n == "swinv2_tiny"}
 FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "vit_qknorm"}
 # --pts --lis on 6 samples: the gate names the final LayerNorm (tests below say why). DeiT-III's
@@ -73,11 +75,13 @@ FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "
 # CLIP's norm_pre (before the blocks: the class token's row is the same for every image) too.
 # Hugging Face BEiT's pooler norm (the mean-pooled [B, 192] vector, as EVA-02's) too.
 # TNT-S: the first block's outer MLP norm (9.3 dB against W8/A8's 32.3); OWL-ViT's pre_layernorm
-# (16.9 dB: as CLIP's norm_pre).
+# (16.9 dB: as CLIP's norm_pre); HF CvT's last-stage MLP norm (10.3 dB against 33.6).
 GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'", "clip_b16": "'/norm_pre/LayerNormalization'",
                 "hf_beit": "'/model/beit/pooler/layernorm/LayerNormalization'",
                 "tnt_small": "'/blocks.0/norm_mlp/LayerNormalization'",
-                "hf_owlvit_vision": "'/model/vision_model/pre_layernorm/LayerNormalization'"}
+                "hf_owlvit_vision": "'/model/vision_model/pre_layernorm/LayerNormalization'",
+                "hf_cvt": "'/model/cvt/encoder/stages.2/layers.0/layernorm_after/"
+                          "LayerNormalization'"}
 # On the gate's edge (measured 19.4 and 19.9 dB below W8/A8, the gate's limit is 20): either
 # above the floor or refused with a named culprit; both are right, a silent bad model is not.
 GATE_EDGE = {"hf_clip_vision", "hf_data2vec_vision", "hf_owlv2_vision"}
@@ -86,7 +90,7 @@ GATE_EDGE |= {"rope_vit", "rope_mixed", "rope_reg1_gap", "naflexvit"}
 UNSUPPORTED = [pytest.param(n, marks=() if "ci" in f.tags else _FULL)
                for n, f in FAMILIES.items() if f.unsupported is not None and f.found is None]
 OTHER_SOFTMAX = {"fastvit_sa12": 0, "convit_tiny": 2, "gcvit_xxtiny": 6, "efficientformer_l1": 0,
-                 "maxxvit_rmlp_nano": 0, "nextvit_small": 0}
+                 "maxxvit_rmlp_nano": 0, "nextvit_small": 0, "caformer_s18": 0}
 PARTIAL = [pytest.param(n, marks=() if "ci" in f.tags else _FULL)
            for n, f in FAMILIES.items() if f.found is not None]
 
