@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "attention_avx512.h"
 #include "common.h"
+#include "head_pack512.h"
 
 namespace onnxvq {
 
@@ -100,6 +102,10 @@ struct HeadData {
       return s.layout == 1 ? in + (b * n + j) * 3 * hd + (head * 3 + t) * d
                            : in + ((b * n + j) * 3 + t) * hd + head * d;
     };
+    if (avx512::Available()) {
+      Pack512(s, quads_of_v, row);
+      return;
+    }
     uint8_t kq[kMaxHeadDim + 64];
     for (int64_t j = 0; j < n; ++j) {
       const uint8_t *qr = row(j, 0), *kr = row(j, 1);
@@ -135,6 +141,30 @@ struct HeadData {
         }
       }
     }
+  }
+
+  // The same layout by the AVX-512 loops (head_pack512.h).
+  template <class Row>
+  void Pack512(const AttentionShape& s, bool quads_of_v, const Row& row) {
+    const int64_t n = s.tokens, d = s.dim;
+    for (int64_t j = 0; j < n; ++j) {
+      qsum[j] = pack512::CopyRow(row(j, 0), d, q.data() + j * dq);
+      ksum[j] = pack512::KeyRow(row(j, 1), d, dq, kt.data() + j * 4, jpad) -
+                static_cast<int32_t>(d * s.zk);
+    }
+    if (!quads_of_v) {
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t c = 0; c < d; ++c) vsum[c] += row(j, 2)[c] - static_cast<int32_t>(s.zv);
+      }
+      return;
+    }
+    for (int64_t j0 = 0; j0 < n; j0 += 4) {
+      const uint8_t* r[4];
+      for (int t = 0; t < 4; ++t) r[t] = j0 + t < n ? row(j0 + t, 2) : nullptr;
+      pack512::ValueQuads(r, d, dpad, vt.data() + (j0 / 4) * dpad * 4, vsum.data());
+    }
+    // sum_j (v - 128) so far; sum_j (v - z_v) = that + N (128 - z_v)
+    for (int64_t c = 0; c < d; ++c) vsum[c] += static_cast<int32_t>(n * (128 - s.zv));
   }
 
   int32_t KC(int64_t j, int64_t c) const {  // k_jc - z_k (the portable loops)

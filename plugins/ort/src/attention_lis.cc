@@ -93,7 +93,7 @@ struct LogIntAttention {
   struct Rows {
     int64_t count, jpad;
     std::vector<int8_t> x;
-    std::vector<uint8_t> u, code, codes, bytes;
+    std::vector<uint8_t> u, code, codes;
     std::vector<uint16_t> w;
     std::vector<int64_t> scratch;
     std::vector<int32_t> usum;  // [pass][row]
@@ -103,7 +103,7 @@ struct LogIntAttention {
     Rows(int64_t rows, int64_t jpad_, int64_t n)
         : count(rows), jpad(jpad_), x(static_cast<size_t>(rows * jpad)),
           u(static_cast<size_t>(2 * rows * jpad)), code(256), codes(static_cast<size_t>(jpad)),
-          bytes(256), w(static_cast<size_t>(jpad)), scratch(static_cast<size_t>(n)),
+          w(static_cast<size_t>(jpad)), scratch(static_cast<size_t>(n)),
           usum(static_cast<size_t>(2 * rows)), shift(static_cast<size_t>(rows)),
           two(static_cast<size_t>(rows)) {}
     uint8_t* U(int pass, int64_t r) { return u.data() + (pass * count + r) * jpad; }
@@ -138,10 +138,9 @@ struct LogIntAttention {
       g.two[r] = hi >= 0 && plans.two_pass[lo][hi];
       g.shift[r] = g.two[r] ? 8 : hi < 0 ? 0 : plans.shift[lo][hi];
       for (int pass = 0; pass < 1 + g.two[r]; ++pass) {
-        vbmi::MapBytes(g.code.data(), range + 1, plans.bytes[pass ? 0 : g.shift[r]],
-                       g.bytes.data());
-        g.usum[pass * g.count + r] = vbmi::LookupRow(
-            x, n, g.jpad, mx, vbmi::LoadTable(g.bytes.data(), range >= 128), g.U(pass, r));
+        const vbmi::Table t = vbmi::MapTable(g.code.data(), range + 1,
+                                             plans.bytes[pass ? 0 : g.shift[r]], range >= 128);
+        g.usum[pass * g.count + r] = vbmi::LookupRow(x, n, g.jpad, mx, t, g.U(pass, r));
       }
       return;
     }

@@ -198,15 +198,18 @@ ONNXVQ_VBMI inline void CodeSpan(const uint8_t* code, int count, int max_code, i
   if (seen != 0) MinMaxBytes(vmin, vmax, lo, hi);
 }
 
-// out[u] = bytes64[code[u]] for u < count (codes < 64).
-ONNXVQ_VBMI inline void MapBytes(const uint8_t* code, int count, const uint8_t* bytes64,
-                                 uint8_t* out) {
+// The byte table bytes64[code[u]] for u < count (codes < 64; zero past count), built in the
+// registers Lookup reads (no store and reload); `wide`: count > 128.
+ONNXVQ_VBMI inline Table MapTable(const uint8_t* code, int count, const uint8_t* bytes64,
+                                  bool wide) {
   const __m512i t = _mm512_loadu_si512(bytes64);
-  for (int j = 0; j < count; j += 64) {
-    const __mmask64 live = Live(count - j);
-    const __m512i c = _mm512_maskz_loadu_epi8(live, code + j);
-    _mm512_mask_storeu_epi8(out + j, live, _mm512_permutexvar_epi8(c, t));
+  Table out;
+  out.wide = wide;
+  for (int i = 0; i < 4; ++i) {
+    const __mmask64 live = Live(count - 64 * i);
+    out.t[i] = _mm512_maskz_permutexvar_epi8(live, _mm512_maskz_loadu_epi8(live, code + 64 * i), t);
   }
+  return out;
 }
 
 }  // namespace vbmi
