@@ -365,3 +365,15 @@ def test_a_graph_takes_the_biased_body_with_its_first_biased_node():
     got = sess.run(None, {"x": x, "xb": xb})
     assert_close(got[0], qlinear_attention(x, **attrs))
     assert_close(got[1], qlinear_attention(xb, **battrs, bias=bias))
+
+
+def test_probs_zero_point_matches_reference(library):
+    """A nonzero probs_zero_point: the kernels subtract z_p sum_j (v_jd - z_v) (HeadData's vsum,
+    from the AVX-512 packing loops or the scalar ones), a term that z_p = 0 multiplies away; the
+    reference dequantizes the probabilities instead, so its codes are those of z_p = 0."""
+    for i, shape in enumerate([(2, 65, 3, 32), (1, 50, 2, 100), (1, 20, 1, 256), (3, 17, 2, 13)]):
+        x, attrs = fuzz_case(shape, 60 + i)
+        attrs = dict(attrs, probs_zero_point=7, probs_scale=1 / 248)
+        want = qlinear_attention(x, **attrs)
+        np.testing.assert_array_equal(want, qlinear_attention(x, **dict(attrs, probs_zero_point=0)))
+        assert_close(run(x, attrs, library), want)
