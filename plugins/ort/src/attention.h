@@ -143,11 +143,17 @@ struct HeadData {
     }
   }
 
+  static constexpr int64_t kAhead = 6;  // tokens prefetched ahead while packing
+
   // The same layout by the AVX-512 loops (head_pack512.h).
   template <class Row>
   void Pack512(const AttentionShape& s, bool quads_of_v, const Row& row) {
     const int64_t n = s.tokens, d = s.dim;
     for (int64_t j = 0; j < n; ++j) {
+      // The rows are 3 H D bytes apart: fetch a few tokens ahead (q and k now, v for later).
+      if (j + kAhead < n) {
+        for (int t = 0; t < 3; ++t) pack512::Prefetch(row(j + kAhead, t), d);
+      }
       qsum[j] = pack512::CopyRow(row(j, 0), d, q.data() + j * dq);
       ksum[j] = pack512::KeyRow(row(j, 1), d, dq, kt.data() + j * 4, jpad) -
                 static_cast<int32_t>(d * s.zk);

@@ -222,7 +222,7 @@ struct LogIntAttention {
     const int64_t n = s.tokens, block = lisamx::kRows;
     const std::vector<int32_t> col_term = ColumnTerms(h, n);
     Rows g(block, h.jpad, n);
-    std::vector<int32_t> c(static_cast<size_t>(block * block));
+    std::vector<int32_t> c(static_cast<size_t>(2 * block * block));
     std::vector<int32_t> acc(static_cast<size_t>(2 * block * h.dpad));
     const lis512::Requant scores = lis512::MakeRequant(attrs.qk_scale, scores_scale);
     amx::LoadConfig();
@@ -232,11 +232,18 @@ struct LogIntAttention {
       for (int r = 0; r < rows; ++r) {
         row_term[r] = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
       }
-      for (int64_t j0 = 0; j0 < n; j0 += block) {
-        lisamx::Block(h.q.data() + i0 * h.dq, h.dq, h.kt.data() + j0 * 4, h.jpad * 4,
-                      h.dq / amx::kTileK, c.data(), block);
-        lis512::BlockCodes(c.data(), rows, j0, n, row_term, col_term.data(), scores, g.x.data(),
-                           h.jpad);
+      // Two product buffers: each block's codes are read while the next block multiplies (a
+      // load from a tile store's data waits for the store to complete).
+      const int64_t last = (n - 1) / block;
+      for (int64_t k = 0; k <= last + 1; ++k) {
+        if (k <= last) {
+          lisamx::Block(h.q.data() + i0 * h.dq, h.dq, h.kt.data() + k * block * 4, h.jpad * 4,
+                        h.dq / amx::kTileK, c.data() + (k & 1) * block * block, block, k == 0);
+        }
+        if (k > 0) {
+          lis512::BlockCodes(c.data() + ((k - 1) & 1) * block * block, rows, (k - 1) * block, n,
+                             row_term, col_term.data(), scores, g.x.data(), h.jpad);
+        }
       }
       Weights(g, rows, n);
       for (int pass = 0; pass < 1 + g.any_two; ++pass) {

@@ -19,16 +19,20 @@ constexpr int64_t kRows = 32;  // rows of one block (two A tiles), and columns (
 // c[32][32] (row stride ldc int32) = a[32 rows, stride lda bytes][64 * ksteps] times the 32
 // columns of b starting at b (two 16-column tiles 64 bytes apart; K rows of quads, stride ldb
 // bytes; one K step is 16 such rows). Exact int32 (the callers' sums fit: attention.h bounds).
+// With one K step and `load_a` false, tiles 4-5 still hold a from the previous call (the same
+// rows against the next columns): only B is loaded.
 ONNXVQ_AMX_INT8 inline void Block(const uint8_t* a, int64_t lda, const int8_t* b, int64_t ldb,
-                                  int64_t ksteps, int32_t* c, int64_t ldc) {
+                                  int64_t ksteps, int32_t* c, int64_t ldc, bool load_a = true) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
   for (int64_t kb = 0; kb < ksteps; ++kb) {
     const int8_t* bk = b + kb * 16 * ldb;
-    _tile_loadd(4, a + kb * amx::kTileK, lda);
-    _tile_loadd(5, a + 16 * lda + kb * amx::kTileK, lda);
+    if (load_a || ksteps > 1) {
+      _tile_loadd(4, a + kb * amx::kTileK, lda);
+      _tile_loadd(5, a + 16 * lda + kb * amx::kTileK, lda);
+    }
     _tile_loadd(6, bk, ldb);
     _tile_loadd(7, bk + 64, ldb);
     _tile_dpbusd(0, 4, 6);

@@ -24,6 +24,14 @@ ONNXVQ_AVX512 inline int32_t Sum64(__m512i sad) {  // the eight 64-bit lanes of 
   return static_cast<int32_t>(_mm_cvtsi128_si64(_mm_add_epi64(q, _mm_unpackhi_epi64(q, q))));
 }
 
+// The cache lines of src[0..d) into L1 (a prefetch never faults).
+inline void Prefetch(const uint8_t* src, int64_t d) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(src) + static_cast<uintptr_t>(d);
+  for (uintptr_t a = reinterpret_cast<uintptr_t>(src) & ~uintptr_t{63}; a < end; a += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
+  }
+}
+
 // dst[0..d) = src[0..d) (the rest of dst untouched: zero); returns sum_c src[c].
 ONNXVQ_AVX512 inline int32_t CopyRow(const uint8_t* src, int64_t d, uint8_t* dst) {
   __m512i sad = _mm512_setzero_si512();
