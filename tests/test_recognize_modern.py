@@ -154,3 +154,18 @@ def test_queries_under_an_rmsnorm_trace_to_their_projection():
     found = trace_linear(graph.outputs[0])
     assert found is not None and found.op == "MatMul"
     assert len(recognise(graph).rmsnorms) == 1
+
+
+def test_inspect_cli_shows_the_rmsnorms_only_where_there_are_any(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from onnxvq.cli.app import app
+    from onnxvq.core.graph import save_model
+
+    rows = {}
+    for kind in ("rmsnorm", "subln"):
+        path = save_model(models[kind], tmp_path / f"{kind}.onnx")
+        result = CliRunner().invoke(app, ["inspect", str(path)])
+        assert result.exit_code == 0, result.output
+        rows[kind] = [line for line in result.output.splitlines() if "rmsnorms" in line]
+    assert len(rows["rmsnorm"]) == 1 and "5" in rows["rmsnorm"][0] and rows["subln"] == []

@@ -16,9 +16,10 @@ def render_inspection(console: Console, result: Inspection) -> None:
                      title_justify="left")
     overview.add_column(style="bold")
     overview.add_column()
-    for key in ("blocks", "attentions", "layernorms", "mlps", "residual_adds", "dim", "heads",
-                "head_dim", "opset"):
-        overview.add_row(key, str(summ[key]))
+    for key in ("blocks", "attentions", "layernorms", "rmsnorms", "mlps", "residual_adds", "dim",
+                "heads", "head_dim", "opset"):
+        if key in summ:  # rmsnorms: only where the model has any
+            overview.add_row(key, str(summ[key]))
     overview.add_row("attention form", ", ".join(summ["attention"]) or "-")
     overview.add_row("attention bias/mask", "yes" if summ["attention_bias"] else "no")
     overview.add_row("norm placement", ", ".join(summ["placement"]) or "-")
