@@ -71,7 +71,12 @@ def build(tmp: Path, n: int) -> tuple[dict[str, Path], list[str]]:
 
 
 def latency(paths: dict[str, Path], batch: int, runs: int, threads: int) -> dict[str, float]:
-    sessions = {k: make_session(p, threads=threads) for k, p in paths.items()}
+    # Six sessions take turns in one process. With ORT's default spinning, the pool threads of
+    # the session that just ran keep spinning on the 2 cores while the next one runs, so each
+    # model's time depended on which model ran before it (measured at batch 1: W8/A8 43.9 and
+    # --pts --lis 55.4 ms in one order, 50.2 and 36.3 in the other, 15.0 and 13.4 alone).
+    # Spinning off for every session removes that order effect; the same setting for all tools.
+    sessions = {k: make_session(p, threads=threads, spin=False) for k, p in paths.items()}
     x = real_batch(sessions["fp32"], "deit_s", batch)
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     for k, s in sessions.items():

@@ -199,3 +199,15 @@ def test_corpus_quantizes(corpus_model, name, exporter, method, target):
     feeds = random_inputs(a, batch=2, seed=1)
     x, y = a.run(None, feeds)[0], b.run(None, feeds)[0]
     assert np.isfinite(y).all() and y.shape == x.shape
+
+
+def test_session_options_spin_off_blocks_pool_threads():
+    # bench_speed times six sessions in turn; spinning pool threads of one would slow the next.
+    from onnxvq.core.runtime import session_options
+
+    assert session_options(spin=False).get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"
+    assert session_options(lean=True).get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError):  # not set: ORT's default (spinning) stays
+        session_options().get_session_config_entry("session.intra_op.allow_spinning")

@@ -31,7 +31,7 @@ _ORT_TYPES = {
 
 def session_options(
     *, threads: int | None = None, custom_ops: bool = True, optimize: bool = True,
-    lean: bool = False, arena: bool = True,
+    lean: bool = False, arena: bool = True, spin: bool = True,
 ) -> ort.SessionOptions:
     """`lean`: for sessions whose graph has many side outputs (calibration's in-graph
     reductions). ORT's default order can run a tensor's reader long after its producer, keeping
@@ -42,13 +42,16 @@ def session_options(
     and spinning threads take the cores the others (and the data loader) need. Results are the
     same bits; on 2 busy cores vit_cifar10 calibrates in 0.57x the wall time (README).
     `arena=False`: tensors go back to the allocator after each run instead of staying in the
-    session's arena, for the many small sessions a search keeps alive at once."""
+    session's arena, for the many small sessions a search keeps alive at once.
+    `spin=False`: the pool threads block instead of spinning between runs (for several sessions
+    timed in turn on the same cores, as the speed benchmark does)."""
     so = ort.SessionOptions()
     so.enable_cpu_mem_arena = arena
+    if lean or not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if lean:
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         so.enable_mem_pattern = False
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.set_denormal_as_zero", "1")
     so.log_severity_level = 3
     if threads:
@@ -72,12 +75,13 @@ def make_session(
     outputs: Sequence[onnx.ValueInfoProto] | None = None,
     lean: bool = False,
     arena: bool = True,
+    spin: bool = True,
 ) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider with onnxvq's settings. A ModelProto over 2 GB
     (`core.external`) is opened from a temporary external-data copy on disk, never serialised;
     `outputs` (a large model only) replaces its graph outputs in that copy."""
     so = session_options(threads=threads, custom_ops=custom_ops, optimize=optimize, lean=lean,
-                         arena=arena)
+                         arena=arena, spin=spin)
     if isinstance(model, onnx.ModelProto) and external.is_large(model):
         with external.on_disk(model, outputs=outputs,
                               ir_version=min(model.ir_version, MAX_IR_VERSION)) as path:
