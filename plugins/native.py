@@ -10,16 +10,27 @@ Environment:
     ONNXVQ_NO_AMX           QuantizedLinear's kernel skips AMX (=1: its AVX-512 VNNI tasks where
                             the CPU has them, else ORT's MatMulIntegerToFloat kernel; =loops:
                             plain loops); ``cpu_has_amx()`` then answers False.
-    ONNXVQ_ORT_LIBRARY      path of a prebuilt library to use instead of building one.
+    ONNXVQ_ORT_LIBRARY      path of a prebuilt library to use instead of building one (it must
+                            carry the stamp of these sources, else NativeBuildError).
     ONNXVQ_ORT_BUILD_DIR    where to build (default ``plugins/ort/build``).
     CXX                     the C++ compiler (default g++).
+
+Source stamp: build.sh compiles the hash of the sources into the library (``src/stamp.cc``) and
+every lookup compares it with the hash of the sources installed here (``source_stamp``). A library
+built from other sources once crashed sessions (a node it did not know, a changed attribute
+layout); now a mismatched build is never handed to ONNX Runtime: the lookup warns once and answers
+None (the custom nodes run as their ONNX local functions; ``build=True`` rebuilds it), and an
+explicit ``ONNXVQ_ORT_LIBRARY`` that does not match is a NativeBuildError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +45,8 @@ log = logging.getLogger(__name__)
 ORT_DIR = Path(__file__).resolve().parent / "ort"
 LIBRARY_NAME = "libonnxvq_ort.so"
 _BUILD_TIMEOUT_S = 900
+_STAMP = re.compile(rb"onnxvq-source-stamp:([0-9a-f]{16});")
+_warned: set[tuple[str, str | None]] = set()
 
 
 def native_disabled() -> bool:
@@ -72,9 +85,11 @@ def build_dir() -> Path:
 def ort_library_path(build: bool = True) -> str | None:
     """Path of the native custom-op library, or None when there is none to use.
 
-    None when ONNXVQ_NO_NATIVE is set, or when ``build`` is False and the library is not built.
-    With ``build`` True a missing or out-of-date library is built first (under a file lock, so
-    concurrent processes build it once); NativeBuildError says why when that is impossible.
+    None when ONNXVQ_NO_NATIVE is set, when ``build`` is False and the library is not built, or
+    when the built one carries another source stamp (warned once). With ``build`` True a missing
+    or out-of-date library is built first (under a file lock, so concurrent processes build it
+    once); NativeBuildError says why when that is impossible, or when ONNXVQ_ORT_LIBRARY names a
+    file that is not a library of these sources.
     """
     if native_disabled():
         return None
@@ -83,6 +98,9 @@ def ort_library_path(build: bool = True) -> str | None:
         path = Path(override).expanduser()
         if not path.is_file():
             raise NativeBuildError(f"ONNXVQ_ORT_LIBRARY={override} is not a file")
+        if _stale(path):
+            raise NativeBuildError(f"ONNXVQ_ORT_LIBRARY={override} {_mismatch(path)}; rebuild "
+                                   "it with plugins/ort/build.sh or unset ONNXVQ_ORT_LIBRARY")
         return str(path.resolve())
     lib = build_dir() / LIBRARY_NAME
     if build and (not lib.is_file() or _stale(lib)):
@@ -90,7 +108,8 @@ def ort_library_path(build: bool = True) -> str | None:
     if not lib.is_file():
         return None
     if _stale(lib):
-        log.warning("%s is older than its sources; rebuild with plugins/ort/build.sh", lib)
+        _warn_once(lib)
+        return None
     return str(lib)
 
 
@@ -146,14 +165,61 @@ def _check_toolchain() -> None:
         )
 
 
-def _sources() -> list[Path]:
-    return [*ORT_DIR.glob("src/*"), ORT_DIR / "build.sh", ORT_DIR / "exports.map"]
+def source_stamp() -> str | None:
+    """The stamp build.sh would compile into a library of the sources installed here: the first
+    16 hex digits of sha256 over `sha256sum src/* build.sh exports.map` (C locale order). None
+    when the sources are not installed (nothing to compare a prebuilt library with)."""
+    files = [*sorted(p for p in (ORT_DIR / "src").glob("*") if p.is_file()),
+             ORT_DIR / "build.sh", ORT_DIR / "exports.map"]
+    if not all(f.is_file() for f in files):
+        return None
+    return _hash_files(tuple((str(f), *_version(f)) for f in files))
+
+
+def library_stamp(lib: Path) -> str | None:
+    """The source stamp compiled into `lib`; None for a library built before stamps (or any
+    other file)."""
+    return _read_stamp(str(lib), *_version(lib))
+
+
+def _version(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    # Cached on every file's (path, mtime, size): sessions ask on every open.
+    listing = "".join(f"{hashlib.sha256(Path(f).read_bytes()).hexdigest()}  "
+                      f"{Path(f).relative_to(ORT_DIR).as_posix()}\n" for f, _, _ in files)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _read_stamp(path: str, mtime_ns: int, size: int) -> str | None:
+    found = _STAMP.search(Path(path).read_bytes())
+    return found.group(1).decode() if found else None
 
 
 def _stale(lib: Path) -> bool:
-    """True when a source is newer than the library (only for libraries built from this tree)."""
-    built = lib.stat().st_mtime
-    return any(src.is_file() and src.stat().st_mtime > built for src in _sources())
+    """True when `lib` was not built from the sources installed here (its stamp differs, or it
+    has none); a library cannot be judged, and is trusted, where the sources are not installed."""
+    expected = source_stamp()
+    return expected is not None and library_stamp(lib) != expected
+
+
+def _mismatch(lib: Path) -> str:
+    found = library_stamp(lib)
+    return (f"was built from other sources (stamp {found}, these sources {source_stamp()})"
+            if found else "has no source stamp (built before stamps, or not by build.sh)")
+
+
+def _warn_once(lib: Path) -> None:
+    key = (str(lib), library_stamp(lib))
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s %s: not loaded, the custom ops run as their ONNX local functions; "
+                    "rebuild with bash plugins/ort/build.sh", lib, _mismatch(lib))
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxvq.core import external
+from onnxvq.core.errors import OnnxvqError
 from onnxvq.core.graph import MAX_IR_VERSION, compatible_ir
 
 _ORT_TYPES = {
@@ -172,6 +173,8 @@ def _custom_op_library() -> str | None:
     for find in _library_finders:
         try:
             path = find()
+        except OnnxvqError:  # a library asked for by name (ONNXVQ_ORT_LIBRARY) that cannot be used
+            raise
         except Exception:  # a broken build must not stop plain sessions
             path = None
         if path:

@@ -16,11 +16,16 @@ march="${ONNXVQ_ORT_MARCH:-x86-64-v3}"
 command -v "${cxx}" >/dev/null || { echo "build: C++ compiler '${cxx}' not found" >&2; exit 3; }
 
 "${here}/fetch_headers.sh"
+# The sources' hash, compiled into the library (src/stamp.cc) and checked before every load
+# (onnxvq.plugins.native.source_stamp computes the same): C locale, so the glob order is fixed.
+stamp="$(cd "${here}" && export LC_ALL=C && sha256sum src/* build.sh exports.map | sha256sum)"
+stamp="${stamp:0:16}"
 rm -rf "${build}/obj"
 mkdir -p "${build}/obj"
 flags=(
     -std=c++17 -O3 "-march=${march}" -fPIC -fvisibility=hidden -fvisibility-inlines-hidden
     -fno-math-errno -Wall -Wextra -DORT_API_MANUAL_INIT -I"${build}/include" -I"${here}/src"
+    "-DONNXVQ_SOURCE_STAMP=\"${stamp}\""
 )
 
 # One compiler per source file, in parallel; any failure fails the build.
@@ -39,4 +44,4 @@ out="${build}/libonnxvq_ort.so"
 "${cxx}" -shared -fPIC -Wl,-z,defs -Wl,--as-needed -Wl,-O1 -Wl,--version-script="${here}/exports.map" "${build}"/obj/*.o \
     -o "${out}.tmp.$$" -pthread
 mv -f "${out}.tmp.$$" "${out}"
-echo "build: ${out}" >&2
+echo "build: ${out} (source stamp ${stamp})" >&2
