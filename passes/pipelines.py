@@ -23,6 +23,7 @@ from onnxvq.passes.fold_batchnorm import FoldBatchNorm
 from onnxvq.passes.fold_constants import FoldConstants
 from onnxvq.passes.fold_linear_batchnorm import FoldLinearBatchNorm
 from onnxvq.passes.fold_requantize import FoldRequantize
+from onnxvq.passes.fold_reshaped_transpose import FoldReshapedTranspose
 from onnxvq.passes.fold_scale_into_dequantize import FoldScaleIntoDequantize
 from onnxvq.passes.fold_scale_into_query import FoldScaleIntoQuery
 from onnxvq.passes.fold_static_shapes import FoldStaticShapes
@@ -53,14 +54,16 @@ from onnxvq.passes.replace_layernorm import ReplaceLayerNorm
 from onnxvq.passes.replace_softmax import ReplaceSoftmax
 from onnxvq.passes.smooth_linear_inputs import SmoothLinearInputs
 from onnxvq.passes.twin_qdq import TwinQDQ
+from onnxvq.passes.unbind_slices_to_split import UnbindSlicesToSplit
 
 # Every command starts here: constants and shape noise folded, BatchNorm folded into Convs and
-# Linears (LeViT), LayerNorm fused, the SDPA NaN guard dropped, batched-matmul Einsums as MatMul
-# (torchvision's MaxViT), the attention scale one Mul on Q·Kᵀ (the form the recogniser and FQ-ViT
-# expect).
+# Linears (LeViT), dynamo's spellings as TorchScript's (the 3-D kᵀ Reshape, Transpose, Reshape one
+# 4-D Transpose; unbind's Slice + Squeeze per index one Split), LayerNorm fused, the SDPA NaN guard
+# dropped, batched-matmul Einsums as MatMul (torchvision's MaxViT), the attention scale one Mul on
+# Q·Kᵀ (the form the recogniser and FQ-ViT expect).
 CANONICAL = Pipeline((FoldConstants(), FoldBatchNorm(), FoldLinearBatchNorm(), FoldStaticShapes(),
-                      FuseLayerNorm(), RemoveSoftmaxNanGuard(), EinsumToMatMul(),
-                      NormalizeAttentionScale()),
+                      FoldReshapedTranspose(), UnbindSlicesToSplit(), FuseLayerNorm(),
+                      RemoveSoftmaxNanGuard(), EinsumToMatMul(), NormalizeAttentionScale()),
                      infer_shapes=True)
 
 # TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral); quantization
