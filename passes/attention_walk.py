@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxvq.core.walk import const_value, producer
+from onnxvq.core.walk import LAYOUT_OPS, const_value, producer
 from onnxvq.passes.attention_bias import bias_chain, combined_bias
 from onnxvq.passes.attention_merge import merged_output, scale_zp
 from onnxvq.passes.attention_separate import SeparateCodes, separate_codes
@@ -152,7 +152,7 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
     if separate is not None:
         q, k, v, separate = separate
     if q is None or k is None:
-        return "q and kᵀ are not dequantized pieces of hoisted packed QKV codes"
+        return _codes_refusal(mm, q is None, k is None)
     if separate is None:
         v = _piece(probs.v_codes, graph, "v")
     if v is None or not (q[0] is k[0] is v[0]) or (q[1], k[1], v[1]) != (0, 1, 2) or \
@@ -182,6 +182,31 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
     if layout:
         common["qkv_layout"] = layout
     return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs, bias, view, separate)
+
+
+def _codes_refusal(mm: gs.Node, q_bad: bool, k_bad: bool) -> str:
+    """Why q / kᵀ are not the packed codes, with the spelling of each failing operand (the ops
+    from the scores MatMul up to the first one that is not a layout op), so a new exporter's
+    spelling is named in the reason."""
+    who = "q and kᵀ are not dequantized pieces" if q_bad and k_bad else \
+        f"{'q' if q_bad else 'kᵀ'} is not a dequantized piece"
+    bad = [(r, t) for r, t, b in (("q", mm.inputs[0], q_bad), ("kᵀ", mm.inputs[1], k_bad)) if b]
+    said = "; ".join(f"{r} = {spelling(t)}" for r, t in bad)
+    return f"{who} of hoisted packed QKV codes ({said})"
+
+
+def spelling(t: gs.Tensor, depth: int = 7) -> str:
+    """The ops producing `t` as nested calls, through layout ops and one quantizer pair:
+    "DequantizeLinear(Reshape(Transpose[0,2,1](Reshape(Squeeze(Split(...))))))"."""
+    node = producer(t)
+    if node is None:
+        return "input"
+    name = node.op + (str(list(node.attrs["perm"])).replace(" ", "")
+                      if node.op == "Transpose" and "perm" in node.attrs else "")
+    through = node.op in LAYOUT_OPS or node.op in ("DequantizeLinear", "QuantizeLinear")
+    if not through or not node.inputs:
+        return name
+    return f"{name}({spelling(node.inputs[0], depth - 1) if depth > 1 else '...'})"
 
 
 def _separate(graph: gs.Graph, mm: gs.Node, probs: Probs):

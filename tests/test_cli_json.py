@@ -36,6 +36,9 @@ def pair(tmp_path_factory):
     out = json.loads(done.stdout)
     assert "NO CALIBRATION DATA" in done.stderr  # the warning went to stderr, not into the JSON
     assert out["model"] == str(root / "q.onnx") and out["config"]["calib_size"] == 8
+    # every refusal with its reason, as in the sidecar (the tiny ViT's scale already one Mul)
+    assert out["refused"] == json.loads((root / "q.json").read_text())["refused"]
+    assert [r["reason"] for r in out["refused"]] == ["already canonical"] * 2
     return fp32, root / "q.onnx"
 
 

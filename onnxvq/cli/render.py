@@ -89,6 +89,7 @@ def quantization_dict(result, model_path, written: dict) -> dict:
             "passes": [{"pass": r.pass_id, "applied": r.applied, **r.counts}
                        for r in result.passes],
             "skipped": [{"node": n, "reason": why} for n, why in result.plan.skipped],
+            "refused": result.refusals,
             "fidelity": result.fidelity, "custom_ops": custom_ops(result.model),
             **({"mixed_precision": result.mixed_precision} if result.mixed_precision else {})}
 
@@ -118,7 +119,8 @@ def render_quantization(console: Console, result, model_path, out_path) -> None:
               f"{len(result.plan.activations)} activation tensors")
     for r in result.passes:
         t.add_row(r.pass_id, f"{r.applied} applied" +
-                  "".join(f", {k} {v}" for k, v in r.counts.items() if k != "bytes_saved"))
+                  "".join(f", {k} {v}" for k, v in r.counts.items() if k != "bytes_saved")
+                  + _refused(r))
     for o in result.fidelity.get("outputs", []):  # the fidelity gate (verify/gate.py)
         t.add_row(f"fidelity {o['output']}", f"SQNR {o['sqnr_db']:.1f} dB, cosine "
                   f"{o['cosine']:.4f} on {result.fidelity['source']}")
@@ -142,6 +144,17 @@ def render_quantization(console: Console, result, model_path, out_path) -> None:
                   "kernels registered (onnxvq.plugins.ort_library_path()); a stock ONNX Runtime "
                   "session runs their local functions (slower; codes within one step)")
     console.print(t)
+
+
+def _refused(r) -> str:
+    """", N refused: the most frequent reason" (every node and reason: --json, the sidecar)."""
+    from collections import Counter
+
+    if not r.refused:
+        return ""
+    (why, n), *others = Counter(why for _, why in r.refused).most_common()
+    return f", {len(r.refused)} refused: {why}" + (f" ({n}; {len(others)} other reasons)"
+                                                    if others else "")
 
 
 def custom_ops(model) -> dict[str, int]:

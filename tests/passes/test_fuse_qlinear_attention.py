@@ -141,7 +141,7 @@ def _axis(g: gs.Graph, sm: gs.Node) -> None:
     (_computed_bias, "attention bias is not a constant (computed from the input)"),
     (_narrow_bias, "attention bias [2, 3, 65, 65] is not [W, 1|3, 65, 65]"),
     (_float_output, "merged output is not quantized per-tensor to uint8 (read in float)"),
-    (_scaled_query, "q and kᵀ are not dequantized pieces of hoisted packed QKV codes"),
+    (_scaled_query, "q is not a dequantized piece of hoisted packed QKV codes (q = Mul)"),
     (_probs_read, "attention probabilities are read in float"),
     (_axis, "softmax is not over the last axis"),
 ])
@@ -179,10 +179,18 @@ def _q_codes_read(g: gs.Graph, sm: gs.Node) -> None:  # q's codes also a graph o
 
 
 def test_refuses_unhoisted_separate_codes_read_and_wide_heads():
-    for model in (_prepared(hoist=False), _edit(_prepared(qkv="separate"), _q_codes_read)):
+    unhoisted = _prepared(hoist=False)
+    for model in (unhoisted, _edit(_prepared(qkv="separate"), _q_codes_read)):
         _, result, _ = run_pass(FuseQLinearAttention(), model, numeric="none")
         assert result.applied == 0 and len(result.refused) == 2
         assert all("hoisted packed QKV codes" in r for r in reasons(result))
+    # the reason spells each operand's producers, so an exporter's new spelling is named in it
+    _, result, _ = run_pass(FuseQLinearAttention(), unhoisted, numeric="none")
+    assert reasons(result)[0] == (
+        "q and kᵀ are not dequantized pieces of hoisted packed QKV codes "
+        "(q = DequantizeLinear(QuantizeLinear(Gather(Transpose[2,0,3,1,4](Reshape(Add))))); "
+        "kᵀ = DequantizeLinear(QuantizeLinear(Transpose[0,1,3,2](Gather(Transpose[2,0,3,1,4]("
+        "Reshape(Add)))))))")
     wide = build_tiny_vit(TinyViTConfig(depth=1, dim=264, heads=1))
     plain = quantize(wide, None, QuantConfig(ort_fusions=False, **NOISE)).model
     _, result, _ = run_pass(FuseQLinearAttention(), Pipeline(BEFORE).run(
