@@ -16,6 +16,7 @@ import onnxruntime as ort
 from onnxvq.core.edit import bypass
 from onnxvq.core.order import tidy
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
+from onnxvq.passes.fold_graph import fold
 
 
 class FoldConstants(Pass):
@@ -27,7 +28,8 @@ class FoldConstants(Pass):
         result = PassResult(self.id)
         before = len(graph.nodes)
         ort.set_default_logger_severity(3)  # ORT warns for every Unsqueeze it cannot eliminate
-        graph.fold_constants(fold_shapes=True, error_ok=True)
+        if not fold(graph):  # graphsurgeon's own where `fold` cannot match it exactly
+            graph.fold_constants(fold_shapes=True, error_ok=True)
         graph.cleanup(remove_unused_graph_inputs=False)
         _drop_identities(graph)
         tidy(graph)

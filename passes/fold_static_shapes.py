@@ -25,6 +25,7 @@ from onnxvq.core.graph import to_model
 from onnxvq.core.order import tidy
 from onnxvq.core.pipeline import Pass, PassContext, PassResult
 from onnxvq.core.walk import const_value
+from onnxvq.passes.fold_graph import fold
 
 _PROBE_BATCHES = (1, 3)
 
@@ -54,7 +55,9 @@ class FoldStaticShapes(Pass):
                     result.applied += 1
         if result.applied:
             ort.set_default_logger_severity(3)
-            tidy(graph.fold_constants(error_ok=True))
+            if not fold(graph):  # graphsurgeon's own where `fold` cannot match it exactly
+                graph.fold_constants(error_ok=True)
+            tidy(graph)
         return result
 
 

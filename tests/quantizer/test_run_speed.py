@@ -6,7 +6,8 @@ Each fast path is checked against the behaviour it replaced, switched back on by
 - the memory budget infers shapes once for all observed tensors, not once per tensor;
 - register_functions builds the com.onnxvq function protos once, not once per custom node;
 - cleanup + toposort skip the com.onnxvq function bodies (sorted once, when added);
-- range-only observers read one native RangeStats node per tensor, not three reductions.
+- range-only observers read one native RangeStats node per tensor, not three reductions;
+- the canonical stage's constant folds run passes/fold_graph.fold, not graphsurgeon's own.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def _slow_paths(monkeypatch) -> None:
     for module in (core_graph, pipeline, fold_constants, fold_static_shapes):
         monkeypatch.setattr(module, "tidy", recursive_tidy)
     monkeypatch.setattr(sys.modules["onnxvq.calibrate.collect"], "_native_stats", lambda: False)
+    for module in (fold_constants, fold_static_shapes):  # graphsurgeon's fold_constants
+        monkeypatch.setattr(module, "fold", lambda graph: False)
 
 
 class _Forgetful(dict):
