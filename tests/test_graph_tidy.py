@@ -63,3 +63,36 @@ def test_falls_back_on_a_cycle_and_a_subgraph():
                  inputs=[x], outputs=[gs.Variable("y")])
     assert _sorted_nodes([n3]) is None
     assert _sorted_nodes([]) == []
+
+
+def _dead_ends(model: onnx.ModelProto, seed: int) -> gs.Graph:
+    """The tiny ViT shuffled, with a dead branch off every LayerNorm (one node reading two of
+    them), a node writing the graph input, and an unused graph input."""
+    graph = _shuffled(model, seed)
+    norms = [n.outputs[0] for n in graph.nodes if n.op == "LayerNormalization"]
+    for i, t in enumerate(norms):
+        dead = gs.Variable(f"dead{i}", np.float32)
+        graph.nodes.append(gs.Node("Relu", f"dead{i}", inputs=[t], outputs=[dead]))
+        graph.nodes.append(gs.Node("Add", f"dead_add{i}", inputs=[dead, norms[0]],
+                                   outputs=[gs.Variable(f"dead_sum{i}", np.float32)]))
+    graph.nodes.append(gs.Node("Identity", "writes_input", inputs=[norms[0]],
+                               outputs=[graph.inputs[0]]))
+    graph.inputs.append(gs.Variable("unused", np.float32, [1]))
+    return graph
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_cleanup_drops_and_disconnects_what_graphsurgeon_does(seed):
+    model = build_tiny_vit(TinyViTConfig())
+    ours, theirs = _dead_ends(model, seed), _dead_ends(model, seed)
+    dropped = [n for n in ours.nodes if n.name.startswith(("dead", "writes"))]
+    tidy(ours)
+    theirs.cleanup(remove_unused_graph_inputs=False).toposort()
+    assert _names(ours) == _names(theirs)
+    assert len(ours.nodes) == len(model.graph.node) and len(ours.inputs) == 2
+    assert all(not n.inputs and not n.outputs for n in dropped)
+    consumers = {t.name: [c.name for c in t.outputs] for t in ours.tensors().values()}
+    assert consumers == {t.name: [c.name for c in t.outputs]
+                         for t in theirs.tensors().values()}
+    assert gs.export_onnx(ours, do_type_check=False).SerializeToString() == \
+        gs.export_onnx(theirs, do_type_check=False).SerializeToString()
