@@ -44,7 +44,8 @@ _BLOCKS = {"Block", "EvaBlock", "LayerScaleBlock", "LayerScaleBlockClassAttn",
            "DeepseekVitBlock", "MetaBlock1d",
            "TransformerBlock2d", "SegformerLayer", "IJepaLayer",
            "ViTMSNLayer", "OwlViTEncoderLayer", "Owlv2EncoderLayer",
-           "TransformerLayer", "NextTransformerBlock", "CvtLayer"}
+           "TransformerLayer", "NextTransformerBlock", "CvtLayer", "ViTLayer",
+           "DonutSwinLayer", "PvtLayer", "HieraLayer"}
 _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "WindowAttention",
                "AttentionDownsample", "ShiftedWindowAttentionV2", "Dinov2Attention",
                "SwinAttention", "XCA", "WindowMultiHeadAttention", "AttentionPoolLatent",
@@ -61,7 +62,8 @@ _ATTENTIONS = {"Attention", "EvaAttention", "TalkingHeadAttn", "ClassAttn", "Win
                "EfficientAdditiveAttention", "SHSA",
                "SegformerAttention", "LevitAttention", "LevitAttentionSubsample",
                "IJepaAttention", "ViTMSNAttention", "OwlViTAttention", "Owlv2Attention",
-               "EfficientAttention", "CvtAttention"}
+               "EfficientAttention", "CvtAttention", "ViTAttention",
+               "DonutSwinAttention", "PvtAttention", "HieraMaskUnitAttention"}
 _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", "ConvMlpWithNorm",
          "CLIPMLP", "SiglipMLP", "BeitMLP", "Data2VecVisionIntermediate", "MlpWithDepthwiseConv",
          "GeGluMlp", "ConvMlp", "MLPBlock", "Swinv2Intermediate",
@@ -71,7 +73,7 @@ _MLPS = {"Mlp", "GluMlp", "LevitMlp", "MLP", "Dinov2MLP", "SwinMLP", "NormMlp", 
          # merger / aligner: the projection to the LLM's width, fc1 GELU fc2
          "SpatialMlp", "FFN", "YolosMLPPredictionHead", "SegformerMixMLP", "LevitMLPLayer",
          "IJepaMLP", "ViTMSNMLP", "OwlViTMLP", "Owlv2MLP",
-         "CvtIntermediate"}
+         "CvtIntermediate", "ViTMLP", "DonutSwinIntermediate", "PvtFFN", "HieraMlp"}
 # blocks whose token mixer is an attention in some stages only ((timm module, class): its
 # attribute; None, Identity or a conv mixer elsewhere): the others are an MLP and its residual
 _OPTIONAL = {("efficientformer_v2", "EfficientFormerV2Block"): "token_mixer",
@@ -190,7 +192,8 @@ def _huggingface(family: Family):
     config_name, model_name, output = _HF_KINDS[family.arch]
     config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
     labels = {"num_labels": 10} if output == "logits" else {}
-    size = [family.image] * 2 if family.arch == "yolos" else family.image  # YOLOS takes (H, W)
+    # YOLOS and Hiera take (H, W)
+    size = [family.image] * 2 if family.arch in ("yolos", "hiera") else family.image
     config = config_cls(image_size=size, **labels, **dict(family.kwargs))
     return _Output(model_cls(config), output).eval()
 
@@ -219,7 +222,18 @@ _HF_KINDS = {"dinov2": ("Dinov2Config", "Dinov2ForImageClassification", "logits"
              "vit_msn": ("ViTMSNConfig", "ViTMSNForImageClassification", "logits"),
              "owlvit_vision": ("OwlViTVisionConfig", "OwlViTVisionModel", "pooler_output"),
              "owlv2_vision": ("Owlv2VisionConfig", "Owlv2VisionModel", "pooler_output"),
-             "cvt": ("CvtConfig", "CvtForImageClassification", "logits")}
+             "cvt": ("CvtConfig", "CvtForImageClassification", "logits"),
+             # session 8's sweep (benchmarks/sweep_exports.py)
+             "vit": ("ViTConfig", "ViTForImageClassification", "logits"),
+             "deit": ("DeiTConfig", "DeiTForImageClassification", "logits"),
+             "donut_swin": ("DonutSwinConfig", "DonutSwinModel", "pooler_output"),
+             "pvt": ("PvtConfig", "PvtForImageClassification", "logits"),
+             "mobilevitv2": ("MobileViTV2Config", "MobileViTV2ForImageClassification", "logits"),
+             "hiera": ("HieraConfig", "HieraForImageClassification", "logits"),
+             "depth_anything": ("DepthAnythingConfig", "DepthAnythingForDepthEstimation",
+                                "predicted_depth"),
+             "swin_backbone": ("SwinConfig", "SwinBackbone", "feature_map"),
+             "dinov2_backbone": ("Dinov2Config", "Dinov2Backbone", "feature_map")}
 
 
 def _Output(model, output: str):
@@ -235,6 +249,8 @@ def _Output(model, output: str):
             out = self.model(pixel_values=x)
             if output == "class_token":
                 return out.last_hidden_state[:, 0]
+            if output == "feature_map":  # a backbone's last stage map (detectors read it)
+                return out.feature_maps[-1]
             return getattr(out, output)
 
     return Output(model)

@@ -92,3 +92,26 @@ def test_errors_leave_stdout_empty(tmp_path):
 def test_demo_json(tmp_path):
     out, _ = run_json("demo", "-o", tmp_path)
     assert out["fidelity"]["samples"] == 32 and out["bytes"]["int8"] < out["bytes"]["fp32"]
+
+
+def test_graphsurgeon_warnings_stay_off_stdout(tmp_path):
+    """fold-constants folds a 1.3 MiB weight computed in the graph (a ResNet-stem ViT standardises
+    its conv weights so): graphsurgeon's logger warns about it with print(), on stdout, which
+    made `inspect --json` unparseable (timm's vit_small_r26_s32_224, session 8's sweep)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = build_tiny_vit(TinyViTConfig(depth=1, classes=10))
+    g = model.graph
+    logits = g.output[0].name
+    g.initializer.extend([numpy_helper.from_array(np.full((10, 32768), 0.5, np.float32), "w"),
+                          numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    g.node.extend([helper.make_node("Mul", ["w", "two"], ["w2"]),
+                   helper.make_node("MatMul", [logits, "w2"], ["y"])])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32768]))
+    path = tmp_path / "big.onnx"
+    onnx.save(model, str(path))
+    out, err = run_json("inspect", path)
+    assert out["summary"]["blocks"] == 1 and "foldable nodes that produce large outputs" in err

@@ -71,29 +71,37 @@ def export(family: Family) -> dict:
     from onnxvq.core.graph import save_model
     from onnxvq.core.runtime import make_session
     module = build(family)
+    if family.exporter.startswith("torchscript") and family.exporter < "torchscript14":
+        for m in module.modules():  # no SDPA symbolic below opset 14: timm's explicit path
+            if getattr(m, "fused_attn", False):
+                m.fused_attn = False
     shape = (3, family.image, family.image)
-    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    batch = family.static_batch or 2
+    example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
     family.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = family.path.with_name(f".{family.path.name}.export.onnx")
     start = time.perf_counter()
     axes = {0: "batch", 2: "height", 3: "width"} if family.dynamic_hw else {0: "batch"}
+    dynamic = family.static_batch is None
     try:
         if family.exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=1024)
+            dim = torch.export.Dim("batch", min=1, max=1024)
             torch.onnx.export(module, (example,), str(tmp), dynamo=True, external_data=False,
-                              dynamic_shapes=({0: batch},), input_names=["input"],
-                              output_names=["logits"])
+                              dynamic_shapes=({0: dim},) if dynamic else None,
+                              input_names=["input"], output_names=["logits"])
         else:
-            torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=17,
+            opset = int(family.exporter.removeprefix("torchscript"))
+            torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": axes, "logits": {0: "batch"}})
+                              dynamic_axes={"input": axes, "logits": {0: "batch"}} if dynamic
+                              else None)
         model = onnx.load(str(tmp))
     except Exception as exc:  # the exporters raise anything from RuntimeError to their own types
         raise CorpusError(f"{family.name} did not export: {type(exc).__name__}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
-    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(family.static_batch or 3, *shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want = module(x).numpy()
     got = make_session(model).run(None, {model.graph.input[0].name: x.numpy()})[0]

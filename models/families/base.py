@@ -17,10 +17,11 @@ class Family:
     image: int
     counts: Counts
     kwargs: tuple[tuple[str, object], ...] = ()
-    exporter: str = "torchscript17"  # or "dynamo"
+    exporter: str = "torchscript17"  # "torchscriptNN" (opset NN, 13-18) or "dynamo"
     heads: int = 1  # classifier heads (distilled models have two)
     external: bool = False
     dynamic_hw: bool = False
+    static_batch: int | None = None  # a fixed batch in the export (None: a symbolic "batch")
     patch_convs: int = 1  # Convs of the patch embedding (LeViT's stem is a chain of four)
     unsupported: str | None = None  # why recognition misses it (counts are torch's)
     # what `inspect` finds where recognition covers part of the family (`unsupported` says

@@ -8,8 +8,10 @@ exports and validates once at its end (or after every pass, `validate="each"`, t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -200,7 +202,10 @@ class Pipeline:
         results, numeric_result, out = [], None, like
         for p in self.passes:
             t0 = time.perf_counter()
-            r = p.run(graph, ctx)
+            # graphsurgeon's logger prints on stdout (fold_constants' note on folded tensors over
+            # 1 MiB: a ResNet-stem ViT's standardised weights), which broke `--json`'s document
+            with contextlib.redirect_stdout(sys.stderr):
+                r = p.run(graph, ctx)
             r.seconds = time.perf_counter() - t0
             _log(r)
             results.append(r)
