@@ -5,6 +5,8 @@ each (through L2 normalisation and rotary embedding too), its output projection,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.walk import (
@@ -78,59 +80,91 @@ def _value_free(t: gs.Tensor, limit: int = 64) -> bool:
 
 
 def attention_at(softmax: gs.Node) -> Attention | None:
-    scores_mm, biased, scale, t = None, False, 1.0, softmax.inputs[0]
-    path: list[str] = []
-    mixing: list[str] = []
-    per_head = None  # heads of a per-head logit scale (cosine attention's exp(clamp(τ)))
+    scores = _walk_scores(softmax)
+    if scores is None:
+        return None
+    context_mm = _context_matmul(softmax.outputs[0], scores.mixing)
+    if context_mm is None:
+        return None
+    q, k, v = scores.matmul.inputs[0], scores.matmul.inputs[1], context_mm.inputs[1]
+    lin = [trace_linear(x) for x in (q, k, v)]
+    if any(x is None for x in lin):
+        return None
+    return _attention(softmax, scores, context_mm, lin)
+
+
+@dataclass
+class _Scores:
+    """What the walk from a Softmax back to its Q·Kᵀ MatMul found on the way."""
+
+    matmul: gs.Node | None = None
+    biased: bool = False
+    scale: float = 1.0
+    path: list[str] = field(default_factory=list)
+    mixing: list[str] = field(default_factory=list)
+    # heads of a per-head logit scale (cosine attention's exp(clamp(τ)))
+    per_head: int | None = None
+
+
+def _walk_scores(softmax: gs.Node) -> _Scores | None:
+    """Back from the Softmax through scale, bias, cast and reshape ops (at most 8) to a MatMul of
+    two activations; a talking-heads mixing Linear on the way goes to `mixing`."""
+    found, t = _Scores(), softmax.inputs[0]
     for _ in range(8):
         p = producer(t)
         if p is None:
             return None
         if p.op == "MatMul" and len(data_inputs(p)) == 2:
-            scores_mm = p
-            break
+            found.matmul = p
+            return found
         if _head_mixing(p):  # talking heads (CaiT): a Linear over the head axis of the scores
-            mixing.append(p.name)
+            found.mixing.append(p.name)
             t = data_inputs(p)[0]
             continue
         if p.op not in _SCORE_PATH:
             return None
-        path.append(p.name)
-        ins = data_inputs(p)
-        if p.op == "Add" and not (len(ins) == 1 and _head_mixing(producer(ins[0]))):
-            biased = True  # (not the head-mixing Linear's own bias)
-            ins = [i for i in ins if from_activation_matmul(i)] or ins[:1]
-        elif p.op in ("Mul", "Div") and len(ins) == 1:
-            f = scalar(p.inputs[1])
-            if f is None and p.op == "Mul":
-                f = scalar(p.inputs[0])
-            scale *= (1.0 / f) if p.op == "Div" and f else (f or 1.0)
-            per_head = per_head or (_per_head_count(p) if f is None else None)
+        found.path.append(p.name)
+        ins = _score_step(p, found)
         if not ins:
             return None
         t = ins[0]
-    context_mm = _context_matmul(softmax.outputs[0], mixing)
-    if scores_mm is None or context_mm is None:
-        return None
-    q, k, v = scores_mm.inputs[0], scores_mm.inputs[1], context_mm.inputs[1]
-    lin = [trace_linear(x) for x in (q, k, v)]
-    if any(x is None for x in lin):
-        return None
+    return None
+
+
+def _score_step(p: gs.Node, found: _Scores) -> list[gs.Tensor]:
+    """The data inputs to follow past `p`, recording a bias Add or a scale Mul/Div in `found`."""
+    ins = data_inputs(p)
+    if p.op == "Add" and not (len(ins) == 1 and _head_mixing(producer(ins[0]))):
+        found.biased = True  # (not the head-mixing Linear's own bias)
+        ins = [i for i in ins if from_activation_matmul(i)] or ins[:1]
+    elif p.op in ("Mul", "Div") and len(ins) == 1:
+        f = scalar(p.inputs[1])
+        if f is None and p.op == "Mul":
+            f = scalar(p.inputs[0])
+        found.scale *= (1.0 / f) if p.op == "Div" and f else (f or 1.0)
+        found.per_head = found.per_head or (_per_head_count(p) if f is None else None)
+    return ins
+
+
+def _attention(softmax: gs.Node, scores: _Scores, context_mm: gs.Node,
+               lin: list[gs.Node]) -> Attention:
+    """The Attention record of a matched Softmax whose q, k and v trace to the linears `lin`."""
+    q, k, v = scores.matmul.inputs[0], scores.matmul.inputs[1], context_mm.inputs[1]
     packed = lin[0] is lin[1] is lin[2]
     # each linear once: LeViT's downsampling attention packs k and v into one, q apart
     distinct = [x for i, x in enumerate(lin) if all(x is not y for y in lin[:i])]
     projections = tuple(linear_info(x) for x in distinct)
     out_node = _out_projection(context_mm.outputs[0])
     out_proj = linear_info(out_node) if out_node is not None and is_linear(out_node) else None
-    head_dim = _head_dim(q, v, scale)
+    head_dim = _head_dim(q, v, scores.scale)
     width = projections[0].out_features // (3 if packed else 1)
-    if head_dim is None and per_head:
-        head_dim = width // per_head
+    if head_dim is None and scores.per_head:
+        head_dim = width // scores.per_head
     heads = _heads(q, width, head_dim)
-    return Attention(softmax.name, scores_mm.name, context_mm.name, softmax.inputs[0].name,
-                     softmax.outputs[0].name, q.name, k.name, v.name, scale,
-                     "packed" if packed else "separate", projections, out_proj, biased, heads,
-                     head_dim, tuple(path), tuple(mixing))
+    return Attention(softmax.name, scores.matmul.name, context_mm.name, softmax.inputs[0].name,
+                     softmax.outputs[0].name, q.name, k.name, v.name, scores.scale,
+                     "packed" if packed else "separate", projections, out_proj, scores.biased,
+                     heads, head_dim, tuple(scores.path), tuple(scores.mixing))
 
 
 def _head_mixing(node: gs.Node | None) -> bool:
