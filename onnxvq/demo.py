@@ -7,6 +7,8 @@ from pathlib import Path
 
 from onnxvq.calibrate import NoiseSource, batches
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.errors import UsageError
+from onnxvq.core.files import check_writable
 from onnxvq.core.graph import save_model
 from onnxvq.quantizer.result import QuantResult
 from onnxvq.quantizer.run import quantize
@@ -35,7 +37,14 @@ def demo_model():
 
 
 def run_demo(folder: Path, *, pts: bool = False, lis: bool = False) -> DemoResult:
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"-o {folder}: is a file; the demo writes its models into a folder")
+    check_writable(folder / "tiny_vit.onnx")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"-o {folder}: cannot create it ({exc.strerror or exc})") from None
     fp32 = demo_model()
     fp32_path = save_model(fp32, folder / "tiny_vit.onnx")
     cfg = QuantConfig(calib_size=32, batch_size=8, pts=pts, lis=lis)

@@ -12,12 +12,16 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from PIL import Image
 from typer.testing import CliRunner
 
+from onnxvq.api import quantize
 from onnxvq.cli.app import app
+from onnxvq.core.config import QuantConfig
 from onnxvq.core.graph import save_model
 from onnxvq.models.tiny_vit import build_tiny_vit
 
@@ -44,6 +48,24 @@ CASES = [
     ("onnxvq inspect truncated.onnx", 3),
     ("onnxvq inspect opset11.onnx", 4),
     ("onnxvq quantize vit.onnx --data empty", 5),
+    # the CLI audit (session 8): each of these wrote over an input, wrote a useless model or
+    # ended in a traceback before
+    ("onnxvq quantize relu.onnx", 4),
+    ("onnxvq quantize q.onnx", 4),
+    ("onnxvq quantize vit.onnx -o /proc/q.onnx", 2),
+    ("onnxvq quantize vit.onnx --data broken", 5),
+    ("onnxvq quantize vit.onnx --data small.npy", 5),
+    ("onnxvq quantize vit.onnx --a-bits 1", 2),
+    ("onnxvq quantize vit.onnx --weight-only --pts", 2),
+    ("onnxvq compare vit.onnx q.onnx --save-inputs vit.onnx", 2),
+    ("onnxvq compare vit.onnx q.onnx --save-outputs q.json", 2),
+    ("onnxvq report vit.onnx q.onnx -o q.onnx", 2),
+    ("onnxvq profile vit.onnx --html vit.onnx", 2),
+    ("onnxvq profile vit.onnx --runs 0", 2),
+    ("onnxvq eval q.onnx images --ref relu.onnx", 4),
+    ("onnxvq demo -o vit.onnx", 2),
+    ("onnxvq build-engine missing.onnx", 2),
+    ("onnxvq build-engine q.onnx -o q.onnx", 2),
 ]
 
 
@@ -57,6 +79,22 @@ def workdir(root: Path) -> Path:
     (root / "notes.txt").write_text("not a folder\n")
     (root / "types.json").write_text(json.dumps({"size": "big", "mean": 0.5}))
     (root / "truncated.onnx").write_bytes(vit.read_bytes()[:2000])
+    relu = helper.make_graph([helper.make_node("Relu", ["input"], ["y"])], "relu",
+                             [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                            [1, 3, 32, 32])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                            [1, 3, 32, 32])])
+    onnx.save(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), root / "relu.onnx")  # valid, nothing to quantize
+    quantize(vit, None, QuantConfig(calib_size=4, batch_size=4)).save(root / "q.onnx")
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / "images" / cls).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(
+            root / "images" / cls / "0.png")
+    (root / "broken" / "a").mkdir(parents=True)
+    (root / "broken" / "a" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    np.save(root / "small.npy", rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])

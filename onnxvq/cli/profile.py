@@ -34,11 +34,14 @@ def profile_cmd(
     """Profile MODEL (and QUANT) in ONNX Runtime: time, FLOPs, bytes, roofline position."""
     from onnxvq.cli.common import errors
     from onnxvq.core.errors import ModelLoadError
+    from onnxvq.core.files import check_side_file, write_atomic
     from onnxvq.core.graph import load_model
     from onnxvq.verify.profile_report import profile, render_html
 
     with errors():
         protos = [None if p is None else load_model(p, check_opset=False) for p in (model, quant)]
+        if html_out is not None:
+            check_side_file(html_out, "--html", (model, quant))
         try:
             report = profile(*protos, batch=batch, runs=runs, threads=threads)
         except OnnxvqError:
@@ -50,7 +53,8 @@ def profile_cmd(
         if path is not None:
             report.profiles[label].model = str(path)
     if html_out is not None:
-        html_out.write_text(render_html(report))
+        with errors():
+            write_atomic(html_out, render_html(report), what="HTML report")
     if as_json:
         from onnxvq.cli.common import emit_json
 

@@ -64,6 +64,50 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, *, what: str = "fil
     return path
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """`a` and `b` name one file (any spelling, symlinks followed, hard links too)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_writable(out: Path, flag: str = "-o") -> None:
+    """UsageError unless `out`'s folder (or its nearest existing ancestor) is a folder this
+    process can create files in; checked before the work that would write `out`."""
+    existing = out.parent if str(out.parent) else Path(".")
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {out}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {out}: cannot write in {existing} "
+                         f"({exc.strerror or exc})") from None
+
+
+def check_side_file(path: str | os.PathLike, flag: str, reads: tuple = ()) -> Path:
+    """A file a command writes beside its real work (saved inputs/outputs, a report): not a
+    folder, writable, and none of the models it `reads` nor their `.json` sidecars (a
+    `compare --save-inputs vit.onnx` used to overwrite the FP32 model with JSON)."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{flag} {out}: is a directory; give a file name")
+    for model in reads:
+        if not isinstance(model, str | os.PathLike):
+            continue  # an in-memory model has no file to protect
+        for kept in (Path(model), Path(model).with_suffix(".json")):
+            if same_file(out, kept):
+                raise UsageError(f"{flag} {out}: is {kept}, which this command reads; choose "
+                                 "another name")
+    check_writable(out, flag)
+    return out
+
+
 def stale_temps(path: str | os.PathLike, *, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """Temporaries of `path` (`.<name>.*.tmp` beside it) whose writer is no longer running."""
     path = Path(path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import onnx
 from onnxvq.calibrate.spec import DataSpec
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import UsageError
-from onnxvq.core.files import remove_stale_temps, temp_dir_beside
+from onnxvq.core.files import check_writable, remove_stale_temps, same_file, temp_dir_beside
 from onnxvq.core.graph import save_model
 from onnxvq.core.params import ActivationQParams, FqParams, QuantPlan, WeightQParams
 from onnxvq.core.pipeline import PassResult, PipelineReport
@@ -101,32 +100,10 @@ def check_output_path(output: str | os.PathLike, source: str | os.PathLike | Non
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"-o {out}: the output must end in .onnx (its sidecar is written "
                          f"beside it as {out.with_suffix('.json').name})")
-    if source is not None and _same_file(out, Path(source)):
+    if source is not None and same_file(out, Path(source)):
         raise UsageError(f"-o {out}: is the input model {source}; choose another output name")
-    _check_writable(out, out.parent if str(out.parent) else Path("."))
+    check_writable(out)
     return out
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_writable(out: Path, folder: Path) -> None:
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"-o {out}: {existing} is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise UsageError(f"-o {out}: cannot write in {existing} ({exc.strerror or exc})") from None
 
 
 def model_bytes(path: str | os.PathLike) -> int:

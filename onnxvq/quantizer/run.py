@@ -21,7 +21,7 @@ from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.spec import DataSpec
 from onnxvq.calibrate.weights import MomentCollector
 from onnxvq.core.config import QuantConfig
-from onnxvq.core.errors import CalibrationError
+from onnxvq.core.errors import CalibrationError, UnsupportedModelError
 from onnxvq.core.external import is_large, release_freed
 from onnxvq.core.graph import to_graph
 from onnxvq.core.params import FqParams, WeightQParams
@@ -61,6 +61,7 @@ def quantize(
     cfg = QuantConfig.coerce(config)
     spec = _checked_spec(calib, cfg, preprocess)
     proto = model_proto(model)
+    _check_not_quantized(proto, model)
     spec, shape = _fitted(spec, proto)
     graph, canonical, canon_report, structure = prepare(proto, cfg, validate=validate,
                                                         sample_shape=shape)
@@ -78,6 +79,7 @@ def quantize(
     if large:  # the calibration sessions are gone
         release_freed()
     the_plan, qparams, fq_params = ctx.plan, dict(ctx.activation_qparams), ctx.fq_params
+    _check_planned(the_plan, model)
     out, report = quantization_pipeline(cfg).run_graph(graph, like=canonical, ctx=ctx,
                                                        validate=validate, numeric="none")
     if large:  # the float weights quantize-weights read are gone
@@ -94,6 +96,30 @@ def quantize(
     result.external_data = large  # written with its weights beside it, as it came
     restore_input(result.model, symbolic)  # folded at the calibration shape
     return result
+
+
+_QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv",
+                            "MatMulInteger", "ConvInteger", "MatMulNBits"})
+
+
+def _check_not_quantized(proto: onnx.ModelProto, model) -> None:
+    """An onnxvq (or other) quantized model given again: refused before canonicalisation, which
+    would fold its integer ops through sessions and then find nothing left to quantize."""
+    done = sum(n.op_type in _QUANTIZED_OPS or n.domain == "com.onnxvq" for n in proto.graph.node)
+    if done:
+        raise UnsupportedModelError(f"{_where(model)}: already quantized ({done} quantized or "
+                                    "com.onnxvq nodes); give the FP32 model")
+
+
+def _check_planned(plan, model) -> None:
+    """A run that quantizes nothing would write a copy of its input and call it quantized."""
+    if not plan.activations and not plan.weights:
+        raise UnsupportedModelError(f"{_where(model)}: nothing to quantize (no transformer "
+                                    "blocks and no MatMul/Gemm/Conv with a constant weight)")
+
+
+def _where(model) -> str:
+    return str(model) if isinstance(model, str | os.PathLike) else "the model"
 
 
 def _checked_spec(calib, cfg: QuantConfig, preprocess: Preprocess | None):

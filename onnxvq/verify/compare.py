@@ -23,6 +23,7 @@ import onnx
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.spec import DataSpec, preprocess_to_dict, recorded_preprocess
 from onnxvq.core.errors import UsageError
+from onnxvq.core.files import check_side_file
 from onnxvq.core.graph import load_model
 from onnxvq.core.metrics import error_stats, sqnr_db
 from onnxvq.verify import comparator
@@ -113,6 +114,9 @@ def compare(fp32: str | os.PathLike | onnx.ModelProto, quant: str | os.PathLike 
     recorded in `quant`'s sidecar."""
     spec = DataSpec.coerce(data, preprocess=preprocess, samples=samples, batch_size=batch_size,
                            seed=seed)
+    for flag, path in (("--save-inputs", save_inputs), ("--save-outputs", save_outputs)):
+        if path is not None:  # before any work, and never over a model this reads
+            check_side_file(path, flag, (fp32, quant))
     ref_model, q_model = as_model(fp32), as_model(quant)
     recorded = recorded_preprocess(quant)
     prep = spec.resolve_preprocess(recorded)

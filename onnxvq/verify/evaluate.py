@@ -20,7 +20,7 @@ from onnxvq.calibrate import batches
 from onnxvq.calibrate.data import ImageFolder, check_shape, model_input
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.spec import DataSpec, preprocess_to_dict, recorded_preprocess
-from onnxvq.core.errors import CalibrationError, UsageError
+from onnxvq.core.errors import CalibrationError, UnsupportedModelError, UsageError
 from onnxvq.core.metrics import top1_agreement
 from onnxvq.core.runtime import make_session
 from onnxvq.verify.compare import as_model
@@ -65,12 +65,16 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto,
     name, _ = model_input(proto)
     sessions = [make_session(proto, threads=threads)]
     if ref is not None:
-        sessions.append(make_session(as_model(ref), threads=threads))
+        ref_proto = as_model(ref)
+        _check_same_input(proto, ref_proto, model, ref)
+        sessions.append(make_session(ref_proto, threads=threads))
+    labels = (str(model) if isinstance(model, str | os.PathLike) else "the model", f"--ref {ref}")
     hits = np.zeros((len(sessions), 2), dtype=np.int64)  # [model, top1/top5]
     agree, started = 0, time.perf_counter()
     for feeds, labels in batches(source, spec.batch_size or DEFAULT_BATCH, name, progress,
                                  with_labels=True):
-        logits = [_logits(s, feeds, len(source.classes)) for s in sessions]
+        logits = [_logits(s, feeds, len(source.classes), label)
+                  for s, label in zip(sessions, labels, strict=False)]
         for i, z in enumerate(logits):
             hits[i] += _topk_hits(z, labels)
         if ref is not None:
@@ -85,6 +89,18 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto,
     return result
 
 
+def _check_same_input(proto, ref_proto, model, ref) -> None:
+    """The reference must take the images the model takes (its input name and image dims), else
+    its session fails mid-run on the first batch."""
+    (name, shape), (ref_name, ref_shape) = model_input(proto), model_input(ref_proto)
+    clash = len(shape) != len(ref_shape) or any(
+        a != b and "N" not in (a, b) for a, b in zip(shape[1:], ref_shape[1:], strict=False))
+    if name != ref_name or clash:
+        where = ref if isinstance(ref, str | os.PathLike) else "the reference"
+        raise UsageError(f"--ref {where}: its input {ref_name!r} {ref_shape} is not the "
+                         f"model's {name!r} {shape}; give the model this one was quantized from")
+
+
 def _labelled_images(spec: DataSpec, preprocess: Preprocess, model) -> ImageFolder:
     if spec.source is None:
         raise UsageError("eval needs --data: an ImageFolder root <root>/<class>/<image>")
@@ -96,8 +112,13 @@ def _labelled_images(spec: DataSpec, preprocess: Preprocess, model) -> ImageFold
     return source
 
 
-def _logits(sess, feeds: dict, classes: int) -> np.ndarray:
-    z = sess.run([sess.get_outputs()[0].name], feeds)[0]
+def _logits(sess, feeds: dict, classes: int, label: str = "the model") -> np.ndarray:
+    try:
+        z = sess.run([sess.get_outputs()[0].name], feeds)[0]
+    except Exception as exc:  # noqa: BLE001 - ORT's own error types; one line, not a traceback
+        lines = [t.strip() for t in str(exc).strip().splitlines()] or [type(exc).__name__]
+        raise UnsupportedModelError(f"{label}: ONNX Runtime could not run it on the images: "
+                                    f"{' '.join(lines[:2])}") from None
     z = z.reshape(z.shape[0], -1)
     if z.shape[1] < classes:
         raise UsageError(f"the model has {z.shape[1]} outputs per image but the data has "

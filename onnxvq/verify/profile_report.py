@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnxvq.core.errors import UsageError
 from onnxvq.verify.profile import ModelProfile, profile_models
 from onnxvq.verify.roofline import Roofline, measure_roofline
 
@@ -43,6 +44,9 @@ def profile(model: str | os.PathLike | onnx.ModelProto,
             quant: str | os.PathLike | onnx.ModelProto | None = None, *, batch: int = 1,
             runs: int = 20, warmup: int = 3, threads: int = 2) -> ProfileReport:
     """Profile MODEL (and QUANT, interleaved with it) and measure the roofline."""
+    for flag, value in (("batch", batch), ("runs", runs), ("threads", threads)):
+        if value < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {value}")
     models = {"fp32": model} if quant is None else {"fp32": model, "quant": quant}
     profiles = profile_models(models, batch=batch, runs=runs, warmup=warmup, threads=threads)
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)

@@ -26,7 +26,7 @@ from onnxvq.calibrate.collect import expose
 from onnxvq.calibrate.observers import PerChannelMinMax
 from onnxvq.calibrate.preprocess import Preprocess
 from onnxvq.calibrate.spec import DataSpec, recorded_preprocess
-from onnxvq.core.files import write_atomic
+from onnxvq.core.files import check_side_file, write_atomic
 from onnxvq.core.metrics import format_db
 from onnxvq.core.runtime import make_session
 from onnxvq.verify import report_plots as plots
@@ -60,6 +60,7 @@ def write_report(fp32_model, quant, data: DataSpec | str | os.PathLike | None,
     sidecar's preprocessing unless given). A denoiser gets the DDIM-loop comparison with the
     recorded sampler settings (`classes`: its class count when the sidecar has none). Returns the
     path written."""
+    check_side_file(path, "-o", (fp32_model, quant))  # before the work; never over an input
     q_model, sidecar = _quant_parts(quant)
     fp32 = as_model(fp32_model)
     if q_model is not None and is_denoiser(fp32, sidecar):  # its inputs are not images

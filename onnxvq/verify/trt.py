@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from onnxvq.core.errors import BackendUnavailable, EngineBuildError
-from onnxvq.core.files import write_atomic
+from onnxvq.core.errors import BackendUnavailable, EngineBuildError, UsageError
+from onnxvq.core.files import check_side_file, write_atomic
 from onnxvq.core.metrics import Running
 from onnxvq.plugins.trt.names import INSTALL_HINT
 
@@ -110,14 +110,15 @@ def build_engine(
     The engine goes to `engine_path` (default: the model's path with suffix ``.engine``),
     written atomically.
     """
+    onnx_path = Path(onnx_path)  # the paths first: a typo is a usage error on any machine
+    if not onnx_path.is_file():
+        raise UsageError(f"{onnx_path}: no such file")
+    out = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
+    check_side_file(out, "-o", (onnx_path,))
     trt = require_tensorrt()
     from onnxvq.plugins.trt import register_plugins
 
     register_plugins()
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise EngineBuildError(f"{onnx_path}: no such file")
-    out = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     if builder is None:
