@@ -170,14 +170,8 @@ def quantize(
                           weight_only=weight_only, target_sqnr=target_sqnr,
                           max_drop=max_drop, rank_by=rank_by, smooth=smooth,
                           quantized_linear=quantized_linear)
-        _warn_ignored(cfg, momentum=momentum, percentile=percentile)
-        if quantized_linear != "auto" and (target.value != "ort" or weight_only):
-            warn(f"--quantized-linear {quantized_linear} does nothing without int8 Linears for "
-                 "target ort")
-        if lis_base != "2" and not (lis or lis_qdq):
-            warn(f"--lis-base {lis_base} does nothing without --lis or --lis-qdq")
-        if rank_by != "sensitivity" and target_sqnr is None and max_drop is None:
-            warn("--rank-by does nothing without --target-sqnr or --max-drop")
+        _warn_inert(cfg, momentum=momentum, percentile=percentile,
+                    quantized_linear=quantized_linear, lis_base=lis_base, rank_by=rank_by)
         spec = _denoiser_spec(spec, data, samples, seed, calib_steps, calib_per_step, ddim,
                               classes, denoiser_inputs)
         with progress("quantizing (samples calibrated)") as advance:
@@ -206,11 +200,20 @@ def _denoiser_spec(spec, data, samples, seed, calib_steps, per_step, ddim, class
     return trajectory_from_flags(calib_steps, per_step, ddim, seed, classes, inputs)
 
 
-def _warn_ignored(cfg, **given) -> None:
-    for flag, value in given.items():
+def _warn_inert(cfg, *, momentum, percentile, quantized_linear, lis_base, rank_by) -> None:
+    """A warning for each flag the user set that this configuration never reads (the flags as
+    given, not as a --recipe filled them in)."""
+    for flag, value in (("momentum", momentum), ("percentile", percentile)):
         if value != _DEFAULTS[flag] and cfg.method != _USES[flag]:
             warn(f"--{flag} {value:g} does nothing with --method {cfg.method} (only "
                  f"--method {_USES[flag]} uses it)")
+    if quantized_linear != "auto" and (cfg.target != "ort" or cfg.weight_only):
+        warn(f"--quantized-linear {quantized_linear} does nothing without int8 Linears for "
+             "target ort")
+    if lis_base != "2" and not (cfg.lis or cfg.lis_qdq):
+        warn(f"--lis-base {lis_base} does nothing without --lis or --lis-qdq")
+    if rank_by != "sensitivity" and cfg.target_sqnr is None and cfg.max_drop is None:
+        warn("--rank-by does nothing without --target-sqnr or --max-drop")
 
 
 def _warn_unmatched_skips(result) -> None:
