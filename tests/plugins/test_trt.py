@@ -287,6 +287,7 @@ REASON = unavailable_reason()
 def test_without_tensorrt_the_backend_says_why(tmp_path):
     from onnxvq.verify.trt import build_engine, compare_with_ort
 
+    (tmp_path / "m.onnx").write_bytes(b"x")  # build_engine checks its paths first (a typo: exit 2)
     for call in (lambda: build_engine(tmp_path / "m.onnx"), lambda: compare_with_ort("m.onnx")):
         with pytest.raises(BackendUnavailable) as err:
             call()
