@@ -164,13 +164,21 @@ def _calibrated_context(graph, canonical, structure, spec, cfg: QuantConfig, pro
 
 def _rebuilder(canonical: onnx.ModelProto, ctx: PassContext, cfg: QuantConfig):
     """`rebuild(nodes)`: the canonical model rewritten afresh with only `nodes` (LayerNorm and
-    Softmax names) made integer; the others are not calibrated, so they stay float."""
-    def rebuild(nodes: frozenset) -> onnx.ModelProto:
+    Softmax names) made integer; the others are not calibrated, so they stay float.
+    `rebuild(nodes, fused=False)`: the same without the ORT lowering (plain QDQ graph and
+    unfused integer ops); None where the run has no lowering to leave out."""
+    def rebuild(nodes: frozenset, fused: bool = True) -> onnx.ModelProto | None:
+        run_cfg, run_ctx = cfg, ctx
+        if not fused:
+            if cfg.target != "ort" or not cfg.ort_fusions:
+                return None
+            run_cfg = replace(cfg, ort_fusions=False)
+            run_ctx = replace(ctx, config=run_cfg)
         fq = ctx.fq_params
         only = replace(fq, layernorms={k: v for k, v in fq.layernorms.items() if k in nodes},
                        softmaxes={k: v for k, v in fq.softmaxes.items() if k in nodes})
-        return quantization_pipeline(cfg).run_graph(
-            to_graph(canonical), like=canonical, ctx=replace(ctx, fq_params=only),
+        return quantization_pipeline(run_cfg).run_graph(
+            to_graph(canonical), like=canonical, ctx=replace(run_ctx, fq_params=only),
             validate="none", numeric="none")[0]
 
     return rebuild

@@ -11,12 +11,22 @@ PTS/LIS the same plan and calibration are also rewritten without the integer ops
 variant, one more session, no recalibration): an SQNR more than `RELATIVE_DB` below it is refused
 too. On a refusal the fully quantized replacements are bisected in graph order (the smallest prefix
 of IntLayerNorm/LogIntSoftmax nodes that fails) to name the likely culprit.
+
+Two losses are told apart there. The method's own (integer LayerNorm/Softmax against the W8/A8
+variant) depends on the model and data, not on a bug: on the shared trained models it is 0.5 and
+6.6 dB, on random-weight exports calibrated on noise 15-20 dB (PTS alone costs as much as PTS+LIS
+there: DeiT-T 16.4 against 16.3 dB), and no absolute floor separates CAFormer's 11.3 dB from
+the tiny test ViT's 11.3 dB. It is refused past `RELATIVE_DB` and warned about past `WARN_DB`.
+The lowering's (fused com.onnxvq kernels against the same plan and calibration left as the plain
+QDQ graph with unfused integer ops, one more session) must be nil: measured within 0.13 dB, an
+output more than `LOWERING_DB` below its unfused graph is refused and the lowering named.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,10 +44,14 @@ log = logging.getLogger(__name__)
 SAMPLES = 4
 COLLAPSE_DB = 1.0
 RELATIVE_DB = 20.0
+WARN_DB = 10.0
+LOWERING_DB = 1.0
+_LOWERING = "below the same run's unfused graph"
 
 # The quantized model rewritten with only the named LayerNorm/Softmax nodes made integer
-# (an empty set: the W8/A8 variant of the same plan and calibration).
-Rebuild = Callable[[frozenset], onnx.ModelProto]
+# (an empty set: the W8/A8 variant of the same plan and calibration); with fused=False, without
+# the ORT lowering (None when the run has none).
+Rebuild = Callable[..., onnx.ModelProto | None]
 
 
 @dataclass(frozen=True)
@@ -86,16 +100,14 @@ def run_gate(fp32: onnx.ModelProto, quant: onnx.ModelProto, source: Source,
     report = {"samples": len(source), "threshold_db": threshold,
               "outputs": [o.to_dict() for o in outs]}
     if replaced and rebuild is not None:
-        w8 = _judge(ref, _outputs(rebuild(frozenset()), feeds), threshold)
-        report["w8a8_outputs"] = [o.to_dict() for o in w8]
-        outs = _relative(outs, w8)
-        report["outputs"] = [o.to_dict() for o in outs]
+        outs = _against_variants(outs, rebuild, replaced, ref, feeds, threshold, report)
     bad = [o for o in outs if o.problem]
     for o in outs:
         log.info("fidelity %s: cosine %.4f, SQNR %.1f dB", o.name, o.cosine, o.sqnr_db)
     if bad:
-        culprit = _culprit(rebuild, replaced, ref, feeds, threshold, report)
         worst = bad[0]
+        culprit = (_lowering_culprit(quant, report) if _LOWERING in (worst.problem or "") else
+                   _culprit(rebuild, replaced, ref, feeds, threshold, report))
         raise FidelityError(
             f"the quantized model failed the fidelity gate on {len(source)} samples: output "
             f"{worst.name!r} {worst.problem} (cosine {worst.cosine:.3f}); likely culprit: "
@@ -127,6 +139,50 @@ def _problem(ref: np.ndarray, q: np.ndarray, sqnr: float, threshold: float) -> s
     if sqnr < threshold:
         return f"has SQNR {sqnr:.1f} dB, below the gate's {threshold:g} dB"
     return None
+
+
+def _against_variants(outs, rebuild: Rebuild, replaced: Sequence[str], ref: dict, feeds: list,
+                      threshold: float, report: dict) -> list[OutputFidelity]:
+    """`outs` judged against the W8/A8 variant (the method's loss) and the unfused variant (the
+    lowering's loss); both variants' figures go into `report`."""
+    w8 = _judge(ref, _outputs(rebuild(frozenset()), feeds), threshold)
+    report["w8a8_outputs"] = [o.to_dict() for o in w8]
+    outs = _relative(outs, w8)
+    plain_model = rebuild(frozenset(replaced), fused=False)
+    if plain_model is not None:
+        plain = _judge(ref, _outputs(plain_model, feeds), threshold)
+        report["unfused_outputs"] = [o.to_dict() for o in plain]
+        report["unfused_ops"] = sorted({n.op_type for n in plain_model.graph.node})
+        outs = _lowered(outs, plain)
+    report["outputs"] = [o.to_dict() for o in outs]
+    for o, r in zip(outs, w8, strict=True):
+        if o.problem is None and r.problem is None and o.sqnr_db < r.sqnr_db - WARN_DB:
+            log.warning("the integer LayerNorm/Softmax cost output %r %.1f dB against the W8/A8 "
+                        "variant of the same run (%.1f -> %.1f dB; 0.5-6.6 dB on the trained "
+                        "CIFAR-10 models): check it on real images (onnxvq compare / eval)",
+                        o.name, r.sqnr_db - o.sqnr_db, r.sqnr_db, o.sqnr_db)
+    return outs
+
+
+def _lowering_culprit(quant: onnx.ModelProto, report: dict) -> str:
+    """The fused nodes the lowering wrote that the unfused graph does not have."""
+    plain = set(report.get("unfused_ops", ()))
+    fused = Counter(n.op_type for n in quant.graph.node if n.op_type not in plain)
+    listed = ", ".join(f"{op} x{k}" for op, k in sorted(fused.items())) or "none"
+    return (f"the ORT lowering, its fused nodes ({listed}): the same plan unfused "
+            "(QuantConfig(ort_fusions=False)) passes")
+
+
+def _lowered(outs: list[OutputFidelity], plain: list[OutputFidelity]) -> list[OutputFidelity]:
+    """Flag outputs the lowering made worse than the same graph unfused (that one passing)."""
+    result = []
+    for o, p in zip(outs, plain, strict=True):
+        if o.problem is None and p.problem is None and o.sqnr_db < p.sqnr_db - LOWERING_DB:
+            o = OutputFidelity(o.name, o.cosine, o.sqnr_db,
+                               f"has SQNR {o.sqnr_db:.1f} dB, more than {LOWERING_DB:g} dB "
+                               f"{_LOWERING} ({p.sqnr_db:.1f} dB)")
+        result.append(o)
+    return result
 
 
 def _relative(outs: list[OutputFidelity], w8: list[OutputFidelity]) -> list[OutputFidelity]:
