@@ -68,13 +68,13 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto,
         ref_proto = as_model(ref)
         _check_same_input(proto, ref_proto, model, ref)
         sessions.append(make_session(ref_proto, threads=threads))
-    labels = (str(model) if isinstance(model, str | os.PathLike) else "the model", f"--ref {ref}")
+    names = (str(model) if isinstance(model, str | os.PathLike) else "the model", f"--ref {ref}")
     hits = np.zeros((len(sessions), 2), dtype=np.int64)  # [model, top1/top5]
     agree, started = 0, time.perf_counter()
     for feeds, labels in batches(source, spec.batch_size or DEFAULT_BATCH, name, progress,
                                  with_labels=True):
         logits = [_logits(s, feeds, len(source.classes), label)
-                  for s, label in zip(sessions, labels, strict=False)]
+                  for s, label in zip(sessions, names, strict=False)]
         for i, z in enumerate(logits):
             hits[i] += _topk_hits(z, labels)
         if ref is not None:
