@@ -148,7 +148,7 @@ def test_real_models_canonicalise_to_the_same_bytes(shared_data, monkeypatch, na
                                            ("hf_vit_tiny_eager", "torchscript13")])
 def test_corpus_exports_canonicalise_to_the_same_bytes(corpus_model, monkeypatch, name,
                                                         exporter):
-    """A sample of the corpus (all 124 exports under 400 MB gave the same bytes when this was
+    """A sample of the corpus (all 133 exports under 400 MB gave the same bytes when this was
     written: README, "Calibration cost, eighth round")."""
     path = corpus_model(name, exporter)
     assert _canonical_bytes(path, monkeypatch, True) == _canonical_bytes(path, monkeypatch, False)
