@@ -50,13 +50,16 @@ def merged_output(graph: gs.Graph, t: gs.Tensor, n: int, width: int):
 
 def _merges_heads(rs: gs.Node, n: int, width: int) -> bool | str:
     """The Reshape's target is [B, N, H·D]: a constant [0|B, 0|N, H·D], or (a target computed
-    from Shape, as exports with a dynamic batch write it) an inferred output shape [*, N, H·D],
+    from Shape, as exports with a dynamic batch write it, or dynamo's static [B, N, -1]) an
+    inferred output shape [*, N, H·D],
     or Concat(batch, [N], [-1 | H·D]) (timm Swin's reshape(B_, N, -1)): the input [B, N, H, D]
     has B·N·H·D elements, so with the batch kept the last axis is H·D. "view" for
     Concat(batch, [h], [w], [-1 | H·D]) with h·w = N (MaxViT's [B, 7, 7, C] windows)."""
     target = const_value(rs.inputs[1])
-    if target is not None:
-        return target.size == 3 and int(target[1]) in (0, n) and int(target[2]) == width
+    if target is not None and target.size == 3 and int(target[1]) in (0, n) and \
+            int(target[2]) == width:
+        return True
+    # else (a static batch's [B, N, -1]) the inferred shape: [*, N, H·D] of B·N·H·D elements
     shape = rs.outputs[0].shape
     if shape is not None and len(shape) == 3 and list(shape[1:]) == [n, width]:
         return True

@@ -174,6 +174,21 @@ def test_constant_bias_fuses_within_w8a8_noise(prepared, edit):
     assert _sqnr(want, got) > 40 and _sqnr(want, inlined) > 40
 
 
+def _merge_minus_one(g: gs.Graph, sm: gs.Node) -> None:  # dynamo, static batch: [B, N, -1]
+    node = sm  # Softmax -> Q -> DQ -> MatMul -> Transpose -> Reshape
+    for _ in range(5):
+        node = node.outputs[0].outputs[0]
+    node.inputs[1] = gs.Constant(f"{sm.name}/merge", np.array([0, 65, -1], np.int64))
+
+
+def test_a_merge_to_minus_one_fuses(prepared):
+    """The merge's target [B, N, -1] (dynamo's static-batch export writes it so): its inferred
+    shape [B, N, H·D] proves the merge; it was refused as not [B, N, H·D]."""
+    out, result, _ = run_pass(FuseQLinearAttention(), _edit(prepared, _merge_minus_one),
+                              numeric="none")
+    assert result.applied == 2 and not result.refused
+
+
 def _q_codes_read(g: gs.Graph, sm: gs.Node) -> None:  # q's codes also a graph output
     g.outputs.append(sm.inputs[0].inputs[0].inputs[0].inputs[0].inputs[0])
 
