@@ -48,6 +48,7 @@ from onnxvq.passes.ort_quantized_linear import OrtQuantizedLinear
 from onnxvq.passes.pack_int4_weights import PackInt4Weights
 from onnxvq.passes.patch_conv_to_matmul import PatchConvToMatMul
 from onnxvq.passes.quantize_weights import QuantizeWeights
+from onnxvq.passes.remove_identity_cast import RemoveIdentityCast
 from onnxvq.passes.remove_softmax_nan_guard import RemoveSoftmaxNanGuard
 from onnxvq.passes.remove_zero_attention_mask import RemoveZeroAttentionMask
 from onnxvq.passes.reparameterize_activation import ReparameterizeActivation
@@ -61,13 +62,13 @@ from onnxvq.passes.unbind_slices_to_split import UnbindSlicesToSplit
 # Every command starts here: constants and shape noise folded, BatchNorm folded into Convs and
 # Linears (LeViT), dynamo's spellings as TorchScript's (the 3-D kᵀ Reshape, Transpose, Reshape one
 # 4-D Transpose, composed with a head-split Transpose before it; unbind's Slice + Squeeze per index
-# one Split), LayerNorm fused, the SDPA NaN guard and Hugging Face's all-zero additive mask
-# dropped, batched-matmul Einsums as MatMul (torchvision's MaxViT), the attention scale one Mul on
-# Q·Kᵀ (the form the recogniser and FQ-ViT expect).
+# one Split), LayerNorm fused, the SDPA NaN guard, Hugging Face's all-zero additive mask and
+# float-to-float Casts dropped, batched-matmul Einsums as MatMul (torchvision's MaxViT), the
+# attention scale one Mul on Q·Kᵀ (the form the recogniser and FQ-ViT expect).
 CANONICAL = Pipeline((FoldConstants(), FoldBatchNorm(), FoldLinearBatchNorm(), FoldStaticShapes(),
                       FoldReshapedTranspose(), ComposeKeyTranspose(), UnbindSlicesToSplit(),
                       FuseLayerNorm(), RemoveSoftmaxNanGuard(), RemoveZeroAttentionMask(),
-                      EinsumToMatMul(), NormalizeAttentionScale()),
+                      RemoveIdentityCast(), EinsumToMatMul(), NormalizeAttentionScale()),
                      infer_shapes=True)
 
 # TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral); quantization
