@@ -17,7 +17,13 @@ from onnxvq.quantizer.run import quantize
 _HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
 needs_torch = pytest.mark.skipif(not _HAVE_TORCH, reason="needs torch and timm ([export] extra)")
 NOISE = dict(calib_size=6, batch_size=2)
-_SEPARATE = "q and kᵀ are not dequantized pieces of hoisted packed QKV codes"
+_SEPARATE = "q and kᵀ are not dequantized pieces of hoisted packed QKV codes ("
+# LeViT: q, k, v split from one projection by sizes (16, 16, 64) per head, k already transposed
+_LEVIT_K = "kᵀ = DequantizeLinear(Transpose[0,2,3,1](Split(QuantizeLinear(Reshape(Add))))))"
+_LEVIT = {_SEPARATE + "q = DequantizeLinear(QuantizeLinear(Transpose[0,2,1,3](Reshape(Add)))); "
+          + _LEVIT_K: 2,  # the two downsampling attentions: q from its own projection
+          _SEPARATE + "q = DequantizeLinear(Transpose[0,2,1,3](Split(QuantizeLinear(Reshape(Add)"
+          ")))); " + _LEVIT_K: 9}
 # family -> (attentions fused, {refusal reason: count}); the corpus Swin-T under its own name
 EXPECTED = {
     "swin_tiny_patch4_window7_224": (12, {}),  # relative positions; 6 with the shifted mask
@@ -27,7 +33,7 @@ EXPECTED = {
     "hf_data2vec_vision": (2, {}),
     "hf_swin": (4, {"attention bias is not a constant (computed from the input)":
                     1}),  # the fifth's shifted-window mask is computed from the input's shape
-    "levit_128s": (0, {_SEPARATE: 11}),  # q, k and v of different head dims (16, 16, 64)
+    "levit_128s": (0, _LEVIT),  # q, k and v of different head dims (16, 16, 64)
     "tiny_vit_5m": (10, {}),  # attention biases [H, N, N], per-head packing [B, N, H, 3·D]
     "maxvit_tiny": (8, {}),  # [B, N, 3, H, D] split on axis 2, merged to [B, 7, 7, C]
 }
