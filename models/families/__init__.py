@@ -15,7 +15,8 @@ width symbolic. Tags: "ci" (CI's representative subset), "big" (no depth overrid
 parameters, its torch-count check is a slow test).
 The entries live by source (timm.py, hf.py, torchvision.py; timm_modern.py: today's timm exports,
 RoPE, RMSNorm, registers; classic.py: the seventh round's conv-hybrid, nested and detection
-families; `base.Family` is their record);
+families; sweep.py: session 8's export variants (opsets 14/18, static batch, 384 px) and models;
+`base.Family` is their record);
 FAMILIES is all of them by name.
 """
 
@@ -31,6 +32,7 @@ from onnxvq.models.corpus import CorpusError
 from onnxvq.models.families.base import HF_SMALL, SWIN_SMALL, Family, vit
 from onnxvq.models.families.classic import CLASSIC
 from onnxvq.models.families.hf import HUGGINGFACE
+from onnxvq.models.families.sweep import SWEEP
 from onnxvq.models.families.timm import TIMM
 from onnxvq.models.families.timm_modern import TIMM_MODERN
 from onnxvq.models.families.torchvision import TORCHVISION
@@ -51,7 +53,8 @@ def _by_name(*groups: tuple[Family, ...]) -> dict[str, Family]:
     return families
 
 
-FAMILIES: dict[str, Family] = _by_name(TIMM, HUGGINGFACE, TORCHVISION, TIMM_MODERN, CLASSIC)
+FAMILIES: dict[str, Family] = _by_name(TIMM, HUGGINGFACE, TORCHVISION, TIMM_MODERN, CLASSIC,
+                                       SWEEP)
 
 
 def ensure(family: Family, *, force: bool = False) -> Path:

@@ -68,6 +68,10 @@ FLOORS |= {("tnt_small", "w8a8"): 29, ("tnt_small", "trt"): 27,
            ("nextvit_small", "trt"): 36, ("hf_cvt", "w8a8"): 29, ("hf_cvt", "trt"): 26,
            ("caformer_s18", "w8a8"): 25, ("caformer_s18", "pts-lis"): 8,
            ("caformer_s18", "trt"): 24}
+# session 8's sweep (models/families/sweep.py), CI's two
+FLOORS |= {("deit_tiny_ts18_static1", "w8a8"): 27, ("deit_tiny_ts18_static1", "pts-lis"): 9,
+           ("deit_tiny_ts18_static1", "trt"): 26, ("hf_donut_swin", "w8a8"): 32,
+           ("hf_donut_swin", "pts-lis"): 25, ("hf_donut_swin", "trt"): 32}
 FLOORS |= {("swinv2_tiny_dynamo", k): v for (n, k), v in FLOORS.items() if n == "swinv2_tiny"}
 FLOORS |= {("vit_qknorm_dynamo", k): v for (n, k), v in FLOORS.items() if n == "vit_qknorm"}
 # --pts --lis on 6 samples: the gate names the final LayerNorm (tests below say why). DeiT-III's
@@ -81,7 +85,8 @@ GATE_CATCHES = {"eva02_tiny": "'node_layer_norm_4'", "clip_b16": "'/norm_pre/Lay
                 "tnt_small": "'/blocks.0/norm_mlp/LayerNormalization'",
                 "hf_owlvit_vision": "'/model/vision_model/pre_layernorm/LayerNormalization'",
                 "hf_cvt": "'/model/cvt/encoder/stages.2/layers.0/layernorm_after/"
-                          "LayerNormalization'"}
+                          "LayerNormalization'",
+                "vit_clip_quickgelu": "'/norm_pre/LayerNormalization'"}  # as clip_b16's
 # On the gate's edge (measured 19.4 and 19.9 dB below W8/A8, the gate's limit is 20): either
 # above the floor or refused with a named culprit; both are right, a silent bad model is not.
 GATE_EDGE = {"hf_clip_vision", "hf_data2vec_vision", "hf_owlv2_vision"}
