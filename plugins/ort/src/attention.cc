@@ -8,12 +8,16 @@
 // all exact in int32. Between them the float softmax of one row; after, the output codes
 // sat(rne((float(O) * acc_scale) / out_scale) + z_o) written in merged-head layout.
 // The optional `bias` attribute (attention_bias.h) is added to the scaled scores of each row.
-// Without AVX-512 VNNI (or with ONNXVQ_NO_VNNI set) the same formulas run as plain loops.
+// With AMX-INT8 both products run as 32 x 32 tile blocks (attention_amx.h), 32 query rows at a
+// time; else (or with ONNXVQ_NO_AMX set) as vpdpbusd row groups; without AVX-512 VNNI (or with
+// ONNXVQ_NO_VNNI set) as plain loops. All three compute the same integers, and the AMX and VNNI
+// paths share the softmax and output rows (attention_avx512.h), so their codes are identical.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "attention.h"
+#include "attention_amx.h"
 #include "attention_avx512.h"
 #include "attention_bias.h"
 #include "parallel.h"
@@ -54,12 +58,59 @@ struct QLinearAttention {
   }
 
   void Head(const uint8_t* in, uint8_t* out, const AttentionShape& s, int64_t task) const {
+    if (attnamx::Available()) {
+      HeadAmx(HeadData(in, s, task, true, attnamx::kPad), out, s);
+      return;
+    }
     HeadData h(in, s, task);
     if (avx512::Available()) {
       HeadAvx512(h, out, s);
     } else {
       HeadPortable(h, out, s);
     }
+  }
+
+  // AMX-INT8, blocks of 32 query rows: their scores against all keys 32 x 32 at a time (q and
+  // K^T as HeadData packs them), each row's zero-point terms and softmax codes (ProbsRow, as
+  // HeadAvx512), then the codes times V 32 x 32 at a time and the output codes (OutputRow).
+  void HeadAmx(const HeadData& h, uint8_t* out, const AttentionShape& s) const {
+    const int64_t n = s.tokens, block = attnamx::kRows, cols = (n + block - 1) / block;
+    std::vector<int32_t> dot(static_cast<size_t>(block * h.jpad));
+    std::vector<int32_t> acc(static_cast<size_t>(block * h.dpad));
+    std::vector<float> e(static_cast<size_t>(h.jpad));
+    std::vector<uint8_t> p(static_cast<size_t>(block * h.jpad));  // zero past N: V's rows are 0
+    std::vector<int32_t> col_term(static_cast<size_t>(h.jpad));
+    for (int64_t j = 0; j < n; ++j) col_term[j] = static_cast<int32_t>(-attrs.zq * h.ksum[j]);
+    const auto zp = static_cast<int32_t>(probs_zp);
+    amx::LoadConfig();
+    for (int64_t i0 = 0; i0 < n; i0 += block) {
+      const int rows = static_cast<int>(std::min(block, n - i0));
+      for (int64_t k = 0; k < cols; ++k) {  // q's tiles stay loaded across K^T's columns
+        attnamx::Block(h.q.data() + i0 * h.dq, h.dq, h.kt.data() + k * block * 4, h.jpad * 4,
+                       h.dq / amx::kTileK, dot.data() + k * block, h.jpad, k == 0);
+      }
+      for (int r = 0; r < rows; ++r) {
+        int32_t* d = dot.data() + r * h.jpad;
+        const auto row_term = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
+        for (int64_t j = 0; j < n; ++j) d[j] += row_term + col_term[j];
+        avx512::ProbsRow(d, n, attrs.qk_scale, probs_scale, zp, p.data() + r * h.jpad, e.data(),
+                         bias.Row(h.b, h.head, i0 + r));
+      }
+      for (int64_t d0 = 0; d0 < h.dpad; d0 += block) {
+        attnamx::Block(p.data(), h.jpad, h.vt.data() + d0 * 4, h.dpad * 4, h.jpad / amx::kTileK,
+                       acc.data() + d0, h.dpad);
+      }
+      for (int r = 0; r < rows; ++r) {
+        const uint8_t* pr = p.data() + r * h.jpad;
+        int32_t psum = 0;
+        for (int64_t j = 0; j < n; ++j) psum += pr[j];
+        uint8_t* y = out + (h.b * n + i0 + r) * s.heads * s.dim + h.head * s.dim;
+        avx512::OutputRow(acc.data() + r * h.dpad, (128 - static_cast<int32_t>(attrs.zv)) * psum,
+                          zp, h.vsum.data(), s.dim, attrs.acc_scale, attrs.out_scale,
+                          static_cast<int32_t>(attrs.zo), y);
+      }
+    }
+    amx::Release();
   }
 
   // Rows in groups of kGroup: each K and V load feeds every row of the group.

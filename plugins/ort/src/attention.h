@@ -75,7 +75,7 @@ inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // Each axis of HeadData rounded up to: the query / key depth `dq`, tokens (K^T's columns, V's
 // rows), V's columns; and rows of q allocated (zero past N). The defaults suit vpdpbusd on zmm
-// rows; AMX tiles read 64-byte K steps and 32-row / 32-column blocks (attention_lis_amx.h).
+// rows; AMX tiles read 64-byte K steps and 32-row / 32-column blocks (attention_amx.h).
 struct HeadPad {
   int64_t depth = 4, tokens = 16, dim = 16, rows = 1;
 };

@@ -12,7 +12,7 @@
 
 #include "attention.h"
 #include "attention_avx512.h"
-#include "attention_lis_amx.h"
+#include "attention_amx.h"
 #include "attention_lis_avx512.h"
 #include "attention_lis_portable.h"
 #include "lis_vbmi.h"
@@ -75,11 +75,9 @@ struct LogIntAttention {
   static constexpr int kGroup = 4;  // rows per pass over K and V, as QLinearAttention
 
   void Head(const uint8_t* in, uint8_t* out, const AttentionShape& s, int64_t task) const {
-    const bool fast = avx512::Available();
-    if (fast && amx::Available()) {
-      constexpr HeadPad pad{amx::kTileK, amx::kTileK, lisamx::kRows, lisamx::kRows};
-      HeadAmx(HeadData(in, s, task, true, pad), s, out);
-    } else if (fast) {
+    if (attnamx::Available()) {
+      HeadAmx(HeadData(in, s, task, true, attnamx::kPad), s, out);
+    } else if (avx512::Available()) {
       HeadAvx512(HeadData(in, s, task), s, out);
     } else {
       const HeadData h(in, s, task, /*quads_of_v=*/false);
@@ -215,11 +213,11 @@ struct LogIntAttention {
     }
   }
 
-  // AMX-INT8 (attention_lis_amx.h), blocks of 32 rows: the scores 32 x 32 at a time from q and
+  // AMX-INT8 (attention_amx.h), blocks of 32 rows: the scores 32 x 32 at a time from q and
   // K^T as HeadData packs them, their int8 codes (BlockCodes), the byte weights (Weights), then
   // each pass's products with V 32 x 32 at a time. The same integers as HeadAvx512's.
   void HeadAmx(const HeadData& h, const AttentionShape& s, uint8_t* out) const {
-    const int64_t n = s.tokens, block = lisamx::kRows;
+    const int64_t n = s.tokens, block = attnamx::kRows;
     const std::vector<int32_t> col_term = ColumnTerms(h, n);
     Rows g(block, h.jpad, n);
     std::vector<int32_t> c(static_cast<size_t>(2 * block * block));
@@ -228,7 +226,7 @@ struct LogIntAttention {
     amx::LoadConfig();
     for (int64_t i0 = 0; i0 < n; i0 += block) {
       const int rows = static_cast<int>(std::min(block, n - i0));
-      int32_t row_term[lisamx::kRows];
+      int32_t row_term[attnamx::kRows];
       for (int r = 0; r < rows; ++r) {
         row_term[r] = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
       }
@@ -237,7 +235,7 @@ struct LogIntAttention {
       const int64_t last = (n - 1) / block;
       for (int64_t k = 0; k <= last + 1; ++k) {
         if (k <= last) {
-          lisamx::Block(h.q.data() + i0 * h.dq, h.dq, h.kt.data() + k * block * 4, h.jpad * 4,
+          attnamx::Block(h.q.data() + i0 * h.dq, h.dq, h.kt.data() + k * block * 4, h.jpad * 4,
                         h.dq / amx::kTileK, c.data() + (k & 1) * block * block, block, k == 0);
         }
         if (k > 0) {
@@ -248,7 +246,7 @@ struct LogIntAttention {
       Weights(g, rows, n);
       for (int pass = 0; pass < 1 + g.any_two; ++pass) {
         for (int64_t d0 = 0; d0 < h.dpad; d0 += block) {
-          lisamx::Block(g.U(pass, 0), h.jpad, h.vt.data() + d0 * 4, h.dpad * 4,
+          attnamx::Block(g.U(pass, 0), h.jpad, h.vt.data() + d0 * 4, h.dpad * 4,
                         h.jpad / amx::kTileK, acc.data() + pass * block * h.dpad + d0, h.dpad);
         }
       }

@@ -1,20 +1,28 @@
-// AMX-INT8 tiles for LogIntAttention's two integer products (attention_lis.cc), on HeadData's
-// packed operands as they are: K^T and V are already in AMX's B layout (four consecutive K
-// values per 32-bit word: [K/4][columns][4]), so a B tile is 16 of those rows read with the
-// array's own stride, and an A tile 16 rows of q or of the byte weights. Every block is 32 rows
+// AMX-INT8 tiles for the two integer products of both fused attentions (QLinearAttention in
+// attention.cc, LogIntAttention in attention_lis.cc), on HeadData's packed operands as they are:
+// K^T and V are already in AMX's B layout (four consecutive K values per 32-bit word:
+// [K/4][columns][4]), so a B tile is 16 of those rows read with the array's own stride, and an A
+// tile 16 rows of q, of the probability codes or of the byte weights. Every block is 32 rows
 // by 32 columns (2 x 2 tiles of 16 x 16 int32, tdpbusd), as QuantizedLinear's (amx_gemm.h).
 // Called between amx::LoadConfig() and amx::Release() (one task's tile state), only after
-// amx::Available(); compiled for that target only inside these functions.
+// attnamx::Available(); compiled for that target only inside these functions.
 #pragma once
 
 #include <cstdint>
 
 #include "amx_gemm.h"
+#include "attention.h"
 
 namespace onnxvq {
-namespace lisamx {
+namespace attnamx {
 
 constexpr int64_t kRows = 32;  // rows of one block (two A tiles), and columns (two B tiles)
+
+// HeadData's padding for these blocks: q's depth and the tokens in 64-byte K steps, V's columns
+// and q's rows in whole 32-wide blocks (zero past D and N, so the padded products add nothing).
+constexpr HeadPad kPad{amx::kTileK, amx::kTileK, kRows, kRows};
+
+inline bool Available() { return avx512::Available() && amx::Available(); }
 
 // c[32][32] (row stride ldc int32) = a[32 rows, stride lda bytes][64 * ksteps] times the 32
 // columns of b starting at b (two 16-column tiles 64 bytes apart; K rows of quads, stride ldb
@@ -47,5 +55,5 @@ ONNXVQ_AMX_INT8 inline void Block(const uint8_t* a, int64_t lda, const int8_t* b
   _tile_stored(3, c + 16 * ldc + 16, stride);
 }
 
-}  // namespace lisamx
+}  // namespace attnamx
 }  // namespace onnxvq
