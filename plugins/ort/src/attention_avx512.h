@@ -21,6 +21,44 @@ inline bool Available() {
   return has;
 }
 
+// A float32 quotient a / b, correctly rounded, without vdivps: y = RN(1/b), q0 = RN(a y), then
+// two FMA residual corrections r = a - q b (exact) and q + r y. The first makes q faithful (within
+// 1 ulp), the second then rounds correctly (Markstein's theorem for FMA division; also checked
+// against vdivps for every |S| <= 2^24 at 120 random scale pairs in 2^-40..2^40). It needs every
+// intermediate normal and finite, so callers use it only when FastDivisor() holds for the scales
+// involved and |a| < 2^70 (LogIntAttention's scores: |a| <= 2^24 * 2^40; QLinearAttention's
+// outputs |a| < 2^31 |acc_scale|, so OutputRows takes it only for |acc_scale| <= 2^39).
+ONNXVQ_AVX512 inline __m512 DivRn(__m512 a, __m512 b, __m512 y) {
+  __m512 q = _mm512_mul_ps(a, y);
+  __m512 r = _mm512_fnmadd_ps(q, b, a);
+  q = _mm512_fmadd_ps(r, y, q);
+  r = _mm512_fnmadd_ps(q, b, a);
+  return _mm512_fmadd_ps(r, y, q);
+}
+
+inline bool FastDivisor(float scale, float divisor) {
+  const auto normal = [](float v) { return v >= 0x1p-40f && v <= 0x1p40f; };
+  return normal(scale < 0 ? -scale : scale) && normal(divisor);
+}
+
+// sat(rne(clamp((f32(s) * scale) / divisor, +-1024))) of 16 int32, as int32.
+struct Requant {
+  float scale, divisor, inverse;
+  bool fast;  // DivRn instead of vdivps: FastDivisor(scale, divisor)
+
+  ONNXVQ_AVX512 __m512i Codes(__m512i s) const {
+    const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale));
+    __m512 u = fast ? DivRn(p, _mm512_set1_ps(divisor), _mm512_set1_ps(inverse))
+                    : _mm512_div_ps(p, _mm512_set1_ps(divisor));
+    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-1024.0f)), _mm512_set1_ps(1024.0f));
+    return _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+};
+
+inline Requant MakeRequant(float scale, float divisor) {
+  return {scale, divisor, 1.0f / divisor, FastDivisor(scale, divisor)};
+}
+
 // dot[r][j] = sum_{d < 4 * quads} a[r][d] * b[j][d] for R rows r (a row stride a_stride,
 // dot row stride dot_stride) and j in [0, 16 * blocks): a uint8 read as quads, b int8 packed
 // [quads][16 * blocks][4]. Each load of b serves R rows. Exact int32 (|sum| < 2^31 here).
@@ -89,18 +127,29 @@ ONNXVQ_AVX512 inline __m512 Exp(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// One softmax row of int32 scores s[0..n) (padded to a multiple of 16) into uint8 codes
-// sat(rne(e_j * (1 / (sum e * probs_scale))) + zp); p[j] = 0 for the padding. With `bias`
-// (n floats, or nullptr) x_j = f32(s_j) * qk_scale + bias_j: a product then a sum, two
-// roundings as the reference and the unfused Mul/Add (no FMA).
-ONNXVQ_AVX512 inline void ProbsRow(const int32_t* s, int64_t n, float qk_scale, float probs_scale,
-                                   int32_t zp, uint8_t* p, float* e, const float* bias = nullptr) {
+// One softmax row of int32 scores s[j] + t.row + t.col[j] (j < n; s padded to a multiple of 16)
+// into uint8 codes sat(rne(e_j * (1 / (sum e * probs_scale))) + zp), p[j] = 0 for the padding;
+// returns sum_j p_j. With `bias` (n floats, or nullptr) x_j = f32(s_j) * qk_scale + bias_j: a
+// product then a sum, two roundings as the reference and the unfused Mul/Add (no FMA).
+struct ScoreTerms {
+  int32_t row = 0;                // (128 - z_k) sum_d q_id
+  const int32_t* col = nullptr;   // -z_q sum_d (k_jd - z_k), padded as s; nullptr: none
+};
+
+ONNXVQ_AVX512 inline int32_t ProbsRow(const int32_t* s, int64_t n, float qk_scale,
+                                      float probs_scale, int32_t zp, uint8_t* p, float* e,
+                                      const float* bias = nullptr, ScoreTerms t = {}) {
   const int64_t blocks = (n + 15) / 16;
   const __m512 scale = _mm512_set1_ps(qk_scale);
+  const __m512i row = _mm512_set1_epi32(t.row);
   __m512 mx = _mm512_set1_ps(-INFINITY);
   for (int64_t jb = 0; jb < blocks; ++jb) {
     const __mmask16 m = jb + 1 < blocks ? 0xffff : static_cast<__mmask16>((1u << (n - 16 * jb)) - 1);
-    __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(s + 16 * jb)), scale);
+    __m512i si = _mm512_loadu_si512(s + 16 * jb);
+    if (t.col != nullptr) {
+      si = _mm512_add_epi32(si, _mm512_add_epi32(row, _mm512_loadu_si512(t.col + 16 * jb)));
+    }
+    __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(si), scale);
     if (bias != nullptr) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, bias + 16 * jb));
     _mm512_storeu_ps(e + 16 * jb, x);
     mx = _mm512_mask_max_ps(mx, m, mx, x);
@@ -114,38 +163,44 @@ ONNXVQ_AVX512 inline void ProbsRow(const int32_t* s, int64_t n, float qk_scale, 
     sum = _mm512_add_ps(sum, v);
   }
   const __m512 r = _mm512_set1_ps(1.0f / (_mm512_reduce_add_ps(sum) * probs_scale));
-  const __m512i vzp = _mm512_set1_epi32(zp);
+  const __m512i vzp = _mm512_set1_epi32(zp), top = _mm512_set1_epi32(255);
+  __m512i codes = _mm512_setzero_si512();
   for (int64_t jb = 0; jb < blocks; ++jb) {
     const __mmask16 m = jb + 1 < blocks ? 0xffff : static_cast<__mmask16>((1u << (n - 16 * jb)) - 1);
     __m512i c = _mm512_add_epi32(
         _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(e + 16 * jb), r),
                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
         vzp);
-    c = _mm512_maskz_mov_epi32(m, c);  // padding: code 0, and its V rows are zero anyway
-    _mm512_mask_cvtusepi32_storeu_epi8(p + 16 * jb, 0xffff,
-                                       _mm512_max_epi32(c, _mm512_setzero_si512()));
+    // padding: code 0, and its V rows are zero anyway
+    c = _mm512_maskz_mov_epi32(m, _mm512_min_epi32(_mm512_max_epi32(c, _mm512_setzero_si512()),
+                                                   top));
+    codes = _mm512_add_epi32(codes, c);
+    _mm512_mask_cvtusepi32_storeu_epi8(p + 16 * jb, 0xffff, c);
   }
+  return _mm512_reduce_add_epi32(codes);
 }
 
-// Output codes of one row: a = acc + pterm - zp * vsum, sat(rne((float(a) * acc_scale) /
-// out_scale) + zo) for d < dim (acc and vsum padded to a multiple of 16).
+// Output codes of one row: a = acc + pterm - zp * vsum, sat(rq.Codes(a) + zo) for d < dim (acc
+// and vsum padded to a multiple of 16); rq from OutputRequant.
 ONNXVQ_AVX512 inline void OutputRow(const int32_t* acc, int32_t pterm, int32_t zp,
-                                    const int32_t* vsum, int64_t dim, float acc_scale,
-                                    float out_scale, int32_t zo, uint8_t* y) {
+                                    const int32_t* vsum, int64_t dim, const Requant& rq,
+                                    int32_t zo, uint8_t* y) {
   for (int64_t c0 = 0; c0 < dim; c0 += 16) {
     const __mmask16 m = dim - c0 >= 16 ? 0xffff : static_cast<__mmask16>((1u << (dim - c0)) - 1);
     const __m512i a = _mm512_sub_epi32(
         _mm512_add_epi32(_mm512_loadu_si512(acc + c0), _mm512_set1_epi32(pterm)),
         _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_loadu_si512(vsum + c0)));
-    __m512 u = _mm512_div_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(acc_scale)),
-                             _mm512_set1_ps(out_scale));
-    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-1024.0f)), _mm512_set1_ps(1024.0f));
-    __m512i c = _mm512_add_epi32(
-        _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-        _mm512_set1_epi32(zo));
-    c = _mm512_max_epi32(c, _mm512_setzero_si512());
-    _mm512_mask_cvtusepi32_storeu_epi8(y + c0, m, c);
+    const __m512i c = _mm512_add_epi32(rq.Codes(a), _mm512_set1_epi32(zo));
+    _mm512_mask_cvtusepi32_storeu_epi8(y + c0, m, _mm512_max_epi32(c, _mm512_setzero_si512()));
   }
+}
+
+// QLinearAttention's output requantization: (f32(O) * acc_scale) / out_scale with |O| < 2^31,
+// so DivRn's |a| < 2^70 needs |acc_scale| <= 2^39 besides FastDivisor.
+inline Requant OutputRequant(float acc_scale, float out_scale) {
+  Requant rq = MakeRequant(acc_scale, out_scale);
+  rq.fast = rq.fast && acc_scale <= 0x1p39f && acc_scale >= -0x1p39f;
+  return rq;
 }
 
 // int8 score codes of one row: sat(rne((float(s_j) * qk_scale) / scores_scale)), n entries.

@@ -9,42 +9,10 @@
 namespace onnxvq {
 namespace lis512 {
 
-// A float32 quotient a / b, correctly rounded, without vdivps: y = RN(1/b), q0 = RN(a y), then
-// two FMA residual corrections r = a - q b (exact) and q + r y. The first makes q faithful (within
-// 1 ulp), the second then rounds correctly (Markstein's theorem for FMA division; also checked
-// against vdivps for every |S| <= 2^24 at 120 random scale pairs in 2^-40..2^40). It needs every
-// intermediate normal and finite, so callers use it only when FastDivisor() holds for the scales
-// involved and |a| < 2^70 (here |a| <= 2^24 * 2^40).
-ONNXVQ_AVX512 inline __m512 DivRn(__m512 a, __m512 b, __m512 y) {
-  __m512 q = _mm512_mul_ps(a, y);
-  __m512 r = _mm512_fnmadd_ps(q, b, a);
-  q = _mm512_fmadd_ps(r, y, q);
-  r = _mm512_fnmadd_ps(q, b, a);
-  return _mm512_fmadd_ps(r, y, q);
-}
-
-inline bool FastDivisor(float scale, float divisor) {
-  const auto normal = [](float v) { return v >= 0x1p-40f && v <= 0x1p40f; };
-  return normal(scale < 0 ? -scale : scale) && normal(divisor);
-}
-
-// sat(rne(clamp((f32(s) * scale) / divisor, +-1024))) of 16 int32, as int32.
-struct Requant {
-  float scale, divisor, inverse;
-  bool fast;  // DivRn instead of vdivps: FastDivisor(scale, divisor)
-
-  ONNXVQ_AVX512 __m512i Codes(__m512i s) const {
-    const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale));
-    __m512 u = fast ? DivRn(p, _mm512_set1_ps(divisor), _mm512_set1_ps(inverse))
-                    : _mm512_div_ps(p, _mm512_set1_ps(divisor));
-    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-1024.0f)), _mm512_set1_ps(1024.0f));
-    return _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-};
-
-inline Requant MakeRequant(float scale, float divisor) {
-  return {scale, divisor, 1.0f / divisor, FastDivisor(scale, divisor)};
-}
+// The correctly rounded quotient and the requantization of 16 int32 (attention_avx512.h).
+using avx512::FastDivisor;
+using avx512::MakeRequant;
+using avx512::Requant;
 
 // Columns jb .. jb + B - 1 (blocks of 16) of R score rows, as int8 codes into x:
 // S_rj = sum_c q_rc (k_jc - 128) + row_term[r] + col_term[j]; kt packed as HeadData's.
