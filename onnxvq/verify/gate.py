@@ -173,28 +173,27 @@ def _lowering_culprit(quant: onnx.ModelProto, report: dict) -> str:
             "(QuantConfig(ort_fusions=False)) passes")
 
 
-def _lowered(outs: list[OutputFidelity], plain: list[OutputFidelity]) -> list[OutputFidelity]:
-    """Flag outputs the lowering made worse than the same graph unfused (that one passing)."""
+def _below(outs: list[OutputFidelity], ref: list[OutputFidelity], margin: float,
+           what: str) -> list[OutputFidelity]:
+    """Flag outputs more than `margin` dB below `ref`'s (the reference variant passing itself)."""
     result = []
-    for o, p in zip(outs, plain, strict=True):
-        if o.problem is None and p.problem is None and o.sqnr_db < p.sqnr_db - LOWERING_DB:
+    for o, r in zip(outs, ref, strict=True):
+        if o.problem is None and r.problem is None and o.sqnr_db < r.sqnr_db - margin:
             o = OutputFidelity(o.name, o.cosine, o.sqnr_db,
-                               f"has SQNR {o.sqnr_db:.1f} dB, more than {LOWERING_DB:g} dB "
-                               f"{_LOWERING} ({p.sqnr_db:.1f} dB)")
+                               f"has SQNR {o.sqnr_db:.1f} dB, more than {margin:g} dB "
+                               f"{what} ({r.sqnr_db:.1f} dB)")
         result.append(o)
     return result
+
+
+def _lowered(outs: list[OutputFidelity], plain: list[OutputFidelity]) -> list[OutputFidelity]:
+    """Flag outputs the lowering made worse than the same graph unfused."""
+    return _below(outs, plain, LOWERING_DB, _LOWERING)
 
 
 def _relative(outs: list[OutputFidelity], w8: list[OutputFidelity]) -> list[OutputFidelity]:
-    """Flag outputs far below the W8/A8 variant's SQNR (that variant passing itself)."""
-    result = []
-    for o, r in zip(outs, w8, strict=True):
-        if o.problem is None and r.problem is None and o.sqnr_db < r.sqnr_db - RELATIVE_DB:
-            o = OutputFidelity(o.name, o.cosine, o.sqnr_db,
-                               f"has SQNR {o.sqnr_db:.1f} dB, more than {RELATIVE_DB:g} dB below "
-                               f"the W8/A8 variant of the same run ({r.sqnr_db:.1f} dB)")
-        result.append(o)
-    return result
+    """Flag outputs far below the W8/A8 variant's SQNR."""
+    return _below(outs, w8, RELATIVE_DB, "below the W8/A8 variant of the same run")
 
 
 def _culprit(rebuild: Rebuild | None, replaced: Sequence[str], ref: dict, feeds: list,
