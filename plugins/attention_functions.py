@@ -147,22 +147,31 @@ def _with_refs(f: _Body, op: str, inputs: list[str], refs: tuple[str, ...]) -> s
 LIS_ATTRS = ("x0", "b", "c", "n", "bits", "octave_steps")
 
 
-def log_int_attention_function(opset: int = 17) -> onnx.FunctionProto:
-    """LogIntAttention(X) -> Y; the --lis mode: int8 scores, LogIntSoftmax, LogIntMatMul."""
+def log_int_attention_function(opset: int = 17, bias: bool = False) -> onnx.FunctionProto:
+    """LogIntAttention(X) -> Y; the --lis mode: int8 scores, LogIntSoftmax, LogIntMatMul.
+    `bias`: the body adds the optional tensor attribute `bias` to the float scores before their
+    int8 codes, as QLinearAttention's biased body does."""
     f = _Body("lia", _checked(opset))
     q, k, v8 = _split_heads(f)
-    xq = f.op("QuantizeLinear", _scores(f, q, k), _float_attr(f, "scores_scale"),
-              f.const(0, dtype=TensorProto.INT8))  # int8 scores, sat(rne(s / scores_scale))
+    x = _scores(f, q, k)
+    x = _add_bias(f, x) if bias else x
+    xq = f.op("QuantizeLinear", x, _float_attr(f, "scores_scale"),
+              f.const(0, dtype=TensorProto.INT8))  # int8 scores, sat(rne(x / scores_scale))
     codes = _with_refs(f, "LogIntSoftmax", [xq], LIS_ATTRS)
     acc = _with_refs(f, "LogIntMatMul", [codes, v8], ("bits", "octave_steps"))
     ref = helper.make_attribute_ref("zero_point", AttributeProto.INT, ref_attr_name="v_zero_point")
     f.nodes[-1].attribute.append(ref)
     f.nodes.append(helper.make_node("Identity", [_output(f, acc)], ["Y"]))
-    return helper.make_function(
+    fn = helper.make_function(
         DOMAIN, "LogIntAttention", ["X"], ["Y"], f.nodes,
         [helper.make_opsetid("", f.opset), helper.make_opsetid(DOMAIN, 1)],
         attributes=[*COMMON, "scores_scale", *LIS_ATTRS, *PLUGIN_ATTRS])
+    if bias:
+        no_bias = numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32))
+        fn.attribute_proto.append(helper.make_attribute("bias", no_bias))  # optional: zeros
+    return fn
 
 
 def attention_function_protos(opset: int = 17, bias: bool = False) -> list[onnx.FunctionProto]:
-    return [qlinear_attention_function(opset, bias), log_int_attention_function(opset)]
+    """Both fused attention bodies; `bias`: each adds its `bias` attribute."""
+    return [qlinear_attention_function(opset, bias), log_int_attention_function(opset, bias)]

@@ -21,7 +21,11 @@ from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from onnxvq.core.errors import OnnxvqError
 from onnxvq.core.order import mark_tidy
-from onnxvq.plugins.attention_functions import attention_function_protos, qlinear_attention_function
+from onnxvq.plugins.attention_functions import (
+    attention_function_protos,
+    log_int_attention_function,
+    qlinear_attention_function,
+)
 from onnxvq.plugins.functions import DOMAIN, OPSET, function_protos
 from onnxvq.plugins.fused_functions import fused_function_protos
 from onnxvq.plugins.linear_functions import INPUTS as LINEAR_INPUTS
@@ -42,16 +46,21 @@ _OUT_NUMPY = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
 def all_function_protos(opset: int = OPSET, attention_bias: bool = False,
                         ) -> list[onnx.FunctionProto]:
     """Every com.onnxvq local function: the integer ops', the fused attention ops', the
-    fused float-to-code ops', then QuantizedLinear's. `attention_bias`: QLinearAttention's body
-    adds its `bias` attribute (for a model with a biased node); by default it has no bias ops."""
+    fused float-to-code ops', then QuantizedLinear's. `attention_bias`: the QLinearAttention and
+    LogIntAttention bodies add their `bias` attribute (for a model with a biased node); by
+    default they have no bias ops."""
     return (function_protos(opset) + attention_function_protos(opset, attention_bias) +
             fused_function_protos(opset) + linear_function_protos(opset))
 
 
+BIASED_ATTENTION = {"QLinearAttention": qlinear_attention_function,
+                    "LogIntAttention": log_int_attention_function}  # op -> its body's builder
+
+
 def has_attention_bias(functions) -> bool:
-    """Whether these local functions (graphsurgeon's or protos) hold the QLinearAttention body
-    that adds the `bias` attribute: a rebuild at another opset keeps that body."""
-    return any(f.domain == DOMAIN and f.name == "QLinearAttention" and "bias" in _attr_names(f)
+    """Whether these local functions (graphsurgeon's or protos) hold the fused attention bodies
+    that add the `bias` attribute: a rebuild at another opset keeps those bodies."""
+    return any(f.domain == DOMAIN and f.name in BIASED_ATTENTION and "bias" in _attr_names(f)
                for f in functions)
 
 
@@ -62,14 +71,15 @@ def _attr_names(f) -> set[str]:
 
 
 def _use_biased_attention(graph: gs.Graph) -> None:
-    """Swap the graph's bias-free QLinearAttention body for the one adding `bias`, once a node
-    with a bias is added (the bodies are per op, not per node)."""
+    """Swap the graph's bias-free fused attention bodies (both ops) for the ones adding `bias`,
+    once a node with a bias is added (the bodies are per op, not per node)."""
     if has_attention_bias(graph.functions):
         return
     opset = max(graph.opset or OPSET, OPSET)
-    biased = mark_tidy(OnnxImporter.import_function(
-        qlinear_attention_function(opset, bias=True), model_opset=opset))
-    graph.functions = [biased if (f.domain, f.name) == (DOMAIN, "QLinearAttention") else f
+    biased = {op: mark_tidy(OnnxImporter.import_function(build(opset, bias=True),
+                                                         model_opset=opset))
+              for op, build in BIASED_ATTENTION.items()}
+    graph.functions = [biased[f.name] if f.domain == DOMAIN and f.name in biased else f
                        for f in graph.functions]
 
 
@@ -105,7 +115,7 @@ def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     have = {(f.domain, f.name) for f in model.functions}
     opset = max(next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                      OPSET), OPSET)
-    bias = any(n.op_type == "QLinearAttention" and n.domain == DOMAIN
+    bias = any(n.op_type in BIASED_ATTENTION and n.domain == DOMAIN
                and any(a.name == "bias" for a in n.attribute) for n in model.graph.node)
     model.functions.extend(p for p in all_function_protos(opset, bias)
                            if (p.domain, p.name) not in have)
@@ -274,11 +284,11 @@ def make_attention_node(graph: gs.Graph, op: str, x: gs.Tensor, attrs: dict, *, 
                         out_shape=None, bias: np.ndarray | None = None) -> gs.Variable:
     """A fused attention node (`QLinearAttention` or `LogIntAttention`) over packed uint8 QKV
     codes `x` [B, N, 3, H, D]; `attrs` are the op's (plugins/README.md: ints, float32 scales);
-    `bias` (QLinearAttention only) the float32 [W, 1|H, N, N] tensor attribute added to the
-    scores. Returns the merged-head uint8 codes [B, N, H * D] of (out_scale, out_zero_point)."""
+    `bias` the float32 [W, 1|H, N, N] tensor attribute added to the scores. Returns the
+    merged-head uint8 codes [B, N, H * D] of (out_scale, out_zero_point)."""
     if op not in ("QLinearAttention", "LogIntAttention"):
         raise OnnxvqError(f"{op} is not a fused attention op")
-    if bias is not None and (op != "QLinearAttention" or np.ndim(bias) != 4):
+    if bias is not None and np.ndim(bias) != 4:
         raise OnnxvqError(f"{op} takes no attention bias of shape {list(np.shape(bias))}")
     register_functions(graph)
     out = gs.Variable(f"{name}_out", dtype=np.uint8, shape=out_shape)

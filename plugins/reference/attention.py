@@ -4,7 +4,8 @@
       S = (q - z_q)(k - z_k)^T                                 int32, exact
       QLinearAttention with `bias` [W, 1|H, N, N]: x = S * qk_scale + bias[b mod W] (float32)
       QLinearAttention: P = uint8 codes of softmax(S * qk_scale) with (probs_scale, probs_zp)
-      LogIntAttention:  P = LogIntSoftmax(int8 codes of S * qk_scale with scores_scale)
+      LogIntAttention:  P = LogIntSoftmax(int8 codes of x with scores_scale), x as above
+                        (x = S * qk_scale + bias[b mod W] with its own optional `bias`)
       acc = (P - z_p)(v - z_v)  or  LogIntMatMul(P, v)           integer, exact
       Y = uint8 codes of acc * acc_scale with (out_scale, out_zp), heads merged [B, N, H * D]
 
@@ -52,6 +53,7 @@ def scores(q: np.ndarray, k: np.ndarray, zq: int, zk: int) -> np.ndarray:
 def quantize(x: np.ndarray, scale: float, zero_point: int, lo: int, hi: int) -> np.ndarray:
     """sat(rne(x / scale) + zp): ONNX QuantizeLinear with float32 division."""
     u = np.asarray(x, np.float32) / np.float32(scale)
+    u = np.clip(u, -2.0 ** 40, 2.0 ** 40)  # saturates the same; keeps the int64 cast defined
     return np.clip(np.rint(u).astype(np.int64) + zero_point, lo, hi)
 
 
@@ -109,10 +111,14 @@ def quantized_probs(xf: np.ndarray, probs_scale: float, probs_zp: int) -> np.nda
 def log_int_attention(x: np.ndarray, *, num_heads: int, q_zero_point: int, k_zero_point: int,
                       v_zero_point: int, qk_scale: float, scores_scale: float, x0: int, b: int,
                       c: int, n: int, bits: int = 4, octave_steps: int = 1, acc_scale: float,
-                      out_scale: float, out_zero_point: int) -> np.ndarray:
-    """The --lis mode: int8 scores, LogIntSoftmax codes, LogIntMatMul; exact throughout."""
+                      out_scale: float, out_zero_point: int,
+                      bias: np.ndarray | None = None) -> np.ndarray:
+    """The --lis mode: int8 scores, LogIntSoftmax codes, LogIntMatMul; exact throughout.
+    `bias` (optional, float32 [W, 1|H, N, N]) is added to the float scores (one float32
+    rounding, as QLinearAttention's) before their int8 codes."""
     q, k, v = split_heads(x, num_heads)
     xs = float_scores(scores(q, k, q_zero_point, k_zero_point), qk_scale)
+    xs = xs if bias is None else add_bias(xs, bias)
     codes = log_int_softmax(quantize(xs, scores_scale, 0, -128, 127).astype(np.int8),
                             x0=x0, b=b, c=c, n=n, bits=bits, octave_steps=octave_steps)
     acc = log_int_matmul(codes, v.astype(np.uint8), bits=bits, zero_point=v_zero_point,

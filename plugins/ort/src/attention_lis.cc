@@ -4,7 +4,8 @@
 // Y = sum_j w(code_j) (v_jd - z_v) with LogIntMatMul's weights (AVX-512: as uint8 bytes of w,
 // see HeadAvx512; plain loops: the negated weights, -2^15 fits int16); for codes from the
 // softmax sum_j w <= 2^(1/2) 2^15, so |Y| < 2^24 and every partial sum fits int32. Output codes
-// as QLinearAttention's.
+// as QLinearAttention's. The optional `bias` attribute (attention_bias.h, as QLinearAttention's)
+// is added to f32(S) * qk_scale (float32, after the product's rounding) before the int8 codes.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -13,6 +14,7 @@
 #include "attention.h"
 #include "attention_avx512.h"
 #include "attention_amx.h"
+#include "attention_bias.h"
 #include "attention_lis_avx512.h"
 #include "attention_lis_portable.h"
 #include "lis_vbmi.h"
@@ -39,12 +41,15 @@ struct LogIntAttention {
   uint16_t weight[32] = {};  // codes are < 32 (bits <= 4): the vpermw table
   int max_code = 15;
   vbmi::WeightPlans plans;  // GroupWeightsByValue's passes and byte tables
+  AttentionBias bias;
+  bool wide_bias = false;  // some |bias| >= 2^64 (or not finite): DivRn's bound, vdivps instead
 
   LogIntAttention(const OrtApi* api, const OrtKernelInfo* info)
       : bits(IntAttr(info, "bits", 4)), steps(IntAttr(info, "octave_steps", 1)),
-        rows_(MakeInt8SoftmaxRows(api, info)) {
+        rows_(MakeInt8SoftmaxRows(api, info)), bias(info) {
     ReadCommonAttrs(info, attrs, missing);
     scores_scale = FloatAttr(info, "scores_scale", 0, &missing);
+    for (const float v : bias.values) wide_bias = wide_bias || !(std::fabs(v) < 0x1p64f);
     const int64_t m = std::min<int64_t>((int64_t{1} << std::clamp<int64_t>(bits, 1, 8)) - 1, 31);
     for (int a = 0; a < 256 && bits <= 4; ++a) {
       neg_weight[a] = static_cast<int16_t>(-Weight(a, m, steps));
@@ -63,6 +68,7 @@ struct LogIntAttention {
       Require(scores_scale > 0, "scores_scale must be > 0");
       AttentionShape s = attrs;
       ResolveShape(x.Shape(), s);
+      bias.Check(s);
       uint8_t* out = y.Allocate({s.batch, s.tokens, s.heads * s.dim});
       const uint8_t* in = x.Data();
       ParallelRows(ctx, s.batch * s.heads, s.tokens * s.tokens * s.dim,
@@ -81,7 +87,7 @@ struct LogIntAttention {
       HeadAvx512(HeadData(in, s, task), s, out);
     } else {
       const HeadData h(in, s, task, /*quads_of_v=*/false);
-      lisportable::Head(in, h, s, {attrs, scores_scale, *rows_, neg_weight}, out);
+      lisportable::Head(in, h, s, {attrs, scores_scale, *rows_, neg_weight, bias}, out);
     }
   }
 
@@ -165,6 +171,22 @@ struct LogIntAttention {
     }
   }
 
+  // The scores' requantization: |f32(S) * qk_scale| <= 2^64, plus the bias below 2^64 keeps
+  // DivRn's operands under 2^70.
+  lis512::Requant ScoresRequant() const {
+    lis512::Requant rq = lis512::MakeRequant(attrs.qk_scale, scores_scale);
+    rq.fast = rq.fast && !wide_bias;
+    return rq;
+  }
+
+  // The bias rows of score rows i0 .. i0 + rows - 1 of head h into rows_out; nullptr: no bias.
+  const float* const* BiasRows(const HeadData& h, int64_t i0, int rows,
+                               const float** rows_out) const {
+    if (bias.values.empty()) return nullptr;
+    for (int r = 0; r < rows; ++r) rows_out[r] = bias.Row(h.b, h.head, i0 + r);
+    return rows_out;
+  }
+
   std::vector<int32_t> ColumnTerms(const HeadData& h, int64_t n) const {
     std::vector<int32_t> col_term(static_cast<size_t>(h.jpad));
     for (int64_t j = 0; j < n; ++j) col_term[j] = static_cast<int32_t>(-attrs.zq * h.ksum[j]);
@@ -179,22 +201,24 @@ struct LogIntAttention {
     const std::vector<int32_t> col_term = ColumnTerms(h, n);
     Rows g(kGroup, h.jpad, n);
     std::vector<int32_t> acc(static_cast<size_t>(2 * kGroup * h.dpad));
-    const lis512::Requant scores = lis512::MakeRequant(attrs.qk_scale, scores_scale);
+    const lis512::Requant scores = ScoresRequant();
     for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
       const int rows = static_cast<int>(std::min<int64_t>(kGroup, n - i0));
       int32_t row_term[kGroup];
       for (int r = 0; r < rows; ++r) {
         row_term[r] = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
       }
+      const float* brows[kGroup];
+      const float* const* b = BiasRows(h, i0, rows, brows);
       const uint8_t* q = h.q.data() + i0 * h.dq;
       if (rows == kGroup) {
         lis512::ScoreCodeRows<kGroup>(q, h.dq, h.kt.data(), h.dq / 4, h.jpad / 16, row_term,
-                                      col_term.data(), scores, g.x.data(), h.jpad);
+                                      col_term.data(), scores, g.x.data(), h.jpad, b, n);
       } else {
         for (int r = 0; r < rows; ++r) {
           lis512::ScoreCodeRows<1>(q + r * h.dq, 0, h.kt.data(), h.dq / 4, h.jpad / 16,
                                    row_term + r, col_term.data(), scores, g.x.data() + r * h.jpad,
-                                   0);
+                                   0, b == nullptr ? nullptr : b + r, n);
         }
       }
       Weights(g, rows, n);
@@ -222,7 +246,7 @@ struct LogIntAttention {
     Rows g(block, h.jpad, n);
     std::vector<int32_t> c(static_cast<size_t>(2 * block * block));
     std::vector<int32_t> acc(static_cast<size_t>(2 * block * h.dpad));
-    const lis512::Requant scores = lis512::MakeRequant(attrs.qk_scale, scores_scale);
+    const lis512::Requant scores = ScoresRequant();
     amx::LoadConfig();
     for (int64_t i0 = 0; i0 < n; i0 += block) {
       const int rows = static_cast<int>(std::min(block, n - i0));
@@ -230,6 +254,8 @@ struct LogIntAttention {
       for (int r = 0; r < rows; ++r) {
         row_term[r] = static_cast<int32_t>((128 - attrs.zk) * h.qsum[i0 + r]);
       }
+      const float* brows[attnamx::kRows];
+      const float* const* b = BiasRows(h, i0, rows, brows);
       // Two product buffers: each block's codes are read while the next block multiplies (a
       // load from a tile store's data waits for the store to complete).
       const int64_t last = (n - 1) / block;
@@ -240,7 +266,7 @@ struct LogIntAttention {
         }
         if (k > 0) {
           lis512::BlockCodes(c.data() + ((k - 1) & 1) * block * block, rows, (k - 1) * block, n,
-                             row_term, col_term.data(), scores, g.x.data(), h.jpad);
+                             row_term, col_term.data(), scores, g.x.data(), h.jpad, b);
         }
       }
       Weights(g, rows, n);

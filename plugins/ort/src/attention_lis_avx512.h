@@ -16,11 +16,35 @@ using avx512::Requant;
 
 // Columns jb .. jb + B - 1 (blocks of 16) of R score rows, as int8 codes into x:
 // S_rj = sum_c q_rc (k_jc - 128) + row_term[r] + col_term[j]; kt packed as HeadData's.
+// Codes of the biased scores, sat(rne(clamp((f32(s) * scale + bias) / divisor, +-1024))): the
+// bias added after the product's rounding (the _round_ forms are never contracted into an FMA),
+// as the reference; rq.fast only where |f32(s) * scale + bias| < 2^70 (attention_lis.cc).
+ONNXVQ_AVX512 inline __m512i BiasedCodes(const Requant& rq, __m512i s, __m512 bias) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m512 p = _mm512_add_round_ps(
+      _mm512_mul_round_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(rq.scale), kRn), bias, kRn);
+  __m512 u = rq.fast ? avx512::DivRn(p, _mm512_set1_ps(rq.divisor), _mm512_set1_ps(rq.inverse))
+                     : _mm512_div_ps(p, _mm512_set1_ps(rq.divisor));
+  u = _mm512_min_ps(_mm512_max_ps(u, _mm512_set1_ps(-1024.0f)), _mm512_set1_ps(1024.0f));
+  return _mm512_cvt_roundps_epi32(u, kRn);
+}
+
+// The int8 codes of 16 scores s at columns j .. j + 15 of a row whose bias row is b (n floats;
+// nullptr: no bias), columns at or past n padding.
+ONNXVQ_AVX512 inline __m128i ScoreCodes(const Requant& rq, __m512i s, const float* b, int64_t j,
+                                        int64_t n) {
+  if (b == nullptr) return _mm512_cvtsepi32_epi8(rq.Codes(s));
+  const auto live = static_cast<__mmask16>(n - j >= 16 ? 0xffff : n <= j ? 0 : (1u << (n - j)) - 1);
+  return _mm512_cvtsepi32_epi8(BiasedCodes(rq, s, _mm512_maskz_loadu_ps(live, b + j)));
+}
+
+// With `bias` (R row pointers of n floats each, or nullptr) added to the scaled scores.
 template <int R, int B>
 ONNXVQ_AVX512 inline void ScoreBlocks(const uint8_t* q, int64_t q_stride, const int8_t* kt,
                                       int64_t quads, int64_t stride, int64_t jb,
                                       const int32_t* row_term, const int32_t* col_term,
-                                      const Requant& rq, int8_t* x, int64_t x_stride) {
+                                      const Requant& rq, int8_t* x, int64_t x_stride,
+                                      const float* const* bias, int64_t n) {
   __m512i acc[R * B];
   for (int r = 0; r < R; ++r) {
     for (int b = 0; b < B; ++b) {
@@ -40,35 +64,41 @@ ONNXVQ_AVX512 inline void ScoreBlocks(const uint8_t* q, int64_t q_stride, const 
     }
   }
   for (int r = 0; r < R; ++r) {
+    const float* br = bias == nullptr ? nullptr : bias[r];
     for (int b = 0; b < B; ++b) {  // signed saturation to -128..127
       _mm_storeu_si128(reinterpret_cast<__m128i*>(x + r * x_stride + 16 * (jb + b)),
-                       _mm512_cvtsepi32_epi8(rq.Codes(acc[r * B + b])));
+                       ScoreCodes(rq, acc[r * B + b], br, 16 * (jb + b), n));
     }
   }
 }
 
-// All 16 * blocks columns of R rows (the codes past the row's n are padding, never read).
+// All 16 * blocks columns of R rows (the codes past the row's n are padding, never read);
+// `bias` as ScoreBlocks'.
 template <int R>
 ONNXVQ_AVX512 inline void ScoreCodeRows(const uint8_t* q, int64_t q_stride, const int8_t* kt,
                                         int64_t quads, int64_t blocks, const int32_t* row_term,
                                         const int32_t* col_term, const Requant& rq, int8_t* x,
-                                        int64_t x_stride) {
+                                        int64_t x_stride, const float* const* bias = nullptr,
+                                        int64_t n = 0) {
   const int64_t stride = blocks * 64;
   int64_t jb = 0;
   for (; jb + 1 < blocks; jb += 2) {  // two blocks: 2R independent chains per broadcast
-    ScoreBlocks<R, 2>(q, q_stride, kt, quads, stride, jb, row_term, col_term, rq, x, x_stride);
+    ScoreBlocks<R, 2>(q, q_stride, kt, quads, stride, jb, row_term, col_term, rq, x, x_stride,
+                      bias, n);
   }
   if (jb < blocks) {
-    ScoreBlocks<R, 1>(q, q_stride, kt, quads, stride, jb, row_term, col_term, rq, x, x_stride);
+    ScoreBlocks<R, 1>(q, q_stride, kt, quads, stride, jb, row_term, col_term, rq, x, x_stride,
+                      bias, n);
   }
 }
 
 // The int8 codes of columns j0 .. j0 + 31 (those < n) of `rows` score rows from their raw
 // products c (an AMX block, row stride 32): S_rj = c_rj + row_term[r] + col_term[j] as
-// ScoreBlocks' (col_term padded to j0 + 32).
+// ScoreBlocks' (col_term padded to j0 + 32); `bias` (`rows` row pointers or nullptr) as its.
 ONNXVQ_AVX512 inline void BlockCodes(const int32_t* c, int rows, int64_t j0, int64_t n,
                                      const int32_t* row_term, const int32_t* col_term,
-                                     const Requant& rq, int8_t* x, int64_t x_stride) {
+                                     const Requant& rq, int8_t* x, int64_t x_stride,
+                                     const float* const* bias = nullptr) {
   const int halves = n - j0 > 16 ? 2 : 1;
   for (int r = 0; r < rows; ++r) {
     const __m512i rt = _mm512_set1_epi32(row_term[r]);
@@ -77,7 +107,7 @@ ONNXVQ_AVX512 inline void BlockCodes(const int32_t* c, int rows, int64_t j0, int
       const __m512i s = _mm512_add_epi32(_mm512_loadu_si512(c + r * 32 + 16 * half),
                                          _mm512_add_epi32(_mm512_loadu_si512(col_term + j), rt));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(x + r * x_stride + j),
-                       _mm512_cvtsepi32_epi8(rq.Codes(s)));
+                       ScoreCodes(rq, s, bias == nullptr ? nullptr : bias[r], j, n));
     }
   }
 }

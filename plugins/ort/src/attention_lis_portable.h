@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "attention_bias.h"
 #include "log_int_softmax.h"
 
 namespace onnxvq {
@@ -19,6 +20,7 @@ struct Params {
   float scores_scale;
   const Int8SoftmaxRows& rows;
   const int16_t* neg_weight;  // -w(a) for every code a (|w| <= 2^15)
+  const AttentionBias& bias;
 };
 
 // Rows i0 .. i0 + rows - 1 of S = (q - z_q)(k - z_k)^T, row stride jpad.
@@ -36,8 +38,13 @@ inline void Scores(const HeadData& h, const AttentionShape& s, int64_t zq, int64
   }
 }
 
-inline int8_t ScoreCode(int32_t v, float qk_scale, float scores_scale) {
-  const float u = std::clamp((static_cast<float>(v) * qk_scale) / scores_scale, -1024.0f, 1024.0f);
+// sat(rne((f32(v) * qk_scale + bias) / scores_scale)), the bias (0 without one: x + 0 = x)
+// added after the product's rounding, never contracted into an FMA.
+__attribute__((optimize("fp-contract=off"))) inline int8_t ScoreCode(int32_t v, float qk_scale,
+                                                                    float scores_scale,
+                                                                    float bias) {
+  const float x = static_cast<float>(v) * qk_scale + bias;
+  const float u = std::clamp(x / scores_scale, -1024.0f, 1024.0f);
   return static_cast<int8_t>(std::clamp(std::nearbyint(u), -128.0f, 127.0f));
 }
 
@@ -56,7 +63,7 @@ inline void Product(const int16_t* w, const int16_t* vp, const HeadData& h,
 }
 
 // One head: v - z_v paired along tokens ([jpad/2][dpad][2]), then per group of rows the
-// scores, their int8 codes, the softmax codes, the negated weights, the product, the output.
+// scores, their int8 codes (with the bias row, if any), the softmax codes, the negated weights, the product, the output.
 inline void Head(const uint8_t* in, const HeadData& h, const AttentionShape& s, const Params& p,
                  uint8_t* out) {
   const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
@@ -77,7 +84,10 @@ inline void Head(const uint8_t* in, const HeadData& h, const AttentionShape& s, 
     Scores(h, s, p.attrs.zq, i0, rows, dot.data());
     for (int r = 0; r < rows; ++r) {
       const int32_t* dr = dot.data() + r * h.jpad;
-      for (int64_t j = 0; j < n; ++j) x[j] = ScoreCode(dr[j], p.attrs.qk_scale, p.scores_scale);
+      const float* b = p.bias.Row(h.b, h.head, i0 + r);
+      for (int64_t j = 0; j < n; ++j) {
+        x[j] = ScoreCode(dr[j], p.attrs.qk_scale, p.scores_scale, b == nullptr ? 0.0f : b[j]);
+      }
       p.rows.Row(x.data(), n, codes.data(), scratch.data());
       int16_t* wr = w.data() + r * h.jpad;
       for (int64_t j = 0; j < n; ++j) wr[j] = p.neg_weight[codes[j]];
