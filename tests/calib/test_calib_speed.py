@@ -201,3 +201,37 @@ def test_a_nan_in_a_view_names_the_view():
     with pytest.raises(CalibrationError, match=r"tensor 'ht'.*NaN or Inf.*batch 1"):
         collect(model, ["ht"], [{"x": np.ones((2, 4), np.float32)}, {"x": bad}],
                 MinMaxObserver)
+
+
+def _residual_layernorm() -> onnx.ModelProto:
+    """x + skip -> LayerNormalization: what ORT's SkipLayerNormFusion rewrites."""
+    h = 64
+    inits = [numpy_helper.from_array(np.full(h, v, np.float32), n) for n, v in
+             (("gamma", 1.0), ("beta", 0.0))]
+    nodes = [helper.make_node("Add", ["x", "skip"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1)]
+    graph = helper.make_graph(
+        nodes, "ln", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 5, h])
+                      for n in ("x", "skip")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, h])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_lean_sessions_leave_the_residual_layernorm_unfused(tmp_path, monkeypatch, lean):
+    """A lean (calibration) session runs Add + LayerNormalization, not ORT's SkipLayerNormalization
+    (its CPU kernel costs ~4x the two: core.runtime.LEAN_DISABLED_OPTIMIZERS); other sessions
+    still fuse (the check would notice ORT renaming the fusion)."""
+    from onnxvq.core import runtime
+
+    made = runtime.session_options
+
+    def keeping(**kwargs):
+        so = made(**kwargs)
+        so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        return so
+
+    monkeypatch.setattr(runtime, "session_options", keeping)
+    runtime.make_session(_residual_layernorm(), lean=lean, custom_ops=False)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ("SkipLayerNormalization" in ops) is not lean, ops
