@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxvq.core.errors import ValidationError
+
 
 def replace_uses(old: gs.Tensor, new: gs.Tensor, graph: gs.Graph | None = None) -> int:
     """Point every consumer of `old` at `new` (and the graph output, when `graph` is given and
@@ -39,8 +41,17 @@ def bypass(node: gs.Node, src: gs.Tensor, graph: gs.Graph | None = None) -> None
 
 def qparam_constants(name: str, scale, zero_point, dtype) -> tuple[gs.Constant, gs.Constant]:
     """The (scale, zero point) initializers of a Q/DQ pair: float32 scale, zero point of the
-    quantized type (scalars for per-tensor, vectors for per-axis)."""
-    return (gs.Constant(f"{name}/scale", np.asarray(scale, dtype=np.float32)),
+    quantized type (scalars for per-tensor, vectors for per-axis). Every scale a pass writes
+    passes here: a NaN, Inf, zero, negative or subnormal one (1/s overflows in QuantizeLinear) is
+    a ValidationError naming the tensor, never a model that computes garbage."""
+    s = np.asarray(scale, dtype=np.float32)
+    bad = ~np.isfinite(s) | (s < np.finfo(np.float32).tiny)
+    if bad.any():
+        raise ValidationError(f"quantization scale '{name}/scale' is not a finite positive "
+                              f"float32 ({int(bad.sum())} of {s.size} values, first "
+                              f"{s.reshape(-1)[np.argmax(bad.reshape(-1))]!r}); nothing was "
+                              "written")
+    return (gs.Constant(f"{name}/scale", s),
             gs.Constant(f"{name}/zero_point", np.asarray(zero_point, dtype=np.dtype(dtype))))
 
 
