@@ -20,7 +20,9 @@ runner = CliRunner()
 def run_json(*args):
     done = runner.invoke(app, [str(a) for a in args] + ["--json"])
     assert done.exit_code == 0, done.output
-    return json.loads(done.stdout), done.stderr
+    out = json.loads(done.stdout)
+    assert list(out)[0] == "ok" and out["ok"] is True
+    return out, done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +84,63 @@ def test_polygraphy_warnings_stay_off_stdout(tmp_path, no_block_model):
     assert "[W]" in done.stderr and "Some values are 0" in done.stderr
 
 
-def test_errors_leave_stdout_empty(tmp_path):
-    done = runner.invoke(app, ["compare", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"),
-                               "--json"])
-    assert done.exit_code == 2 and done.stdout == "" and "no such file" in done.stderr
+def run_failing(code: int, kind: str, *args) -> dict:
+    """A failing --json run: one JSON document on stdout saying what failed, the same exit code,
+    the one-line message still on stderr."""
+    done = runner.invoke(app, [str(a) for a in args] + ["--json"])
+    assert done.exit_code == code, done.output
+    out = json.loads(done.stdout)
+    assert out["ok"] is False and out["error"]["code"] == code and out["error"]["kind"] == kind
+    assert out["error"]["message"] and list(out)[:2] == ["ok", "error"]
+    if code != 1:  # a check that ran and failed prints its table/document, not an error line
+        assert "error" in done.stderr.lower() or "usage" in done.stderr.lower()
+    return out
+
+
+def test_a_missing_file_is_a_json_usage_error(tmp_path):
+    out = run_failing(2, "UsageError", "compare", tmp_path / "a.onnx", tmp_path / "b.onnx")
+    assert "no such file" in out["error"]["message"]
+
+
+def test_a_bad_choice_typer_refuses_is_a_json_usage_error(pair):
+    """typer's own parsing errors come before the command reads --json: the group notes it."""
+    out = run_failing(2, "UsageError", "quantize", pair[0], "--method", "nope")
+    assert "'nope'" in out["error"]["message"]
+
+
+def test_the_gate_refusing_prints_its_report(pair, tmp_path):
+    out = run_failing(7, "FidelityError", "quantize", pair[0], "-o", tmp_path / "q.onnx",
+                      "--samples", "8", "--fail-below", "200")
+    assert "failed the fidelity gate" in out["error"]["message"]
+    assert out["fidelity"]["threshold_db"] == 200 and out["fidelity"]["outputs"][0]["problem"]
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_compare_failing_its_check_prints_the_comparison(pair):
+    fp32, q = pair
+    out = run_failing(1, "CheckFailed", "compare", fp32, q, "--samples", "4", "--sqnr-min", "200")
+    assert out["passed"] is False and out["outputs"][0]["passed"] is False
+
+
+@pytest.mark.parametrize("command", ["inspect", "quantize", "eval", "sensitivity", "report",
+                                     "profile", "build-engine"])
+def test_every_command_prints_json_when_the_model_is_not_onnx(tmp_path, command):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    args = {"inspect": [bad], "quantize": [bad, "-o", tmp_path / "q.onnx"],
+            "eval": [bad, tmp_path], "sensitivity": [bad, bad], "report": [bad, bad],
+            "profile": [bad], "build-engine": [bad]}[command]
+    done = runner.invoke(app, [command, *map(str, args), "--json"])
+    out = json.loads(done.stdout)
+    assert done.exit_code in (2, 3, 5, 8) and out["ok"] is False, done.output
+    assert out["error"]["code"] == done.exit_code
+
+
+def test_inspect_without_blocks_prints_one_document_with_the_inspection(tmp_path,
+                                                                       no_block_model):
+    path = save_model(no_block_model, tmp_path / "relu.onnx")
+    out = run_failing(4, "UnsupportedModelError", "inspect", path)
+    assert "no transformer blocks" in out["error"]["message"] and out["summary"]["blocks"] == 0
 
 
 @pytest.mark.slow

@@ -13,11 +13,20 @@ from typing import Annotated
 import typer
 
 from onnxvq.cli import options as o
-from onnxvq.cli.common import console, emit_json, errors, fail, progress, warn
+from onnxvq.cli.common import (
+    JsonAwareGroup,
+    console,
+    emit_error,
+    emit_json,
+    errors,
+    fail,
+    progress,
+    warn,
+)
 from onnxvq.cli.validate import register
 from onnxvq.core.errors import CHECK_FAILED, UnsupportedModelError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=JsonAwareGroup, add_completion=False, no_args_is_help=True,
                   help="Post-training quantization of Vision Transformers on ONNX graphs.")
 register(app)
 
@@ -40,12 +49,14 @@ def inspect(model: o.Fp32, as_json: o.Json = False) -> None:
 
     with errors(), progress(f"canonicalising and recognising {model.name}"):
         result = inspect_model(model)
-    if as_json:
-        emit_json(result.to_dict())
-    else:
+    found = result.structure.is_vit or result.structure.is_cnn
+    if not as_json:
         render_inspection(console, result)
-    if not result.structure.is_vit and not result.structure.is_cnn:
-        raise fail(UnsupportedModelError(f"{model}: no transformer blocks found"))
+    elif found:
+        emit_json(result.to_dict())
+    if not found:  # with --json, the failure's document carries the inspection
+        raise fail(UnsupportedModelError(f"{model}: no transformer blocks found"),
+                   result.to_dict())
 
 
 @app.command()
@@ -275,7 +286,10 @@ def build_engine(
            "build_seconds": round(report.build_seconds, 3),
            "comparison": None if cmp is None else {"passed": cmp.passed, "atol": atol,
                                                    "max_abs_error": cmp.max_abs_error}}
-    if as_json:
+    if as_json and cmp is not None and not cmp.passed:
+        emit_error(CHECK_FAILED, "CheckFailed", f"the engine differs from ONNX Runtime by more "
+                   f"than atol {atol:g}", out)
+    elif as_json:
         emit_json(out)
     else:
         console.print(f"engine {report.engine_path}: {report.size_bytes / 1e6:.1f} MB, "

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from onnxvq.cli import options as o
-from onnxvq.cli.common import console, db, emit_json, errors, progress
+from onnxvq.cli.common import console, db, emit_error, emit_json, errors, progress
 from onnxvq.core.errors import CHECK_FAILED, UsageError
 
 OptPath = Path | None
@@ -55,7 +55,11 @@ def compare_cmd(
         result = compare(fp32, quant, spec, atol=atol, rtol=rtol,
                          sqnr_min=None if sqnr_min < 0 else sqnr_min,
                          save_inputs=save_inputs, save_outputs=save_outputs)
-    if as_json:
+    if as_json and not result.passed:
+        failed = ", ".join(o.name for o in result.outputs if not o.passed)
+        emit_error(CHECK_FAILED, "CheckFailed", f"output(s) {failed} failed the comparison",
+                   result.to_dict())
+    elif as_json:
         emit_json(result.to_dict())
     else:
         _render_comparison(result, quant)

@@ -22,9 +22,14 @@ CHECK_FAILED = 1
 
 
 class OnnxvqError(Exception):
-    """Base class: every failure a user can cause ends up as one of the subclasses below."""
+    """Base class: every failure a user can cause ends up as one of the subclasses below.
+    `details`: what is known of the failure beyond the message (the gate's report), for `--json`."""
 
     exit_code = 1
+
+    def __init__(self, *args, details: dict | None = None) -> None:
+        super().__init__(*args)
+        self.details = details or {}
 
 
 class UsageError(OnnxvqError, ValueError):

@@ -111,7 +111,7 @@ def run_gate(fp32: onnx.ModelProto, quant: onnx.ModelProto, source: Source,
         raise FidelityError(
             f"the quantized model failed the fidelity gate on {len(source)} samples: output "
             f"{worst.name!r} {worst.problem} (cosine {worst.cosine:.3f}); likely culprit: "
-            f"{culprit}; nothing was written")
+            f"{culprit}; nothing was written", details={"fidelity": report})
     return report
 
 
