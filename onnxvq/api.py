@@ -43,10 +43,11 @@ class Inspection:
 
 def inspect(model: str | os.PathLike | onnx.ModelProto) -> Inspection:
     """Canonicalise a model and recognise its ViT structure."""
-    from onnxvq.quantizer.run import prepare
+    from onnxvq.quantizer.run import check_not_quantized, prepare
 
     path = "<memory>" if isinstance(model, onnx.ModelProto) else str(model)
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    check_not_quantized(proto, model)
     _, canonical, report, structure = prepare(proto, numeric="end")
     return Inspection(path, structure, report, canonical)
 

@@ -183,6 +183,7 @@ def quantize(
                           quantized_linear=quantized_linear)
         _warn_inert(cfg, momentum=momentum, percentile=percentile,
                     quantized_linear=quantized_linear, lis_base=lis_base, rank_by=rank_by)
+        _warn_max_low_bit_weights(cfg)
         spec = _denoiser_spec(spec, data, samples, seed, calib_steps, calib_per_step, ddim,
                               classes, denoiser_inputs)
         with progress("quantizing (samples calibrated)") as advance:
@@ -225,6 +226,19 @@ def _warn_inert(cfg, *, momentum, percentile, quantized_linear, lis_base, rank_b
         warn(f"--lis-base {lis_base} does nothing without --lis or --lis-qdq")
     if rank_by != "sensitivity" and cfg.target_sqnr is None and cfg.max_drop is None:
         warn("--rank-by does nothing without --target-sqnr or --max-drop")
+
+
+def _warn_max_low_bit_weights(cfg) -> None:
+    """Sub-8-bit weights with plain max scales: the gate passes them (random-weight exports give
+    8-23 dB at W4/A8 whatever the weight method, so no SQNR floor tells a good result from a poor
+    one), but on the trained CIFAR-10 models they cost real accuracy that a flag recovers
+    (README's low-bit table, 2,000 images, plain = --method omse: W4/A8 max weights 68.45 % /
+    76.75 % against FP32 70.30 / 78.40, 86-91 % agreement; --recipe repq 70.55 / 77.90,
+    95-97 %)."""
+    if cfg.w_bits < 8 and cfg.weight_method == "max":
+        warn(f"--w-bits {cfg.w_bits} with max weight scales: on the trained CIFAR-10 models W4/A8 "
+             "lost 1.7-1.9 top-1 points this way and at most 0.5 with --recipe repq; pass "
+             "--recipe repq or --weight-method gptq, and check on real images (onnxvq eval)")
 
 
 def _warn_unmatched_skips(result) -> None:

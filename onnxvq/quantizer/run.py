@@ -61,7 +61,7 @@ def quantize(
     cfg = QuantConfig.coerce(config)
     spec = _checked_spec(calib, cfg, preprocess)
     proto = model_proto(model)
-    _check_not_quantized(proto, model)
+    check_not_quantized(proto, model)
     spec, shape = _fitted(spec, proto)
     graph, canonical, canon_report, structure = prepare(proto, cfg, validate=validate,
                                                         sample_shape=shape)
@@ -102,9 +102,11 @@ _QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearMatMul
                             "MatMulInteger", "ConvInteger", "MatMulNBits"})
 
 
-def _check_not_quantized(proto: onnx.ModelProto, model) -> None:
+def check_not_quantized(proto: onnx.ModelProto, model) -> None:
     """An onnxvq (or other) quantized model given again: refused before canonicalisation, which
-    would fold its integer ops through sessions and then find nothing left to quantize."""
+    would fold its integer ops through sessions and then find nothing left to quantize (and
+    `inspect` nothing to recognise, after graphsurgeon's folding inside the com.onnxvq local
+    functions printed ORT's "Invalid output count for op Constant in function ...")."""
     done = sum(n.op_type in _QUANTIZED_OPS or n.domain == "com.onnxvq" for n in proto.graph.node)
     if done:
         raise UnsupportedModelError(f"{_where(model)}: already quantized ({done} quantized or "
