@@ -91,6 +91,25 @@ def test_image_folder_order_and_labels(folder):
     assert [lab.tolist() for _, lab in pairs] == [[0, 0, 1], [1]]
 
 
+def test_image_folder_lists_what_rglob_lists(folder, tmp_path):
+    """The listing (os.scandir) is Path.rglob's (3.11): links to files followed, a link to a
+    folder, a dangling link and a folder named like an image not, sorted by relative path."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _image(outside / "z.png", (1, 2, 3))
+    (folder / "b" / "link.png").symlink_to(outside / "z.png")
+    (folder / "c").symlink_to(outside, target_is_directory=True)
+    (folder / "b" / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    (folder / "a" / "dir.png").mkdir()
+    want = sorted((p.relative_to(folder) for p in folder.rglob("*")
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file()),
+                  key=lambda p: p.as_posix())
+    got = ImageFolder(folder, CIFAR).files
+    assert got == want
+    assert [p.as_posix() for p in got] == ["a/deep/y.JPEG", "a/x.jpg", "b/10.PNG", "b/2.png",
+                                           "b/link.png"]
+
+
 def test_strided_subsample_and_progress(folder):
     assert strided(10, 4).tolist() == [0, 2, 5, 7]
     assert strided(3, None).tolist() == [0, 1, 2]
