@@ -39,6 +39,7 @@ from onnxvq.passes.fuse_qlinear_attention import FuseQLinearAttention
 from onnxvq.passes.hoist_quantize_over_split import HoistQuantizeOverSplit
 from onnxvq.passes.insert_qdq import InsertActivationQDQ
 from onnxvq.passes.log_softmax_qdq import LogSoftmaxQDQ
+from onnxvq.passes.multihead_attention_layout import MultiheadAttentionLayout
 from onnxvq.passes.normalize_attention_scale import NormalizeAttentionScale
 from onnxvq.passes.ort_fast_gelu import OrtFastGelu
 from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
@@ -63,12 +64,14 @@ from onnxvq.passes.unbind_slices_to_split import UnbindSlicesToSplit
 # Linears (LeViT), dynamo's spellings as TorchScript's (the 3-D kᵀ Reshape, Transpose, Reshape one
 # 4-D Transpose, composed with a head-split Transpose before it; unbind's Slice + Squeeze per index
 # one Split), LayerNorm fused, the SDPA NaN guard, Hugging Face's all-zero additive mask and
-# float-to-float Casts dropped, batched-matmul Einsums as MatMul (torchvision's MaxViT), the
+# float-to-float Casts dropped, batched-matmul Einsums as MatMul (torchvision's MaxViT), torch's
+# nn.MultiheadAttention in timm's batch-first packed layout (torchvision ViT), the
 # attention scale one Mul on Q·Kᵀ (the form the recogniser and FQ-ViT expect).
 CANONICAL = Pipeline((FoldConstants(), FoldBatchNorm(), FoldLinearBatchNorm(), FoldStaticShapes(),
                       FoldReshapedTranspose(), ComposeKeyTranspose(), UnbindSlicesToSplit(),
                       FuseLayerNorm(), RemoveSoftmaxNanGuard(), RemoveZeroAttentionMask(),
-                      RemoveIdentityCast(), EinsumToMatMul(), NormalizeAttentionScale()),
+                      RemoveIdentityCast(), EinsumToMatMul(), MultiheadAttentionLayout(),
+                      NormalizeAttentionScale()),
                      infer_shapes=True)
 
 # TensorRT's fused attention wants the scale on Q before Q·Kᵀ (numerically neutral); quantization

@@ -68,3 +68,32 @@ def test_biased_attentions_fuse_and_keep_fidelity(name, corpus_model, unfused_fu
     unfused_db, fused_db, apart_db = unfused_fused_sqnr(path, plain, fused,
                                                         "fuse-qlinear-attention")
     assert fused_db > unfused_db - SLACK.get(name, 0.3) and apart_db > 25
+
+
+# torch's nn.MultiheadAttention (torchvision's VisionTransformer), fused once
+# multihead-attention-layout has written it in timm's packed layout (none fused before); the
+# corpus vit_b_16 under its exporter, the families (vit_h_14's patch) by name
+MHA = {("tv_vit_b_16", "torchscript17"): 12, ("tv_vit_b_16", "dynamo"): 12,
+       ("tv_vit_h14", None): 2, ("tv_vit_h14_dynamo", None): 2, ("tv_vit_h14_ts18", None): 2}
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+@pytest.mark.parametrize(("name", "exporter"), list(MHA), ids=[f"{n}-{e}" for n, e in MHA])
+def test_multihead_attentions_fuse_and_keep_fidelity(name, exporter, corpus_model,
+                                                     unfused_fused_sqnr):
+    from onnxvq.models.families import FAMILIES, ensure
+    from onnxvq.passes.pipelines import ORT_LOWERING
+
+    path = ensure(FAMILIES[name]) if exporter is None else corpus_model(name, exporter)
+    result = quantize(str(path), None, QuantConfig(ort_fusions=False, **NOISE))
+    assert result.canonicalization.result("multihead-attention-layout").applied == MHA[name,
+                                                                                       exporter]
+    fused, report = ORT_LOWERING.run(result.model, numeric="none")
+    fusion = report.result("fuse-qlinear-attention")
+    assert fusion.applied == MHA[name, exporter] and not fusion.refused
+    assert Counter(n.op_type for n in fused.graph.node)["QLinearAttention"] == fusion.applied
+    unfused_db, fused_db, apart_db = unfused_fused_sqnr(path, result.model, fused,
+                                                        "fuse-qlinear-attention")
+    assert fused_db > unfused_db - 0.3 and apart_db > 25
