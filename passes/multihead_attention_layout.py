@@ -146,42 +146,55 @@ class MultiheadAttentionLayout(RewritePass):
     def rewrite(self, graph: gs.Graph, m: _Mha, ctx: PassContext) -> None:
         name, c = m.unflatten.name, m.width
         heads = _dims(m.heads_out[0])[1]
+        d = c // heads
         a = m.proj.inputs[0]
+        seq = list(a.shape) if a.shape is not None and len(a.shape) == 3 else [None] * 3
+        n, b = seq[0], seq[1]
+        node = _Builder(graph)
         x = producer(a).inputs[0] if _perm(producer(a)) == _SEQ_FIRST else \
-            self._node(graph, "Transpose", f"{name}/batch_first", [a], perm=_SEQ_FIRST)
-        y = self._node(graph, "MatMul", f"{name}/in_proj", [x, m.proj.inputs[1]])
+            node("Transpose", f"{name}/batch_first", [a], [b, n, seq[2]], perm=_SEQ_FIRST)
+        y = node("MatMul", f"{name}/in_proj", [x, m.proj.inputs[1]], [b, n, 3 * c])
         bias = next(t for t in m.bias_add.inputs if t is not m.proj.outputs[0])
-        y = self._node(graph, "Add", f"{name}/in_proj_bias", [bias, y] if
-                       m.bias_add.inputs[0] is bias else [y, bias])
-        y = self._node(graph, "Reshape", f"{name}/qkv", [y, _ints(f"{name}/qkv_shape",
-                                                                 [0, 0, 3, heads, c // heads])])
-        y = self._node(graph, "Transpose", f"{name}/qkv_heads", [y], perm=[2, 0, 3, 1, 4])
+        y = node("Add", f"{name}/in_proj_bias", [bias, y] if m.bias_add.inputs[0] is bias
+                 else [y, bias], [b, n, 3 * c])
+        y = node("Reshape", f"{name}/qkv", [y, _ints(f"{name}/qkv_shape", [0, 0, 3, heads, d])],
+                 [b, n, 3, heads, d])
+        y = node("Transpose", f"{name}/qkv_heads", [y], [3, b, heads, n, d], perm=[2, 0, 3, 1, 4])
         for i, r in enumerate(m.heads_out):
-            piece = self._node(graph, "Gather", f"{name}/piece{i}", [y, _ints(f"{name}/i{i}", i)],
-                               axis=0)
+            piece = node("Gather", f"{name}/piece{i}", [y, _ints(f"{name}/i{i}", i)],
+                         [b, heads, n, d], axis=0)
             if i == 1 and m.k_transposed:
-                piece = self._node(graph, "Transpose", f"{name}/kT", [piece], perm=[0, 1, 3, 2])
+                piece = node("Transpose", f"{name}/kT", [piece], [b, heads, d, n],
+                             perm=[0, 1, 3, 2])
             replace_uses(r.outputs[0], piece)
-        o = self._node(graph, "Transpose", f"{name}/merge", [m.product.outputs[0]],
-                       perm=[0, 2, 1, 3])
-        o = self._node(graph, "Reshape", f"{name}/merged", [o, _ints(f"{name}/merged_shape",
-                                                                     [0, 0, c])])
+        o = node("Transpose", f"{name}/merge", [m.product.outputs[0]], [b, n, heads, d],
+                 perm=[0, 2, 1, 3])
+        o = node("Reshape", f"{name}/merged", [o, _ints(f"{name}/merged_shape", [0, 0, c])],
+                 [b, n, c])
         w_t = gs.Constant(f"{m.gemm.name}/weight_t",
                           np.ascontiguousarray(const_value(m.gemm.inputs[1]).T))
-        o = self._node(graph, "MatMul", f"{m.gemm.name}/MatMul", [o, w_t])
+        o = node("MatMul", f"{m.gemm.name}/MatMul", [o, w_t], [b, n, c])
         if len(m.gemm.inputs) > 2:  # dynamo drops a zero bias (torch's initial out_proj.bias)
-            o = self._node(graph, "Add", f"{m.gemm.name}/Add", [o, m.gemm.inputs[2]])
+            o = node("Add", f"{m.gemm.name}/Add", [o, m.gemm.inputs[2]], [b, n, c])
         after = single_consumer(m.seq_out.outputs[0], "Transpose")
         if after is not None and _perm(after) == _SEQ_FIRST:
             replace_uses(after.outputs[0], o, graph)
         else:  # the model reads the sequence-first output
-            o = self._node(graph, "Transpose", f"{name}/seq_first", [o], perm=_SEQ_FIRST)
+            o = node("Transpose", f"{name}/seq_first", [o], [n, b, c], perm=_SEQ_FIRST)
             replace_uses(m.seq_out.outputs[0], o, graph)
 
-    @staticmethod
-    def _node(graph: gs.Graph, op: str, name: str, inputs: list, **attrs) -> gs.Variable:
-        out = gs.Variable(f"{name}_output", dtype=np.float32)
-        graph.nodes.append(gs.Node(op, name=name, inputs=inputs, outputs=[out], attrs=attrs))
+
+class _Builder:
+    """Appends one node and returns its float output, shaped: the canonical model's value infos
+    are what a later import of it (the gate's rebuild) knows, and LIS needs A·V's rank."""
+
+    def __init__(self, graph: gs.Graph):
+        self.graph = graph
+
+    def __call__(self, op: str, name: str, inputs: list, shape: list, **attrs) -> gs.Variable:
+        out = gs.Variable(f"{name}_output", dtype=np.float32, shape=shape)
+        self.graph.nodes.append(gs.Node(op, name=name, inputs=inputs, outputs=[out],
+                                        attrs=attrs))
         return out
 
 
