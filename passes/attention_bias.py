@@ -6,7 +6,8 @@ attention passes' `find_attention(..., allow_bias=True)`).
 attention biases), and Reshape [-1, H, N, N] of Add(Reshape(scores, [-1, W, H, N, N]), M) with M
 [1, W, 1|H, N, N] (Swin's shifted-window mask, repeating over the batch with period W); any bias
 that is not a constant is a refusal reason. `combined_bias` sums the terms in graph order into
-the one float32 [W, 1|H, N, N] that QLinearAttention's `bias` attribute holds.
+the one float32 [W, 1|H, N, N] that the fused attentions' `bias` attribute holds;
+`one_term_per_entry` whether adding that sum rounds as the chain of Adds does.
 """
 
 from __future__ import annotations
@@ -83,3 +84,12 @@ def combined_bias(terms: list, n: int, heads: int) -> np.ndarray | str:
         v = np.broadcast_to(v, v.shape[:2] + (n, n))
         total = v if total is None else total + v
     return np.ascontiguousarray(total, np.float32)
+
+
+def one_term_per_entry(terms: list, n: int, heads: int) -> bool:
+    """Whether at most one of the (valid, combined_bias-checked) terms is nonzero at every
+    entry: then (x + b1) + b2 = x + (b1 + b2) exactly in float32 (each side one rounding, of the
+    same sum), so one summed bias is bit-exact with the unfused Adds; Swin's relative positions
+    under its shifted-window mask are not."""
+    nonzero = [combined_bias([t], n, heads) != 0 for t in terms]
+    return not np.any(np.sum(np.broadcast_arrays(*nonzero), axis=0) > 1)

@@ -9,6 +9,8 @@ one per-tensor uint8 QuantizeLinear. `probs_path` is the mode's own part (scores
 returns a `Probs`, or a refusal reason; so does `find_attention`. With `allow_bias`, constant
 additive biases between the scores MatMul and the Softmax are walked over (attention_bias.py)
 into one float32 [W, 1|H, N, N] (`AttentionUnit.bias`); a bias that is not a constant is refused.
+`AttentionUnit.bias_exact` says whether scores + that sum rounds as the unfused chain of Adds
+does (at most one term nonzero at each entry), which LogIntAttention's exactness needs.
 Three separate projections, each quantized after its head split, are packed into X when the
 attention fuses (attention_separate.py); the head merge is attention_merge.py's.
 """
@@ -21,7 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxvq.core.walk import LAYOUT_OPS, const_value, producer
-from onnxvq.passes.attention_bias import bias_chain, combined_bias
+from onnxvq.passes.attention_bias import bias_chain, combined_bias, one_term_per_entry
 from onnxvq.passes.attention_merge import merged_output, scale_zp
 from onnxvq.passes.attention_separate import SeparateCodes, separate_codes
 from onnxvq.passes.ort_domain import rewire
@@ -50,6 +52,7 @@ class AttentionUnit:
     bias: np.ndarray | None = None  # float32 [W, 1|H, N, N] added to the scaled scores
     view: gs.Tensor | None = None  # the merge's own target when it is not [B, N, H·D]
     separate: SeparateCodes | None = None  # packs three projections' codes into `x`
+    bias_exact: bool = True  # x + bias rounds as the unfused Adds (one term per entry)
 
     def replace_output(self, graph: gs.Graph, y: gs.Tensor) -> None:
         if self.separate is not None:  # the packed codes the fused node reads, built now
@@ -171,6 +174,7 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
     bias = combined_bias(terms, n, heads) if terms else None
     if isinstance(bias, str):
         return bias
+    exact = len(terms) < 2 or one_term_per_entry(terms, n, heads)
     merged = merged_output(graph, probs.product, n, heads * dim)
     if isinstance(merged, str):
         return merged
@@ -181,7 +185,8 @@ def find_attention(graph: gs.Graph, anchor: gs.Node, probs_path,
                   out_zero_point=z_o)
     if layout:
         common["qkv_layout"] = layout
-    return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs, bias, view, separate)
+    return AttentionUnit(anchor, x, common, probs.v_scale, out_q, probs, bias, view, separate,
+                         exact)
 
 
 def _codes_refusal(mm: gs.Node, q_bad: bool, k_bad: bool) -> str:

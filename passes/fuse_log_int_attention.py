@@ -1,7 +1,7 @@
 """Fuse an FQ-ViT (--lis) attention, head split to head merge, into one com.onnxvq.LogIntAttention.
 
-    X=Q(qkv)─Transpose─Gather/Split 0──DQ─┐                              X=Q(qkv)
-             ├─ 1 ─Transpose───────────DQ─MatMul─Q(int8)─LogIntSoftmax─┐    ──LogIntAttention──
+    X=Q(qkv)─Transpose─Gather/Split 0──DQ─┐                                 X=Q(qkv)
+             ├─ 1 ─Transpose───────────DQ─MatMul─[+B]─Q(int8)─LogIntSoftmax─┐ ──LogIntAttention──
              └─ 2 ──────────────────────────────────────────LogIntMatMul  ->  (uint8 [B, N, H·D])
                                  ─Cast─Mul(step)─Transpose─Reshape─Q(s_o)
 
@@ -10,12 +10,18 @@ Matches: a LogIntSoftmax whose int8 input quantizes (zero point 0) a MatMul(DQ(q
          LogIntMatMul with piece 2, whose int64 output goes Cast(FLOAT), Mul(scalar step), then
          the head merge (Transpose [0,2,1,3], Reshape [B, N, H·D]) to one per-tensor uint8
          QuantizeLinear (the output projection's input); see passes/attention_walk.py.
-Refuses: int32 (wide) score codes, LIS codes above 4 bits, a LogIntMatMul whose bits or
-         octave_steps differ from the softmax's, anything else QLinearAttention's pass refuses
-         (masks, biases, relative positions, non-hoisted or separate q/k/v, a float output).
+         Between the scores and their quantizer, constant additive biases B as QLinearAttention
+         takes them (Swin / BEiT relative positions, attention biases, a constant window mask).
+Refuses: int32 (wide) score codes (Swin's shifted windows: the -100 mask widens the calibrated
+         range), LIS codes above 4 bits, a LogIntMatMul whose bits or octave_steps differ from
+         the softmax's, two bias terms nonzero at one entry (relative positions and a mask: the
+         unfused graph rounds after each Add), anything else QLinearAttention's pass refuses
+         (a bias that is not a constant, non-hoisted q/k/v, a float output).
 Emits:   LogIntAttention(X) with the softmax constants, the scores' scale and the accumulator's
-         step as attributes. Bit-exact with the graph after ort-mixed-qmatmul (whose
-         MatMulIntegerToFloat scores are f32(S) * (s_q * s_k) as here) and the native kernels.
+         step as attributes, the biases summed into its float32 `bias` [W, 1|H, N, N]. Bit-exact
+         with the graph after ort-mixed-qmatmul (whose MatMulIntegerToFloat scores are
+         f32(S) * (s_q * s_k) as here, then the float Add of the bias, then the int8
+         QuantizeLinear: one rounding each) and the native kernels.
 Speed:   fires on every match; measured 0.88-0.93x of the unfused lowering on the tiny ViT at
          batch 1 and 16, 0.86x / 0.82x on DeiT-S at batch 1 / 8 (README, speed section).
 """
@@ -40,10 +46,13 @@ class FuseLogIntAttention(RewritePass):
     anchor_ops = ("LogIntSoftmax",)
 
     def match(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> AttentionUnit | str:
-        return find_attention(graph, node, _lis_path)
+        return find_attention(graph, node, _lis_path, allow_bias=True)
 
     def check(self, graph: gs.Graph, m: AttentionUnit | str) -> str | None:
-        return m if isinstance(m, str) else None
+        if isinstance(m, str):
+            return m
+        return None if m.bias_exact else ("two attention biases are nonzero at one entry: the "
+                                          "unfused Adds round twice, one summed bias once")
 
     def rewrite(self, graph: gs.Graph, m: AttentionUnit, ctx: PassContext) -> None:
         sm, step = m.probs.nodes["softmax"], m.probs.nodes["step"]
@@ -52,7 +61,7 @@ class FuseLogIntAttention(RewritePass):
                      **{k: int(sm.attrs[k]) for k in LIS_ATTRS})
         y = make_attention_node(graph, "LogIntAttention", m.x, attrs,
                                 name=f"{m.anchor.name}/LogIntAttention",
-                                out_shape=m.out_q.outputs[0].shape)
+                                out_shape=m.out_q.outputs[0].shape, bias=m.bias)
         m.replace_output(graph, y)
 
 

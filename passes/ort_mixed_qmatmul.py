@@ -11,7 +11,9 @@ integer GEMM explicitly instead of depending on the selector:
     b_q ─DQ─┘                                    b_q ─┘
 
 Matches: MatMul(DQ(a_q), DQ(b_q)) of two per-tensor 8-bit operands, each DQ read only by it,
-         the MatMul read only by QuantizeLinear(s) whose integer type differs from a_q's.
+         the MatMul read only by QuantizeLinear(s) whose integer type differs from a_q's, or
+         through Adds of constants (attention biases before --lis's int8 scores) read only by
+         such QuantizeLinears; the Adds stay, after the integer GEMM.
 Refuses: per-axis or non-constant parameters.
 Emits:   com.microsoft MatMulIntegerToFloat(a_q, b_q, s_a, s_b, z_a, z_b): the same int32 sums.
 """
@@ -36,7 +38,7 @@ class OrtMixedQMatMul(RewritePass):
         dqs = [producer(t) for t in node.inputs[:2]]
         if not all(d is not None and d.op == "DequantizeLinear" for d in dqs):
             return None
-        readers = node.outputs[0].outputs
+        readers = _quantizers(graph, node.outputs[0])
         if not readers or any(r.op != "QuantizeLinear" or len(r.inputs) < 3 for r in readers):
             return None
         zq = [const_value(r.inputs[2]) for r in readers]
@@ -69,3 +71,16 @@ class OrtMixedQMatMul(RewritePass):
                     db.inputs[2]], outputs=[y]))
         rewire(mm.outputs[0], y, graph)
         mm.outputs.clear()
+
+
+def _quantizers(graph: gs.Graph, t: gs.Tensor) -> list[gs.Node]:
+    """The readers of `t`, each Add of a constant (not a graph output) standing for its own
+    readers, through a chain of such Adds (relative positions, then a mask)."""
+    out = []
+    for r in t.outputs:
+        side = [const_value(i) is not None for i in r.inputs] if r.op == "Add" else []
+        if side.count(True) == 1 and r.outputs[0] not in graph.outputs and r.outputs[0].outputs:
+            out += _quantizers(graph, r.outputs[0])
+        else:
+            out.append(r)
+    return out
