@@ -201,6 +201,7 @@ struct LogIntAttention {
     const std::vector<int32_t> col_term = ColumnTerms(h, n);
     Rows g(kGroup, h.jpad, n);
     std::vector<int32_t> acc(static_cast<size_t>(2 * kGroup * h.dpad));
+    std::vector<int32_t> dot(static_cast<size_t>(kGroup * h.jpad));  // the raw score products
     const lis512::Requant scores = ScoresRequant();
     for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
       const int rows = static_cast<int>(std::min<int64_t>(kGroup, n - i0));
@@ -213,12 +214,13 @@ struct LogIntAttention {
       const uint8_t* q = h.q.data() + i0 * h.dq;
       if (rows == kGroup) {
         lis512::ScoreCodeRows<kGroup>(q, h.dq, h.kt.data(), h.dq / 4, h.jpad / 16, row_term,
-                                      col_term.data(), scores, g.x.data(), h.jpad, b, n);
+                                      col_term.data(), scores, dot.data(), g.x.data(), h.jpad, b,
+                                      n);
       } else {
         for (int r = 0; r < rows; ++r) {
           lis512::ScoreCodeRows<1>(q + r * h.dq, 0, h.kt.data(), h.dq / 4, h.jpad / 16,
-                                   row_term + r, col_term.data(), scores, g.x.data() + r * h.jpad,
-                                   0, b == nullptr ? nullptr : b + r, n);
+                                   row_term + r, col_term.data(), scores, dot.data(),
+                                   g.x.data() + r * h.jpad, 0, b == nullptr ? nullptr : b + r, n);
         }
       }
       Weights(g, rows, n);
