@@ -17,9 +17,11 @@ from test_attention import _lis_codes, lis_case, run
 from onnxvq.plugins.reference import softmax_constants
 from onnxvq.plugins.reference.attention import log_int_attention, scores, split_heads
 
-# (B, N, H, D): N at 31 / 32 / 33 / 64 / 65 / 96 tokens, D below, at and past 64-byte steps.
+# (B, N, H, D): N at 31 / 32 / 33 / 64 / 65 / 96 tokens, D below, at and past 64-byte steps;
+# N = 1, 49 (Swin's windows) and 197 (DeiT: 13 score blocks, an odd count, and a last row group
+# of one row) at batch 8 / 1.
 EDGES = [(1, 31, 1, 64), (2, 32, 2, 64), (1, 33, 1, 80), (1, 64, 3, 16), (1, 65, 2, 128),
-         (2, 96, 1, 256), (1, 40, 2, 33)]
+         (2, 96, 1, 256), (1, 40, 2, 33), (1, 1, 1, 64), (8, 49, 2, 32), (1, 197, 6, 64)]
 
 
 def check_edges(lib: str) -> None:
