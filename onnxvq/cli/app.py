@@ -237,9 +237,9 @@ def _warn_max_low_bit_weights(cfg) -> None:
     95-97 %)."""
     if cfg.w_bits < 8 and cfg.weight_method == "max":
         warn(f"--w-bits {cfg.w_bits} with max weight scales: on the trained CIFAR-10 models W4/A8 "
-             "lost 1.7-1.9 top-1 points this way and at most 0.5 with --recipe repq (--weight-method "
-             "gptq alone was worse on one of them); pass --recipe repq, and check on real images "
-             "(onnxvq eval)")
+             "lost 1.7-1.9 top-1 points this way and at most 0.5 with --recipe repq "
+             "(--weight-method gptq alone was worse on one of them); pass --recipe repq, and "
+             "check on real images (onnxvq eval)")
 
 
 def _warn_unmatched_skips(result) -> None:
