@@ -65,6 +65,18 @@ def corpus_model() -> Callable[[str, str], Path]:
 
 
 @pytest.fixture(scope="session")
+def family_or_corpus(corpus_model) -> Callable[[str], Path]:
+    """`f(name)` -> the ONNX of `models/families` entry `name`, else of the corpus entry `name`
+    (TorchScript 17), exported once when missing."""
+    def get(name: str) -> Path:
+        from onnxvq.models.families import FAMILIES, ensure
+
+        return ensure(FAMILIES[name]) if name in FAMILIES else corpus_model(name, "torchscript17")
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def unfused_fused_sqnr() -> Callable:
     """`f(fp32_path, plain, fused, pass_id)` -> (unfused dB, fused dB, apart dB): `plain` (a QDQ
     model) lowered by ORT_LOWERING without `pass_id`, and `fused` (lowered with it), each against

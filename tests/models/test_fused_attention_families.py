@@ -47,11 +47,10 @@ SLACK = {"hf_swin": 0.5}
 @pytest.mark.slow
 @needs_torch
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_biased_attentions_fuse_and_keep_fidelity(name, corpus_model, unfused_fused_sqnr):
-    from onnxvq.models.families import FAMILIES, ensure
+def test_biased_attentions_fuse_and_keep_fidelity(name, family_or_corpus, unfused_fused_sqnr):
     from onnxvq.passes.pipelines import ORT_LOWERING
 
-    path = ensure(FAMILIES[name]) if name in FAMILIES else corpus_model(name, "torchscript17")
+    path = family_or_corpus(name)
     plain = quantize(str(path), None, QuantConfig(ort_fusions=False, **NOISE)).model
     fused, report = ORT_LOWERING.run(plain, numeric="none")
     result = report.result("fuse-qlinear-attention")

@@ -32,11 +32,10 @@ EXPECTED = {
 @pytest.mark.slow
 @needs_torch
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_biased_lis_attentions_fuse_bit_exact(name, corpus_model, unfused_fused_sqnr):
-    from onnxvq.models.families import FAMILIES, ensure
+def test_biased_lis_attentions_fuse_bit_exact(name, family_or_corpus, unfused_fused_sqnr):
     from onnxvq.passes.pipelines import ORT_LOWERING
 
-    path = ensure(FAMILIES[name]) if name in FAMILIES else corpus_model(name, "torchscript17")
+    path = family_or_corpus(name)
     plain = quantize(str(path), None, QuantConfig(ort_fusions=False, pts=True, lis=True,
                                                   **NOISE)).model
     fused, report = ORT_LOWERING.run(plain, numeric="none")
