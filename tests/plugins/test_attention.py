@@ -294,12 +294,16 @@ def test_bad_bias_is_a_clear_error(library):
             run(x, dict(attrs, bias=bias), library)
 
 
-def test_portable_path_without_vnni(library):
-    # ONNXVQ_NO_VNNI is read once per process: the portable loops need a fresh one.
+@pytest.mark.parametrize("switches", [("ONNXVQ_NO_VNNI",), ("ONNXVQ_NO_VNNI", "ONNXVQ_NO_AVX2")],
+                         ids=["avx2", "portable"])
+def test_paths_without_vnni(library, switches):
+    # The switches are read once per process: the AVX2 rows (ONNXVQ_NO_VNNI) and the portable
+    # loops (and ONNXVQ_NO_AVX2) each need a fresh one.
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_attention"
             f" as t; t.check_fuzz({library!r}); t.check_exact({library!r});"
             f" t.check_bias({library!r}); t.check_layout({library!r})")
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONNXVQ_NO_VNNI": "1"},
+    proc = subprocess.run([sys.executable, "-c", code],
+                          env={**os.environ, **dict.fromkeys(switches, "1")},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -10,20 +10,51 @@
 // The optional `bias` attribute (attention_bias.h) is added to the scaled scores of each row.
 // With AMX-INT8 both products run as 32 x 32 tile blocks (attention_amx.h), 32 query rows at a
 // time; else (or with ONNXVQ_NO_AMX set) as vpdpbusd row groups; without AVX-512 VNNI (or with
-// ONNXVQ_NO_VNNI set) as plain loops. All three compute the same integers, and the AMX and VNNI
-// paths share the softmax and output rows (attention_avx512.h), so their codes are identical.
+// ONNXVQ_NO_VNNI set) on AVX2, with q, K and V centred by their own zero points in int16 pairs
+// (vpmaddwd: exact, attention_avx2.h) and no zero-point terms; with ONNXVQ_NO_AVX2 as well, as
+// plain loops. All four compute the same integers and the same softmax floats: the AMX and VNNI
+// paths share the softmax and output rows (attention_avx512.h), the AVX2 rows do the same float
+// operations in 8-lane halves, and the plain loops one lane at a time (ExpLane, SumLanes), so
+// every path writes the same codes.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "attention.h"
 #include "attention_amx.h"
+#include "attention_avx2.h"
 #include "attention_avx512.h"
 #include "attention_bias.h"
 #include "parallel.h"
 
 namespace onnxvq {
 namespace {
+
+// The vector paths' softmax arithmetic one lane at a time, so that the portable loops give their
+// codes too. avx512::Exp (avx2::Exp): the same constants, FMAs and rounding of n; vscalefps as
+// p 2^(n + 64) (exact) times 2^-64 (its one rounding).
+float ExpLane(float x) {
+  x = x > -103.0f ? x : -103.0f;  // vmaxps(x, c)
+  const float n = std::nearbyint(x * 1.44269504f);
+  float r = std::fma(-n, 0.693145752f, x);
+  r = std::fma(-n, 1.42860677e-6f, r);
+  float p = 1.0f / 720;
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = std::fma(p, r, c);
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127 + 64) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale * 0x1p-64f;
+}
+
+// The sum of 16 lane partial sums (lane l: tokens l, l + 16, ... in order) in the order of
+// _mm512_reduce_add_ps (GCC 12): upper half + lower half, twice, then (0 + 2) + (1 + 3).
+float SumLanes(const float (&lanes)[16]) {
+  float a[8], b[4];
+  for (int i = 0; i < 8; ++i) a[i] = lanes[i + 8] + lanes[i];
+  for (int i = 0; i < 4; ++i) b[i] = a[i + 4] + a[i];
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
 
 struct QLinearAttention {
   std::string missing;
@@ -62,10 +93,13 @@ struct QLinearAttention {
       HeadAmx(HeadData(in, s, task, true, attnamx::kPad), out, s);
       return;
     }
-    HeadData h(in, s, task);
     if (avx512::Available()) {
+      HeadData h(in, s, task);
       HeadAvx512(h, out, s);
+    } else if (avx2::Available()) {
+      HeadAvx2(in, out, s, task);
     } else {
+      HeadData h(in, s, task);
       HeadPortable(h, out, s);
     }
   }
@@ -183,6 +217,37 @@ struct QLinearAttention {
     }
   }
 
+  // AVX2 (no VNNI): q, K^T and V centred into int16 pairs (avx2::Head16), kRows query rows per
+  // pass over K and over V (vpmaddwd, exact), the softmax and output rows of the AVX-512 path
+  // in 8-lane halves (same codes).
+  void HeadAvx2(const uint8_t* in, uint8_t* out, const AttentionShape& s, int64_t task) const {
+    const int64_t n = s.tokens, d = s.dim, b = task / s.heads, head = task % s.heads;
+    const avx2::Head16 h([&](int64_t j, int t) { return QkvRow(in, s, b, head, j, t); }, n, d,
+                         static_cast<int32_t>(attrs.zq), static_cast<int32_t>(attrs.zk),
+                         static_cast<int32_t>(attrs.zv), /*values=*/true);
+    constexpr int kR = avx2::kRows;
+    const int64_t stride = RoundUp(n, 16);  // the softmax row's 16-lane blocks
+    std::vector<int32_t> dot(static_cast<size_t>(kR * stride));
+    std::vector<int16_t> pc(static_cast<size_t>(kR * stride));
+    std::vector<float> e(static_cast<size_t>(stride));
+    std::vector<int32_t> acc(static_cast<size_t>(kR * h.dpad));
+    const auto zp = static_cast<int32_t>(probs_zp), zo = static_cast<int32_t>(attrs.zo);
+    for (int64_t i0 = 0; i0 < n; i0 += kR) {
+      const int rows = static_cast<int>(std::min<int64_t>(kR, n - i0));
+      h.Scores(i0, rows, dot.data(), stride);
+      for (int r = 0; r < rows; ++r) {
+        avx2::ProbsRow(dot.data() + r * stride, n, attrs.qk_scale, probs_scale, zp,
+                       pc.data() + r * stride, e.data(), bias.Row(b, head, i0 + r));
+      }
+      avx2::DotRows16Any(rows, pc.data(), stride, h.v.data(), h.jpad / 2, h.dpad / 8,
+                         acc.data(), h.dpad);
+      for (int r = 0; r < rows; ++r) {
+        uint8_t* y = out + (b * n + i0 + r) * s.heads * d + head * d;
+        avx2::OutputRow(acc.data() + r * h.dpad, d, attrs.acc_scale, attrs.out_scale, zo, y);
+      }
+    }
+  }
+
   void HeadPortable(HeadData& h, uint8_t* out, const AttentionShape& s) const {
     const int64_t n = s.tokens, d = s.dim;
     std::vector<float> e(static_cast<size_t>(n));
@@ -198,11 +263,11 @@ struct QLinearAttention {
         }
         e[j] = static_cast<float>(dot) * attrs.qk_scale;
         if (b != nullptr) e[j] += b[j];  // after the product's rounding (ISO C++: no FMA)
-        mx = std::max(mx, e[j]);
+        mx = mx > e[j] ? mx : e[j];  // vmaxps(mx, x)
       }
-      float sum = 0;
-      for (int64_t j = 0; j < n; ++j) sum += (e[j] = std::exp(e[j] - mx));
-      const float r = 1.0f / (sum * probs_scale);
+      float lanes[16] = {};
+      for (int64_t j = 0; j < n; ++j) lanes[j % 16] += (e[j] = ExpLane(e[j] - mx));
+      const float r = 1.0f / (SumLanes(lanes) * probs_scale);
       int32_t psum = 0;
       for (int64_t j = 0; j < n; ++j) {
         p[j] = static_cast<uint8_t>(std::clamp<int64_t>(std::lrintf(e[j] * r) + probs_zp, 0, 255));

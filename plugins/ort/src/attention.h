@@ -73,6 +73,14 @@ inline void ResolveShape(const std::vector<int64_t>& x, AttentionShape& s) {
 
 inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// Piece t (0 q, 1 k, 2 v) of token j of head `head`, batch item b: D codes in either qkv_layout.
+inline const uint8_t* QkvRow(const uint8_t* in, const AttentionShape& s, int64_t b, int64_t head,
+                             int64_t j, int t) {
+  const int64_t hd = s.heads * s.dim;
+  return s.layout == 1 ? in + (b * s.tokens + j) * 3 * hd + (head * 3 + t) * s.dim
+                       : in + ((b * s.tokens + j) * 3 + t) * hd + head * s.dim;
+}
+
 // Each axis of HeadData rounded up to: the query / key depth `dq`, tokens (K^T's columns, V's
 // rows), V's columns; and rows of q allocated (zero past N). The defaults suit vpdpbusd on zmm
 // rows; AMX tiles read 64-byte K steps and 32-row / 32-column blocks (attention_amx.h).
@@ -97,11 +105,8 @@ struct HeadData {
         kt(static_cast<size_t>(dq * jpad)),
         vt(quads_of_v ? static_cast<size_t>(jpad * dpad) : 0), qsum(static_cast<size_t>(s.tokens)),
         ksum(static_cast<size_t>(s.tokens)), vsum(static_cast<size_t>(dpad)) {
-    const int64_t n = s.tokens, d = s.dim, hd = s.heads * d;
-    auto row = [&](int64_t j, int t) {  // piece t (q, k, v) of token j, this head
-      return s.layout == 1 ? in + (b * n + j) * 3 * hd + (head * 3 + t) * d
-                           : in + ((b * n + j) * 3 + t) * hd + head * d;
-    };
+    const int64_t n = s.tokens, d = s.dim;
+    auto row = [&](int64_t j, int t) { return QkvRow(in, s, b, head, j, t); };
     if (avx512::Available()) {
       Pack512(s, quads_of_v, row);
       return;
