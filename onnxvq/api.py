@@ -88,10 +88,18 @@ def quantize(model, data=None, config=None, *, preprocess=None, progress=None, v
 
         return mixed_precision(
             lambda c: run_quantize(model, data, c, preprocess=preprocess, progress=progress,
-                                   validate=validate, gate=judge if gate else None),
+                                   validate=validate, gate=judge if gate else flags_only),
             cfg, check_data)
     return run_quantize(model, data, cfg, preprocess=preprocess, progress=progress,
-                        validate=validate, gate=judge if gate else None)
+                        validate=validate, gate=judge if gate else flags_only)
+
+
+def flags_only(result, rebuild, replaced) -> None:
+    """The gate turned off (`gate=False`, denoisers): the flags are still checked, so --pts on a
+    CNN is refused rather than written as plain W8/A8; no fidelity report."""
+    from onnxvq.quantizer.flags import check_flags_applied
+
+    check_flags_applied(result)
 
 
 def quantize_file(model: str | os.PathLike, output: str | os.PathLike | None = None,

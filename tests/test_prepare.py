@@ -103,4 +103,44 @@ def test_integer_flags_that_apply_nowhere_are_refused_by_name(caplog):
     with pytest.raises(UnsupportedModelError, match="--pts cannot apply: the model has no "
                        "LayerNormalization.*--lis cannot apply"):
         onnxvq.quantize(cnn, None, QuantConfig(pts=True, lis=True, **NOISE))
-    assert "--pts did nothing" in caplog.text
+    assert "did nothing" not in caplog.text  # the error carries the reasons, once
+    with pytest.raises(UnsupportedModelError, match="--pts cannot apply"):  # gate off: still
+        onnxvq.quantize(cnn, None, QuantConfig(pts=True, **NOISE), gate=False)
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_rewrite_flags_that_did_nothing_warn_by_name(caplog, gate):
+    """--reparam, --reparam-mlp and --lis-qdq on a CNN wrote plain W8/A8 without a word."""
+    from onnxvq.models.tiny_cnn import build_tiny_cnn
+
+    cfg = QuantConfig(reparam=True, reparam_mlp=True, lis_qdq=True, **NOISE)
+    with caplog.at_level("WARNING", logger="onnxvq.quantizer.flags"):
+        result = onnxvq.quantize(build_tiny_cnn(), None, cfg, gate=gate)
+    warned = [r.getMessage() for r in caplog.records if "did nothing" in r.getMessage()]
+    assert sorted(w.split(" did nothing")[0] for w in warned) == [
+        "--lis-qdq", "--reparam", "--reparam-mlp"]
+    assert any("no LayerNorm output feeding a linear" in w for w in warned)
+    assert result.model.graph.node  # written: these flags only warn
+
+
+def test_no_head_on_a_headless_backbone_warns(caplog):
+    """A backbone cut before its classifier: --no-head keeps nothing float, and says so."""
+    vit = build_tiny_vit(TinyViTConfig())
+    head = next(n for n in vit.graph.node if n.op_type == "Gemm")
+    shaped = onnx.shape_inference.infer_shapes(vit)
+    backbone = onnx.utils.Extractor(shaped).extract_model([vit.graph.input[0].name],
+                                                          [head.input[0]])
+    with caplog.at_level("WARNING", logger="onnxvq.quantizer.flags"):
+        onnxvq.quantize(backbone, None, QuantConfig(quantize_head=False, **NOISE))
+    assert "--no-head did nothing: no classifier head recognised" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="onnxvq.quantizer.flags"):
+        onnxvq.quantize(vit, None, QuantConfig(quantize_head=False, **NOISE))
+    assert "--no-head" not in caplog.text
+
+
+def test_rewrite_flags_that_applied_do_not_warn(caplog):
+    cfg = QuantConfig(reparam=True, reparam_mlp=True, lis_qdq=True, **NOISE)
+    with caplog.at_level("WARNING", logger="onnxvq.quantizer.flags"):
+        onnxvq.quantize(build_tiny_vit(TinyViTConfig()), None, cfg)
+    assert "did nothing" not in caplog.text

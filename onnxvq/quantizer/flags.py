@@ -3,7 +3,10 @@
 to W8/A8 and say nothing. RMSNorms (AIMv2) are named: `--pts` leaves them float.
 
 Each integer-op flag that replaced nothing gets a warning naming the flag and why; when every
-such flag the user gave replaced nothing, the run is refused (UnsupportedModelError, exit 4)."""
+such flag the user gave replaced nothing, the run is refused (UnsupportedModelError, exit 4) with
+those reasons, once, in the error. The rewrite flags whose absence changes no integer op
+(`--reparam`, `--reparam-mlp`, `--lis-qdq`, `--no-head`) only warn when they did nothing: on a CNN
+they used to leave the file as plain W8/A8 without a word."""
 
 from __future__ import annotations
 
@@ -37,11 +40,44 @@ def unapplied_flags(result) -> dict[str, str]:
     return missing
 
 
+# (config field, flag, the pass that does its rewrite, what it rewrites, so what) for the flags that
+# only warn; the pass did nothing when it did not run (a CNN skips the FP32 rewrites) or applied 0.
+_REWRITE_FLAGS = (
+    ("reparam", "--reparam", "reparameterize-layernorm",
+     "LayerNorm output feeding a linear", "no per-channel quantizer to fold"),
+    ("reparam_mlp", "--reparam-mlp", "reparameterize-activation",
+     "MLP activation feeding fc2", "no per-channel quantizer to rescale into fc2"),
+    ("lis_qdq", "--lis-qdq", "log-softmax-qdq", "attention-probability Q/DQ",
+     "no probabilities to give log codes"),
+)
+
+
+def inert_rewrite_flags(result) -> dict[str, str]:
+    """{flag: why it did nothing} for --reparam/--reparam-mlp/--lis-qdq/--no-head."""
+    done = {r.pass_id: r for r in result.passes}
+    inert = {}
+    for field_name, flag, pass_id, what, so in _REWRITE_FLAGS:
+        r = done.get(pass_id)
+        if not getattr(result.config, field_name) or (r is not None and r.applied):
+            continue
+        reasons = sorted({why for _, why in (r.refused if r else [])})
+        inert[flag] = (f"every {what} refused: {'; '.join(reasons)[:300]}" if reasons
+                       else f"no {what} recognised, so {so}")
+    if not result.config.quantize_head and not result.structure.head:
+        inert["--no-head"] = ("no classifier head recognised, so no layer was kept float "
+                              "for it")
+    return inert
+
+
 def check_flags_applied(result) -> None:
-    """Warn per flag that did nothing; refuse when none of the given flags did anything."""
+    """Warn per flag that did nothing; refuse when none of the given integer-op flags did
+    anything (the error then carries the reasons: no warning repeats them)."""
+    for flag, why in inert_rewrite_flags(result).items():
+        log.warning("%s did nothing: %s", flag, why)
     missing = unapplied_flags(result)
     given = [f"--{flag}" for flag, *_ in _FLAGS if getattr(result.config, flag)]
-    for flag, why in missing.items():
+    refused = given and len(missing) == len(given)
+    for flag, why in missing.items() if not refused else ():
         log.warning("%s did nothing: %s", flag, why)
     others = result.structure.other_softmax
     if result.config.lis and others and "--lis" not in missing:  # partly recognised (ConViT)
@@ -51,7 +87,7 @@ def check_flags_applied(result) -> None:
     if result.config.pts and rms and "--pts" not in missing:  # LayerNorms and RMSNorms both
         log.warning("--pts left %d RMSNorm(s) float: %s (first: %r)", len(rms),
                     _rms_reason(result.structure), rms[0].node)
-    if given and len(missing) == len(given):
+    if refused:
         raise UnsupportedModelError(
             "; ".join(f"{flag} cannot apply: {why}" for flag, why in missing.items())
             + "; nothing written (drop the flag for plain W8/A8)")
