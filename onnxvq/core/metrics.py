@@ -32,6 +32,8 @@ def sqnr(ref: np.ndarray, out: np.ndarray) -> float:
 
 def cosine(dot: float, ref_sq: float, out_sq: float) -> float:
     """cos from the dot product and the two squared norms."""
+    if dot == ref_sq == out_sq:  # identical outputs: exactly 1 (the product of two square roots
+        return 1.0               # can round to 1 - 2^-53, as on an AVX2 numpy build)
     denom = math.sqrt(ref_sq) * math.sqrt(out_sq)
     if denom == 0:
         return float(ref_sq == out_sq)
