@@ -1,9 +1,10 @@
 """LogIntAttention with its `bias` attribute: the reference, the ONNX local function and the
 native kernel bit for bit on every bias layout (shared [1, 1, N, N], per head [1, H, N, N], a
 window mask [W, 1, N, N], both summed [W, H, N, N]), N across the VNNI row groups and 16-column
-blocks (1, 49, 64, 197), batch 1 / 2 / 8; the portable loops (ONNXVQ_NO_VNNI) and the AVX2 row
-loops (ONNXVQ_NO_VBMI) too. On an AMX machine the default run takes the AMX blocks; this one
-has none, so the AMX path is skipped with that reason."""
+blocks (1, 49, 64, 197), batch 1 / 2 / 8; the AVX2 loops (ONNXVQ_NO_VNNI), the portable loops
+(ONNXVQ_NO_VNNI + ONNXVQ_NO_AVX2) and the AVX2 softmax rows (ONNXVQ_NO_VBMI) too. On an AMX
+machine the default run takes the AMX blocks; elsewhere the AMX test is skipped with that
+reason."""
 
 from __future__ import annotations
 
@@ -84,13 +85,15 @@ def test_bad_bias_is_a_clear_error(library):
             run(x, dict(attrs, bias=bias.astype(np.float32)), library)
 
 
-@pytest.mark.parametrize("env", ["ONNXVQ_NO_VNNI", "ONNXVQ_NO_VBMI", "ONNXVQ_NO_AMX"])
+@pytest.mark.parametrize("env", ["ONNXVQ_NO_VNNI", "ONNXVQ_NO_VNNI,ONNXVQ_NO_AVX2",
+                                 "ONNXVQ_NO_VBMI", "ONNXVQ_NO_AMX"])
 def test_biased_paths_bit_exact(library, env):
-    # each switch is read once per process: the portable loops, the AVX2 softmax rows, the VNNI
-    # row groups on an AMX machine
+    # each switch is read once per process: the AVX2 loops, the portable loops, the AVX2 softmax
+    # rows, the VNNI row groups on an AMX machine
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import "
             f"test_attention_lis_bias as t; t.check_bias({library!r})")
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, env: "1"},
+    proc = subprocess.run([sys.executable, "-c", code],
+                          env={**os.environ, **dict.fromkeys(env.split(","), "1")},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -1,5 +1,5 @@
-// LogIntAttention's steps as plain loops (attention_lis.cc), for CPUs without AVX-512 VNNI and
-// under ONNXVQ_NO_VNNI: the same integers, so the same codes as the vector paths.
+// LogIntAttention's steps as plain loops (attention_lis.cc), under ONNXVQ_NO_AVX2 where there is
+// no AVX-512 VNNI (or ONNXVQ_NO_VNNI): the same integers, so the same codes as the vector paths.
 #pragma once
 
 #include <algorithm>
