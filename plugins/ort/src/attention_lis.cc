@@ -15,6 +15,7 @@
 #include "attention_avx512.h"
 #include "attention_amx.h"
 #include "attention_bias.h"
+#include "attention_avx2.h"
 #include "attention_lis_avx2.h"
 #include "attention_lis_avx512.h"
 #include "attention_lis_portable.h"
@@ -86,8 +87,12 @@ struct LogIntAttention {
       HeadAmx(HeadData(in, s, task, true, attnamx::kPad), s, out);
     } else if (avx512::Available()) {
       HeadAvx512(HeadData(in, s, task), s, out);
-    } else if (lis2::Available()) {
-      HeadAvx2(lis2::PairHead(in, s, task), s, out);
+    } else if (avx2::Available()) {
+      const int64_t b = task / s.heads, head = task % s.heads;
+      const avx2::Head16 h([&](int64_t j, int t) { return QkvRow(in, s, b, head, j, t); },
+                           s.tokens, s.dim, static_cast<int32_t>(attrs.zq),
+                           static_cast<int32_t>(attrs.zk), static_cast<int32_t>(attrs.zv), true);
+      HeadAvx2(h, s, b, head, out);
     } else {
       const HeadData h(in, s, task, /*quads_of_v=*/false);
       lisportable::Head(in, h, s, {attrs, scores_scale, *rows_, neg_weight, bias}, out);
@@ -242,31 +247,35 @@ struct LogIntAttention {
     }
   }
 
-  // AVX2 (attention_lis_avx2.h), kGroup rows at a time: the scores of the group by vpmaddwd on
-  // int16 pairs, per row their int8 codes, the softmax codes (the op's own AVX2 row kernel) and
-  // the negated weights, then Y = sum_j (-w_j)(v_jd - z_v) the same way, and the output codes.
-  void HeadAvx2(const lis2::PairHead& h, const AttentionShape& s, uint8_t* out) const {
-    const int64_t n = s.tokens, d = s.dim, qs = 2 * h.depth_pairs;
+  // AVX2 (attention_avx2.h, attention_lis_avx2.h), kGroup rows at a time: the scores of the
+  // group by vpmaddwd on QLinearAttention's int16 pairs, per row their int8 codes, the softmax
+  // codes (the op's own AVX2 row kernel) and the negated weights, then Y = sum_j (-w_j)(v_jd -
+  // z_v) the same way against V's pairs, and the output codes of -Y: f32(-Y) * acc_scale =
+  // -(f32(Y) * acc_scale) exactly, so OutputRow with -acc_scale writes OutputCode(-Y)'s codes.
+  void HeadAvx2(const avx2::Head16& h, const AttentionShape& s, int64_t b, int64_t head,
+                uint8_t* out) const {
+    const int64_t n = s.tokens, d = s.dim, wpad = RoundUp(h.jpad, 16);
     std::vector<int32_t> dot(static_cast<size_t>(kGroup * h.jpad));
     std::vector<int32_t> acc(static_cast<size_t>(kGroup * h.dpad));
     std::vector<int8_t> x(static_cast<size_t>(h.jpad));
-    std::vector<uint8_t> codes(static_cast<size_t>(h.jpad));
-    std::vector<int16_t> w(static_cast<size_t>(kGroup * h.jpad));
+    std::vector<uint8_t> codes(static_cast<size_t>(wpad));
+    std::vector<int16_t> w(static_cast<size_t>(kGroup * wpad));
     std::vector<int64_t> scratch(static_cast<size_t>(n));
     for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
       const int rows = static_cast<int>(std::min<int64_t>(kGroup, n - i0));
-      lis2::PairDot(rows, h.q.data() + i0 * qs, qs, h.k.data(), h.depth_pairs, h.jpad, dot.data(),
-                    h.jpad);
+      h.Scores(i0, rows, dot.data(), h.jpad);
       for (int r = 0; r < rows; ++r) {
         lis2::ScoreCodesRow(dot.data() + r * h.jpad, n, attrs.qk_scale, scores_scale,
-                            bias.Row(h.b, h.head, i0 + r), x.data());
+                            bias.Row(b, head, i0 + r), x.data());
         rows_->Row(x.data(), n, codes.data(), scratch.data());
-        lis2::WeightsRow(codes.data(), n, h.jpad, neg_weight, w.data() + r * h.jpad);
+        lis2::WeightsRow(codes.data(), n, h.jpad, neg_weight, w.data() + r * wpad);
       }
-      lis2::PairDot(rows, w.data(), h.jpad, h.v.data(), h.jpad / 2, h.dpad, acc.data(), h.dpad);
+      avx2::DotRows16Any(rows, w.data(), wpad, h.v.data(), h.jpad / 2, h.dpad / 8, acc.data(),
+                         h.dpad);
       for (int r = 0; r < rows; ++r) {
-        lis2::OutputCodesRow(acc.data() + r * h.dpad, d, attrs,
-                             out + (h.b * n + i0 + r) * s.heads * d + h.head * d);
+        uint8_t* y = out + (b * n + i0 + r) * s.heads * d + head * d;
+        avx2::OutputRow(acc.data() + r * h.dpad, d, -attrs.acc_scale, attrs.out_scale,
+                        static_cast<int32_t>(attrs.zo), y);
       }
     }
   }
