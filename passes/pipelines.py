@@ -46,6 +46,7 @@ from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
 from onnxvq.passes.ort_matmul_nbits import OrtMatMulNBits
 from onnxvq.passes.ort_mixed_qmatmul import OrtMixedQMatMul
 from onnxvq.passes.ort_quantized_linear import OrtQuantizedLinear
+from onnxvq.passes.ort_unsigned_weights import OrtUnsignedWeights
 from onnxvq.passes.pack_int4_weights import PackInt4Weights
 from onnxvq.passes.patch_conv_to_matmul import PatchConvToMatMul
 from onnxvq.passes.quantize_weights import QuantizeWeights
@@ -127,6 +128,11 @@ LOWERED = {p: p + ORT_LOWERING for p in (W8A8, PTS_W8A8, LIS_W8A8, FULLY_QUANTIZ
 # for runtimes without the custom ops (float emulation; passes/log_softmax_qdq.py).
 LOG_SOFTMAX_QDQ = Pipeline((LogSoftmaxQDQ(),))
 
+# Target ort, lowered or not, last before the INT4 packing: the int8 weights ORT's own int8
+# kernels read as uint8 W+128 with zero point 128 where MLAS's U8S8 kernels saturate (no VNNI,
+# no AMX; QuantConfig.ort_weights); numerically neutral.
+UNSIGNED_WEIGHTS = Pipeline((OrtUnsignedWeights(),))
+
 # Weights of 4 bits or fewer stored as INT4 (opset 21) behind a Cast to int8 that ORT folds at
 # load, last, after every pass that reads the int8 codes; W8 models keep their opset.
 PACK_INT4 = Pipeline((PackInt4Weights(),))
@@ -155,6 +161,8 @@ def quantization_pipeline(cfg: QuantConfig) -> Pipeline:
         base = Pipeline((*head, CenterAttentionProbs(), fold))
     elif cfg.target == "ort" and cfg.ort_fusions:
         base = LOWERED[base]
+    if cfg.target == "ort":
+        base = base + UNSIGNED_WEIGHTS
     return base + PACK_INT4 if _four_bit_weights(cfg) else base
 
 

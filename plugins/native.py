@@ -68,6 +68,12 @@ def cpu_has_avx512_vnni() -> bool:
     return {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _cpu_flags()
 
 
+def cpu_has_avx_vnni() -> bool:
+    """Whether this CPU has AVX-VNNI (the VEX-encoded vpdpbusd of Alder Lake and later, without
+    AVX-512), with which MLAS's uint8 x int8 GEMMs accumulate exactly in int32."""
+    return "avx_vnni" in _cpu_flags()
+
+
 def _cpu_flags() -> set[str]:
     """Linux's cpuinfo flags of the first CPU (empty where there is none to read)."""
     try:

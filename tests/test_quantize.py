@@ -11,8 +11,10 @@ import pytest
 from onnx import numpy_helper
 
 from onnxvq.core.config import QuantConfig
+from onnxvq.core.pipeline import PassContext
 from onnxvq.core.runtime import make_session, random_inputs, session_options
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
+from onnxvq.passes.ort_unsigned_weights import unsigned_weights_enabled
 from onnxvq.quantizer.run import quantize
 
 NOISE = dict(calib_size=8, batch_size=4)
@@ -46,14 +48,22 @@ def test_placement_counts(tiny_q):
 
 
 def test_weights_are_int8_per_output_channel(tiny_q):
+    # stored as int8, or as uint8 W+128 with zero point 128 where this CPU's MLAS saturates
+    # int8 (passes/ort_unsigned_weights.py): the same codes either way
+    unsigned = unsigned_weights_enabled(PassContext(config=tiny_q.config))
+    stored = np.uint8 if unsigned else np.int8
     inits = {i.name: numpy_helper.to_array(i) for i in tiny_q.model.graph.initializer}
     dq_weights = [n for n in tiny_q.model.graph.node
                   if n.op_type == "DequantizeLinear" and n.input[0] in inits
-                  and inits[n.input[0]].dtype == np.int8]
+                  and inits[n.input[0]].dtype in (np.int8, np.uint8)
+                  and inits[n.input[0]].ndim > 1]
     assert len(dq_weights) == 10
     for n in dq_weights:
-        q, scale = inits[n.input[0]], inits[n.input[1]]
-        axis = next(a.i for a in n.attribute if a.name == "axis")
+        assert inits[n.input[0]].dtype == stored
+        zp = inits[n.input[2]]
+        assert zp.dtype == stored and (zp == (128 if unsigned else 0)).all()
+        q, scale = inits[n.input[0]].astype(np.int16) - zp.flat[0], inits[n.input[1]]
+        axis = _axis(n)
         assert scale.shape == (q.shape[axis],)
         # max/127: every output channel reaches ±127 exactly
         amax = np.abs(q).max(axis=tuple(i for i in range(q.ndim) if i != axis))
@@ -63,6 +73,10 @@ def test_weights_are_int8_per_output_channel(tiny_q):
 
     # linears shrink 4×; the float position embedding, LayerNorms and biases stay
     assert weight_bytes(tiny_q.model) < 0.4 * weight_bytes(build_tiny_vit(TinyViTConfig(depth=2)))
+
+
+def _axis(node) -> int:
+    return next(a.i for a in node.attribute if a.name == "axis")
 
 
 def test_close_to_fp32(tiny, tiny_q):

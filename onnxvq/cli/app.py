@@ -133,6 +133,10 @@ def quantize(
         help="Target ort: run the int8 Linears as onnxvq's QuantizedLinear (AMX tiles, bit-exact "
         "with MatMulIntegerToFloat): auto (where this CPU has AMX-INT8 or AVX-512 VNNI), on or "
         "off.")] = "auto",
+    ort_weights: Annotated[str, typer.Option(
+        help="Target ort: the weights of ONNX Runtime's own int8 kernels as int8, or uint8 "
+        "W+128 with zero point 128 (the same values; exact where MLAS's int8 kernels saturate): "
+        "auto (uint8 where this CPU has no VNNI and no AMX), int8 or uint8.")] = "auto",
     report: Annotated[bool, typer.Option("--report", help="Write an HTML report beside the "
                                          "output.")] = False,
     split_shortcut: Annotated[float | None, typer.Option(
@@ -180,9 +184,10 @@ def quantize(
                           split_shortcut=split_shortcut, fisher=fisher,
                           weight_only=weight_only, target_sqnr=target_sqnr,
                           max_drop=max_drop, rank_by=rank_by, smooth=smooth,
-                          quantized_linear=quantized_linear)
+                          quantized_linear=quantized_linear, ort_weights=ort_weights)
         _warn_inert(cfg, momentum=momentum, percentile=percentile,
-                    quantized_linear=quantized_linear, lis_base=lis_base, rank_by=rank_by)
+                    quantized_linear=quantized_linear, ort_weights=ort_weights,
+                    lis_base=lis_base, rank_by=rank_by)
         _warn_max_low_bit_weights(cfg)
         spec = _denoiser_spec(spec, data, samples, seed, calib_steps, calib_per_step, ddim,
                               classes, denoiser_inputs)
@@ -212,7 +217,8 @@ def _denoiser_spec(spec, data, samples, seed, calib_steps, per_step, ddim, class
     return trajectory_from_flags(calib_steps, per_step, ddim, seed, classes, inputs)
 
 
-def _warn_inert(cfg, *, momentum, percentile, quantized_linear, lis_base, rank_by) -> None:
+def _warn_inert(cfg, *, momentum, percentile, quantized_linear, lis_base, rank_by,
+                ort_weights) -> None:
     """A warning for each flag the user set that this configuration never reads (the flags as
     given, not as a --recipe filled them in)."""
     for flag, value in (("momentum", momentum), ("percentile", percentile)):
@@ -222,6 +228,8 @@ def _warn_inert(cfg, *, momentum, percentile, quantized_linear, lis_base, rank_b
     if quantized_linear != "auto" and (cfg.target != "ort" or cfg.weight_only):
         warn(f"--quantized-linear {quantized_linear} does nothing without int8 Linears for "
              "target ort")
+    if ort_weights != "auto" and (cfg.target != "ort" or cfg.weight_only):
+        warn(f"--ort-weights {ort_weights} does nothing without int8 weights for target ort")
     if lis_base != "2" and not (cfg.lis or cfg.lis_qdq):
         warn(f"--lis-base {lis_base} does nothing without --lis or --lis-qdq")
     if rank_by != "sensitivity" and cfg.target_sqnr is None and cfg.max_drop is None:

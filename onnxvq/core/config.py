@@ -11,6 +11,7 @@ METHODS = ("minmax", "ema", "percentile", "omse", "block-mse", "similarity", "tw
 TARGETS = ("ort", "trt")
 WEIGHT_METHODS = ("max", "mse", "output", "gptq")  # onnxvq.calibrate.weights
 QUANTIZED_LINEAR = ("auto", "on", "off")  # --quantized-linear: auto = where AMX or AVX-512 VNNI
+ORT_WEIGHTS = ("auto", "int8", "uint8")  # --ort-weights: auto = uint8 where MLAS's U8S8 saturates
 LIS_BASES = {"2": 1, "sqrt2": 2}  # --lis-base -> LogIntSoftmax octave_steps (codes per octave)
 RANKINGS = ("sensitivity", "nuclear")  # onnxvq.verify.mixed: which Linears to raise first
 # One switch for the best low-bit result (README "Low bits"): each recipe fills the fields a user
@@ -67,6 +68,9 @@ class QuantConfig:
     ort_fusions: bool = True  # target ort: lower the QDQ graph into ORT fused kernels
     # target ort: int8 Linears as com.onnxvq QuantizedLinear: auto = if this CPU has AMX or VNNI
     quantized_linear: str = "auto"
+    # target ort: the weights ORT's own int8 kernels read, int8 or uint8 W+128 with zero point
+    # 128 (exact where MLAS's U8S8 kernels saturate); auto = uint8 without VNNI and AMX
+    ort_weights: str = "auto"
     split_shortcut: float | None = None  # split Conv/MatMul over Concats with ranges > this ratio
     weight_only: bool = False  # Linear weights at w_bits, activations float (MatMulNBits) (h9)
     layer_bits: tuple[tuple[str, int], ...] = ()  # (node glob, bits): a Linear's weight + input
@@ -168,6 +172,9 @@ def _problems(cfg: QuantConfig) -> list[str]:
     if cfg.quantized_linear not in QUANTIZED_LINEAR:
         out.append(f"unknown quantized_linear {cfg.quantized_linear!r}; choose one of "
                    f"{', '.join(QUANTIZED_LINEAR)}")
+    if cfg.ort_weights not in ORT_WEIGHTS:
+        out.append(f"unknown ort_weights {cfg.ort_weights!r}; choose one of "
+                   f"{', '.join(ORT_WEIGHTS)}")
     if cfg.target not in TARGETS:
         out.append(f"unknown target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
     out += [f"{n} must be true or false, got {getattr(cfg, n)!r}" for n in _BOOLS

@@ -67,5 +67,14 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.n
     return make_session(model, custom_ops=False).run(None, feeds)
 
 
+def shipped(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with the weight storage a target-ort run ends with on this machine
+    (ort-unsigned-weights, QuantConfig.ort_weights "auto": uint8 W+128 where MLAS's int8 x uint8
+    kernels saturate, else unchanged), so two graphs of the same int8 sums compare equal here."""
+    from onnxvq.passes.pipelines import UNSIGNED_WEIGHTS
+
+    return UNSIGNED_WEIGHTS.run(model, numeric="none")[0]
+
+
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from qdq_graphs import Builder, op_types, run_model
+from qdq_graphs import Builder, op_types, run_model, shipped
 
 from onnxvq.core.pipeline import Pipeline
 from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
@@ -26,7 +26,7 @@ def test_fuses_bias_and_keeps_output():
     assert ops == ["QuantizeLinear", "MatMulIntegerToFloat"], ops
     assert out.graph.output[0].name == model.graph.output[0].name
     feeds = {"x": np.random.default_rng(2).standard_normal((3, 7, 32)).astype(np.float32)}
-    a, b = run_model(model, feeds)[0], run_model(out, feeds)[0]
+    a, b = run_model(shipped(model), feeds)[0], run_model(shipped(out), feeds)[0]
     # the same int32 products; only the float rescale/bias rounding order differs
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 

@@ -4,7 +4,7 @@ re-laid-out uint8 codes, with the same outputs (the int32 products are identical
 from __future__ import annotations
 
 import numpy as np
-from qdq_graphs import Builder, op_types, run_model
+from qdq_graphs import Builder, op_types, run_model, shipped
 
 from onnxvq.core.pipeline import Pipeline
 from onnxvq.passes.ort_matmul_bias import OrtMatMulBias
@@ -40,7 +40,7 @@ def test_rewrites_to_int8_matmul_with_same_outputs():
         assert report.result("patch-conv-to-matmul").applied == 1
         ops = op_types(out)
         assert "Conv" not in ops and ops.count("MatMulIntegerToFloat") == 1, ops
-        a, b = run_model(model, feeds)[0], run_model(out, feeds)[0]
+        a, b = run_model(shipped(model), feeds)[0], run_model(shipped(out), feeds)[0]
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
