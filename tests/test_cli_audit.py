@@ -24,6 +24,8 @@ def vit(tmp_path_factory):
 @pytest.mark.parametrize("flags, says", [
     (["--target", "trt", "--quantized-linear", "on"],
      "--quantized-linear on does nothing without int8 Linears for target ort"),
+    (["--target", "trt", "--ort-weights", "uint8"],
+     "--ort-weights uint8 does nothing without int8 weights for target ort"),
     (["--rank-by", "nuclear"], "--rank-by does nothing without --target-sqnr or --max-drop"),
     (["--percentile", "0.001"], "--percentile 0.001 does nothing with --method minmax"),
     (["--lis-base", "sqrt2"], "--lis-base sqrt2 does nothing without --lis or --lis-qdq"),

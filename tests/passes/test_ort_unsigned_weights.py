@@ -290,3 +290,24 @@ def test_runs_last_for_target_ort_only():
                for p in quantization_pipeline(QuantConfig(target="trt")).passes)
     with pytest.raises(UsageError, match="ort_weights"):
         QuantConfig(ort_weights="int4")
+
+
+@pytest.mark.parametrize("setting", ["int8", "uint8"])
+def test_a_cnn_run_records_the_setting_and_is_exact_with_uint8(setting):
+    """The tiny CNN end to end, each setting forced: the sidecar says which, its passes how many
+    weights moved; the two models dequantize to the same weights (neutral by construction)."""
+    from onnxvq.models.tiny_cnn import build_tiny_cnn
+    from onnxvq.quantizer.run import quantize
+
+    runs = {w: quantize(build_tiny_cnn(), None, QuantConfig(calib_size=16, ort_weights=w))
+            for w in ("int8", setting)}
+    side = runs[setting].sidecar()
+    assert side["config"]["ort_weights"] == setting
+    moved = next(p["applied"] for p in side["passes"] if p["pass"] == "ort-unsigned-weights")
+    assert moved == (10 if setting == "uint8" else 0)  # 9 Convs and the head Gemm
+    a, b = (_inits(runs[w].model) for w in ("int8", setting))
+    for name, w in a.items():
+        if w.dtype == np.int8 and w.ndim > 1:
+            got = b.get(name, b.get(f"{name}/uint8"))
+            np.testing.assert_array_equal(got.astype(np.int16) - (128 if setting == "uint8"
+                                                                  else 0), w)
