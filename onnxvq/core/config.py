@@ -32,8 +32,9 @@ class QuantConfig:
     target "ort": uint8 asymmetric activations (ORT's int8 kernels take them); "trt": int8
     symmetric, zero point 0 everywhere, as TensorRT requires. Weights are always int8 symmetric per
     output channel with scale max|w|/(2^(b-1)-1) (for target ort stored as uint8 W+128 with zero
-    point 128 where `ort_weights` says so: the same values). Bit widths below 8 keep 8-bit containers with
-    2^b-level scales (values past the calibrated range saturate at the container's edge).
+    point 128 where `ort_weights` says so: the same values). Bit widths below 8 keep 8-bit
+    containers with 2^b-level scales (values past the calibrated range saturate at the
+    container's edge).
     """
 
     method: Literal["minmax", "ema", "percentile", "omse", "block-mse", "similarity",
