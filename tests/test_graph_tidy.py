@@ -11,11 +11,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from onnxvq.core.graph import to_graph
-from onnxvq.core.order import _sorted_nodes, tidy
+from onnxvq.core.order import _sorted_nodes, mark_tidy, tidy
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
-from onnxvq.plugins.ops import register_functions
+from onnxvq.plugins.functions import OPSET
+from onnxvq.plugins.ops import all_function_protos, register_functions
 
 
 def _shuffled(model: onnx.ModelProto, seed: int) -> gs.Graph:
@@ -50,6 +53,22 @@ def test_exported_bytes_are_graphsurgeons_with_functions():
     a = gs.export_onnx(ours, do_type_check=False).SerializeToString()
     b = gs.export_onnx(theirs, do_type_check=False).SerializeToString()
     assert a == b
+
+
+@pytest.mark.parametrize("opset,bias", [(OPSET, False), (OPSET, True), (21, False)])
+def test_mark_tidy_is_graphsurgeons_on_every_function_body(opset, bias):
+    """mark_tidy cleans and sorts each com.onnxvq body with tidy's walks: the same nodes, order
+    and exported bytes as graphsurgeon's cleanup().toposort(), also for a body shuffled first."""
+    for seed, proto in enumerate(all_function_protos(opset, bias)):
+        ours, theirs = (OnnxImporter.import_function(proto, model_opset=opset) for _ in "ab")
+        order = np.random.default_rng(seed).permutation(len(ours.nodes))
+        for f in (ours, theirs):
+            f.nodes = [f.nodes[i] for i in order]
+        mark_tidy(ours)
+        theirs.cleanup().toposort()
+        assert _names(ours) == _names(theirs), proto.name
+        assert OnnxExporter.export_function(ours).SerializeToString() == \
+            OnnxExporter.export_function(theirs).SerializeToString(), proto.name
 
 
 def test_falls_back_on_a_cycle_and_a_subgraph():

@@ -14,8 +14,16 @@ _TIDY: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 def mark_tidy(func: gs.Function) -> gs.Function:
     """Clean and sort `func` once, as `tidy` would, and let later `tidy` calls skip it: nothing
     edits a local function's body after it is added, and a second cleanup or (stable) sort is a
-    no-op. Sorting the 24 com.onnxvq bodies on every pass took ~0.2 s of a vit_cifar10 run."""
-    func.cleanup().toposort()
+    no-op. Sorting the 24 com.onnxvq bodies on every pass took ~0.2 s of a vit_cifar10 run.
+    The one cleanup and sort use `tidy`'s own walks (graphsurgeon's took ~0.2 s more, once per
+    run, for the 24 bodies register_functions adds), its recursion only where they decline."""
+    if not _cleaned(func):  # a body with subgraphs
+        func.cleanup()
+    nodes = _sorted_nodes(func.nodes)
+    if nodes is None:
+        func.toposort()
+    else:
+        func.nodes = nodes
     _TIDY[id(func)] = func
     return func
 
