@@ -8,8 +8,10 @@ any onnxruntime >= 1.21.
 Environment:
     ONNXVQ_NO_NATIVE=1      never use the native library (every lookup answers None).
     ONNXVQ_NO_AMX           QuantizedLinear's kernel skips AMX (=1: its AVX-512 VNNI tasks where
-                            the CPU has them, else ORT's MatMulIntegerToFloat kernel; =loops:
-                            plain loops); ``cpu_has_amx()`` then answers False.
+                            the CPU has them, else its exact AVX2 tasks; =avx2: the AVX2 tasks;
+                            =ort: ORT's MatMulIntegerToFloat kernel, which saturates on AVX2
+                            without VNNI; =loops: plain loops); ``cpu_has_amx()`` then answers
+                            False.
     ONNXVQ_ORT_LIBRARY      path of a prebuilt library to use instead of building one (it must
                             carry the stamp of these sources, else NativeBuildError).
     ONNXVQ_ORT_BUILD_DIR    where to build (default ``plugins/ort/build``).

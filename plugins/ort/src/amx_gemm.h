@@ -59,7 +59,8 @@ inline bool Available() {
 
 struct PackedWeights {
   int64_t k = 0, n = 0, kp = 0, np = 0;  // kp: K rounded up to 64, np: N rounded up to 32
-  std::vector<int8_t> tiles;             // [np / 16][kp / 64][16][64]
+  std::vector<int8_t> tiles;             // [np / 16][kp / 64][16][64] (VNNI: its own panels)
+  std::vector<int16_t> pairs;            // the AVX2 path's int16 panels (avx2_gemm.h), kp: K to 2
   std::vector<int32_t> colsum;           // [np]: sum_k W[k][c], for the zero-point correction
 };
 

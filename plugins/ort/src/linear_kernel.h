@@ -1,7 +1,8 @@
 // The shared part of the QuantizedLinear kernels (plugins/README.md): input checks, the float
-// epilogue f32(acc) * (a_scale * b_scale[n]) + bias[n], and the AMX driver that runs 32-row x
-// up-to-128-column tasks on ORT's thread pool and hands each finished row either to the float
-// output or to a code-writing sink (QuantizedLinearQuantize, QuantizedLinearGeluQuantize).
+// epilogue f32(acc) * (a_scale * b_scale[n]) + bias[n], and the packed-B driver (AMX tiles, AVX-512
+// VNNI or AVX2 panels) that runs 32-row x up-to-128-column tasks on ORT's thread pool and hands
+// each finished row either to the float output or to a code-writing sink (QuantizedLinearQuantize,
+// QuantizedLinearGeluQuantize).
 #pragma once
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "amx_gemm.h"
+#include "avx2_gemm.h"
 #include "common.h"
 #include "vnni_gemm.h"
 
@@ -81,6 +83,9 @@ inline Epilogue MakeEpilogue(const amx::PackedWeights& w, const Ort::Custom::Ten
   return e;
 }
 
+// Which code computes a QuantizedLinear, decided per kernel (ChoosePath).
+enum class Path { kAmx, kVnni, kAvx2, kOrt, kLoops };
+
 // v[0, cols) = f32(c - zcol) * scale + bias for one row of a block (columns col0...).
 ONNXVQ_AVX512_DQ ONNXVQ_NO_FMA inline void FloatRow(
     const int32_t* c, int64_t col0, int64_t cols, const Epilogue& e, float* v) {
@@ -96,8 +101,30 @@ ONNXVQ_AVX512_DQ ONNXVQ_NO_FMA inline void FloatRow(
   }
 }
 
+// The same row 8 lanes at a time (the AVX2 path): the same IEEE multiply, then add, lane by lane,
+// so the same bits. v holds `cols` floats (the float output) or 32 (a code sink's buffer).
+ONNXVQ_AVX2 ONNXVQ_NO_FMA inline void FloatRow8(const int32_t* c, int64_t col0, int64_t cols,
+                                                const Epilogue& e, float* v) {
+  for (int64_t j = 0; j < cols; j += 8) {
+    const __m256i acc = _mm256_sub_epi32(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j)),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.zcol.data() + col0 + j)));
+    const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc),
+                                                 _mm256_loadu_ps(e.scale.data() + col0 + j)),
+                                   _mm256_loadu_ps(e.bias.data() + col0 + j));
+    const int64_t left = cols - j;
+    if (left >= 8) {
+      _mm256_storeu_ps(v + j, y);
+    } else {  // lanes [0, left) of the last vector
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(left)),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      _mm256_maskstore_ps(v + j, mask, y);
+    }
+  }
+}
+
 // Sink: kFloat true -> `float* out` ([m, n]) gets the rows; false -> Codes(row, col0, cols, v)
-// with v 32 floats (only the first `cols` meaningful).
+// (AVX-512) or Codes8 (AVX2) with v 32 floats (only the first `cols` meaningful).
 template <class Sink>
 struct AmxTask {
   const uint8_t* x;
@@ -108,18 +135,26 @@ struct AmxTask {
 };
 
 // The epilogue of one finished 32 x 32 block c (row stride 32): `rows` rows from row0, the
-// columns of block nb.
-template <class Sink>
+// columns of block nb; kWide: with AVX-512 (AMX, VNNI), else AVX2 (the same bits).
+template <class Sink, bool kWide>
 void FinishBlock(const Sink& sink, const Epilogue& e, const int32_t* c, int64_t row0, int64_t rows,
                  int64_t nb, int64_t n) {
   alignas(64) float v[amx::kBlockN];
   const int64_t col0 = nb * amx::kBlockN, cols = std::min(amx::kBlockN, n - col0);
   for (int64_t r = 0; r < rows; ++r) {
     if constexpr (Sink::kFloat) {
-      FloatRow(c + r * amx::kBlockN, col0, cols, e, sink.out + (row0 + r) * n + col0);
-    } else {
+      float* out = sink.out + (row0 + r) * n + col0;
+      if constexpr (kWide) {
+        FloatRow(c + r * amx::kBlockN, col0, cols, e, out);
+      } else {
+        FloatRow8(c + r * amx::kBlockN, col0, cols, e, out);
+      }
+    } else if constexpr (kWide) {
       FloatRow(c + r * amx::kBlockN, col0, amx::kBlockN, e, v);
       sink.Codes(row0 + r, col0, cols, v);
+    } else {
+      FloatRow8(c + r * amx::kBlockN, col0, amx::kBlockN, e, v);
+      sink.Codes8(row0 + r, col0, cols, v);
     }
   }
 }
@@ -127,14 +162,26 @@ void FinishBlock(const Sink& sink, const Epilogue& e, const int32_t* c, int64_t 
 // One task: a 32-row block times up to per_group column blocks. On AMX it is software-pipelined:
 // while the tile unit multiplies block nb, the vector units run block nb - 1's epilogue (c double
 // buffered), independent work the out-of-order core overlaps with the tdpbusd chain. On VNNI the
-// vector units do both, block by block.
-template <class Sink, bool kAmx>
+// vector units do both, block by block; on AVX2 too, on the rows widened to int16 once per task.
+template <class Sink, Path kPath>
 void RunTask(void* data, size_t index) {
   const auto& t = *static_cast<const AmxTask<Sink>*>(data);
   const auto& w = *t.w;
   const int64_t mb = static_cast<int64_t>(index) / t.groups;
   const int64_t g = static_cast<int64_t>(index) % t.groups;
   const int64_t row0 = mb * amx::kBlockM, rows = std::min(amx::kBlockM, t.m - row0);
+  const int64_t nb0 = g * t.per_group;
+  const int64_t nb_end = std::min(w.np / amx::kBlockN, nb0 + t.per_group);
+  alignas(64) int32_t c[2][amx::kBlockM * amx::kBlockN];
+  if constexpr (kPath == Path::kAvx2) {
+    thread_local std::vector<int16_t> wide;
+    const int16_t* a16 = avx2::WidenRows(t.x + row0 * w.k, rows, w, wide);
+    for (int64_t nb = nb0; nb < nb_end; ++nb) {
+      avx2::Multiply(a16, w, nb, rows, c[0]);
+      FinishBlock<Sink, false>(*t.sink, *t.e, c[0], row0, rows, nb, w.n);
+    }
+    return;
+  }
   const uint8_t* a = t.x + row0 * w.k;
   int64_t lda = w.k;
   thread_local std::vector<uint8_t> pad;
@@ -144,35 +191,34 @@ void RunTask(void* data, size_t index) {
     a = pad.data();
     lda = w.kp;
   }
-  alignas(64) int32_t c[2][amx::kBlockM * amx::kBlockN];
-  const int64_t nb0 = g * t.per_group;
-  const int64_t nb_end = std::min(w.np / amx::kBlockN, nb0 + t.per_group);
-  if constexpr (kAmx) {
+  if constexpr (kPath == Path::kAmx) {
     amx::LoadConfig();
     for (int64_t nb = nb0; nb < nb_end; ++nb) {
       amx::Multiply(a, lda, w, 2 * nb);
-      if (nb > nb0) FinishBlock(*t.sink, *t.e, c[(nb - 1) & 1], row0, rows, nb - 1, w.n);
+      if (nb > nb0) FinishBlock<Sink, true>(*t.sink, *t.e, c[(nb - 1) & 1], row0, rows, nb - 1, w.n);
       amx::StoreC(c[nb & 1]);
     }
     amx::Release();
-    FinishBlock(*t.sink, *t.e, c[(nb_end - 1) & 1], row0, rows, nb_end - 1, w.n);
+    FinishBlock<Sink, true>(*t.sink, *t.e, c[(nb_end - 1) & 1], row0, rows, nb_end - 1, w.n);
   } else {
     for (int64_t nb = nb0; nb < nb_end; ++nb) {
       vnni::Multiply(a, lda, w, nb, c[0]);
-      FinishBlock(*t.sink, *t.e, c[0], row0, rows, nb, w.n);
+      FinishBlock<Sink, true>(*t.sink, *t.e, c[0], row0, rows, nb, w.n);
     }
   }
 }
 
-// The packed paths: 32-row x up-to-128-column tasks on ORT's thread pool.
+// The packed paths (AMX, VNNI, AVX2): 32-row x up-to-128-column tasks on ORT's thread pool.
 template <class Sink>
 void RunPacked(OrtKernelContext* ctx, const uint8_t* x, int64_t m, const amx::PackedWeights& w,
-               const Epilogue& e, const Sink& sink, bool amx_path) {
+               const Epilogue& e, const Sink& sink, Path path) {
   if (m == 0) return;
   const int64_t blocks = w.np / amx::kBlockN, per_group = std::min<int64_t>(blocks, 4);
   AmxTask<Sink> task{x, &w, &e, &sink, m, (blocks + per_group - 1) / per_group, per_group};
   const int64_t tasks = (m + amx::kBlockM - 1) / amx::kBlockM * task.groups;
-  void (*run)(void*, size_t) = amx_path ? &RunTask<Sink, true> : &RunTask<Sink, false>;
+  void (*run)(void*, size_t) = path == Path::kAmx    ? &RunTask<Sink, Path::kAmx>
+                               : path == Path::kVnni ? &RunTask<Sink, Path::kVnni>
+                                                     : &RunTask<Sink, Path::kAvx2>;
   if (tasks == 1) {
     run(&task, 0);
   } else {
@@ -233,38 +279,52 @@ inline bool ConstantWeights(const OrtApi* api, const OrtKernelInfo* info) {
 }
 
 // Which code computes a QuantizedLinear, decided per kernel (the switches are read once):
-// AMX tiles, else AVX-512 VNNI (both need B constant, to pack it once), else ORT's own
-// MatMulIntegerToFloat through InvokeOp, else the plain loops. ONNXVQ_NO_AMX=1 skips AMX,
-// =ort (or ONNXVQ_NO_VNNI) takes ORT's kernel where AMX is off, =loops the loops.
-enum class Path { kAmx, kVnni, kOrt, kLoops };
-
+// AMX tiles, else AVX-512 VNNI (both on B constant, packed once), else the exact AVX2 panels
+// (avx2_gemm.h; B packed once, or on every call where it is not a constant). ORT's own
+// MatMulIntegerToFloat through InvokeOp only where it is exact: a VNNI CPU (vpdpbusd) with B not
+// constant; on AVX2 alone MLAS saturates (avx2_gemm.h), so it runs there only when asked for.
+// ONNXVQ_NO_AMX=1 skips AMX, =avx2 skips AMX and VNNI (as ONNXVQ_NO_VNNI=1 does VNNI), =ort
+// takes ORT's kernel (the old fallback, saturating on AVX2), =loops the plain loops.
 inline Path ChoosePath(bool constant_weights, bool has_fallback) {
   const char* v = std::getenv("ONNXVQ_NO_AMX");
   const std::string mode = v == nullptr ? "" : v;
   if (mode == "loops") return Path::kLoops;
-  if (constant_weights && v == nullptr && amx::Available()) return Path::kAmx;
-  if (constant_weights && mode != "ort" && vnni::Available()) return Path::kVnni;
-  return has_fallback ? Path::kOrt : Path::kLoops;
+  if (mode == "ort") return has_fallback ? Path::kOrt : Path::kLoops;
+  if (mode != "avx2") {
+    if (constant_weights && v == nullptr && amx::Available()) return Path::kAmx;
+    if (vnni::Available()) {
+      if (constant_weights) return Path::kVnni;
+      if (has_fallback) return Path::kOrt;
+    }
+  }
+  return Path::kAvx2;
 }
 
 // What every QuantizedLinear variant keeps per kernel: ORT's own op for the fallback, the path,
-// and B packed (AMX tiles or VNNI panels) on the first call that needs it.
+// and B packed (AMX tiles, VNNI or AVX2 panels) on the first call that needs it.
 struct KernelBase {
   Ort::Op fallback{nullptr};
+  bool constant;  // B is an initializer: packed once, else on every call (the AVX2 path only)
   Path path;
   std::once_flag packed_once;
   amx::PackedWeights packed;
 
   KernelBase(const OrtApi* api, const OrtKernelInfo* info)
       : fallback(CreateFallback(info)),
-        path(ChoosePath(ConstantWeights(api, info), static_cast<bool>(fallback))) {}
+        constant(ConstantWeights(api, info)),
+        path(ChoosePath(constant, static_cast<bool>(fallback))) {}
 
-  // The packed weights when this kernel takes a packed path (packed once), else nullptr.
-  const amx::PackedWeights* Packed(const Ort::Custom::Tensor<int8_t>& b, const Shape& s) {
-    if (path != Path::kAmx && path != Path::kVnni) return nullptr;
-    std::call_once(packed_once, [&] {
-      (path == Path::kAmx ? amx::Pack : vnni::Pack)(b.Data(), s.k, s.n, packed);
-    });
+  // The packed weights when this kernel takes a packed path, else nullptr: packed once, or (B
+  // not constant) into `scratch` for this call.
+  const amx::PackedWeights* Packed(const Ort::Custom::Tensor<int8_t>& b, const Shape& s,
+                                   amx::PackedWeights& scratch) {
+    if (path != Path::kAmx && path != Path::kVnni && path != Path::kAvx2) return nullptr;
+    auto pack = path == Path::kAmx ? amx::Pack : path == Path::kVnni ? vnni::Pack : avx2::Pack;
+    if (!constant) {
+      pack(b.Data(), s.k, s.n, scratch);
+      return &scratch;
+    }
+    std::call_once(packed_once, [&] { pack(b.Data(), s.k, s.n, packed); });
     return &packed;
   }
 

@@ -7,9 +7,9 @@
 //   acc = sum_k A W - a_zero_point * sum_k W
 // Blocks of rows x column groups are tasks on ORT's thread pool (linear_kernel.h). Without AMX
 // (or with ONNXVQ_NO_AMX set) the same tasks run on AVX-512 VNNI where the CPU has it
-// (vnni_gemm.h), else the kernel invokes ONNX Runtime's own com.microsoft MatMulIntegerToFloat
-// on the same inputs, and where ORT cannot create that op, or with ONNXVQ_NO_AMX=loops, plain
-// loops compute the same.
+// (vnni_gemm.h), else on AVX2 with int16 products (avx2_gemm.h: exact, where MLAS's AVX2 kernel
+// saturates). ONNXVQ_NO_AMX=ort invokes ONNX Runtime's own com.microsoft MatMulIntegerToFloat on
+// the same inputs instead (also a VNNI CPU's path when B is not a constant), =loops plain loops.
 #include "linear_kernel.h"
 
 namespace onnxvq {
@@ -33,10 +33,10 @@ struct QuantizedLinear : linear::KernelBase {
     return Guard("QuantizedLinear", [&] {
       const linear::Shape s = linear::Check(a, b, a_scale, b_scale, a_zero_point, b_zero_point,
                                             bias);
-      if (const amx::PackedWeights* w = Packed(b, s)) {
+      amx::PackedWeights scratch;
+      if (const amx::PackedWeights* w = Packed(b, s, scratch)) {
         const linear::Epilogue e = linear::MakeEpilogue(*w, a_scale, b_scale, a_zero_point, bias);
-        linear::RunPacked(ctx, a.Data(), s.m, *w, e, FloatSink{y.Allocate(s.out)},
-                          path == linear::Path::kAmx);
+        linear::RunPacked(ctx, a.Data(), s.m, *w, e, FloatSink{y.Allocate(s.out)}, path);
       } else if (path == linear::Path::kOrt) {
         InvokeFallback(ctx, Ort::KernelContext(ctx).GetOutput(0, s.out));
       } else {

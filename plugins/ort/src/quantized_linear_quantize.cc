@@ -3,9 +3,10 @@
 //   QuantizeLinear        sat(rne(v / y_scale) + y_zero_point)       (IEEE division, as ORT)
 //   GeluQuantizeLinear    the erf-GELU codes of v (gelu_codes.h, the GeluQuantizeLinear kernel's)
 // so the float tensor is never written. v is computed exactly as QuantizedLinear computes it
-// (linear_kernel.h), so the codes are those of the two unfused kernels, bit for bit. Without AMX
-// or AVX-512 VNNI the float rows come from ORT's MatMulIntegerToFloat kernel (or plain loops)
-// into a buffer.
+// (linear_kernel.h), so the codes are those of the two unfused kernels, bit for bit. On the
+// packed paths (AMX, AVX-512 VNNI, AVX2) each finished row goes straight to the codes; on ORT's
+// MatMulIntegerToFloat kernel (ONNXVQ_NO_AMX=ort) or the plain loops the float rows fill a buffer
+// first.
 #include <algorithm>
 #include <mutex>
 #include <string>
@@ -81,6 +82,13 @@ struct CodeSink {
   void Codes(int64_t row, int64_t col0, int64_t cols, const float* v) const {
     CodesAvx512(v, col0, cols, out + row * n + col0, p);
   }
+
+  // The AVX2 path's: 32 codes (v is 32 floats, the quantizer padded to np), `cols` written.
+  void Codes8(int64_t row, int64_t col0, int64_t cols, const float* v) const {
+    alignas(32) uint8_t codes[32];
+    Codes32(v, col0, codes, p);
+    std::memcpy(out + row * n + col0, codes, static_cast<size_t>(cols));
+  }
 };
 
 // Per-column quantizers for QuantizeLinear (a scalar broadcast; [N] for the QKV projection's
@@ -125,9 +133,10 @@ struct QuantizedLinearCodes : linear::KernelBase {
                                             bias);
       const CodeParams p = Params<kGelu>(y_scale, y_zero_point, s.n);
       const CodeSink sink{y.Allocate(s.out), s.n, p};
-      if (const amx::PackedWeights* w = Packed(b, s)) {
+      amx::PackedWeights scratch;
+      if (const amx::PackedWeights* w = Packed(b, s, scratch)) {
         const linear::Epilogue e = linear::MakeEpilogue(*w, a_scale, b_scale, a_zero_point, bias);
-        linear::RunPacked(ctx, a.Data(), s.m, *w, e, sink, path == linear::Path::kAmx);
+        linear::RunPacked(ctx, a.Data(), s.m, *w, e, sink, path);
         return;
       }
       std::vector<float> v(static_cast<size_t>(s.m * s.n));

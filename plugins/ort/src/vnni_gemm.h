@@ -21,7 +21,7 @@ namespace vnni {
 
 constexpr int64_t kPanelBytes = 32 * 4;  // one K quad of a 32-column panel
 
-// AVX-512 VNNI with F/BW/VL/DQ (the epilogue's); ONNXVQ_NO_VNNI takes ORT's kernel instead.
+// AVX-512 VNNI with F/BW/VL/DQ (the epilogue's); ONNXVQ_NO_VNNI takes the AVX2 path instead.
 inline bool Available() {
   static const bool has = [] {
     __builtin_cpu_init();
