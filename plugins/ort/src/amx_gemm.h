@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "simd.h"
@@ -57,10 +58,28 @@ inline bool Available() {
   return ok;
 }
 
+// A std::vector allocator aligned to a cache line: a 32-byte load from a buffer malloc leaves at
+// 16 mod 64 splits a line every other time (the AVX2 panels' weight loads, avx2_gemm.h).
+template <class T>
+struct CacheAligned {
+  using value_type = T;
+  CacheAligned() = default;
+  template <class U>
+  CacheAligned(const CacheAligned<U>&) {}  // NOLINT: rebinding, as std::allocator
+  T* allocate(size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const CacheAligned<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const CacheAligned<U>&) const { return false; }
+};
+
 struct PackedWeights {
   int64_t k = 0, n = 0, kp = 0, np = 0;  // kp: K rounded up to 64, np: N rounded up to 32
   std::vector<int8_t> tiles;             // [np / 16][kp / 64][16][64] (VNNI: its own panels)
-  std::vector<int16_t> pairs;            // the AVX2 path's int16 panels (avx2_gemm.h), kp: K to 2
+  std::vector<int16_t, CacheAligned<int16_t>> pairs;  // the AVX2 path's panels (avx2_gemm.h)
   std::vector<int32_t> colsum;           // [np]: sum_k W[k][c], for the zero-point correction
 };
 

@@ -52,7 +52,7 @@ inline void Pack(const int8_t* w, int64_t k, int64_t n, amx::PackedWeights& p) {
 // nothing wrong (its outputs are never written), an extra K multiplies a zero weight.
 ONNXVQ_AVX2 inline const int16_t* WidenRows(const uint8_t* a, int64_t rows,
                                             const amx::PackedWeights& w,
-                                            std::vector<int16_t>& out) {
+                                            std::vector<int16_t, amx::CacheAligned<int16_t>>& out) {
   out.assign(static_cast<size_t>(amx::kBlockM * w.kp), 0);
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = a + r * w.k;
