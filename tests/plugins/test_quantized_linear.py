@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxvq.core.runtime import session_options
 from onnxvq.plugins.fused_functions import gelu_quantize_linear_function
 from onnxvq.plugins.linear_functions import linear_function_protos
-from onnxvq.plugins.native import _cpu_flags
+from onnxvq.plugins.native import cpu_has_amx, cpu_has_avx512_vnni, cpu_has_avx_vnni
 from onnxvq.plugins.reference.linear import (
     quantized_linear,
     quantized_linear_acc,
@@ -42,8 +42,7 @@ CASES = [(197, 384, 1152, True, 128, ()), (5, 70, 33, False, 0, ()), (37, 130, 1
 def mlas_exact() -> bool:
     """Whether ORT's own u8 x s8 GEMM (MLAS) is exact on this CPU: with AVX-512 VNNI or AVX-VNNI
     it multiplies with vpdpbusd (int32 sums); on AVX2 alone with vpmaddubsw, which saturates."""
-    flags = _cpu_flags()
-    return "avx_vnni" in flags or {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= flags
+    return cpu_has_amx() or cpu_has_avx512_vnni() or cpu_has_avx_vnni()
 
 
 def _case(rng, m, k, n, per_channel, za, batch, a_high=256):

@@ -20,6 +20,7 @@ from onnxvq.core.config import QuantConfig
 from onnxvq.core.runtime import session_options
 from onnxvq.models.tiny_vit import TinyViTConfig, build_tiny_vit
 from onnxvq.plugins import native_available
+from onnxvq.plugins.native import cpu_has_amx, cpu_has_avx512_vnni, cpu_has_avx_vnni
 from onnxvq.plugins.ops import LINEAR_OPS
 from onnxvq.quantizer.run import quantize
 
@@ -50,6 +51,10 @@ def test_the_default_lowering_writes_custom_nodes(models):
 
 
 @pytest.mark.skipif(not native_available(), reason="native custom-op library not built")
+@pytest.mark.xfail(not (cpu_has_amx() or cpu_has_avx512_vnni() or cpu_has_avx_vnni()),
+                   strict=True, reason="QuantizedLinear's local function is MatMulIntegerToFloat "
+                   "on int8 weights, which MLAS saturates without VNNI; the kernel is exact "
+                   "(measured on a Zen 3: 11.5 % of the logits' span apart)")
 def test_local_functions_compute_what_the_kernels_compute(models):
     """Same output within the kernels' stated rounding (a QLinearAttention probability or a GELU
     code may move by one; the rest is exact). Measured: 0.9 % of the logits' range, the same as
