@@ -94,12 +94,13 @@ def quantize(model, data=None, config=None, *, preprocess=None, progress=None, v
                         validate=validate, gate=judge if gate else flags_only)
 
 
-def flags_only(result, rebuild, replaced) -> None:
+def flags_only(result, rebuild, replaced) -> dict:
     """The gate turned off (`gate=False`, denoisers): the flags are still checked, so --pts on a
-    CNN is refused rather than written as plain W8/A8; no fidelity report."""
+    CNN is refused rather than written as plain W8/A8; the fidelity report stays empty."""
     from onnxvq.quantizer.flags import check_flags_applied
 
     check_flags_applied(result)
+    return {}
 
 
 def quantize_file(model: str | os.PathLike, output: str | os.PathLike | None = None,

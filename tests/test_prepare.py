@@ -121,6 +121,7 @@ def test_rewrite_flags_that_did_nothing_warn_by_name(caplog, gate):
         "--lis-qdq", "--reparam", "--reparam-mlp"]
     assert any("no LayerNorm output feeding a linear" in w for w in warned)
     assert result.model.graph.node  # written: these flags only warn
+    assert bool(result.fidelity) is gate  # the gate off leaves an empty report, not None
 
 
 def test_no_head_on_a_headless_backbone_warns(caplog):
