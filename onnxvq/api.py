@@ -59,6 +59,7 @@ def quantize(model, data=None, config=None, *, preprocess=None, progress=None, v
     the FP32 and the quantized model; a degenerate result raises FidelityError (exit 7).
     `config.fail_below` makes the SQNR threshold explicit. The report is `result.fidelity`."""
     from onnxvq.calibrate.budget import clamp_to_fixed, fixed_batch
+    from onnxvq.plugins.native import mlas_int8_exact
     from onnxvq.quantizer.flags import check_flags_applied
     from onnxvq.quantizer.run import quantize as run_quantize
     from onnxvq.verify.gate import SAMPLES, check_source, run_gate
@@ -71,6 +72,7 @@ def quantize(model, data=None, config=None, *, preprocess=None, progress=None, v
                                      samples)
         report = run_gate(canonical, result.model, source, rebuild=rebuild, replaced=replaced,
                           fail_below=cfg.fail_below,
+                          emulate_int8=cfg.target == "trt" and not mlas_int8_exact(),
                           batch_size=clamp_to_fixed(canonical, samples, "the fidelity gate"))
         return {"source": where, **report}
 

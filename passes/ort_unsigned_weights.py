@@ -39,7 +39,7 @@ import onnx_graphsurgeon as gs
 from onnxvq.core.pipeline import PassContext, RewritePass
 from onnxvq.core.walk import const_value, producer
 from onnxvq.passes.ort_domain import MS_DOMAIN
-from onnxvq.plugins.native import cpu_has_amx, cpu_has_avx512_vnni, cpu_has_avx_vnni
+from onnxvq.plugins.native import mlas_int8_exact
 
 SHIFT = 128
 # The largest |code| with which no pair of uint8 x int8 products leaves int16:
@@ -57,8 +57,7 @@ def unsigned_weights_enabled(ctx: PassContext) -> bool:
     """QuantConfig.ort_weights: "uint8", or "auto" where MLAS's U8S8 kernels saturate (no
     AVX-512 VNNI, no AVX-VNNI, no AMX-INT8: MLAS then falls to vpmaddubsw)."""
     mode = ctx.config.ort_weights if ctx.config is not None else "auto"
-    return mode == "uint8" or (mode == "auto" and not (
-        cpu_has_avx512_vnni() or cpu_has_avx_vnni() or cpu_has_amx()))
+    return mode == "uint8" or (mode == "auto" and not mlas_int8_exact())
 
 
 @dataclass

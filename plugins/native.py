@@ -76,6 +76,13 @@ def cpu_has_avx_vnni() -> bool:
     return "avx_vnni" in _cpu_flags()
 
 
+def mlas_int8_exact() -> bool:
+    """Whether ONNX Runtime's own int8 GEMMs/convolutions (MLAS) are exact on this CPU: with
+    AVX-512 VNNI, AVX-VNNI or AMX-INT8 they accumulate in int32; without (plain AVX2) their
+    vpmaddubsw saturates int16 pair sums (passes/ort_unsigned_weights.py, verify/gate.py)."""
+    return cpu_has_avx512_vnni() or cpu_has_avx_vnni() or cpu_has_amx()
+
+
 def _cpu_flags() -> set[str]:
     """Linux's cpuinfo flags of the first CPU (empty where there is none to read)."""
     try:

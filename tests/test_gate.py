@@ -180,3 +180,20 @@ def test_a_large_method_cost_is_warned_about(tiny, caplog):
     w8, full = r.fidelity["w8a8_outputs"][0]["sqnr_db"], r.fidelity["outputs"][0]["sqnr_db"]
     assert 10 < w8 - full < 20
     assert f"cost output 'logits' {w8 - full:.1f} dB against the W8/A8 variant" in caplog.text
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_trt_models_are_judged_as_float_emulation_where_mlas_saturates(tiny, monkeypatch, exact):
+    """Target trt (int8 x int8) on a CPU whose MLAS saturates: the gate's figures are those of
+    the Q/DQ graph run unfused (what TensorRT's exact int32 sums compute), not ORT's int8
+    kernels; elsewhere the model runs as ORT optimises it."""
+    from onnxvq.plugins import native
+    from onnxvq.verify.gate import _outputs
+
+    monkeypatch.setattr(native, "mlas_int8_exact", lambda: exact)
+    seen = []
+    monkeypatch.setattr("onnxvq.verify.gate._outputs",
+                        lambda model, feeds, optimize=True: seen.append(optimize) or
+                        _outputs(model, feeds, optimize))
+    onnxvq.quantize(tiny, None, QuantConfig(target="trt", **NOISE))
+    assert seen and set(seen[1:]) == {exact}  # seen[0]: the FP32 reference, always optimised

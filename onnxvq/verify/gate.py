@@ -52,6 +52,7 @@ _LOWERING = "below the same run's unfused graph"
 # (an empty set: the W8/A8 variant of the same plan and calibration); with fused=False, without
 # the ORT lowering (None when the run has none).
 Rebuild = Callable[..., onnx.ModelProto | None]
+Run = Callable[[onnx.ModelProto], dict]  # a model -> its outputs on the gate's samples
 
 
 @dataclass(frozen=True)
@@ -90,24 +91,34 @@ def check_source(model: onnx.ModelProto, spec: DataSpec, calib_size: int, check_
 
 def run_gate(fp32: onnx.ModelProto, quant: onnx.ModelProto, source: Source,
              *, rebuild: Rebuild | None = None, replaced: Sequence[str] = (),
-             fail_below: float | None = None, batch_size: int = SAMPLES) -> dict:
-    """Judge `quant` against `fp32` on `source`; returns the report, raises FidelityError."""
+             fail_below: float | None = None, batch_size: int = SAMPLES,
+             emulate_int8: bool = False) -> dict:
+    """Judge `quant` against `fp32` on `source`; returns the report, raises FidelityError.
+    `emulate_int8`: run the quantized models without ORT's graph optimisations, so each Q/DQ
+    pair stays a float emulation instead of fusing into MLAS's int8 kernels: for target trt
+    (symmetric int8 x int8, which TensorRT sums exactly in int32) on a CPU where MLAS's int8
+    kernels saturate (plugins.native.mlas_int8_exact), whose ORT figures would otherwise judge
+    ORT's int16 saturation rather than the model TensorRT builds."""
     threshold = COLLAPSE_DB if fail_below is None else fail_below
     name = input_shape_name(quant)
     feeds = list(batches(source, batch_size, name))
     ref = _outputs(fp32, feeds)
-    outs = _judge(ref, _outputs(quant, feeds), threshold)
+
+    def run(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        return _outputs(model, feeds, optimize=not emulate_int8)
+
+    outs = _judge(ref, run(quant), threshold)
     report = {"samples": len(source), "threshold_db": threshold,
               "outputs": [o.to_dict() for o in outs]}
     if replaced and rebuild is not None:
-        outs = _against_variants(outs, rebuild, replaced, ref, feeds, threshold, report)
+        outs = _against_variants(outs, rebuild, replaced, ref, run, threshold, report)
     bad = [o for o in outs if o.problem]
     for o in outs:
         log.info("fidelity %s: cosine %.4f, SQNR %.1f dB", o.name, o.cosine, o.sqnr_db)
     if bad:
         worst = bad[0]
         culprit = (_lowering_culprit(quant, report) if _LOWERING in (worst.problem or "") else
-                   _culprit(rebuild, replaced, ref, feeds, threshold, report))
+                   _culprit(rebuild, replaced, ref, run, threshold, report))
         raise FidelityError(
             f"the quantized model failed the fidelity gate on {len(source)} samples: output "
             f"{worst.name!r} {worst.problem} (cosine {worst.cosine:.3f}); likely culprit: "
@@ -141,16 +152,16 @@ def _problem(ref: np.ndarray, q: np.ndarray, sqnr: float, threshold: float) -> s
     return None
 
 
-def _against_variants(outs, rebuild: Rebuild, replaced: Sequence[str], ref: dict, feeds: list,
+def _against_variants(outs, rebuild: Rebuild, replaced: Sequence[str], ref: dict, run: Run,
                       threshold: float, report: dict) -> list[OutputFidelity]:
     """`outs` judged against the W8/A8 variant (the method's loss) and the unfused variant (the
     lowering's loss); both variants' figures go into `report`."""
-    w8 = _judge(ref, _outputs(rebuild(frozenset()), feeds), threshold)
+    w8 = _judge(ref, run(rebuild(frozenset())), threshold)
     report["w8a8_outputs"] = [o.to_dict() for o in w8]
     outs = _relative(outs, w8)
     plain_model = rebuild(frozenset(replaced), fused=False)
     if plain_model is not None:
-        plain = _judge(ref, _outputs(plain_model, feeds), threshold)
+        plain = _judge(ref, run(plain_model), threshold)
         report["unfused_outputs"] = [o.to_dict() for o in plain]
         report["unfused_ops"] = sorted({n.op_type for n in plain_model.graph.node})
         outs = _lowered(outs, plain)
@@ -196,7 +207,7 @@ def _relative(outs: list[OutputFidelity], w8: list[OutputFidelity]) -> list[Outp
     return _below(outs, w8, RELATIVE_DB, "below the W8/A8 variant of the same run")
 
 
-def _culprit(rebuild: Rebuild | None, replaced: Sequence[str], ref: dict, feeds: list,
+def _culprit(rebuild: Rebuild | None, replaced: Sequence[str], ref: dict, run: Run,
              threshold: float, report: dict) -> str:
     """The integer replacement doing the most damage, by halving: of the two halves of the
     candidates, keep the one whose replacement alone gives the lower SQNR (2 log2 N rewrites, no
@@ -207,7 +218,7 @@ def _culprit(rebuild: Rebuild | None, replaced: Sequence[str], ref: dict, feeds:
                 "another --method or --skip the nodes before the broken output")
 
     def worst_sqnr(nodes: Sequence[str]) -> float:
-        judged = _judge(ref, _outputs(rebuild(frozenset(nodes)), feeds), threshold)
+        judged = _judge(ref, run(rebuild(frozenset(nodes))), threshold)
         return min(-math.inf if o.problem and not math.isfinite(o.sqnr_db) else o.sqnr_db
                    for o in judged)
 
@@ -228,8 +239,8 @@ def _as_fidelity(rows: list[dict]) -> list[OutputFidelity]:
             for r in rows]
 
 
-def _outputs(model, feeds: list[dict]) -> dict[str, np.ndarray]:
-    sess = make_session(model)
+def _outputs(model, feeds: list[dict], optimize: bool = True) -> dict[str, np.ndarray]:
+    sess = make_session(model, optimize=optimize)
     names = [o.name for o in sess.get_outputs()]
     runs = [sess.run(names, f) for f in feeds]
     return {n: np.concatenate([r[i] for r in runs]).astype(np.float64)

@@ -14,9 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxvq.core.config import QuantConfig
 from onnxvq.core.errors import UsageError
 from onnxvq.core.pipeline import PassContext, Pipeline
-from onnxvq.passes import ort_unsigned_weights as ouw
 from onnxvq.passes.ort_unsigned_weights import OrtUnsignedWeights, unsigned_weights_enabled
 from onnxvq.passes.pipelines import PACK_INT4, quantization_pipeline
+from onnxvq.plugins import native
 
 UINT8 = PassContext(config=QuantConfig(ort_weights="uint8"))
 INT8 = PassContext(config=QuantConfig(ort_weights="int8"))
@@ -257,9 +257,9 @@ def test_int8_setting_and_auto_per_cpu(monkeypatch):
     # auto: uint8 only without AVX-512 VNNI, AVX-VNNI and AMX-INT8
     for flags, unsigned in (((), True), (("vnni",), False), (("avx_vnni",), False),
                             (("amx",), False)):
-        monkeypatch.setattr(ouw, "cpu_has_avx512_vnni", lambda f=flags: "vnni" in f)
-        monkeypatch.setattr(ouw, "cpu_has_avx_vnni", lambda f=flags: "avx_vnni" in f)
-        monkeypatch.setattr(ouw, "cpu_has_amx", lambda f=flags: "amx" in f)
+        monkeypatch.setattr(native, "cpu_has_avx512_vnni", lambda f=flags: "vnni" in f)
+        monkeypatch.setattr(native, "cpu_has_avx_vnni", lambda f=flags: "avx_vnni" in f)
+        monkeypatch.setattr(native, "cpu_has_amx", lambda f=flags: "amx" in f)
         assert unsigned_weights_enabled(PassContext(config=QuantConfig())) is unsigned
         assert _rewrite(model, PassContext(config=QuantConfig()))[1].applied == int(unsigned)
 
