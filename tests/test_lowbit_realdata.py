@@ -24,13 +24,13 @@ def fp32_logits(shared_data):
     return get
 
 
-def _logits(shared_data, model, name):
+def _logits(shared_data, model, name, optimize=True):
     from onnxvq.calibrate import batches, resolve_preprocess
     from onnxvq.calibrate.data import ImageFolder
     from onnxvq.core.runtime import make_session
 
     source = ImageFolder(shared_data / "cifar10" / "val", resolve_preprocess(PRESETS[name]))
-    sess = make_session(model, threads=2)
+    sess = make_session(model, threads=2, optimize=optimize)
     zs, ys = [], []
     for feeds, labels in batches(source, 250, sess.get_inputs()[0].name, with_labels=True):
         zs.append(sess.run(None, feeds)[0])
