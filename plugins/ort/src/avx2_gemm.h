@@ -31,21 +31,7 @@ constexpr int kRowGroup = 6;  // rows per register block: 6 x 2 accumulators + 2
 
 // p's fields with kp = K rounded up to 2 (a pair), np = N rounded up to 32; `pairs` the panels.
 inline void Pack(const int8_t* w, int64_t k, int64_t n, amx::PackedWeights& p) {
-  p.k = k;
-  p.n = n;
-  p.kp = amx::RoundUp(k, 2);
-  p.np = amx::RoundUp(n, kPanelCols);
-  p.pairs.assign(static_cast<size_t>(p.np * p.kp), 0);
-  p.colsum.assign(static_cast<size_t>(p.np), 0);
-  const int64_t pairs = p.kp / 2;
-  for (int64_t kk = 0; kk < k; ++kk) {
-    for (int64_t c = 0; c < n; ++c) {
-      const int8_t v = w[kk * n + c];
-      p.pairs[static_cast<size_t>(((c / kPanelCols) * pairs + kk / 2) * kPairStride +
-                                  (c % kPanelCols) * 2 + kk % 2)] = v;
-      p.colsum[static_cast<size_t>(c)] += v;
-    }
-  }
+  amx::PackGroupedPanels<2>(w, k, n, 2, p, p.pairs);
 }
 
 // The task's rows as int16, [32][kp] (rows past `rows` and K past k zero): an extra row costs

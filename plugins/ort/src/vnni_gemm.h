@@ -33,21 +33,7 @@ inline bool Available() {
 
 // p's fields as amx::Pack sets them (kp: K rounded up to 64, np: N to 32), tiles = the panels.
 inline void Pack(const int8_t* w, int64_t k, int64_t n, amx::PackedWeights& p) {
-  p.k = k;
-  p.n = n;
-  p.kp = amx::RoundUp(k, amx::kTileK);
-  p.np = amx::RoundUp(n, amx::kBlockN);
-  p.tiles.assign(static_cast<size_t>(p.np * p.kp), 0);
-  p.colsum.assign(static_cast<size_t>(p.np), 0);
-  const int64_t quads = p.kp / 4;
-  for (int64_t kk = 0; kk < k; ++kk) {
-    for (int64_t c = 0; c < n; ++c) {
-      const int8_t v = w[kk * n + c];
-      p.tiles[static_cast<size_t>(((c / 32) * quads + kk / 4) * kPanelBytes + (c % 32) * 4 +
-                                  kk % 4)] = v;
-      p.colsum[static_cast<size_t>(c)] += v;
-    }
-  }
+  amx::PackGroupedPanels<4>(w, k, n, amx::kTileK, p, p.tiles);
 }
 
 // c[32][32] (row stride 32) = a[32][kp] (row stride lda) times panel nb. All 32 rows: a partial
