@@ -83,14 +83,16 @@ def mlas_int8_exact() -> bool:
     return cpu_has_avx512_vnni() or cpu_has_avx_vnni() or cpu_has_amx()
 
 
-def _cpu_flags() -> set[str]:
-    """Linux's cpuinfo flags of the first CPU (empty where there is none to read)."""
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """Linux's cpuinfo flags of the first CPU (empty where there is none to read); read once,
+    since the lowering passes ask per node."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines()
-                     if line.startswith("flags")), []))
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                           if line.startswith("flags")), []))
 
 
 def build_dir() -> Path:
