@@ -128,21 +128,42 @@ def _native_stats() -> bool:
 
 
 _SAME_VALUES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+_PIECES = ("Gather", "Split", "Slice")  # ops ORT's transpose optimizer pushes a Transpose through
 
 
 def value_sources(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, str]:
-    """For each of `names`, the tensor upstream of it that holds the same values (through
-    Reshape/Transpose/Squeeze/Unsqueeze/Flatten/Identity; itself when its producer is none of
-    those). Its min, max and finiteness are the same, and reducing it instead leaves the view
-    unobserved, so ORT can still fuse or drop it (6 Transposes on vit_cifar10)."""
+    """For each of `names`, the tensor that holds the same values and that ORT computes anyway:
+    upstream through Reshape/Transpose/Squeeze/Unsqueeze/Flatten/Identity (itself when its
+    producer is none of those). Its min, max and finiteness are the same, and reducing it
+    instead leaves the view unobserved, so ORT can still fuse or drop it (6 Transposes on
+    vit_cifar10). One exception goes downstream (`_read_through_transpose`)."""
     producer = {o: n for n in model.graph.node for o in n.output if o}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in dict.fromkeys(node.input):
+            readers.setdefault(i, []).append(node)
+    outputs = {o.name for o in model.graph.output}
     sources = {}
     for name in names:
         t = name
         while t in producer and producer[t].op_type in _SAME_VALUES and producer[t].input:
             t = producer[t].input[0]
-        sources[name] = t
+        sources[name] = _read_through_transpose(t, producer, readers, outputs)
     return sources
+
+
+def _read_through_transpose(t: str, producer, readers, outputs) -> str:
+    """The output of the one Transpose that reads `t`, where `t` is a piece (Gather/Split/Slice)
+    of a Transpose's output: the key of torch's MultiheadAttention, k = Gather(qkv heads) read
+    only by k^T = Transpose(k) -> MatMul. ORT pushes the heads' Transpose through the Gather and
+    merges it with k^T's into one, so k itself exists in no layout but for its reduction: 6
+    extra Transposes a vit_cifar10 run (1 ms of a 40 ms batch). k^T is computed anyway."""
+    node, users = producer.get(t), readers.get(t, [])
+    if (node is None or node.op_type not in _PIECES or t in outputs or len(users) != 1
+            or users[0].op_type != "Transpose" or node.input[0] not in producer
+            or producer[node.input[0]].op_type != "Transpose"):
+        return t
+    return users[0].output[0]
 
 
 def expose(model: onnx.ModelProto, names: Sequence[str], reduced: Sequence[str] = (),

@@ -4,7 +4,8 @@
 - the quantize path imports the search, denoiser and shortcut modules only when they run;
 - the calibration session's outputs are typed from the canonical model's value_info (no second
   shape inference), the same value infos inference gives;
-- a view (Reshape/Transpose/...) is reduced at its source, once per source, with the same range."""
+- a view (Reshape/Transpose/...) is reduced at its source, once per source, with the same range;
+  a key read only by its Transpose is reduced at that Transpose (no layout ORT computes for it)."""
 
 from __future__ import annotations
 
@@ -192,6 +193,65 @@ def test_views_are_reduced_at_their_source_once():
     assert got["xr"].range() == (float(x.min()), float(x.max()))
     assert got["r"].range() == (0.0, float(h.max()))
     assert {o.batches for o in got.values()} == {4}
+
+
+def _key_heads() -> onnx.ModelProto:
+    """torch's MultiheadAttention head split: x[N,4,6] -> Reshape [N,4,3,2] -> Transpose heads
+    [3,N,4,2] -> Gather 0|1 (q, k) -> k^T = Transpose(k) -> q @ k^T; q is also read by Relu."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "s"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["heads"], perm=[2, 0, 1, 3]),
+        helper.make_node("Gather", ["heads", "i0"], ["q"], axis=0),
+        helper.make_node("Gather", ["heads", "i1"], ["k"], axis=0),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s_qk"]),
+        helper.make_node("Relu", ["q"], ["rq"]),
+        helper.make_node("Add", ["s_qk", "s_qk"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([-1, 4, 3, 2], np.int64), "s"),
+             numpy_helper.from_array(np.array(0, np.int64), "i0"),
+             numpy_helper.from_array(np.array(1, np.int64), "i1")]
+    graph = helper.make_graph(
+        nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "rq")], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_key_read_only_by_its_transpose_is_reduced_there():
+    """k (a Gather of the heads' Transpose, read only by k^T) is reduced at k^T, which ORT
+    computes anyway; q (read by the MatMul itself) and views of k stay at their source."""
+    model = _key_heads()
+    assert value_sources(model, ["k", "q", "kt", "heads"]) == {
+        "k": "kt", "q": "q", "kt": "kt", "heads": "x"}
+    data = [{"x": np.random.default_rng(i).standard_normal((2, 4, 6)).astype(np.float32) * 3}
+            for i in range(3)]
+    got = collect(model, ["k", "q"], data, MinMaxObserver)
+    k = np.concatenate([b["x"].reshape(-1, 4, 3, 2)[:, :, 1] for b in data])
+    q = np.concatenate([b["x"].reshape(-1, 4, 3, 2)[:, :, 0] for b in data])
+    assert got["k"].range() == (float(k.min()), float(k.max()))
+    assert got["q"].range() == (float(q.min()), float(q.max()))
+
+
+def test_the_calibration_session_has_no_transpose_of_its_own(tmp_path):
+    """On the tiny ViT's canonical model, ORT's optimised calibration graph holds as many
+    Transposes as the canonical model's own (no layout computed only for a reduction)."""
+    import onnxruntime as ort
+
+    from onnxvq.core.runtime import LEAN_DISABLED_OPTIMIZERS, session_options
+
+    _, canonical, _, _ = prepare(build_tiny_vit(TinyViTConfig()), QuantConfig())
+    observed = [n.output[0] for n in canonical.graph.node
+                if n.op_type in ("Gather", "Softmax", "LayerNormalization", "MatMul")]
+
+    def transposes(model: onnx.ModelProto, name: str) -> int:
+        so = session_options(lean=True, custom_ops=False)
+        so.optimized_model_filepath = str(tmp_path / name)
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(LEAN_DISABLED_OPTIMIZERS))
+        return [n.op_type for n in onnx.load(str(tmp_path / name)).graph.node].count("Transpose")
+
+    assert any(value_sources(canonical, observed)[t] != t for t in observed)  # a key moved
+    assert transposes(expose(canonical, [], observed), "e.onnx") == transposes(canonical, "c.onnx")
 
 
 def test_a_nan_in_a_view_names_the_view():
