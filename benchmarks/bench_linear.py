@@ -9,8 +9,9 @@ InvokeOp), with ONNXVQ_NO_AMX=avx2 (the exact AVX2 int16 panels, avx2_gemm.h), w
 ONNXVQ_NO_AMX=loops (`--loops`: the plain loops, slow), and a plain com.microsoft
 MatMulIntegerToFloat model without onnxvq's library (what ORT runs when the lowering is off),
 the same with uint8 weights + 128 (`plain_u8`: MLAS's exact U8U8 kernel, what onnxvq writes on a
-CPU whose U8S8 kernel saturates, passes/ort_unsigned_weights.py), plus
-`QuantizedLinearGeluQuantize` (fc1's fused form) on the AMX path. The
+CPU whose U8S8 kernel saturates, passes/ort_unsigned_weights.py), the FP32 layer (`fp32`: MatMul
++ bias, the ceiling the int8 paths are measured against), plus `QuantizedLinearGeluQuantize`
+(fc1's fused form) on the AMX path. The
 switch is read once per process, so each path runs in its own process; `--rounds` rounds of all
 paths alternate so a change in the machine's load hits them alike. Wall time of `session.run`,
 the minimum and the median over all runs, 2 threads; `--cpu-time` runs 1 thread and takes the
@@ -42,6 +43,7 @@ PATHS = {
     "loops": ("QuantizedLinear", "loops", True),
     "plain": ("MatMulIntegerToFloat", None, False),
     "plain_u8": ("MatMulIntegerToFloatU8", None, False),
+    "fp32": ("MatMulFloat", None, False),
     "amx_gelu": ("QuantizedLinearGeluQuantize", None, True),
 }
 
@@ -63,6 +65,8 @@ def layer_model(op: str, m: int, k: int, n: int, seed: int = 0) -> tuple[onnx.Mo
         consts["W"] = (consts["W"].astype(np.int16) + 128).astype(np.uint8)
         consts["zw"] = np.full(n, 128, np.uint8)
         op = "MatMulIntegerToFloat"
+    if op == "MatMulFloat":  # the FP32 layer: the dequantized weights, MatMul, then the bias
+        return _float_layer(consts, m, k, n, rng)
     domain = "com.microsoft" if op == "MatMulIntegerToFloat" else "com.onnxvq"
     node = helper.make_node(op, ["A", *consts], ["Y"], domain=domain)
     graph = helper.make_graph(
@@ -74,6 +78,20 @@ def layer_model(op: str, m: int, k: int, n: int, seed: int = 0) -> tuple[onnx.Mo
     model.ir_version = 10
     feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8)}
     return model, feeds
+
+
+def _float_layer(consts: dict, m: int, k: int, n: int,
+                 rng: np.random.Generator) -> tuple[onnx.ModelProto, dict]:
+    w = (consts["W"].astype(np.float32) * consts["sw"]).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["A", "W"], ["AW"]),
+             helper.make_node("Add", ["AW", "bias"], ["Y"])]
+    graph = helper.make_graph(
+        nodes, "layer", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(consts["bias"], "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model, {"A": rng.normal(0, 1, (m, k)).astype(np.float32)}
 
 
 def _child(path: str, runs: int, cpu_time: bool) -> dict[str, list[float]]:
@@ -157,14 +175,15 @@ def main() -> None:
         paths = [p for p in args.paths.split(",") if p in PATHS]
     rows = table(measure(paths, args.runs, args.rounds, args.cpu_time))
     print(f"{'M x K x N':>18} " + " ".join(f"{p + ' min/med':>18}" for p in paths)
-          + "   fallback/plain  fallback/amx  avx2/plain_u8")
+          + "   fallback/plain  fallback/amx  avx2/plain_u8  plain_u8/fp32")
     for row in rows:
         cells = [f"{row[p]['min_ms']:8.3f}/{row[p]['median_ms']:<8.3f}" if p in row else " " * 17
                  for p in paths]
-        fb, pl, amx, av, u8 = (row.get(p, {}).get("min_ms")
-                               for p in ("fallback", "plain", "amx", "avx2", "plain_u8"))
+        fb, pl, amx, av, u8, f32 = (row.get(p, {}).get("min_ms") for p in (
+            "fallback", "plain", "amx", "avx2", "plain_u8", "fp32"))
         ratios = (f"{fb / pl:14.2f}  {fb / amx:12.2f}" if fb and pl and amx else " " * 28)
-        ratios += f"  {av / u8:13.2f}" if av and u8 else ""
+        ratios += f"  {av / u8:13.2f}" if av and u8 else " " * 15
+        ratios += f"  {u8 / f32:13.2f}" if u8 and f32 else ""
         print(f"{row['shape']:>18} " + " ".join(cells) + "   " + ratios)
     load = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
