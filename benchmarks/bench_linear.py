@@ -5,9 +5,13 @@
 For each shape (M = 197 and 1576 rows: batch 1 and 8; QKV, proj, fc1, fc2) four single-node
 models of the same layer run: `QuantizedLinear` on its AMX tile path (where the CPU has AMX),
 the same node with ONNXVQ_NO_AMX=1 (its fallback: ORT's MatMulIntegerToFloat kernel through
-InvokeOp), with ONNXVQ_NO_AMX=loops (`--loops`: the plain loops, slow), and a plain
-com.microsoft MatMulIntegerToFloat model without onnxvq's library (what ORT runs when the
-lowering is off), plus `QuantizedLinearGeluQuantize` (fc1's fused form) on the AMX path. The
+InvokeOp), with ONNXVQ_NO_AMX=avx2 (the exact AVX2 int16 panels, avx2_gemm.h), with
+ONNXVQ_NO_AMX=loops (`--loops`: the plain loops, slow), and a plain com.microsoft
+MatMulIntegerToFloat model without onnxvq's library (what ORT runs when the lowering is off),
+the same with uint8 weights + 128 (`plain_u8`: MLAS's exact U8U8 kernel, what onnxvq writes on a
+CPU whose U8S8 kernel saturates, passes/ort_unsigned_weights.py), the FP32 layer (`fp32`: MatMul
++ bias, the ceiling the int8 paths are measured against), plus `QuantizedLinearGeluQuantize`
+(fc1's fused form) on the AMX path. The
 switch is read once per process, so each path runs in its own process; `--rounds` rounds of all
 paths alternate so a change in the machine's load hits them alike. Wall time of `session.run`,
 the minimum and the median over all runs, 2 threads; `--cpu-time` runs 1 thread and takes the
@@ -34,9 +38,12 @@ ROWS = (197, 1576)
 PATHS = {
     "amx": ("QuantizedLinear", None, True),
     "fallback": ("QuantizedLinear", "1", True),
+    "avx2": ("QuantizedLinear", "avx2", True),
     "ort": ("QuantizedLinear", "ort", True),
     "loops": ("QuantizedLinear", "loops", True),
     "plain": ("MatMulIntegerToFloat", None, False),
+    "plain_u8": ("MatMulIntegerToFloatU8", None, False),
+    "fp32": ("MatMulFloat", None, False),
     "amx_gelu": ("QuantizedLinearGeluQuantize", None, True),
 }
 
@@ -54,6 +61,12 @@ def layer_model(op: str, m: int, k: int, n: int, seed: int = 0) -> tuple[onnx.Mo
     if op == "QuantizedLinearGeluQuantize":
         consts |= {"ys": np.asarray(0.05, np.float32), "yz": np.asarray(10, np.uint8)}
         out = TensorProto.UINT8
+    if op == "MatMulIntegerToFloatU8":  # the same products, weights + 128 against zero point 128
+        consts["W"] = (consts["W"].astype(np.int16) + 128).astype(np.uint8)
+        consts["zw"] = np.full(n, 128, np.uint8)
+        op = "MatMulIntegerToFloat"
+    if op == "MatMulFloat":  # the FP32 layer: the dequantized weights, MatMul, then the bias
+        return _float_layer(consts, m, k, n, rng)
     domain = "com.microsoft" if op == "MatMulIntegerToFloat" else "com.onnxvq"
     node = helper.make_node(op, ["A", *consts], ["Y"], domain=domain)
     graph = helper.make_graph(
@@ -65,6 +78,20 @@ def layer_model(op: str, m: int, k: int, n: int, seed: int = 0) -> tuple[onnx.Mo
     model.ir_version = 10
     feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8)}
     return model, feeds
+
+
+def _float_layer(consts: dict, m: int, k: int, n: int,
+                 rng: np.random.Generator) -> tuple[onnx.ModelProto, dict]:
+    w = (consts["W"].astype(np.float32) * consts["sw"]).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["A", "W"], ["AW"]),
+             helper.make_node("Add", ["AW", "bias"], ["Y"])]
+    graph = helper.make_graph(
+        nodes, "layer", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(consts["bias"], "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model, {"A": rng.normal(0, 1, (m, k)).astype(np.float32)}
 
 
 def _child(path: str, runs: int, cpu_time: bool) -> dict[str, list[float]]:
@@ -148,12 +175,15 @@ def main() -> None:
         paths = [p for p in args.paths.split(",") if p in PATHS]
     rows = table(measure(paths, args.runs, args.rounds, args.cpu_time))
     print(f"{'M x K x N':>18} " + " ".join(f"{p + ' min/med':>18}" for p in paths)
-          + "   fallback/plain  fallback/amx")
+          + "   fallback/plain  fallback/amx  avx2/plain_u8  plain_u8/fp32")
     for row in rows:
         cells = [f"{row[p]['min_ms']:8.3f}/{row[p]['median_ms']:<8.3f}" if p in row else " " * 17
                  for p in paths]
-        fb, pl, amx = (row.get(p, {}).get("min_ms") for p in ("fallback", "plain", "amx"))
-        ratios = f"{fb / pl:14.2f}  {fb / amx:12.2f}" if fb and pl and amx else ""
+        fb, pl, amx, av, u8, f32 = (row.get(p, {}).get("min_ms") for p in (
+            "fallback", "plain", "amx", "avx2", "plain_u8", "fp32"))
+        ratios = (f"{fb / pl:14.2f}  {fb / amx:12.2f}" if fb and pl and amx else " " * 28)
+        ratios += f"  {av / u8:13.2f}" if av and u8 else " " * 15
+        ratios += f"  {u8 / f32:13.2f}" if u8 and f32 else ""
         print(f"{row['shape']:>18} " + " ".join(cells) + "   " + ratios)
     load = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,21 @@ CASES: dict[str, Family] = {f.name.removeprefix("sweep_"): f for f in (
     _f("hf_dinov2_backbone", "huggingface", "dinov2_backbone",
        kwargs=HF_SMALL[:4] + (("patch_size", 14), ("out_features", ["stage2"])), heads=0),
     _f("hf_deit", "huggingface", "deit", kwargs=HF_SMALL),
+    # session 12: dynamo at the other opsets a user asks for, and timm families not yet tried
+    _f("deit_dynamo19", "timm", "deit_tiny_patch16_224", kwargs=_D2, exporter="dynamo19"),
+    _f("deit_dynamo21", "timm", "deit_tiny_patch16_224", kwargs=_D2, exporter="dynamo21"),
+    _f("swin_dynamo21", "timm", "swin_tiny_patch4_window7_224", kwargs=SWIN_SMALL,
+       exporter="dynamo21"),
+    _f("hf_vit_dynamo21", "huggingface", "vit", kwargs=HF_SMALL, exporter="dynamo21"),
+    _f("vit_relpos_small", "timm", "vit_relpos_small_patch16_224", kwargs=_D2),
+    _f("vit_srelpos_small", "timm", "vit_srelpos_small_patch16_224", kwargs=_D2),
+    _f("vit_b32_tiny", "timm", "vit_base_patch32_224", kwargs=_TINY),
+    _f("volo_d1", "timm", "volo_d1_224", kwargs=(("layers", (1, 1, 1, 1)),)),
+    _f("efficientformerv2_s0", "timm", "efficientformerv2_s0"),
+    _f("efficientvit_m0", "timm", "efficientvit_m0"),
+    _f("mobilevit_xs", "timm", "mobilevit_xs", 256),
+    _f("pvt_v2_b0", "timm", "pvt_v2_b0"),
+    _f("caformer_s18", "timm", "caformer_s18", kwargs=(("depths", (1, 1, 1, 1)),)),
 )}
 
 

@@ -87,11 +87,13 @@ def export(family: Family) -> dict:
     axes = {0: "batch", 2: "height", 3: "width"} if family.dynamic_hw else {0: "batch"}
     dynamic = family.static_batch is None
     try:
-        if family.exporter == "dynamo":
+        if family.exporter.startswith("dynamo"):  # "dynamo" (torch's default opset) or "dynamoNN"
             dim = torch.export.Dim("batch", min=1, max=1024)
+            opset = family.exporter.removeprefix("dynamo")
             torch.onnx.export(module, (example,), str(tmp), dynamo=True, external_data=False,
                               dynamic_shapes=({0: dim},) if dynamic else None,
-                              input_names=["input"], output_names=["logits"])
+                              input_names=["input"], output_names=["logits"],
+                              **({"opset_version": int(opset)} if opset else {}))
         else:
             opset = int(family.exporter.removeprefix("torchscript"))
             torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,

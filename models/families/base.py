@@ -17,7 +17,7 @@ class Family:
     image: int
     counts: Counts
     kwargs: tuple[tuple[str, object], ...] = ()
-    exporter: str = "torchscript17"  # "torchscriptNN" (opset NN, 13-18) or "dynamo"
+    exporter: str = "torchscript17"  # "torchscriptNN" (opset NN, 13-18), "dynamo" or "dynamoNN"
     heads: int = 1  # classifier heads (distilled models have two)
     external: bool = False
     dynamic_hw: bool = False

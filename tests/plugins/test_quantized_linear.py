@@ -295,9 +295,10 @@ def _saturating_case(m: int = 37, k: int = 100, n: int = 40):
                rng.normal(0, 1, n).astype(np.float32)]
 
 
-# The AVX2 path's shapes: M (one row, a few, DeiT's 197), K (below a pair of 16-byte loads, odd
-# multiples of 4, DeiT's, past fc2's), N (one column, a tail, DeiT's).
-AVX2_M, AVX2_K, AVX2_N = (1, 3, 197), (4, 36, 384, 1540), (1, 17, 384)
+# The AVX2 path's shapes: M (one row, a few, two whole 30-row tasks, DeiT's 197), K (below a
+# pair of 16-byte loads, odd multiples of 4, DeiT's, past fc2's: several L1 chunks), N (one
+# column, a tail, DeiT's).
+AVX2_M, AVX2_K, AVX2_N = (1, 3, 60, 197), (4, 36, 384, 1540), (1, 17, 384)
 
 
 def _check_saturation(lib: str, exact: bool) -> None:

@@ -83,10 +83,12 @@ struct PackedWeights {
   std::vector<int32_t> colsum;           // [np]: sum_k W[k][c], for the zero-point correction
 };
 
-// The VNNI and AVX2 paths' layout: 32-column panels, each K group of G rows interleaved per
-// column (G = 4: vpdpbusd quads; G = 2: vpmaddwd pairs): dst[panel][k / G][column][k % G] as T.
-// Sets k, n, kp (K rounded up to kp_multiple, a multiple of G), np (N to 32) and colsum.
-template <int G, typename Vec>
+// The VNNI and AVX2 paths' layout: panels of kCols columns (VNNI: 32; AVX2: 16, the columns one
+// register block covers, so a block's weights are contiguous and every cache line it pulls in is
+// used), each K group of G rows interleaved per column (G = 4: vpdpbusd quads; G = 2: vpmaddwd
+// pairs): dst[panel][k / G][column][k % G] as T. Sets k, n, kp (K rounded up to kp_multiple, a
+// multiple of G), np (N to 32) and colsum.
+template <int G, int kCols = kBlockN, typename Vec>
 inline void PackGroupedPanels(const int8_t* w, int64_t k, int64_t n, int64_t kp_multiple,
                               PackedWeights& p, Vec& dst) {
   p.k = k;
@@ -95,12 +97,12 @@ inline void PackGroupedPanels(const int8_t* w, int64_t k, int64_t n, int64_t kp_
   p.np = RoundUp(n, kBlockN);
   dst.assign(static_cast<size_t>(p.np * p.kp), 0);
   p.colsum.assign(static_cast<size_t>(p.np), 0);
-  const int64_t groups = p.kp / G, group_stride = kBlockN * G;
+  const int64_t groups = p.kp / G, group_stride = kCols * G;
   for (int64_t kk = 0; kk < k; ++kk) {
     for (int64_t c = 0; c < n; ++c) {
       const int8_t v = w[kk * n + c];
-      dst[static_cast<size_t>(((c / kBlockN) * groups + kk / G) * group_stride +
-                              (c % kBlockN) * G + kk % G)] = v;
+      dst[static_cast<size_t>(((c / kCols) * groups + kk / G) * group_stride +
+                              (c % kCols) * G + kk % G)] = v;
       p.colsum[static_cast<size_t>(c)] += v;
     }
   }

@@ -44,55 +44,75 @@ inline bool Available() {
 // packed [pairs][8 * blocks][2] (PackPairs), out int32 rows of stride out_stride. Each b load
 // feeds R rows; two column blocks per pass give 2R independent vpmaddwd chains. Exact while every
 // partial sum fits int32: |a|, |b| <= 255 and 2 * pairs <= 33026 (the ops' limits: D <= 256,
-// N <= 32768).
+// N <= 32768). The accumulators are named variables, not an array, and R goes up to 6 (12
+// accumulators, 2 b registers, 1 broadcast: the 16 ymm registers): GCC kept an array of them
+// partly on the stack and shuffled the rest between registers (measured in the product with V).
 template <int R>
 ONNXVQ_AVX2 inline void DotRows16(const int16_t* a, int64_t a_stride, const int16_t* b,
                                   int64_t pairs, int64_t blocks, int32_t* out,
                                   int64_t out_stride) {
+  static_assert(R >= 1 && R <= 6, "six rows at most: 12 accumulators");
   const int64_t stride = blocks * 16;  // int16 per pair of b
+  const auto pair = [&](int r, int64_t p) {
+    int32_t w;
+    std::memcpy(&w, a + r * a_stride + 2 * p, 4);
+    return _mm256_set1_epi32(w);
+  };
+  const auto store = [&](int r, int64_t cb, __m256i v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * out_stride + 8 * cb), v);
+  };
   int64_t cb = 0;
   for (; cb + 1 < blocks; cb += 2) {
-    __m256i acc[2 * R];
-    for (int r = 0; r < 2 * R; ++r) acc[r] = _mm256_setzero_si256();
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const int16_t* bp = b + cb * 16;
+#define ONNXVQ_DOT_ROW(r, acc0, acc1)                          \
+  if constexpr (R > r) {                                       \
+    const __m256i x = pair(r, p);                              \
+    acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x, b0));   \
+    acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(x, b1));   \
+  }
     for (int64_t p = 0; p < pairs; ++p) {
       const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + p * stride));
       const __m256i b1 =
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + p * stride + 16));
-      for (int r = 0; r < R; ++r) {
-        int32_t w;
-        std::memcpy(&w, a + r * a_stride + 2 * p, 4);
-        const __m256i av = _mm256_set1_epi32(w);
-        acc[2 * r] = _mm256_add_epi32(acc[2 * r], _mm256_madd_epi16(av, b0));
-        acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], _mm256_madd_epi16(av, b1));
-      }
+      ONNXVQ_DOT_ROW(0, c00, c01)
+      ONNXVQ_DOT_ROW(1, c10, c11)
+      ONNXVQ_DOT_ROW(2, c20, c21)
+      ONNXVQ_DOT_ROW(3, c30, c31)
+      ONNXVQ_DOT_ROW(4, c40, c41)
+      ONNXVQ_DOT_ROW(5, c50, c51)
     }
+#undef ONNXVQ_DOT_ROW
+    const __m256i acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                               {c30, c31}, {c40, c41}, {c50, c51}};
     for (int r = 0; r < R; ++r) {
-      int32_t* o = out + r * out_stride + 8 * cb;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), acc[2 * r]);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), acc[2 * r + 1]);
+      store(r, cb, acc[r][0]);
+      store(r, cb + 1, acc[r][1]);
     }
   }
-  for (; cb < blocks; ++cb) {
-    __m256i acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+  if (cb < blocks) {  // the last, odd column block: one b register, R chains
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
     const int16_t* bp = b + cb * 16;
+#define ONNXVQ_DOT_ROW(r, acc)                                 \
+  if constexpr (R > r) acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pair(r, p), bv));
     for (int64_t p = 0; p < pairs; ++p) {
       const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + p * stride));
-      for (int r = 0; r < R; ++r) {
-        int32_t w;
-        std::memcpy(&w, a + r * a_stride + 2 * p, 4);
-        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_set1_epi32(w), bv));
-      }
+      ONNXVQ_DOT_ROW(0, c0)
+      ONNXVQ_DOT_ROW(1, c1)
+      ONNXVQ_DOT_ROW(2, c2)
+      ONNXVQ_DOT_ROW(3, c3)
+      ONNXVQ_DOT_ROW(4, c4)
+      ONNXVQ_DOT_ROW(5, c5)
     }
-    for (int r = 0; r < R; ++r) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * out_stride + 8 * cb), acc[r]);
-    }
+#undef ONNXVQ_DOT_ROW
+    const __m256i acc[6] = {c0, c1, c2, c3, c4, c5};
+    for (int r = 0; r < R; ++r) store(r, cb, acc[r]);
   }
 }
 
-// Any number of rows: groups of kRows, then single rows for the rest.
-constexpr int kRows = 4;
+// Any number of rows: groups of kRows, then one group of the rest.
+constexpr int kRows = 6;
 
 ONNXVQ_AVX2 inline void DotRows16Any(int rows, const int16_t* a, int64_t a_stride,
                                      const int16_t* b, int64_t pairs, int64_t blocks,
@@ -102,8 +122,14 @@ ONNXVQ_AVX2 inline void DotRows16Any(int rows, const int16_t* a, int64_t a_strid
     DotRows16<kRows>(a + r * a_stride, a_stride, b, pairs, blocks, out + r * out_stride,
                      out_stride);
   }
-  for (; r < rows; ++r) {
-    DotRows16<1>(a + r * a_stride, 0, b, pairs, blocks, out + r * out_stride, 0);
+  const int64_t ao = r * a_stride, oo = r * out_stride;
+  switch (rows - r) {
+    case 1: DotRows16<1>(a + ao, a_stride, b, pairs, blocks, out + oo, out_stride); break;
+    case 2: DotRows16<2>(a + ao, a_stride, b, pairs, blocks, out + oo, out_stride); break;
+    case 3: DotRows16<3>(a + ao, a_stride, b, pairs, blocks, out + oo, out_stride); break;
+    case 4: DotRows16<4>(a + ao, a_stride, b, pairs, blocks, out + oo, out_stride); break;
+    case 5: DotRows16<5>(a + ao, a_stride, b, pairs, blocks, out + oo, out_stride); break;
+    default: break;
   }
 }
 
