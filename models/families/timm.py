@@ -10,6 +10,9 @@ TIMM: tuple[Family, ...] = (
            (("depth", 2),), heads=2, tags=("ci",)),
     Family("deit_tiny_distilled_dynamo", "timm", "deit_tiny_distilled_patch16_224", 224,
            vit(2), (("depth", 2),), exporter="dynamo", heads=2),
+    # dynamo at the opset a user asks for (torch.onnx.export(..., opset_version=21))
+    Family("deit_tiny_dynamo21", "timm", "deit_tiny_patch16_224", 224, vit(2), (("depth", 2),),
+           exporter="dynamo21", tags=("ci",)),
     Family("deit3_small", "timm", "deit3_small_patch16_224", 224, vit(2), (("depth", 2),)),
     Family("beit_tiny", "timm", "beit_base_patch16_224", 224, vit(2),
            (("embed_dim", 192), ("depth", 2), ("num_heads", 3))),

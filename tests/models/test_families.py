@@ -114,9 +114,10 @@ def exported():
 
 # a dynamo entry's torch module is its TorchScript twin's (same arch and sizes), counted there;
 # the dynamo-only ones (EVA, DINOv3, AIMv2, ...) are counted themselves
-_TWINS = {(f.arch, repr(f.kwargs)) for f in FAMILIES.values() if f.exporter != "dynamo"}
+_TWINS = {(f.arch, repr(f.kwargs)) for f in FAMILIES.values()
+          if not f.exporter.startswith("dynamo")}
 _COUNTED = [n for n, f in FAMILIES.items() if not f.external and (
-    f.exporter != "dynamo" or (f.arch, repr(f.kwargs)) not in _TWINS)]
+    not f.exporter.startswith("dynamo") or (f.arch, repr(f.kwargs)) not in _TWINS)]
 
 
 @pytest.mark.corpus
@@ -127,6 +128,17 @@ def test_counts_are_the_torch_modules(name):
     from onnxvq.models.family_modules import build, family_counts
 
     assert family_counts(build(FAMILIES[name])) == FAMILIES[name].counts
+
+
+@pytest.mark.corpus
+@pytest.mark.slow
+@needs_torch
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items()
+                                  if f.exporter.removeprefix("dynamo").isdigit()])
+def test_dynamo_families_export_at_the_opset_they_ask_for(exported, name):
+    model = onnx.load(str(exported(name)), load_external_data=False)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset == int(FAMILIES[name].exporter.removeprefix("dynamo"))
 
 
 @pytest.mark.corpus
