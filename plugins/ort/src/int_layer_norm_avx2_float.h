@@ -28,6 +28,7 @@
 #include "int_layer_norm.h"
 #include "int_layer_norm_avx2.h"
 #include "int_layer_norm_avx512.h"
+#include "quotient_avx2.h"
 
 namespace onnxvq {
 namespace avx2 {
@@ -74,35 +75,10 @@ inline void FrontCodes(const TIn* x, float* xt_row, int32_t count, const iln512:
   }
 }
 
-// rne(x / scale) without the division where that is decided (vdivps takes 3.5-5 cycles per 8
-// lanes on Zen 3, more than the rest of the front): t0 = fl(x fl(1/scale)) lies within
-// 3.01u |t0| of t = fl(x / scale) (two roundings against one, u = 2^-24, 1/scale normal for
-// scale in [2^-64, 2^64]), so wherever n = rne(t0) has |t0 - n| < 1/2 - 2^-12, |t - n| < 1/2 for
-// |t0| <= 1024 and rne(t) = n; beyond 1024 both saturate the codes alike (|code - zp| <= 255).
-// |t0 - n| is exact (Sterbenz). Any other lane (a near tie, an inf or a NaN: the compare is
-// ordered) sends the 8 lanes to the true division. Another scale: always the division.
-struct Quotient {
-  __m256 scale, inv, room;
-
-  explicit Quotient(float s)
-      : scale(_mm256_set1_ps(s)),
-        inv(_mm256_set1_ps(1.0f / s)),
-        room(_mm256_set1_ps(s >= 0x1p-64f && s <= 0x1p64f ? 0.5f - 0x1p-12f : -1.0f)) {}
-
-  __m256 Rne(__m256 x) const {
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, inv),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 d = _mm256_andnot_ps(_mm256_set1_ps(-0.0f),
-                                      _mm256_sub_ps(_mm256_mul_ps(x, inv), n));
-    if (_mm256_movemask_ps(_mm256_cmp_ps(d, room, _CMP_LT_OQ)) == 0xFF) return n;
-    return _mm256_round_ps(_mm256_div_ps(x, scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-};
-
 // AddIntLayerNorm's front over [0, count): S = A + B written, code - zp =
 // clamp(rne(S * M / scale), lo - zp, hi - zp) (AddMulQuantizeLinear's float32 operations; the
-// clamp of integers commutes with adding zp; a NaN gives lo as the clamp order does), xt =
-// (code - zp) 2^alpha.
+// clamp of integers commutes with adding zp; a NaN gives lo as the clamp order does; the
+// division as Quotient's checked multiply), xt = (code - zp) 2^alpha.
 inline void FrontSum(const float* a, const float* b, float* s, float* xt_row, int32_t count,
                      const iln512::Consts& k, FloatSums& acc) {
   const Quotient quotient(k.scale);
