@@ -8,8 +8,8 @@ One single-node (or two-node) model per kernel, all sessions built up front and 
 (round-robin, `repeat` rounds), so a load change hits every kernel alike; the median and the
 minimum ms per call are reported. With `--threads 1` the kernels run on the calling thread and
 its CPU time is taken instead of wall time (a loaded machine inflates it far less).
-`--baseline LIB` also runs the pair on another build of libonnxvq_ort.so (e.g. main's, before
-a kernel change) in the same rounds.
+`--baseline LIB` also runs AddIntLayerNorm and the pair on another build of libonnxvq_ort.so
+(e.g. main's, before a kernel change) in the same rounds.
 """
 
 from __future__ import annotations
@@ -76,10 +76,9 @@ def run(batch: int, repeat: int, threads: int, baseline: str | None) -> dict[str
     lib = native.ort_library_path(build=True)
     built = models(rng)
     sessions = {name: _session(m, lib, threads) for name, m in built.items()}
-    if baseline:
-        pair = built["AddMulQuantizeLinear + IntLayerNorm"]
-        sessions["AddMulQuantizeLinear + IntLayerNorm (baseline build)"] = _session(
-            pair, baseline, threads)
+    for name in ("AddIntLayerNorm (--pts)", "AddMulQuantizeLinear + IntLayerNorm"):
+        if baseline:
+            sessions[f"{name} (baseline build)"] = _session(built[name], baseline, threads)
     feeds = {k: rng.normal(0, 3, (batch, TOKENS, C)).astype(np.float32) for k in "ab"}
     clock = time.thread_time if threads == 1 else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in sessions}
@@ -100,7 +99,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeat", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--baseline", help="another libonnxvq_ort.so to run the pair on")
+    ap.add_argument("--baseline", help="another libonnxvq_ort.so to run the --pts kernels on")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/residual_norm.json"))
     args = ap.parse_args()
     results = {"load_average": os.getloadavg(), "threads": args.threads, "batches": {}}

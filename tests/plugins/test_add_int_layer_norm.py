@@ -197,3 +197,29 @@ def test_changed_parameters_between_runs_are_used(library):
             want = add_int_layer_norm(a, b, m, scale, zp, p.alpha, p.gamma, p.beta, **attrs)
             for g, w in zip(sess.run(None, feeds), want, strict=True):
                 np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("x_scale", [S1, 2.0 ** -70, 3.0e20])
+def test_avx2_rows_division_shortcut_and_float_output(library, x_scale):
+    """The AVX2 rows replace the input quantizer's division by a checked multiply (only for
+    x_scale in [2^-64, 2^64]; outside it they divide) and decide most outputs in float32: sums
+    that land on and next to half-integer quotients, and DeiT-S-like rows, equal the pair."""
+    c, zp = 384, np.uint8(119)
+    m, p, a, b = _case(c, zp, TensorProto.UINT8, "random", seed=12)
+    rng = np.random.default_rng(13)
+    a = rng.normal(0, 2, (64, c)).astype(np.float32)
+    b = rng.normal(0, 0.5, (64, c)).astype(np.float32)
+    k = rng.integers(-300, 300, (16, c)) + 0.5  # exact and off-by-an-ulp half-integer quotients
+    s = (k * x_scale / m).astype(np.float32)
+    s[8:] = np.nextafter(s[8:], np.float32(np.inf))
+    a[:16], b[:16] = s, 0
+    a[16:20] *= np.float32(x_scale / S1)  # a realistic spread of codes at the other scales
+    model = _model(c, zp, p, fused=True)
+    next(t for t in model.graph.initializer if t.name == "s").CopyFrom(
+        numpy_helper.from_array(np.float32(x_scale), "s"))
+    got = _run(model, {"a": a, "b": b, "m": m}, library)
+    want = add_int_layer_norm(a, b, m, np.float32(x_scale), zp, p.alpha, p.gamma, p.beta,
+                              **p.attributes())
+    assert len(np.unique(want[0])) > 100
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)

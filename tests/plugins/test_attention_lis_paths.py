@@ -116,6 +116,19 @@ def adversarial_case(shape: tuple[int, int, int, int], seed: int, steps: int,
     return x, dict(attrs, qk_scale=float(np.float32(scale)))
 
 
+def ties_case(seed: int, steps: int, qk: float, divisor: float) -> tuple[np.ndarray, dict]:
+    """Codes within 3 of their zero points and qk_scale / scores_scale = 1/2 in float32 (0.15 /
+    0.3, 0.07 / 0.14): the score quotients of odd S land next to ties, where fl(x fl(1/divisor))
+    rounds the other way than fl(x / divisor) for ~6 % of S (0.15 / 0.3) in -1000..1000; the AVX2
+    score codes' checked multiply must hand those to the division (quotient_avx2.h)."""
+    x, attrs = lis_case((1, 49, 2, 64), seed, steps)
+    rng = np.random.default_rng(seed)
+    z = np.array([attrs[f"{t}_zero_point"] for t in "qkv"], np.int64)
+    x = (z[None, None, :, None, None] + rng.integers(-3, 4, x.shape)).astype(np.uint8)
+    return x, dict(attrs, qk_scale=qk, scores_scale=divisor,
+                   **softmax_constants(divisor, 4, steps).attributes())
+
+
 def avx2_cases() -> dict[str, tuple[np.ndarray, dict]]:
     """Each shape with both octave steps, bits 3 or 4 and a bias or none in turn (each value
     of each next to each of the others across the shapes), then the adversarial codes."""
@@ -134,6 +147,9 @@ def avx2_cases() -> dict[str, tuple[np.ndarray, dict]]:
         for steps, saturate in ((1, False), (2, False), (1, True)):
             cases[f"adversarial {shape} steps {steps} saturate {saturate}"] = adversarial_case(
                 shape, 400 + i, steps, saturate)
+    for steps, qk, divisor in ((1, 0.15, 0.3), (2, 0.07, 0.14)):
+        cases[f"ties steps {steps} divisor {divisor}"] = ties_case(500 + steps, steps, qk,
+                                                                    divisor)
     return cases
 
 

@@ -3,9 +3,9 @@
 // AddMulQuantizeLinear makes them, and IntLayerNorm of those codes; the codes themselves never
 // leave the core (the unfused pair writes them and reads them back in a second kernel).
 //
-// Bit-exact with AddMulQuantizeLinear -> IntLayerNorm: the AVX-512 rows repeat the same float32
-// operations and integer steps (int_layer_norm_avx512.h); elsewhere the two ops' own rows run
-// back to back on a per-thread row of codes.
+// Bit-exact with AddMulQuantizeLinear -> IntLayerNorm: the AVX-512 and AVX2 rows repeat the same
+// float32 operations and integer steps (int_layer_norm_avx512.h, int_layer_norm_avx2_float.h);
+// elsewhere the two ops' own scalar rows run back to back on a per-thread row of codes.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -15,6 +15,7 @@
 #include "broadcast_rows.h"
 #include "common.h"
 #include "int_layer_norm.h"
+#include "int_layer_norm_avx2_float.h"
 #include "int_layer_norm_avx512_out.h"
 #include "int_layer_norm_cache.h"
 #include "parallel.h"
@@ -54,6 +55,19 @@ void Rows512(const Rows& io, TOut* y, int64_t begin, int64_t end, const iln512::
                    io.b + (next % io.b_rows) * c);
   }
 }
+
+#if defined(__AVX2__)
+template <class TIn, class TOut>
+void RowsAvx2(const Rows& io, TOut* y, int64_t begin, int64_t end, const amq::AmqParams& q,
+              const iln::RowParams& p, const iln512::Consts& k) {
+  const int64_t c = io.channels;
+  float* const scratch = iln512::ScratchRow(c);
+  for (int64_t r = begin; r < end; ++r) {
+    avx2::AddNormalizeRowFloat<TIn>(io.a + r * c, io.b + (r % io.b_rows) * c, io.s + r * c,
+                                    y + r * c, scratch, q, p, k);
+  }
+}
+#endif
 
 template <class TIn>
 struct AddIntLayerNormKernel : iln::KernelBase {
@@ -100,14 +114,22 @@ struct AddIntLayerNormKernel : iln::KernelBase {
   static void Launch(OrtKernelContext* ctx, const Rows& io, TOut* y, int64_t rows,
                      const amq::AmqParams& q, const iln::Prepared& prep) {
     const iln::RowParams& p = prep.tables->p;
-    if (!iln512::Available()) {
+    if (iln512::Available()) {
       ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
-        PortableRows<TIn>(io, y, begin, end, q, p);
+        Rows512(io, y, begin, end, prep.consts, p.epsilon);
       });
       return;
     }
+#if defined(__AVX2__)
+    if (prep.tables->zero_point_in_range) {
+      ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
+        RowsAvx2<TIn>(io, y, begin, end, q, p, prep.consts);
+      });
+      return;
+    }
+#endif
     ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
-      Rows512(io, y, begin, end, prep.consts, p.epsilon);
+      PortableRows<TIn>(io, y, begin, end, q, p);
     });
   }
 };

@@ -5,11 +5,13 @@
 // negated weights as the int16 rows (-w >= -2^15 fits int16; a pair sums below 2^24 and
 // |Y| < 2^24: the softmax codes' weights sum to at most 2^(1/2) 2^15, attention_lis.cc). Here:
 // the int8 score codes and the weights of the softmax codes. The score codes take the plain
-// loops' float32 steps one for one (the product rounded, the bias added, vdivps, round to
-// nearest even), never contracted into an FMA, so every path gives the same codes. Called after
+// loops' float32 steps one for one (the product rounded, the bias added, the IEEE quotient (a
+// checked multiply where it decides the rounding, quotient_avx2.h), round to nearest even),
+// never contracted into an FMA, so every path gives the same codes. Called after
 // avx2::Available() (ONNXVQ_NO_AVX2=1 keeps the plain loops, attention_lis_portable.h).
 #pragma once
 
+#include "quotient_avx2.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -35,7 +37,8 @@ __attribute__((optimize("fp-contract=off"))) inline void ScoreCodesRow(const int
                                                                       float scale, float divisor,
                                                                       const float* bias,
                                                                       int8_t* x) {
-  const __m256 vscale = _mm256_set1_ps(scale), vdiv = _mm256_set1_ps(divisor);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const avx2::Quotient quotient(divisor);
   const __m256 lo = _mm256_set1_ps(-1024.0f), hi = _mm256_set1_ps(1024.0f);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int64_t j = 0; j < n; j += 8) {
@@ -46,8 +49,9 @@ __attribute__((optimize("fp-contract=off"))) inline void ScoreCodesRow(const int
                                                   std::min<int64_t>(n - j, 8))), lane);
       p = _mm256_add_ps(p, _mm256_maskload_ps(bias + j, live));
     }
-    const __m256 u = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(p, vdiv), lo), hi);
-    StoreInt8x8(_mm256_cvtps_epi32(u), x + j);  // MXCSR's round to nearest even, as nearbyint
+    // clamp(rne(t)) = rne(clamp(t)) for the integer bounds
+    const __m256 u = _mm256_min_ps(_mm256_max_ps(quotient.Rne(p), lo), hi);
+    StoreInt8x8(_mm256_cvtps_epi32(u), x + j);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "int_layer_norm.h"
+#include "int_layer_norm_avx2_float.h"
 #include "int_layer_norm_avx512_out.h"
 #include "int_layer_norm_cache.h"
 #include "parallel.h"
@@ -70,6 +71,18 @@ struct IntLayerNorm : iln::KernelBase {
       });
       return;
     }
+#if defined(__AVX2__)
+    if (prep.tables->zero_point_in_range) {
+      ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
+        float* const scratch = iln512::ScratchRow(p.channels);
+        for (int64_t row = begin; row < end; ++row) {
+          avx2::NormalizeRowFloat(x + row * p.channels, y + row * p.channels, scratch, p,
+                                  prep.consts);
+        }
+      });
+      return;
+    }
+#endif
     ParallelRows(ctx, rows, p.channels, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         iln::NormalizeRow(x + row * p.channels, y + row * p.channels, p);

@@ -1,6 +1,7 @@
-// IntLayerNorm's row kernels and per-call tables (plugins/README.md), shared by the IntLayerNorm
-// op and the fused AddIntLayerNorm: the portable rows (scalar, or AVX2 for the leading multiple of
-// 16 channels) read the PTS codes; the AVX-512 rows (int_layer_norm_avx512.h) read xt.
+// IntLayerNorm's scalar row and per-call tables (plugins/README.md), shared by the IntLayerNorm
+// op and the fused AddIntLayerNorm: the scalar row reads the PTS codes (the reference's steps,
+// for a zero point outside the README range or a build without AVX2); the vector rows
+// (int_layer_norm_avx2_float.h, int_layer_norm_avx512.h) read xt.
 #pragma once
 
 #include <algorithm>
@@ -32,8 +33,7 @@ struct RowParams {
   int64_t epsilon;
   int out_shift;  // 16 + gamma_shift
   int64_t lo, hi;
-  int32_t vector_channels;  // leading channels done by the AVX2 loops (a multiple of 16)
-  const int16_t* mult16;    // 2^alpha_c as int16, for the vector sums
+  int32_t vector_channels;  // leading channels done by the AVX2 rows (a multiple of 16)
 #if defined(__AVX2__)
   avx2::LnOut out{};
 #endif
@@ -61,27 +61,19 @@ inline int64_t Code1(int32_t xt, int32_t c, int32_t s1, int64_t r, int32_t gamma
 }
 
 // Locals and __restrict matter: Y is a byte array, which may alias anything, so without them the
-// compiler reloads every parameter per element. Channels [0, vec) go through the AVX2 loops, the
-// rest (and everything on other targets) through the scalar ones: the same integers either way.
+// compiler reloads every parameter per element.
 template <class TIn, class TOut>
 void NormalizeRow(const TIn* __restrict xr, TOut* __restrict yr, const RowParams& p) {
   const int32_t* __restrict mult = p.mult;
   const int32_t zp = p.zero_point, c = static_cast<int32_t>(p.channels);
-  const int32_t vec = p.vector_channels;
   int64_t s1 = 0, s2 = 0;  // |S1| < 2^24
-#if defined(__AVX2__)
-  if (vec > 0) avx2::RowSums(xr, vec, zp, p.mult16, s1, s2);
-#endif
-  for (int32_t i = vec; i < c; ++i) {
+  for (int32_t i = 0; i < c; ++i) {
     const int32_t xt = (static_cast<int32_t>(xr[i]) - zp) * mult[i];
     s1 += xt;
     s2 += static_cast<int64_t>(xt) * xt;
   }
   const int64_t r = RowReciprocal(s1, s2, c, p.epsilon);
-#if defined(__AVX2__)
-  if (vec > 0) avx2::RowOutput(xr, yr, vec, s1, r, p.out);
-#endif
-  for (int32_t i = vec; i < c; ++i) {
+  for (int32_t i = 0; i < c; ++i) {
     const int32_t xt = (static_cast<int32_t>(xr[i]) - zp) * mult[i];
     yr[i] = static_cast<TOut>(Code1(xt, c, static_cast<int32_t>(s1), r, p.gamma[i], p.beta[i],
                                     p.out_shift, p.lo, p.hi));
@@ -89,11 +81,10 @@ void NormalizeRow(const TIn* __restrict xr, TOut* __restrict yr, const RowParams
 }
 
 // The validated attributes and [C] inputs of one call, and the tables every row kernel reads
-// (built once per call: 2^alpha in two widths, beta reordered for the AVX2 output loop, and the
-// AVX-512 loop's padded copies).
+// (built once per call: 2^alpha, beta reordered for the AVX2 exact output steps, and the
+// vector rows' padded copies).
 struct Tables {
   std::vector<int32_t> mult, shift;
-  std::vector<int16_t> mult16;
   std::vector<int64_t> beta_eo;
   RowParams p{};
 
@@ -108,18 +99,16 @@ struct Tables {
     const size_t cs = static_cast<size_t>(c);
     mult.resize(cs);
     shift.resize(cs);
-    mult16.resize(cs);
     for (size_t i = 0; i < cs; ++i) {
       Require(alpha[i] <= 3, "alpha values must lie in 0..3");
       shift[i] = alpha[i];
       mult[i] = int32_t{1} << shift[i];
-      mult16[i] = static_cast<int16_t>(mult[i]);
     }
     const bool out_signed = output_dtype == kInt8;
     p = RowParams{mult.data(), gamma, beta, c, static_cast<int32_t>(zero_point), epsilon,
                   kZFracBits + static_cast<int>(gamma_shift), out_signed ? -128 : 0,
-                  out_signed ? 127 : 255, 0, mult16.data()};
-    // The vector loops rely on the README's zero point range (|xt| <= 2040 fits int16).
+                  out_signed ? 127 : 255, 0};
+    // The vector rows rely on the README's zero point range (|xt| <= 2040).
     zero_point_in_range = signed_input ? zero_point >= -128 && zero_point <= 127
                                        : zero_point >= 0 && zero_point <= 255;
 #if defined(__AVX2__)

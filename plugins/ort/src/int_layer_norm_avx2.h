@@ -1,8 +1,8 @@
-// IntLayerNorm on AVX2: the row sums in int16/int32 lanes and the output 8 channels at a time.
+// IntLayerNorm's exact integer output steps (README 7-10) on AVX2, 8 channels at a time: the
+// fallback of the float output pass (int_layer_norm_avx2_float.h) where its check cannot decide.
 //
-// Exactness (plugins/README.md bounds): |xt| <= 2040 fits int16; madd pairs are < 2^24, so an
-// int32 lane holds a block of 2048 channels (128 pairs, < 2^31) before spilling to int64.
-// |num| < 2^25 and R < 2^55 give num * R = |num| * R_lo + (|num| * R_hi) << 32 < 2^55 from two
+// Exactness (plugins/README.md bounds): |num| < 2^25 and R < 2^55 give
+// num * R = |num| * R_lo + (|num| * R_hi) << 32 < 2^55 from two
 // unsigned 32x32->64 products; z < 2^23 + 1 and |gamma| <= 2^30 suit the signed 32x32->64
 // product, and a = z * gamma + beta < 2^56 stays in int64 lanes. Rounding needs no 64-bit
 // arithmetic shift: clamping a to [lo, hi] * 2^G' first changes no output (rnd is monotone and
@@ -19,8 +19,6 @@
 namespace onnxvq {
 namespace avx2 {
 
-constexpr int kLnBlock = 2048;  // channels per exact int32 block of the row sums
-
 // Per-call constants of the output loop (everything but the row's S1 and R).
 struct LnOut {
   const int32_t* shift;    // alpha_c
@@ -32,46 +30,10 @@ struct LnOut {
 };
 
 template <class TIn>
-inline __m256i Widen16(const TIn* x) {
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x));
-  if constexpr (std::is_signed_v<TIn>) return _mm256_cvtepi8_epi16(b);
-  return _mm256_cvtepu8_epi16(b);
-}
-
-template <class TIn>
 inline __m256i Widen8(const TIn* x) {
   const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(x));
   if constexpr (std::is_signed_v<TIn>) return _mm256_cvtepi8_epi32(b);
   return _mm256_cvtepu8_epi32(b);
-}
-
-inline int64_t SumLanes32(__m256i v) {
-  const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v));
-  const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1));
-  const __m256i s = _mm256_add_epi64(lo, hi);
-  const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-  return _mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1);
-}
-
-// S1 and S2 over the first `count` channels (a multiple of 16); mult16 = 2^alpha as int16.
-template <class TIn>
-inline void RowSums(const TIn* x, int32_t count, int32_t zp, const int16_t* mult16, int64_t& s1,
-                    int64_t& s2) {
-  const __m256i vzp = _mm256_set1_epi16(static_cast<int16_t>(zp)), ones = _mm256_set1_epi16(1);
-  s1 = 0;
-  s2 = 0;
-  for (int32_t block = 0; block < count; block += kLnBlock) {
-    const int32_t end = block + kLnBlock < count ? block + kLnBlock : count;
-    __m256i a1 = _mm256_setzero_si256(), a2 = _mm256_setzero_si256();
-    for (int32_t i = block; i < end; i += 16) {
-      const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mult16 + i));
-      const __m256i xt = _mm256_mullo_epi16(_mm256_sub_epi16(Widen16(x + i), vzp), m);
-      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(xt, ones));
-      a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(xt, xt));
-    }
-    s1 += SumLanes32(a1);
-    s2 += SumLanes32(a2);
-  }
 }
 
 // The output loop adds off = 2^(G'-1) - lo * 2^G' to beta once per call (beta_eo holds
@@ -116,12 +78,17 @@ inline __m256i Z8(__m256i num, const RowConsts& k) {
   return _mm256_sign_epi32(_mm256_add_epi32(_mm256_mullo_epi32(mag, k.r_hi), low), num);
 }
 
-// Codes + 128 (or codes) of 8 channels as int32 in channel order.
-template <class TIn>
-inline __m256i Codes8(const TIn* x, int32_t i, const LnOut& p, const RowConsts& k,
-                      const Quantizer& q) {
-  const __m256i sh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.shift + i));
-  const __m256i xt = _mm256_sllv_epi32(_mm256_sub_epi32(Widen8(x + i), k.zp), sh);
+inline RowConsts MakeRowConsts(const LnOut& p, int64_t s1, int64_t r) {
+  return {_mm256_set1_epi32(p.zero_point), _mm256_set1_epi32(p.channels),
+          _mm256_set1_epi32(static_cast<int32_t>(s1)),
+          _mm256_set1_epi64x(static_cast<uint32_t>(r)),
+          _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint64_t>(r) >> 32)),
+          _mm256_set1_epi64x(int64_t{1} << 31)};
+}
+
+// Codes + 128 (or codes) of channels [i, i + 8) from their xt, as int32 in channel order.
+inline __m256i CodesOfXt8(__m256i xt, int32_t i, const LnOut& p, const RowConsts& k,
+                          const Quantizer& q) {
   const __m256i z = Z8(_mm256_sub_epi32(_mm256_mullo_epi32(xt, k.c), k.s1), k);
   const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.gamma + i));
   const __m256i* beta = reinterpret_cast<const __m256i*>(p.beta_eo + i);
@@ -134,24 +101,14 @@ inline __m256i Codes8(const TIn* x, int32_t i, const LnOut& p, const RowConsts& 
   return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-// Y for the first `count` channels (a multiple of 16) of a row with sums S1 and reciprocal R.
-template <class TIn, class TOut>
-inline void RowOutput(const TIn* x, TOut* y, int32_t count, int64_t s1, int64_t r,
-                      const LnOut& p) {
-  const RowConsts k{_mm256_set1_epi32(p.zero_point), _mm256_set1_epi32(p.channels),
-                    _mm256_set1_epi32(static_cast<int32_t>(s1)),
-                    _mm256_set1_epi64x(static_cast<uint32_t>(r)),
-                    _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint64_t>(r) >> 32)),
-                    _mm256_set1_epi64x(int64_t{1} << 31)};
-  const Quantizer q = MakeQuantizer(p);
+// 16 codes (+128 for int8, see Quantize4) as int32 lanes to bytes, the +128 undone for int8.
+template <class TOut>
+inline void StoreCodes16(TOut* y, __m256i c0, __m256i c1) {
   const __m128i flip = _mm_set1_epi8(std::is_signed_v<TOut> ? static_cast<char>(0x80) : 0);
-  for (int32_t i = 0; i < count; i += 16) {
-    const __m256i w = _mm256_permute4x64_epi64(
-        _mm256_packs_epi32(Codes8(x, i, p, k, q), Codes8(x, i + 8, p, k, q)), 0xD8);
-    const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w),
-                                           _mm256_extracti128_si256(w, 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), _mm_xor_si128(bytes, flip));
-  }
+  const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(c0, c1), 0xD8);
+  const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w),
+                                         _mm256_extracti128_si256(w, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(y), _mm_xor_si128(bytes, flip));
 }
 
 }  // namespace avx2

@@ -27,7 +27,7 @@ struct Prepared {
   std::vector<float> mult;  // AddIntLayerNorm's M, else empty
   float scale = 0;
   std::unique_ptr<Tables> tables;
-  iln512::Consts consts;  // filled where iln512::Available()
+  iln512::Consts consts;  // filled where the zero point lies in the README's range
 };
 
 // The inputs of one call; `mult` is null for IntLayerNorm.
@@ -72,7 +72,7 @@ class TableCache {
                                          zero_point, signed_input, epsilon, gamma_shift,
                                          output_dtype);
     const RowParams& rp = p->tables->p;
-    if (iln512::Available() && p->tables->zero_point_in_range) {
+    if (p->tables->zero_point_in_range) {  // read by the AVX-512 rows and the AVX2 float rows
       p->consts = iln512::MakeConsts(p->tables->shift.data(), rp.gamma, rp.beta, c,
                                      rp.zero_point, rp.out_shift, rp.lo, rp.hi);
       if (in.mult != nullptr) {
